@@ -1,0 +1,136 @@
+"""From a :class:`~spectral.stats.StatsBank` to the tidy metric table of ``metrics.csv``.
+
+One row per (model, condition, site, layer, metric) with a value and its CI; metric names are
+those of ARCHITECTURE.md and never change meaning. ``growth_rate`` is a whole-model metric: it
+is reported at site ``resid_post`` with an empty layer (the fitted layers are in the report).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import astuple, dataclass, fields
+from functools import partial
+
+import numpy as np
+
+from spectral.analysis import carrier, norms, spectrum
+from spectral.analysis.intervals import Estimate, bootstrap_weights, jackknife
+from spectral.capture import site_layer
+from spectral.config import AnalysisSpec
+from spectral.stats import StatsBank
+
+COLUMNS = ("model", "condition", "site", "layer", "metric", "value", "ci_low", "ci_high")
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One line of metrics.csv."""
+
+    model: str
+    condition: str
+    site: str
+    layer: int | None
+    metric: str
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class MetricTable:
+    """Rows of metrics.csv, with lookups used by figures and reports."""
+
+    rows: tuple[MetricRow, ...]
+
+    def get(self, condition: str, site: str, metric: str) -> MetricRow | None:
+        for r in self.rows:
+            if (r.condition, r.site, r.metric) == (condition, site, metric):
+                return r
+        return None
+
+    def series(self, condition: str, kind: str, metric: str) -> list[MetricRow]:
+        """Rows of ``metric`` at sites ``kind.l`` ordered by layer."""
+        rows = [
+            r for r in self.rows if r.condition == condition and r.metric == metric and r.site.split(".")[0] == kind
+        ]
+        return sorted(rows, key=lambda r: -1 if r.layer is None else r.layer)
+
+    def conditions(self) -> list[str]:
+        return list(dict.fromkeys(r.condition for r in self.rows))
+
+    def to_csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(COLUMNS)
+        for r in self.rows:
+            vals = astuple(r)
+            w.writerow(["" if v is None else (f"{v:.10g}" if isinstance(v, float) else v) for v in vals])
+        return buf.getvalue()
+
+    @classmethod
+    def from_csv(cls, text: str) -> MetricTable:
+        reader = csv.DictReader(io.StringIO(text))
+        names = [f.name for f in fields(MetricRow)]
+        rows = []
+        for d in reader:
+            rows.append(
+                MetricRow(
+                    d["model"],
+                    d["condition"],
+                    d["site"],
+                    int(d["layer"]) if d["layer"] else None,
+                    d["metric"],
+                    *(float(d[k]) if d[k] else float("nan") for k in names[5:]),
+                )
+            )
+        return cls(tuple(rows))
+
+
+def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisSpec, seed: int) -> MetricTable:
+    """Every metric of issue 2 for every captured site, with CIs."""
+    rows: list[MetricRow] = []
+    level = spec.ci_level
+    idx0, _ = bank[bank.sites[0]].window_table()
+    weights = bootstrap_weights(len(idx0), spec.n_boot, seed)
+
+    def add(site: str, metric: str, est: Estimate) -> None:
+        rows.append(MetricRow(model, condition, site, site_layer(site), metric, est.value, est.ci_low, est.ci_high))
+
+    for site in bank.sites:
+        st = bank[site]
+        _, table = st.window_table()
+        add(site, "norm_mean", norms.window_mean(table, "sum_norm", "count", weights, level))
+        for q, name in ((0.5, "norm_median"), (0.05, "norm_p05"), (0.95, "norm_p95")):
+            add(site, name, jackknife([st], lambda m, q=q: norms.norm_quantile(m, q), level))
+        add(site, "anisotropy", jackknife([st], carrier.anisotropy, level))
+        add(site, "centered_anisotropy", jackknife([st], carrier.centered_anisotropy, level))
+        add(site, "carrier_energy", jackknife([st], carrier.carrier_energy, level))
+        add(site, "eff_rank", jackknife([st], spectrum.eff_rank, level))
+        add(site, "participation_ratio", jackknife([st], spectrum.participation_ratio, level))
+        if st.spectrum is not None and float(st.spectrum_windows.sum()) > 0:
+            add(site, "dc_fraction", jackknife([st], spectrum.dc_fraction, level))
+            low = partial(spectrum.lowfreq_fraction, share=spec.lowfreq_share)
+            add(site, "lowfreq_fraction", jackknife([st], low, level))
+        prev = bank.predecessors.get(site)
+        if prev is not None:
+            add(site, "layer_cos", norms.window_mean(table, "sum_cos", "pair_count", weights, level))
+            add(site, "norm_ratio", norms.window_mean(table, "sum_ratio", "pair_count", weights, level))
+            add(site, "carrier_drift", jackknife([bank[prev], st], carrier.carrier_drift, level))
+
+    layers = sorted(
+        site_layer(s)
+        for s in bank.sites
+        if s.startswith("resid_post.") and (site_layer(s) or 0) >= spec.growth_first_layer
+    )
+    layers_i = [int(x) for x in layers if x is not None]
+    tables = [bank[f"resid_post.{layer}"].window_table()[1] for layer in layers_i]
+    if len(layers_i) >= 2:
+        g = norms.growth_rate(layers_i, tables, weights, level)
+        rows.append(MetricRow(model, condition, "resid_post", None, "growth_rate", g.value, g.ci_low, g.ci_high))
+    return MetricTable(tuple(rows))
+
+
+def pca_spectra(bank: StatsBank, kind: str = "resid_post") -> dict[str, np.ndarray]:
+    """Eigenvalues of the centred covariance per site of one kind (for figures)."""
+    return {s: spectrum.pca_spectrum(bank[s].total()) for s in bank.sites if s.split(".")[0] == kind}

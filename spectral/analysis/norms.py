@@ -1,0 +1,49 @@
+"""Norm profile, growth rate, layer cosine and norm ratio (ARCHITECTURE.md, section 1)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spectral.analysis.intervals import Estimate, percentile_ci, ratio_bootstrap
+from spectral.stats import HIST_BINS, WINDOW_COLUMNS, Moments, hist_value
+
+COL = {name: i for i, name in enumerate(WINDOW_COLUMNS)}
+
+
+def norm_mean(m: Moments) -> float:
+    return m.sum_norm / m.n if m.n else float("nan")
+
+
+def norm_quantile(m: Moments, q: float) -> float:
+    """Quantile of ‖h‖ from the log-spaced histogram (≤0.5 % relative error)."""
+    hist = m.norm_hist.numpy()
+    total = hist.sum()
+    if total == 0:
+        return float("nan")
+    cum = np.cumsum(hist)
+    b = int(np.searchsorted(cum, q * total, side="left"))
+    return float(hist_value(np.array(min(b, HIST_BINS - 1))))
+
+
+def window_mean(rows: np.ndarray, num: str, den: str, weights: np.ndarray, level: float) -> Estimate:
+    """Σ rows[num] / Σ rows[den] over windows with a bootstrap CI."""
+    return ratio_bootstrap(rows[:, COL[num]], rows[:, COL[den]], weights, level)
+
+
+def growth_rate(layers: list[int], tables: list[np.ndarray], weights: np.ndarray, level: float) -> Estimate:
+    """g from the fit log(mean ‖h_l‖) = a + l·log g over ``layers``, bootstrap CI over windows.
+
+    ``tables[i]`` is the per-window table (windows aligned) of resid_post.layers[i].
+    """
+    if len(layers) < 2:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    x = np.asarray(layers, dtype=float)
+    counts = np.stack([t[:, COL["count"]] for t in tables], axis=1)  # (W, k)
+    sums = np.stack([t[:, COL["sum_norm"]] for t in tables], axis=1)
+    point = np.log(sums.sum(0) / counts.sum(0))
+    slope = float(np.polyfit(x, point, 1)[0])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logs = np.log((weights @ sums) / (weights @ counts))  # (n_boot, k)
+    xc = x - x.mean()
+    slopes = (logs - logs.mean(1, keepdims=True)) @ xc / (xc @ xc)
+    return percentile_ci(float(np.exp(slope)), np.exp(slopes), level)

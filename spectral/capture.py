@@ -1,0 +1,206 @@
+"""Residual-stream capture on a TransformerLens 4 ``TransformerBridge``.
+
+Site names are architecture independent: ``embed``, ``resid_pre.l``, ``attn_out.l``,
+``resid_mid.l``, ``mlp_out.l``, ``resid_post.l`` and ``final``. What each one holds:
+
+* pre-LN decoders (GPT-2, Llama, GPT-NeoX): ``embed`` is the token embedding (``hook_embed``;
+  GPT-2 adds learned positions on top, so ``resid_pre.0`` differs from it), ``attn_out`` and
+  ``mlp_out`` are the sub-layer writes, ``resid_mid = resid_pre + attn_out`` and
+  ``resid_post = resid_mid + mlp_out`` exactly, ``final`` is the output of the final norm
+  (what the unembedding reads). Parallel-residual blocks (GPT-NeoX) have no ``resid_mid``.
+* post-LN encoders (BERT family): ``embed`` is the normalised embedding sum (= Hugging Face
+  ``hidden_states[0]``), ``attn_out`` the attention output projection before the add,
+  ``resid_mid = LN1(resid_pre + attn_out)``, ``mlp_out`` the FFN output projection before the
+  add, ``resid_post = LN2(resid_mid + mlp_out)`` (= ``hidden_states[l+1]``); ``final`` equals
+  ``resid_post`` of the last layer (an encoder has no final norm). The sums do not hold.
+
+Hooks exist only inside :func:`capture` (a context manager, removed in ``finally``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from jaxtyping import Float
+from tqdm import tqdm
+
+from spectral.corpus import Batch, TokenWindows, iter_batches
+from spectral.errors import ConfigError
+from spectral.models import ArchInfo, LoadedModel
+from spectral.stats import SiteStats, StatsBank
+
+SUBLAYER_SITES = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
+
+
+def all_sites(arch: ArchInfo) -> tuple[str, ...]:
+    """Every site of this architecture, in forward order."""
+    names = ["embed"]
+    for layer in range(arch.n_layers):
+        for kind in SUBLAYER_SITES:
+            if kind == "resid_mid" and arch.parallel_residual:
+                continue
+            names.append(f"{kind}.{layer}")
+    names.append("final")
+    return tuple(names)
+
+
+def select_sites(arch: ArchInfo, patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Resolve names / glob patterns ('all', 'resid_post.*') to sites, in forward order."""
+    valid = all_sites(arch)
+    chosen: set[str] = set()
+    for pat in patterns:
+        hits = valid if pat == "all" else tuple(s for s in valid if fnmatch.fnmatchcase(s, pat))
+        if not hits:
+            raise ConfigError(
+                f"site {pat!r} does not exist for {arch.architecture} ({arch.n_layers} layers); "
+                f"valid: embed, final, {{{','.join(SUBLAYER_SITES)}}}.0..{arch.n_layers - 1}"
+                + (" (no resid_mid: parallel residual)" if arch.parallel_residual else "")
+            )
+        chosen.update(hits)
+    return tuple(s for s in valid if s in chosen)
+
+
+def site_layer(site: str) -> int | None:
+    """Layer index of a site name (None for embed / final)."""
+    return int(site.split(".")[1]) if "." in site else None
+
+
+def hook_name(site: str, arch: ArchInfo) -> str:
+    """The bridge hook point that holds ``site`` (see the module docstring)."""
+    layer = site_layer(site)
+    kind = site.split(".")[0]
+    post = arch.norm_placement == "post"
+    if kind == "embed":
+        return "embed_ln.hook_out" if post else "hook_embed"
+    if kind == "final":
+        return f"blocks.{arch.n_layers - 1}.hook_resid_post" if post else "ln_final.hook_out"
+    if post and kind == "attn_out":
+        return f"blocks.{layer}.attn.o.hook_out"
+    if post and kind == "resid_mid":
+        return f"blocks.{layer}.ln1.hook_out"
+    if post and kind == "mlp_out":
+        return f"blocks.{layer}.mlp.out.hook_out"
+    return f"blocks.{layer}.hook_{kind}"
+
+
+def residual_predecessors(sites: tuple[str, ...], arch: ArchInfo) -> dict[str, str]:
+    """For each resid_post.l: the residual-chain site before it (resid_pre.0 or resid_post.l-1)."""
+    out = {}
+    for layer in range(arch.n_layers):
+        site = f"resid_post.{layer}"
+        prev = "resid_pre.0" if layer == 0 else f"resid_post.{layer - 1}"
+        if site in sites and prev in sites:
+            out[site] = prev
+    return out
+
+
+@contextmanager
+def capture(model: LoadedModel, sites: tuple[str, ...], sink: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+    """Within the block, every forward pass calls ``sink(site, activation)`` for each site.
+
+    Activations are passed on unchanged; hooks are removed when the block exits, also on error.
+    """
+    bridge = model.bridge
+
+    def make(site: str) -> Callable[..., torch.Tensor]:
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            sink(site, x)
+            return x
+
+        return fn
+
+    hooks = [(hook_name(s, model.arch), make(s)) for s in sites]
+    ctx = bridge.hooks(fwd_hooks=hooks)
+    ctx.__enter__()
+    try:
+        yield
+    finally:
+        ctx.__exit__(None, None, None)
+
+
+def forward(model: LoadedModel, batch: Batch) -> None:
+    """One forward pass without computing logits (hooks do the work)."""
+    dev = model.device
+    with torch.inference_mode():
+        model.bridge(
+            batch.input_ids.to(dev),
+            return_type=None,
+            attention_mask=batch.attention_mask.to(dev),
+        )
+
+
+def capture_activations(
+    model: LoadedModel, batch: Batch, sites: tuple[str, ...]
+) -> dict[str, Float[torch.Tensor, "batch seq d"]]:
+    """Activations of a small batch at ``sites`` (float32, CPU). For prompts and tests only."""
+    got: dict[str, torch.Tensor] = {}
+    with capture(model, sites, lambda s, x: got.__setitem__(s, x.detach().float().cpu().clone())):
+        forward(model, batch)
+    return got
+
+
+def new_bank(
+    model: LoadedModel, sites: tuple[str, ...], n_buckets: int, centers: dict[str, torch.Tensor] | None = None
+) -> StatsBank:
+    d = model.arch.d_model
+    stats = [SiteStats(d, n_buckets, None if centers is None else centers[s]) for s in sites]
+    return StatsBank(sites, residual_predecessors(sites, model.arch), stats)
+
+
+def accumulate(
+    model: LoadedModel,
+    windows: TokenWindows,
+    bank: StatsBank,
+    batch_size: int,
+    exclude_first: bool = True,
+    progress: str | None = None,
+) -> StatsBank:
+    """Stream every window through the model, updating ``bank`` inside the hooks.
+
+    Only the predecessor of a ``resid_post`` site is held until its successor arrives, so
+    memory stays at about one activation tensor beyond the model's own.
+    """
+    held: dict[str, torch.Tensor] = {}
+    needed = set(bank.predecessors.values())
+    current: list[Batch] = []
+
+    def sink(site: str, x: torch.Tensor) -> None:
+        b = current[0]
+        prev_site = bank.predecessors.get(site)
+        prev = held.pop(prev_site, None) if prev_site is not None else None
+        bank[site].update(x, b.stat_mask, b.window_index, b.full, prev)
+        if site in needed:
+            held[site] = x.detach()
+
+    batches = list(iter_batches(windows, batch_size, exclude_first))
+    bar = tqdm(batches, desc=progress, unit="batch", disable=progress is None, leave=False)
+    with capture(model, bank.sites, sink):
+        for batch in bar:
+            current[:] = [batch]
+            held.clear()
+            forward(model, batch)
+    return bank
+
+
+def calibrate_centers(
+    model: LoadedModel, windows: TokenWindows, sites: tuple[str, ...], batch_size: int, exclude_first: bool = True
+) -> dict[str, torch.Tensor]:
+    """Site means over the first batch of windows: the fixed centres of the centred cosine."""
+    first = TokenWindows(
+        windows.ids[:batch_size],
+        windows.window_index[:batch_size],
+        windows.has_bos,
+        windows.seq_len,
+        windows.n_tokens,
+        windows.n_available,
+        windows.corpus,
+    )
+    bank = accumulate(model, first, new_bank(model, sites, 2), batch_size, exclude_first)
+    out = {}
+    for s in sites:
+        m = bank[s].total()
+        out[s] = m.sum_h / max(m.n, 1.0)
+    return out

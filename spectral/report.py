@@ -1,0 +1,128 @@
+"""Run directory -> ``report.md``: what was run, the numbers per layer, the figures.
+
+The report is rebuilt from ``manifest.json`` and ``metrics.csv`` alone, so ``spectral report
+RUN`` regenerates it for any finished run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from spectral.analysis.metrics import MetricTable
+from spectral.runs import atomic_write_text, read_manifest
+
+LAYER_METRICS = (
+    "norm_mean",
+    "norm_ratio",
+    "layer_cos",
+    "anisotropy",
+    "centered_anisotropy",
+    "carrier_energy",
+    "carrier_drift",
+    "eff_rank",
+    "dc_fraction",
+)
+
+
+def fmt(v: float) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    a = abs(v)
+    if a != 0 and (a >= 1e4 or a < 1e-3):
+        return f"{v:.3e}"
+    return f"{v:.4g}" if a >= 100 else f"{v:.4f}"
+
+
+def _ci(row: Any) -> str:
+    if row is None:
+        return "–"
+    if math.isnan(row.ci_low):
+        return fmt(row.value)
+    return f"{fmt(row.value)} [{fmt(row.ci_low)}, {fmt(row.ci_high)}]"
+
+
+def layer_table(table: MetricTable, condition: str, n_layers: int) -> list[str]:
+    head = "| site | " + " | ".join(LAYER_METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(LAYER_METRICS) + 1)]
+    sites = ["embed", "resid_pre.0"] + [f"resid_post.{i}" for i in range(n_layers)] + ["final"]
+    for site in sites:
+        cells = [fmt(r.value) if (r := table.get(condition, site, m)) else "–" for m in LAYER_METRICS]
+        if all(c == "–" for c in cells):
+            continue
+        lines.append(f"| {site} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def build_report(run_dir: Path) -> Path:
+    """Write ``run_dir/report.md`` from the manifest and metrics; returns its path."""
+    man = read_manifest(run_dir)
+    table = MetricTable.from_csv((run_dir / "metrics.csv").read_text(encoding="utf-8"))
+    cfg, arch, corpus = man["config"], man["arch"], man["corpus"]
+    n_layers = int(arch["n_layers"])
+    lines = [
+        f"# spectral run: {man['model_label']} on {corpus['name']}",
+        "",
+        f"Status: **{man['status']}**." + ("" if man["status"] == "complete" else " Numbers below may be partial."),
+        "",
+        "## What was run",
+        f"- Model: `{cfg['model']['name']}` ({arch['architecture']}, {n_layers} layers, d_model {arch['d_model']}, "
+        f"vocabulary {arch['d_vocab']}, context {arch['n_ctx']}); weights sha256 `{man.get('weights_sha256')}`.",
+        f"- Normalisation: **{arch['norm_placement']}-LN** (measured: block 0 "
+        f"{'satisfies' if arch['norm_placement'] == 'pre' else 'breaks'} resid_post = resid_pre + attn_out + mlp_out)"
+        + (
+            ". In a post-LN model every block ends in a LayerNorm, so residual norm growth is architecturally"
+            " impossible: flat norms here say nothing about the hypothesis."
+            if arch["norm_placement"] == "post"
+            else "."
+        ),
+        f"- Unembedding in the checkpoint: {'yes' if arch['has_unembedding'] else 'no'}.",
+        f"- Corpus: `{corpus['name']}` ({corpus['n_documents']} documents, {corpus['n_tokens']} tokens, sha256 "
+        f"`{corpus['sha256'][:16]}…`); {corpus['n_windows']} windows of {cfg['corpus']['seq_len']} tokens "
+        f"({cfg['corpus']['sampling']}) out of {corpus['n_available']}, "
+        f"{'with' if corpus['has_bos'] else 'without'} a BOS/CLS token in front.",
+        f"- Statistics use {corpus['n_stat_tokens']} tokens per condition: padding and position 0 "
+        f"(BOS/first token, an attention sink) are {'excluded' if cfg['capture']['exclude_first'] else 'included'}.",
+        f"- Conditions: trained, {', '.join(cfg['controls']) or 'no controls'} (random weights from the model's own "
+        f"config, seed {cfg['seed']}).",
+        f"- Intervals ({cfg['analysis']['ci_level']:.0%}): per-window statistics (norm_mean, layer_cos, norm_ratio, "
+        f"growth_rate) by percentile bootstrap over windows ({cfg['analysis']['n_boot']} resamples, seed "
+        f"{cfg['seed']}); moment statistics (quantiles, anisotropy, carrier, eff_rank, spectra) by delete-one "
+        f"jackknife over {cfg['capture']['moment_buckets']} buckets of windows (window index mod "
+        f"{cfg['capture']['moment_buckets']}), Student-t interval. Centred anisotropy is centred on the site mean "
+        "of the first batch of windows.",
+        "",
+        "## Headline numbers",
+    ]
+    for cond in table.conditions():
+        g = table.get(cond, "resid_post", "growth_rate")
+        lines.append(
+            f"- **{cond}**: growth rate g = {_ci(g)} per layer (fit of log mean ‖h‖ over resid_post "
+            f"layers ≥ {cfg['analysis']['growth_first_layer']})."
+        )
+    figs = man.get("figures", {})
+    for cond in table.conditions():
+        lines += ["", f"## Per layer: {cond}", "", *layer_table(table, cond, n_layers)]
+    lines += ["", "## Figures"]
+    for name, files in figs.items():
+        png = next((f for f in files if f.endswith(".png")), None)
+        html = next((f for f in files if f.endswith(".html")), None)
+        if png:
+            lines.append(f"![{name}]({png})")
+        lines.append(f"- {name}: " + ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in files))
+    if man.get("png_note"):
+        lines.append(f"\n_{man['png_note']}_")
+    if html is None and not figs:
+        lines.append("(no figures)")
+    lines += [
+        "",
+        "## Reproduce",
+        f"`{man.get('command', 'spectral run --config ' + str(run_dir / 'manifest.json'))}`",
+        "",
+        f"Timings (s): {', '.join(f'{k} {v:.1f}' for k, v in man.get('timings', {}).items())}.",
+        "",
+    ]
+    out = run_dir / "report.md"
+    atomic_write_text(out, "\n".join(lines))
+    return out

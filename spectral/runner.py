@@ -1,0 +1,184 @@
+"""``spectral run``: config -> model + windows -> streamed statistics -> metrics, figures, report.
+
+Inputs are validated (model, sites, corpus, context length, output directory) before anything
+is written; from then on the manifest says ``running`` until the run is ``complete`` or
+``failed`` with its reason.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spectral.analysis.metrics import MetricTable, compute_metrics
+from spectral.capture import accumulate, calibrate_centers, new_bank, select_sites
+from spectral.config import ExperimentConfig
+from spectral.corpus import make_windows
+from spectral.errors import RunDirError
+from spectral.models import LoadedModel, load_model
+from spectral.runs import (
+    atomic_write_bytes,
+    atomic_write_text,
+    default_run_dir,
+    git_commit,
+    package_versions,
+    prepare_run_dir,
+    slug,
+    write_manifest,
+)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Where a finished run lies and what it measured."""
+
+    run_dir: Path
+    report: Path
+    metrics: MetricTable
+
+
+def browser_for_png() -> str | None:
+    """Path of a Chromium/Chrome that kaleido can drive, or None."""
+    import os
+
+    env = os.environ.get("BROWSER_PATH")
+    if env and Path(env).exists():
+        return env
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def save_figures(
+    run_dir: Path, figures: dict[str, Any], data: dict[str, str], log: Callable[[str], None]
+) -> tuple[dict[str, list[str]], str | None]:
+    """Write NAME.html + NAME.png + NAME.csv under figures/; returns files per figure and a note."""
+    fig_dir = run_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    written: dict[str, list[str]] = {}
+    note = None
+    browser = browser_for_png()
+    if browser is None:
+        note = "PNG figures skipped: no Chromium/Chrome for kaleido (install Debian's chromium or set BROWSER_PATH)."
+        log(note)
+    for name, fig in figures.items():
+        files = []
+        atomic_write_text(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="cdn", full_html=True))
+        files.append(f"figures/{name}.html")
+        atomic_write_text(fig_dir / f"{name}.csv", data[name])
+        files.append(f"figures/{name}.csv")
+        if browser is not None and note is None:
+            try:
+                atomic_write_bytes(fig_dir / f"{name}.png", fig.to_image(format="png", scale=2))
+                files.insert(1, f"figures/{name}.png")
+            except Exception as exc:  # noqa: BLE001 - a missing PNG must not fail the run
+                note = f"PNG figures skipped: kaleido failed ({exc.__class__.__name__}: {str(exc)[:120]})."
+                log(note)
+        written[name] = files
+    return written, note
+
+
+def _figure_data(table: MetricTable, metrics: tuple[str, ...]) -> str:
+    rows = tuple(r for r in table.rows if r.metric in metrics and r.site.startswith("resid_post."))
+    return MetricTable(rows).to_csv()
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    command: str | None = None,
+) -> RunResult:
+    from spectral import plotting
+    from spectral.report import build_report
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    config = cfg.to_dict()
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(config)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output path {run_dir} exists and is not a directory")
+
+    model = load_model(cfg.model)
+    sites = select_sites(model.arch, cfg.capture.sites)
+    windows = make_windows(model.tokenizer, cfg.corpus, n_ctx=model.arch.n_ctx, seed=cfg.seed)
+    timings["load"] = time.perf_counter() - t0
+    prepare_run_dir(run_dir, config, overwrite)
+
+    label = slug(cfg.model.name)
+    n_stat = len(windows) * (windows.ids.shape[1] - (1 if cfg.capture.exclude_first else 0))
+    manifest: dict[str, Any] = {
+        "status": "running",
+        "config": config,
+        "model_label": label,
+        "command": command or "spectral run --config " + shlex.quote(str(run_dir / "manifest.json")),
+        "model_source": {"kind": model.source.kind, "path": str(model.source.path)},
+        "weights_sha256": model.weights_sha256(),
+        "arch": {k: getattr(model.arch, k) for k in model.arch.__dataclass_fields__},
+        "sites": list(sites),
+        "corpus": {
+            "name": windows.corpus.name,
+            "sha256": windows.corpus.sha256,
+            "n_documents": windows.corpus.n_documents,
+            "n_tokens": windows.n_tokens,
+            "n_available": windows.n_available,
+            "n_windows": len(windows),
+            "has_bos": windows.has_bos,
+            "n_stat_tokens": n_stat,
+        },
+        "seed": cfg.seed,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_manifest(run_dir, manifest)
+    try:
+        conditions: list[tuple[str, LoadedModel]] = [("trained", model)]
+        if "random_init" in cfg.controls:
+            conditions.append(("random_init", load_model(cfg.model, random_init=True, seed=cfg.seed)))
+        rows = []
+        for cond, m in conditions:
+            t = time.perf_counter()
+            cap = cfg.capture
+            centers = calibrate_centers(m, windows, sites, cap.batch_size, cap.exclude_first)
+            bank = new_bank(m, sites, cap.moment_buckets, centers)
+            desc = f"{label} [{cond}]" if progress else None
+            accumulate(m, windows, bank, cap.batch_size, cap.exclude_first, progress=desc)
+            timings[f"capture_{cond}"] = time.perf_counter() - t
+            t = time.perf_counter()
+            rows.extend(compute_metrics(bank, label, cond, cfg.analysis, cfg.seed).rows)
+            timings[f"analysis_{cond}"] = time.perf_counter() - t
+        table = MetricTable(tuple(rows))
+        atomic_write_text(run_dir / "metrics.csv", table.to_csv())
+
+        t = time.perf_counter()
+        title = f"{label} · {Path(windows.corpus.name).name} · {len(windows)}×{cfg.corpus.seq_len} tokens"
+        figures = {
+            "norm_profile": plotting.norm_profile(table, f"Residual norm by layer — {title}"),
+            "carrier_anisotropy": plotting.carrier_and_anisotropy(table, f"Carrier and anisotropy — {title}"),
+        }
+        data = {
+            "norm_profile": _figure_data(table, ("norm_mean",)),
+            "carrier_anisotropy": _figure_data(table, ("carrier_energy", "anisotropy")),
+        }
+        manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, log)
+        timings["figures"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+        manifest.update(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        write_manifest(run_dir, manifest)
+        report = build_report(run_dir)
+    except BaseException as exc:
+        manifest.update(status="failed", reason=f"{exc.__class__.__name__}: {exc}", timings=timings)
+        write_manifest(run_dir, manifest)
+        raise
+    return RunResult(run_dir, report, table)

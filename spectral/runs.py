@@ -1,0 +1,138 @@
+"""The run directory (a contract, ARCHITECTURE.md): layout, manifest, atomic writes.
+
+Every file is written atomically (temporary file in the same directory, fsync, rename), so a
+reader never sees half a file. ``manifest.json`` carries ``status``: ``running`` while a run is
+in progress, then ``complete`` or ``failed`` (with the reason); readers refuse or mark runs that
+are not complete. A directory that already holds a *different* run is never overwritten unless
+the caller says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from spectral.errors import RunDirError
+
+PACKAGES = ("torch", "transformers", "transformer-lens", "numpy", "scipy", "plotly", "kaleido", "spectral")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def slug(text: str) -> str:
+    """A safe directory-name fragment of ``text`` (no separators, no dots at the start)."""
+    base = Path(text.rstrip("/")).name or text
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip(".-")[:60] or "x"
+
+
+def default_run_dir(cfg: dict[str, Any]) -> Path:
+    m, c = cfg["model"], cfg["corpus"]
+    name = f"{slug(m['name'])}-{slug(c['source'])}-L{c['seq_len']}-n{c['max_seqs']}-s{cfg['seed']}"
+    return Path("reports") / "runs" / name
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for p in PACKAGES:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=False
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if res.returncode != 0:
+        return None
+    return res.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / "manifest.json"
+    if not p.is_file():
+        raise RunDirError(f"{run_dir} is not a run directory (no manifest.json)")
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RunDirError(f"{p} is corrupt (line {exc.lineno}: {exc.msg})") from None
+
+
+def prepare_run_dir(run_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
+    """Create ``run_dir`` or check that reusing it cannot destroy another run."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"output path {run_dir} exists and is not a directory")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not overwrite:
+        manifest = run_dir / "manifest.json"
+        if not manifest.is_file():
+            raise RunDirError(f"output directory {run_dir} holds files that are not a spectral run; pass --overwrite")
+        old = read_manifest(run_dir).get("config")
+        if old != config:
+            diff = sorted(
+                f"{sec}.{k}"
+                for sec in config
+                for k in (config[sec] if isinstance(config[sec], dict) else {"": 0})
+                if not isinstance(old, dict)
+                or (isinstance(config[sec], dict) and (old.get(sec) or {}).get(k) != config[sec][k])
+                or (not isinstance(config[sec], dict) and old.get(sec) != config[sec])
+            )
+            raise RunDirError(
+                f"output directory {run_dir} already holds a different run (differs in {', '.join(diff) or 'config'});"
+                " pass --overwrite or choose another --out"
+            )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"output directory {run_dir} is not writable: {exc.strerror}") from None
+
+
+def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")

@@ -1,0 +1,278 @@
+"""Mergeable streaming statistics of activations (the sufficient statistics of every analysis).
+
+Per site, :class:`SiteStats` keeps, for each of ``B`` buckets of windows (window index mod B):
+the token count, Σh, Σ unit vectors û, Σ unit vectors of h − c (c: a fixed centre, for the
+centred cosine), Σ‖h‖, Σ‖h‖², a log-spaced histogram of ‖h‖ (quantile sketch, ≤0.5 % relative
+error), the uncentred second moment Σ h hᵀ and the sequence-axis power spectrum Σ |rfft_t h|²
+(summed over dimensions, full-length windows only). Per window it keeps small scalar sums (token
+count, Σ‖h‖, Σ‖h‖², and for a site with a predecessor on the residual chain Σcos and Σ norm
+ratio between the two sites for the same token) so per-window bootstraps stay possible.
+
+Everything accumulates in float64 on the CPU; memory is O(B·d²) per site and does not grow with
+the number of tokens except for a few floats per window. ``merge`` is exact (sums add, window
+rows concatenate), so shards combine into the identical result. The statistics take plain
+tensors: they work on activations from any source.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+
+HIST_GAMMA = 1.01  # bin width ratio of the norm histogram
+HIST_MIN_EXP = -1852  # 1.01 ** -1852 ~ 1e-8
+HIST_BINS = 3704  # covers 1e-8 .. 1e8; values outside are clamped into the end bins
+WINDOW_COLUMNS = ("count", "sum_norm", "sum_norm2", "pair_count", "sum_cos", "sum_ratio")
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Sums over a set of buckets; every moment-based statistic is a function of this."""
+
+    n: float
+    sum_h: Float[torch.Tensor, " d"]
+    sum_u: Float[torch.Tensor, " d"]
+    sum_cu: Float[torch.Tensor, " d"]
+    sum_norm: float
+    sum_norm2: float
+    second: Float[torch.Tensor, "d d"]
+    norm_hist: Int[torch.Tensor, " bins"]
+    spectrum: Float[torch.Tensor, " freq"]
+    spectrum_windows: float
+
+
+def hist_bin(norms: torch.Tensor) -> torch.Tensor:
+    """Histogram bin of each norm (0 and tiny values go to bin 0)."""
+    e = torch.floor(torch.log(norms.clamp_min(1e-300)) / math.log(HIST_GAMMA)) - HIST_MIN_EXP
+    return e.clamp(0, HIST_BINS - 1).long()
+
+
+def hist_value(bins: np.ndarray) -> np.ndarray:
+    """Representative value (geometric bin centre) of histogram bins."""
+    return HIST_GAMMA ** (bins + HIST_MIN_EXP + 0.5)
+
+
+class SiteStats:
+    """Bucketed, mergeable accumulators of one site (see module docstring)."""
+
+    def __init__(self, d: int, n_buckets: int, center: torch.Tensor | None = None) -> None:
+        B = n_buckets
+        f64 = torch.float64
+        self.d, self.n_buckets = d, B
+        self.center = None if center is None else center.detach().to("cpu", f64).clone()
+        self.count = torch.zeros(B, dtype=f64)
+        self.sum_h = torch.zeros(B, d, dtype=f64)
+        self.sum_u = torch.zeros(B, d, dtype=f64)
+        self.sum_cu = torch.zeros(B, d, dtype=f64)
+        self.sum_norm = torch.zeros(B, dtype=f64)
+        self.sum_norm2 = torch.zeros(B, dtype=f64)
+        self.second = torch.zeros(B, d, d, dtype=f64)
+        self.norm_hist = torch.zeros(B, HIST_BINS, dtype=torch.int64)
+        self.spectrum: torch.Tensor | None = None  # (B, F), sized by the first full window
+        self.spectrum_windows = torch.zeros(B, dtype=f64)
+        self.spectrum_skipped = 0  # full windows of another length than the first one
+        self._win_index: list[np.ndarray] = []
+        self._win_rows: list[np.ndarray] = []
+
+    # ---- accumulation -------------------------------------------------------------------
+    def update(
+        self,
+        h: Float[torch.Tensor, "batch seq d"],
+        mask: Bool[torch.Tensor, "batch seq"],
+        window_index: Int[torch.Tensor, " batch"],
+        full: Bool[torch.Tensor, " batch"] | None = None,
+        prev: Float[torch.Tensor, "batch seq d"] | None = None,
+    ) -> None:
+        """Add one batch. ``prev``: the predecessor site on the residual chain (same tokens)."""
+        h = h.detach().to("cpu", torch.float64)
+        mask = mask.to("cpu")
+        widx = window_index.to("cpu").long()
+        bucket = widx % self.n_buckets  # (batch,)
+        if full is None:
+            full = torch.ones(h.shape[0], dtype=torch.bool)
+        self._update_spectrum(h, mask, bucket, full.to("cpu"))
+
+        flat = h[mask]  # (n, d)
+        tok_window = torch.arange(h.shape[0]).unsqueeze(1).expand_as(mask)[mask]  # (n,)
+        tok_bucket = bucket[tok_window]
+        norms = flat.norm(dim=1)
+        safe = norms.clamp_min(1e-300).unsqueeze(1)
+        ones = torch.ones_like(norms)
+        self.count.index_add_(0, tok_bucket, ones)
+        self.sum_h.index_add_(0, tok_bucket, flat)
+        self.sum_u.index_add_(0, tok_bucket, flat / safe)
+        if self.center is not None:
+            c = flat - self.center
+            self.sum_cu.index_add_(0, tok_bucket, c / c.norm(dim=1, keepdim=True).clamp_min(1e-300))
+        self.sum_norm.index_add_(0, tok_bucket, norms)
+        self.sum_norm2.index_add_(0, tok_bucket, norms * norms)
+        self.norm_hist.index_put_((tok_bucket, hist_bin(norms)), torch.ones_like(tok_bucket), accumulate=True)
+        for b in torch.unique(tok_bucket).tolist():
+            sel = flat[tok_bucket == b]  # (n_b, d)
+            self.second[b] += sel.T @ sel
+
+        # per-window scalar sums
+        nw = h.shape[0]
+        rows = torch.zeros(nw, len(WINDOW_COLUMNS), dtype=torch.float64)
+        rows[:, 0].index_add_(0, tok_window, ones)
+        rows[:, 1].index_add_(0, tok_window, norms)
+        rows[:, 2].index_add_(0, tok_window, norms * norms)
+        if prev is not None:
+            p = prev.detach().to("cpu", torch.float64)[mask]  # (n, d)
+            pn = p.norm(dim=1)
+            cos = (p * flat).sum(1) / (pn * norms).clamp_min(1e-300)
+            rows[:, 3].index_add_(0, tok_window, ones)
+            rows[:, 4].index_add_(0, tok_window, cos)
+            rows[:, 5].index_add_(0, tok_window, norms / pn.clamp_min(1e-300))
+        self._win_index.append(widx.numpy().copy())
+        self._win_rows.append(rows.numpy())
+
+    def _update_spectrum(self, h: torch.Tensor, mask: torch.Tensor, bucket: torch.Tensor, full: torch.Tensor) -> None:
+        sel = torch.nonzero(full).flatten()
+        if sel.numel() == 0:
+            return
+        start = int(torch.nonzero(mask[sel[0]]).min()) if mask[sel[0]].any() else 0
+        x = h[sel, start:, :]  # (w, T', d): positions from the first counted one
+        n_freq = x.shape[1] // 2 + 1
+        if self.spectrum is None:
+            self.spectrum = torch.zeros(self.n_buckets, n_freq, dtype=torch.float64)
+        if self.spectrum.shape[1] != n_freq:
+            self.spectrum_skipped += int(sel.numel())
+            return
+        power = torch.fft.rfft(x, dim=1).abs().pow(2).sum(dim=2)  # (w, F)
+        self.spectrum.index_add_(0, bucket[sel], power)
+        self.spectrum_windows.index_add_(0, bucket[sel], torch.ones(sel.numel(), dtype=torch.float64))
+
+    # ---- views ----------------------------------------------------------------------------
+    def _moments(self, weights: torch.Tensor) -> Moments:
+        w = weights.to(torch.float64)
+        spec = self.spectrum if self.spectrum is not None else torch.zeros(self.n_buckets, 1, dtype=torch.float64)
+        return Moments(
+            n=float(w @ self.count),
+            sum_h=w @ self.sum_h,
+            sum_u=w @ self.sum_u,
+            sum_cu=w @ self.sum_cu,
+            sum_norm=float(w @ self.sum_norm),
+            sum_norm2=float(w @ self.sum_norm2),
+            second=torch.einsum("b,bij->ij", w, self.second),
+            norm_hist=(weights.long() @ self.norm_hist),
+            spectrum=w @ spec,
+            spectrum_windows=float(w @ self.spectrum_windows),
+        )
+
+    def total(self) -> Moments:
+        return self._moments(torch.ones(self.n_buckets))
+
+    def leave_one_out(self, bucket: int) -> Moments:
+        w = torch.ones(self.n_buckets)
+        w[bucket] = 0
+        return self._moments(w)
+
+    def nonempty_buckets(self) -> list[int]:
+        return [b for b in range(self.n_buckets) if self.count[b] > 0]
+
+    def window_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """(window_index (W,), rows (W, len(WINDOW_COLUMNS))) sorted by window index."""
+        if not self._win_index:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, len(WINDOW_COLUMNS)))
+        idx = np.concatenate(self._win_index)
+        rows = np.concatenate(self._win_rows)
+        order = np.argsort(idx, kind="stable")
+        return idx[order], rows[order]
+
+    # ---- merge and serialisation --------------------------------------------------------
+    def merge(self, other: SiteStats) -> SiteStats:
+        """Add ``other`` into ``self`` (exact); returns ``self``."""
+        if (self.d, self.n_buckets) != (other.d, other.n_buckets):
+            raise ValueError("cannot merge statistics with different d or bucket count")
+        if (self.center is None) != (other.center is None) or (
+            self.center is not None and other.center is not None and not torch.equal(self.center, other.center)
+        ):
+            raise ValueError("cannot merge statistics centred on different points")
+        for name in ("count", "sum_h", "sum_u", "sum_cu", "sum_norm", "sum_norm2", "second", "norm_hist"):
+            getattr(self, name).add_(getattr(other, name))
+        if other.spectrum is not None:
+            if self.spectrum is None:
+                self.spectrum = other.spectrum.clone()
+            elif self.spectrum.shape != other.spectrum.shape:
+                raise ValueError("cannot merge sequence spectra of different window lengths")
+            else:
+                self.spectrum.add_(other.spectrum)
+        self.spectrum_windows.add_(other.spectrum_windows)
+        self.spectrum_skipped += other.spectrum_skipped
+        idx, rows = other.window_table()
+        self._win_index.append(idx)
+        self._win_rows.append(rows)
+        return self
+
+    def state_dict(self) -> dict[str, object]:
+        idx, rows = self.window_table()
+        return {
+            "d": self.d,
+            "n_buckets": self.n_buckets,
+            "center": self.center,
+            "count": self.count,
+            "sum_h": self.sum_h,
+            "sum_u": self.sum_u,
+            "sum_cu": self.sum_cu,
+            "sum_norm": self.sum_norm,
+            "sum_norm2": self.sum_norm2,
+            "second": self.second,
+            "norm_hist": self.norm_hist,
+            "spectrum": self.spectrum,
+            "spectrum_windows": self.spectrum_windows,
+            "spectrum_skipped": self.spectrum_skipped,
+            "window_index": torch.from_numpy(idx),
+            "window_rows": torch.from_numpy(rows),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, object]) -> SiteStats:
+        d, B = int(state["d"]), int(state["n_buckets"])  # type: ignore[arg-type]
+        center = state["center"]
+        out = cls(d, B, center if isinstance(center, torch.Tensor) else None)
+        for name in ("count", "sum_h", "sum_u", "sum_cu", "sum_norm", "sum_norm2", "second", "norm_hist"):
+            setattr(out, name, state[name].clone())  # type: ignore[union-attr]
+        spec = state["spectrum"]
+        out.spectrum = spec.clone() if isinstance(spec, torch.Tensor) else None
+        out.spectrum_windows = state["spectrum_windows"].clone()  # type: ignore[union-attr]
+        out.spectrum_skipped = int(state["spectrum_skipped"])  # type: ignore[arg-type]
+        out._win_index = [state["window_index"].numpy().copy()]  # type: ignore[union-attr]
+        out._win_rows = [state["window_rows"].numpy().copy()]  # type: ignore[union-attr]
+        return out
+
+
+class StatsBank:
+    """The statistics of one condition: one :class:`SiteStats` per captured site."""
+
+    def __init__(self, sites: tuple[str, ...], predecessors: dict[str, str], stats: list[SiteStats]) -> None:
+        self.sites = sites
+        self.predecessors = predecessors  # site -> the residual-chain site before it
+        self._stats = dict(zip(sites, stats, strict=True))
+
+    def __getitem__(self, site: str) -> SiteStats:
+        return self._stats[site]
+
+    def merge(self, other: StatsBank) -> StatsBank:
+        if self.sites != other.sites:
+            raise ValueError("cannot merge banks over different sites")
+        for s in self.sites:
+            self._stats[s].merge(other[s])
+        return self
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "sites": list(self.sites),
+            "predecessors": dict(self.predecessors),
+            "stats": [self._stats[s].state_dict() for s in self.sites],
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, object]) -> StatsBank:
+        sites = tuple(state["sites"])  # type: ignore[arg-type]
+        stats = [SiteStats.from_state_dict(s) for s in state["stats"]]  # type: ignore[union-attr]
+        return cls(sites, dict(state["predecessors"]), stats)  # type: ignore[arg-type]
