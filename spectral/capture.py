@@ -17,8 +17,6 @@ Site names are architecture independent: ``embed``, ``resid_pre.l``, ``attn_out.
 Hooks exist only inside :func:`capture` (a context manager, removed in ``finally``).
 """
 
-from __future__ import annotations
-
 import fnmatch
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager

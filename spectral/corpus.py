@@ -11,8 +11,6 @@ blank line ("\\n\\n") between documents, in file / line order, so that every imp
 sees the same tokens.
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import logging

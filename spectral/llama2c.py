@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,7 +63,7 @@ def _permute_for_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.view(n_heads, d1 // n_heads // 2, 2, d2).transpose(1, 2).reshape(d1, d2)
 
 
-def load_llama2c(path: Path) -> tuple[object, dict[str, torch.Tensor]]:
+def load_llama2c(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     """Return (LlamaConfig, state_dict in Hugging Face naming) for a llama2.c ``.bin``."""
     from transformers import LlamaConfig
 

@@ -279,6 +279,9 @@ def _probe_norm_placement(bridge: Any, n_layers: int, device: torch.device) -> t
 def load_model(spec: ModelSpec, *, random_init: bool = False, seed: int = 0) -> LoadedModel:
     """Load ``spec`` (or its seeded random-weight twin) behind a ``TransformerBridge``."""
     from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     source = resolve_source(spec)
     tokenizer = _load_tokenizer(source, spec)

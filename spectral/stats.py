@@ -14,8 +14,6 @@ rows concatenate), so shards combine into the identical result. The statistics t
 tensors: they work on activations from any source.
 """
 
-from __future__ import annotations
-
 import math
 from dataclasses import dataclass
 
@@ -185,7 +183,7 @@ class SiteStats:
         return idx[order], rows[order]
 
     # ---- merge and serialisation --------------------------------------------------------
-    def merge(self, other: SiteStats) -> SiteStats:
+    def merge(self, other: "SiteStats") -> "SiteStats":
         """Add ``other`` into ``self`` (exact); returns ``self``."""
         if (self.d, self.n_buckets) != (other.d, other.n_buckets):
             raise ValueError("cannot merge statistics with different d or bucket count")
@@ -231,7 +229,7 @@ class SiteStats:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, object]) -> SiteStats:
+    def from_state_dict(cls, state: dict[str, object]) -> "SiteStats":
         d, B = int(state["d"]), int(state["n_buckets"])  # type: ignore[arg-type]
         center = state["center"]
         out = cls(d, B, center if isinstance(center, torch.Tensor) else None)
@@ -254,10 +252,10 @@ class StatsBank:
         self.predecessors = predecessors  # site -> the residual-chain site before it
         self._stats = dict(zip(sites, stats, strict=True))
 
-    def __getitem__(self, site: str) -> SiteStats:
+    def __getitem__(self, site: str) -> "SiteStats":
         return self._stats[site]
 
-    def merge(self, other: StatsBank) -> StatsBank:
+    def merge(self, other: "StatsBank") -> "StatsBank":
         if self.sites != other.sites:
             raise ValueError("cannot merge banks over different sites")
         for s in self.sites:
@@ -272,7 +270,7 @@ class StatsBank:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, object]) -> StatsBank:
+    def from_state_dict(cls, state: dict[str, object]) -> "StatsBank":
         sites = tuple(state["sites"])  # type: ignore[arg-type]
         stats = [SiteStats.from_state_dict(s) for s in state["stats"]]  # type: ignore[union-attr]
         return cls(sites, dict(state["predecessors"]), stats)  # type: ignore[arg-type]

@@ -118,12 +118,8 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
             add(site, "norm_ratio", norms.window_mean(table, "sum_ratio", "pair_count", weights, level))
             add(site, "carrier_drift", jackknife([bank[prev], st], carrier.carrier_drift, level))
 
-    layers = sorted(
-        site_layer(s)
-        for s in bank.sites
-        if s.startswith("resid_post.") and (site_layer(s) or 0) >= spec.growth_first_layer
-    )
-    layers_i = [int(x) for x in layers if x is not None]
+    resid_layers = sorted(int(s.split(".")[1]) for s in bank.sites if s.startswith("resid_post."))
+    layers_i = [layer for layer in resid_layers if layer >= spec.growth_first_layer]
     tables = [bank[f"resid_post.{layer}"].window_table()[1] for layer in layers_i]
     if len(layers_i) >= 2:
         g = norms.growth_rate(layers_i, tables, weights, level)

@@ -1,0 +1,9 @@
+.PHONY: setup run test check
+setup:
+	./scripts/setup.sh
+run: setup
+	.venv/bin/spectral run
+test:
+	.venv/bin/python -m pytest -q
+check:
+	.venv/bin/ruff check spectral tests && .venv/bin/ruff format --check spectral tests && .venv/bin/pyright spectral && .venv/bin/python -m pytest -q

