@@ -58,6 +58,7 @@ def _tiny_config(family: str):
             intermediate_size=64,
             vocab_size=v,
             max_position_embeddings=128,
+            rms_norm_eps=1e-5,  # llama2.c's epsilon, so the .bin round trip is exact
         )
     if family == "neox":
         return GPTNeoXConfig(

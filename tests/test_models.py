@@ -1,0 +1,167 @@
+"""Model sources: llama2.c checkpoints against an independent run.c-style forward, and errors."""
+
+import struct
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import LLAMA2XS, needs_shared
+
+from spectral.config import ModelSpec
+from spectral.errors import ModelLoadError
+from spectral.models import load_model, resolve_source
+
+
+def _to_llama2c(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Hugging Face rotate-half rows -> llama2.c interleaved rows (inverse of the loader's permute)."""
+    d1, d2 = w.shape
+    return w.view(n_heads, 2, d1 // n_heads // 2, d2).transpose(1, 2).reshape(d1, d2)
+
+
+def write_legacy_bin(hf, path):
+    c = hf.config
+    sd = {k: v.detach().float() for k, v in hf.state_dict().items()}
+    L, H, KV = c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads
+    head = c.hidden_size // H
+    shared = bool(c.tie_word_embeddings)
+    vocab = c.vocab_size if shared else -c.vocab_size
+    parts = [struct.pack("<7i", c.hidden_size, c.intermediate_size, L, H, KV, vocab, c.max_position_embeddings)]
+
+    def stack(fmt, fn=lambda t, i: t):
+        return torch.stack([fn(sd[fmt.format(i)], i) for i in range(L)])
+
+    tensors = [
+        sd["model.embed_tokens.weight"],
+        stack("model.layers.{}.input_layernorm.weight"),
+        stack("model.layers.{}.self_attn.q_proj.weight", lambda t, i: _to_llama2c(t, H)),
+        stack("model.layers.{}.self_attn.k_proj.weight", lambda t, i: _to_llama2c(t, KV)),
+        stack("model.layers.{}.self_attn.v_proj.weight"),
+        stack("model.layers.{}.self_attn.o_proj.weight"),
+        stack("model.layers.{}.post_attention_layernorm.weight"),
+        stack("model.layers.{}.mlp.gate_proj.weight"),
+        stack("model.layers.{}.mlp.down_proj.weight"),
+        stack("model.layers.{}.mlp.up_proj.weight"),
+        sd["model.norm.weight"],
+        torch.zeros(c.max_position_embeddings, head // 2),
+        torch.zeros(c.max_position_embeddings, head // 2),
+    ]
+    if not shared:
+        tensors.append(sd["lm_head.weight"])
+    parts += [t.contiguous().numpy().astype("<f4").tobytes() for t in tensors]
+    path.write_bytes(b"".join(parts))
+
+
+def runc_forward(path, tokens):
+    """Independent reference: llama2.c's run.c forward pass (interleaved RoPE) in numpy."""
+    raw = path.read_bytes()
+    dim, hidden, L, H, KV, vocab, seq_len = struct.unpack("<7i", raw[:28])
+    shared, vocab = vocab > 0, abs(vocab)
+    w = np.frombuffer(raw[28:], dtype="<f4")
+    hs, kvd = dim // H, dim // H * KV
+    pos = 0
+
+    def take(*shape):
+        nonlocal pos
+        n = int(np.prod(shape))
+        out = w[pos : pos + n].reshape(shape).astype(np.float64)
+        pos += n
+        return out
+
+    emb, ra, wq, wk = take(vocab, dim), take(L, dim), take(L, dim, dim), take(L, kvd, dim)
+    wv, wo, rf = take(L, kvd, dim), take(L, dim, dim), take(L, dim)
+    w1, w2, w3, rfin = take(L, hidden, dim), take(L, dim, hidden), take(L, hidden, dim), take(dim)
+    take(seq_len, hs // 2), take(seq_len, hs // 2)
+    wcls = emb if shared else take(vocab, dim)
+
+    def rms(x, g):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + 1e-5) * g
+
+    def rope(x, n):  # x: (T, n*hs); rotate pairs (2i, 2i+1) within each head
+        T = x.shape[0]
+        x = x.reshape(T, n, hs // 2, 2).copy()
+        freq = 1.0 / 10000.0 ** (np.arange(0, hs, 2) / hs)
+        ang = np.arange(T)[:, None] * freq[None]
+        c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+        a, b = x[..., 0].copy(), x[..., 1].copy()
+        x[..., 0], x[..., 1] = a * c - b * s, a * s + b * c
+        return x.reshape(T, n * hs)
+
+    x = emb[tokens]
+    T = len(tokens)
+    for l in range(L):
+        xb = rms(x, ra[l])
+        q, k, v = rope(xb @ wq[l].T, H), rope(xb @ wk[l].T, KV), xb @ wv[l].T
+        out = np.zeros((T, dim))
+        for h in range(H):
+            kh = h // (H // KV)
+            qh, khh, vh = q[:, h * hs : (h + 1) * hs], k[:, kh * hs : (kh + 1) * hs], v[:, kh * hs : (kh + 1) * hs]
+            att = qh @ khh.T / np.sqrt(hs)
+            att[np.triu_indices(T, 1)] = -np.inf
+            att = np.exp(att - att.max(1, keepdims=True))
+            out[:, h * hs : (h + 1) * hs] = (att / att.sum(1, keepdims=True)) @ vh
+        x = x + out @ wo[l].T
+        xb = rms(x, rf[l])
+        g = xb @ w1[l].T
+        x = x + ((g / (1 + np.exp(-g))) * (xb @ w3[l].T)) @ w2[l].T
+    return rms(x, rfin) @ wcls.T
+
+
+def _check_llama2c(hf_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(str(hf_dir)).eval()
+    binp = tmp_path / "model.bin"
+    write_legacy_bin(hf, binp)
+    model = load_model(ModelSpec(name=str(binp), tokenizer=str(hf_dir)))
+    assert model.source.kind == "llama2c" and model.arch.has_unembedding and model.arch.norm_placement == "pre"
+    tokens = [1, 5, 9, 33, 2, 17, 40, 3, 8, 11]
+    with torch.no_grad():
+        got = model.hf_model(torch.tensor([tokens])).logits[0].double().numpy()
+    ref = runc_forward(binp, tokens)
+    assert np.abs(got - ref).max() < 1e-4 * max(1.0, np.abs(ref).max())
+    with torch.no_grad():
+        orig = hf(torch.tensor([tokens])).logits[0].double().numpy()
+    assert np.abs(got - orig).max() < 1e-4
+
+
+def test_llama2c_tiny_matches_runc(tiny_model_dir, tmp_path):
+    _check_llama2c(tiny_model_dir("llama"), tmp_path)
+
+
+@needs_shared
+def test_llama2c_real_model_matches_runc(tmp_path):
+    _check_llama2c(LLAMA2XS, tmp_path)
+
+
+def test_llama2c_without_tokenizer_is_refused(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    binp = tmp_path / "m.bin"
+    write_legacy_bin(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir("llama"))), binp)
+    with pytest.raises(ModelLoadError, match="needs a tokenizer beside it: pass --tokenizer"):
+        load_model(ModelSpec(name=str(binp)))
+
+
+def test_unknown_model_fails_fast_and_says_what_was_tried(monkeypatch):
+    t = time.perf_counter()
+    with pytest.raises(ModelLoadError, match=r"tried built-in names \(minilm\); local path"):
+        load_model(ModelSpec(name="./no/such/dir"))
+    with pytest.raises(ModelLoadError, match="hub not reachable: HF_HUB_OFFLINE is set"):
+        resolve_source(ModelSpec(name="someone/some-model"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr("spectral.models._hub_reachable", lambda timeout=4.0: "huggingface.co did not answer")
+    with pytest.raises(ModelLoadError, match="not in the local cache; hub not reachable: huggingface.co did not"):
+        resolve_source(ModelSpec(name="gpt2"))
+    assert time.perf_counter() - t < 10
+
+
+def test_random_twin_is_seeded_and_differs(tiny_model_dir):
+    spec = ModelSpec(name=str(tiny_model_dir("gpt2")))
+    trained = load_model(spec)
+    a = load_model(spec, random_init=True, seed=1)
+    b = load_model(spec, random_init=True, seed=1)
+    c = load_model(spec, random_init=True, seed=2)
+    wa, wb, wc, wt = (m.hf_model.transformer.h[0].mlp.c_fc.weight for m in (a, b, c, trained))
+    assert torch.equal(wa, wb) and not torch.equal(wa, wc) and not torch.equal(wa, wt)
+    assert a.arch == trained.arch and a.weights_sha256() is None and trained.weights_sha256()
