@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 from importlib import metadata
@@ -21,6 +22,7 @@ from typing import Any
 
 from spectral.errors import RunDirError
 
+RUN_OUTPUTS = ("manifest.json", "metrics.csv", "verdicts.csv", "figures", "report.md", "report.html")
 PACKAGES = ("torch", "transformers", "transformer-lens", "numpy", "scipy", "plotly", "kaleido", "spectral")
 
 
@@ -103,6 +105,19 @@ def read_manifest(run_dir: Path) -> dict[str, Any]:
         raise RunDirError(f"{p} is corrupt (line {exc.lineno}: {exc.msg})") from None
 
 
+def config_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted names of the config fields that differ between two config dicts."""
+    out = []
+    for sec, val in new.items():
+        if isinstance(val, dict):
+            prior = old.get(sec)
+            before: dict[str, Any] = prior if isinstance(prior, dict) else {}
+            out += [f"{sec}.{k}" for k in val if before.get(k) != val[k]]
+        elif old.get(sec) != val:
+            out.append(sec)
+    return sorted(out)
+
+
 def prepare_run_dir(run_dir: Path, config: dict[str, Any], overwrite: bool) -> None:
     """Create ``run_dir`` or check that reusing it cannot destroy another run."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -113,18 +128,18 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], overwrite: bool) -> N
             raise RunDirError(f"output directory {run_dir} holds files that are not a spectral run; pass --overwrite")
         old = read_manifest(run_dir).get("config")
         if old != config:
-            diff = sorted(
-                f"{sec}.{k}"
-                for sec in config
-                for k in (config[sec] if isinstance(config[sec], dict) else {"": 0})
-                if not isinstance(old, dict)
-                or (isinstance(config[sec], dict) and (old.get(sec) or {}).get(k) != config[sec][k])
-                or (not isinstance(config[sec], dict) and old.get(sec) != config[sec])
-            )
+            diff = config_diff(old if isinstance(old, dict) else {}, config)
             raise RunDirError(
                 f"output directory {run_dir} already holds a different run (differs in {', '.join(diff) or 'config'});"
                 " pass --overwrite or choose another --out"
             )
+    if overwrite and (run_dir / "manifest.json").is_file():
+        for name in RUN_OUTPUTS:
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink(missing_ok=True)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"

@@ -62,12 +62,20 @@ def _tiny_config(family: str):
         )
     if family == "neox":
         return GPTNeoXConfig(
-            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=v,
+            num_hidden_layers=3,
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=v,
             max_position_embeddings=128,
         )
     if family == "bert":
         return BertConfig(
-            num_hidden_layers=3, hidden_size=32, num_attention_heads=4, intermediate_size=64, vocab_size=v,
+            num_hidden_layers=3,
+            hidden_size=32,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=v,
             max_position_embeddings=128,
         )
     raise ValueError(family)

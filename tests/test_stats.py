@@ -152,6 +152,9 @@ def test_planted_growth_rate_and_dominant_frequency():
     t = torch.arange(T, dtype=torch.float64)
     sig = torch.cos(2 * math.pi * 5 * t / T)[None, :, None] * torch.ones(W, T, d, dtype=torch.float64)
     st = SiteStats(d, 4)
-    st.update(sig + 0.01 * torch.randn(W, T, d, generator=gen, dtype=torch.float64),
-              torch.ones(W, T, dtype=torch.bool), torch.arange(W))
+    st.update(
+        sig + 0.01 * torch.randn(W, T, d, generator=gen, dtype=torch.float64),
+        torch.ones(W, T, dtype=torch.bool),
+        torch.arange(W),
+    )
     assert int(np.argmax(spectrum.power_spectrum(st.total()))) == 5

@@ -1,0 +1,149 @@
+"""End to end: `spectral run` writes the run directory, and its numbers equal an independent
+straightforward computation over the same windows (Hugging Face hidden states + numpy)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import LLAMA2XS, TINYSTORIES, needs_shared
+
+from spectral.analysis.metrics import MetricTable
+from spectral.cli import main
+
+
+def _independent(model_dir, corpus, seq_len, max_seqs):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    hf = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+    text = corpus.read_bytes().decode("utf-8").lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    wins = [[tok.bos_token_id] + ids[i * seq_len : (i + 1) * seq_len] for i in range(max_seqs)]
+    x = torch.tensor(wins)
+    last = {}
+    hook = hf.model.layers[-1].register_forward_hook(
+        lambda m, i, o: last.__setitem__("h", o[0] if isinstance(o, tuple) else o)
+    )
+    with torch.no_grad():
+        hs = list(hf(x, output_hidden_states=True).hidden_states)
+    hook.remove()
+    L = hf.config.num_hidden_layers
+    resid = hs[:L] + [last["h"]]  # resid_pre.0, resid_post.0 .. resid_post.L-1
+    out = {}
+    for layer in range(L):
+        h = resid[layer + 1][:, 1:].double().numpy()  # position 0 excluded
+        p = resid[layer][:, 1:].double().numpy()
+        flat, pflat = h.reshape(-1, h.shape[-1]), p.reshape(-1, p.shape[-1])
+        n = flat.shape[0]
+        nrm = np.linalg.norm(flat, axis=1)
+        u = flat / nrm[:, None]
+        mu = flat.mean(0) / np.linalg.norm(flat.mean(0))
+        ev = np.linalg.eigvalsh(np.cov(flat.T, bias=True))
+        ev = np.clip(ev, 0, None)
+        pr = ev / ev.sum()
+        pr = pr[pr > 0]
+        P = (np.abs(np.fft.rfft(h, axis=1)) ** 2).sum(axis=(0, 2))
+        out[f"resid_post.{layer}"] = {
+            "norm_mean": nrm.mean(),
+            "anisotropy": ((u @ u.T).sum() - n) / (n * (n - 1)),
+            "carrier_energy": ((flat @ mu) ** 2).sum() / (flat**2).sum(),
+            "layer_cos": np.mean((flat * pflat).sum(1) / (nrm * np.linalg.norm(pflat, axis=1))),
+            "eff_rank": math.exp(-(pr * np.log(pr)).sum()),
+            "dc_fraction": P[0] / P.sum(),
+        }
+    return out
+
+
+@needs_shared
+def test_llama2xs_run_matches_independent_computation(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc = main(
+        [
+            "run",
+            "--model",
+            str(LLAMA2XS),
+            "--corpus",
+            str(TINYSTORIES),
+            "--seq-len",
+            "64",
+            "--max-seqs",
+            "64",
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert f"run directory: {out}" in printed and "report.md" in printed
+    table = MetricTable.from_csv((out / "metrics.csv").read_text())
+    ref = _independent(LLAMA2XS, TINYSTORIES, 64, 64)
+    for site, metrics in ref.items():
+        for metric, expect in metrics.items():
+            row = table.get("trained", site, metric)
+            assert row is not None, (site, metric)
+            assert row.value == pytest.approx(expect, rel=1e-3), (site, metric, row.value, expect)
+            assert row.ci_low <= row.value <= row.ci_high
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "complete" and man["corpus"]["n_windows"] == 64
+    assert man["weights_sha256"] and man["packages"]["torch"]
+    assert {"trained", "random_init"} == set(table.conditions())
+    assert table.get("random_init", "resid_post", "growth_rate") is not None
+    for name in ("norm_profile", "carrier_anisotropy"):
+        assert (out / "figures" / f"{name}.html").is_file() and (out / "figures" / f"{name}.csv").is_file()
+    assert "## Per layer: random_init" in (out / "report.md").read_text()
+
+
+def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
+    out = tmp_path / "mini"
+    args = ["run", "--max-seqs", "6", "--seq-len", "32", "--out", str(out), "--quiet", "--n-boot", "50"]
+    assert main(args) == 0
+    table = MetricTable.from_csv((out / "metrics.csv").read_text())
+    # MiniLM is post-LN: the norm is pinned by LayerNorm, so the growth rate is ~1
+    g = table.get("trained", "resid_post", "growth_rate")
+    assert g is not None and abs(g.value - 1) < 0.2
+    first = (out / "metrics.csv").read_text()
+    assert main(args) == 0  # the same config into the same directory: a rerun is allowed
+    assert (out / "metrics.csv").read_text() == first  # and deterministic
+    capsys.readouterr()
+    assert main(["run", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds a different run (differs in" in err and "corpus.max_seqs" in err and "--overwrite" in err
+    assert err.count("\n") == 1
+    assert (
+        main(
+            ["run", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), "--quiet", "--overwrite", "--n-boot", "50"]
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no-such-org/no-such-model"], "unknown model 'no-such-org/no-such-model': tried"),
+        (["--seq-len", "600"], "needs 601 positions; the model's context is 512"),
+        (["--sites", "resid_post.9"], "site 'resid_post.9' does not exist"),
+        (["--seq-len", "0"], "seq_len must be >= 1"),
+    ],
+)
+def test_bad_input_one_line_error_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "r"
+    assert main(["run", "--out", str(out), "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("spectral: error: ") and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_empty_corpus_and_bad_toml(tmp_path, capsys):
+    empty = tmp_path / "e.txt"
+    empty.write_text("")
+    assert main(["run", "--corpus", str(empty), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    assert "is empty" in capsys.readouterr().err
+    bad = tmp_path / "c.toml"
+    bad.write_text("[capture]\nbatch_sise = 4\n")
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown key [capture] 'batch_sise' (did you mean 'batch_size'?)" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
