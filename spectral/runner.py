@@ -69,9 +69,12 @@ def save_figures(
     if browser is None:
         note = "PNG figures skipped: no Chromium/Chrome for kaleido (install Debian's chromium or set BROWSER_PATH)."
         log(note)
+    from plotly.offline import get_plotlyjs
+
+    atomic_write_text(fig_dir / "plotly.min.js", get_plotlyjs())  # shared by the HTML figures, offline
     for name, fig in figures.items():
         files = []
-        atomic_write_text(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="cdn", full_html=True))
+        atomic_write_text(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
         files.append(f"figures/{name}.html")
         atomic_write_text(fig_dir / f"{name}.csv", data[name])
         files.append(f"figures/{name}.csv")

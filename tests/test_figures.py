@@ -1,0 +1,33 @@
+"""Figures: PNG export through kaleido when a browser exists, a one-line note when none does."""
+
+from spectral import plotting, runner
+from spectral.analysis.metrics import MetricRow, MetricTable
+
+
+def _table():
+    rows = []
+    for cond, scale in (("trained", 1.3), ("random_init", 1.0)):
+        for layer in range(4):
+            for metric, v in (("norm_mean", 2 * scale**layer), ("carrier_energy", 0.5), ("anisotropy", 0.3)):
+                rows.append(MetricRow("m", cond, f"resid_post.{layer}", layer, metric, v, 0.9 * v, 1.1 * v))
+    return MetricTable(tuple(rows))
+
+
+def test_figures_have_both_conditions():
+    fig = plotting.norm_profile(_table(), "t")
+    names = {t.name for t in fig.data if t.showlegend is not False}
+    assert names == {"trained", "random weights (R)"}
+    assert fig.layout.yaxis.type == "log"
+    fig2 = plotting.carrier_and_anisotropy(_table(), "t")
+    assert len(fig2.data) == 8  # 2 conditions x 2 panels x (band + line)
+
+
+def test_png_skipped_with_note_when_no_browser(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "browser_for_png", lambda: None)
+    notes = []
+    files, note = runner.save_figures(
+        tmp_path, {"norm_profile": plotting.norm_profile(_table(), "t")}, {"norm_profile": "a,b\n"}, notes.append
+    )
+    assert note and "PNG figures skipped" in note and notes == [note]
+    assert files["norm_profile"] == ["figures/norm_profile.html", "figures/norm_profile.csv"]
+    assert (tmp_path / "figures" / "norm_profile.html").is_file()
