@@ -17,9 +17,12 @@ Site names are architecture independent: ``embed``, ``resid_pre.l``, ``attn_out.
 Hooks exist only inside :func:`capture` (a context manager, removed in ``finally``).
 """
 
+import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from jaxtyping import Float
@@ -119,15 +122,12 @@ def capture(model: LoadedModel, sites: tuple[str, ...], sink: Callable[[str, tor
         ctx.__exit__(None, None, None)
 
 
-def forward(model: LoadedModel, batch: Batch) -> None:
+def forward(model: LoadedModel, batch: Batch, position_ids: torch.Tensor | None = None) -> None:
     """One forward pass without computing logits (hooks do the work)."""
     dev = model.device
+    extra = {} if position_ids is None else {"position_ids": position_ids.to(dev)}
     with torch.inference_mode():
-        model.bridge(
-            batch.input_ids.to(dev),
-            return_type=None,
-            attention_mask=batch.attention_mask.to(dev),
-        )
+        model.bridge(batch.input_ids.to(dev), return_type=None, attention_mask=batch.attention_mask.to(dev), **extra)
 
 
 def capture_activations(
@@ -140,12 +140,49 @@ def capture_activations(
     return got
 
 
+def write_inputs(sites: tuple[str, ...], arch: ArchInfo) -> dict[str, str]:
+    """For each attn_out.l / mlp_out.l: the stream that sub-layer read (for band transfer)."""
+    out = {}
+    for layer in range(arch.n_layers):
+        pairs = [(f"attn_out.{layer}", f"resid_pre.{layer}")]
+        mlp_in = f"resid_pre.{layer}" if arch.parallel_residual else f"resid_mid.{layer}"
+        pairs.append((f"mlp_out.{layer}", mlp_in))
+        out.update({w: x for w, x in pairs if w in sites and x in sites})
+    return out
+
+
+RESIDUAL_KINDS = ("embed", "resid_pre", "resid_mid", "resid_post", "final")
+
+
 def new_bank(
-    model: LoadedModel, sites: tuple[str, ...], n_buckets: int, centers: dict[str, torch.Tensor] | None = None
+    model: LoadedModel,
+    sites: tuple[str, ...],
+    n_buckets: int,
+    centers: dict[str, torch.Tensor] | None = None,
+    sink_thresholds: dict[str, float] | None = None,
 ) -> StatsBank:
+    """Empty statistics for ``sites``: residual sites track sink tokens, writes their inputs."""
     d = model.arch.d_model
-    stats = [SiteStats(d, n_buckets, None if centers is None else centers[s]) for s in sites]
-    return StatsBank(sites, residual_predecessors(sites, model.arch), stats)
+    inputs = write_inputs(sites, model.arch)
+    stats = [
+        SiteStats(
+            d,
+            n_buckets,
+            None if centers is None else centers[s],
+            None if sink_thresholds is None or s.split(".")[0] not in RESIDUAL_KINDS else sink_thresholds[s],
+            cross=s in inputs,
+        )
+        for s in sites
+    ]
+    return StatsBank(sites, residual_predecessors(sites, model.arch), stats, inputs)
+
+
+class Probe(Protocol):
+    """Something that reads the forward pass through its own hooks (see spectral.probes)."""
+
+    def hooks(self) -> list[tuple[str, Callable[..., Any]]]: ...
+    def begin_batch(self, batch: Batch) -> None: ...
+    def end_batch(self) -> None: ...
 
 
 def accumulate(
@@ -155,50 +192,78 @@ def accumulate(
     batch_size: int,
     exclude_first: bool = True,
     progress: str | None = None,
+    probes: tuple[Probe, ...] = (),
+    positions: Callable[[Batch], torch.Tensor] | None = None,
 ) -> StatsBank:
-    """Stream every window through the model, updating ``bank`` inside the hooks.
+    """Stream every window through the model, updating ``bank`` (and probes) inside the hooks.
 
-    Only the predecessor of a ``resid_post`` site is held until its successor arrives, so
-    memory stays at about one activation tensor beyond the model's own.
+    A site another site depends on (its residual predecessor, or the input of a write) is held
+    only until its last consumer has fired, so memory stays at a few activation tensors.
     """
+    consumers: dict[str, int] = {}
+    for dep in list(bank.predecessors.values()) + list(bank.inputs.values()):
+        consumers[dep] = consumers.get(dep, 0) + 1
     held: dict[str, torch.Tensor] = {}
-    needed = set(bank.predecessors.values())
+    left: dict[str, int] = {}
     current: list[Batch] = []
+
+    def take(site: str | None) -> torch.Tensor | None:
+        if site is None or site not in held:
+            return None
+        x = held[site]
+        left[site] -= 1
+        if left[site] == 0:
+            del held[site]
+        return x
 
     def sink(site: str, x: torch.Tensor) -> None:
         b = current[0]
-        prev_site = bank.predecessors.get(site)
-        prev = held.pop(prev_site, None) if prev_site is not None else None
-        bank[site].update(x, b.stat_mask, b.window_index, b.full, prev)
-        if site in needed:
+        prev = take(bank.predecessors.get(site))
+        inp = take(bank.inputs.get(site))
+        bank[site].update(x, b.stat_mask, b.window_index, b.full, prev, inp)
+        if site in consumers:
             held[site] = x.detach()
+            left[site] = consumers[site]
 
     batches = list(iter_batches(windows, batch_size, exclude_first))
     bar = tqdm(batches, desc=progress, unit="batch", disable=progress is None, leave=False)
-    with capture(model, bank.sites, sink):
+    extra = [h for p in probes for h in p.hooks()]
+    with capture(model, bank.sites, sink), model.bridge.hooks(fwd_hooks=extra):
         for batch in bar:
             current[:] = [batch]
             held.clear()
-            forward(model, batch)
+            for p in probes:
+                p.begin_batch(batch)
+            forward(model, batch, None if positions is None else positions(batch))
+            for p in probes:
+                p.end_batch()
     return bank
 
 
-def calibrate_centers(
-    model: LoadedModel, windows: TokenWindows, sites: tuple[str, ...], batch_size: int, exclude_first: bool = True
-) -> dict[str, torch.Tensor]:
-    """Site means over the first batch of windows: the fixed centres of the centred cosine."""
-    first = TokenWindows(
-        windows.ids[:batch_size],
-        windows.window_index[:batch_size],
-        windows.has_bos,
-        windows.seq_len,
-        windows.n_tokens,
-        windows.n_available,
-        windows.corpus,
-    )
-    bank = accumulate(model, first, new_bank(model, sites, 2), batch_size, exclude_first)
-    out = {}
+@dataclass(frozen=True)
+class Calibration:
+    """Per-site facts from the first batch of windows, fixed for the rest of the run."""
+
+    centers: dict[str, torch.Tensor]  # site means: centre of the centred cosine, carrier for the lens
+    median_norms: dict[str, float]
+
+
+def calibrate(
+    model: LoadedModel,
+    windows: TokenWindows,
+    sites: tuple[str, ...],
+    batch_size: int,
+    exclude_first: bool = True,
+    positions: Callable[[Batch], torch.Tensor] | None = None,
+) -> Calibration:
+    """Site means and median norms over the first batch of windows."""
+    from spectral.analysis.norms import norm_quantile
+
+    first = dataclasses.replace(windows, ids=windows.ids[:batch_size], window_index=windows.window_index[:batch_size])
+    bank = accumulate(model, first, new_bank(model, sites, 2), batch_size, exclude_first, positions=positions)
+    centers, medians = {}, {}
     for s in sites:
         m = bank[s].total()
-        out[s] = m.sum_h / max(m.n, 1.0)
-    return out
+        centers[s] = m.sum_h / max(m.n, 1.0)
+        medians[s] = norm_quantile(m, 0.5)
+    return Calibration(centers, medians)

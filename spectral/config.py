@@ -23,7 +23,7 @@ from spectral.errors import ConfigError
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 Sampling = Literal["consecutive", "random"]
-Control = Literal["random_init"]
+Control = Literal["random_init", "shuffled", "permuted"]
 
 
 def _help(text: str, default: Any) -> Any:
@@ -67,7 +67,7 @@ class CorpusSpec:
         "builtin",
     )
     seq_len: int = _help("tokens per window, not counting the BOS/CLS token put in front", 128)
-    max_seqs: int = _help("use at most this many windows (fewer if the corpus is shorter)", 256)
+    max_seqs: int = _help("use at most this many windows (fewer if the corpus is shorter)", 128)
     sampling: Sampling = _help(
         "'consecutive' takes the first windows; 'random' a seeded sample of all windows",
         "consecutive",
@@ -108,12 +108,43 @@ class AnalysisSpec:
     ci_level: float = _help("confidence level of every interval", 0.95)
     growth_first_layer: int = _help("first resid_post layer included in the log-linear growth fit", 1)
     lowfreq_share: float = _help("share of the lowest frequency bins (incl. DC) in lowfreq_fraction", 0.1)
+    bands: tuple[int, ...] = _help("numbers K of equal W_U singular-vector bands (band_energy_k{K}_b{i})", (10, 20))
+    sink_factor: float = _help("a token is a sink / massive activation when ‖h‖ > factor × median ‖h‖", 10.0)
+    rogue_k: int = _help("top rogue dimensions removed in the robustness checks (prediction 3)", 3)
+    max_types: int = _help("most frequent token types tracked for self-similarity", 500)
+    intervention_windows: int = _help("windows used for ΔNLL interventions (0 = skip them)", 16)
 
     def __post_init__(self) -> None:
         _check(self.n_boot >= 10, f"[analysis] n_boot must be >= 10, got {self.n_boot}")
         _check(0.5 < self.ci_level < 1.0, f"[analysis] ci_level must be in (0.5, 1), got {self.ci_level}")
         _check(self.growth_first_layer >= 0, "[analysis] growth_first_layer must be >= 0")
         _check(0.0 < self.lowfreq_share <= 1.0, "[analysis] lowfreq_share must be in (0, 1]")
+        _check(all(k >= 2 for k in self.bands) and len(self.bands) > 0, "[analysis] bands must be integers >= 2")
+        _check(self.sink_factor > 1.0, "[analysis] sink_factor must be > 1")
+        _check(self.rogue_k >= 1, "[analysis] rogue_k must be >= 1")
+        _check(self.max_types >= 1, "[analysis] max_types must be >= 1")
+        _check(self.intervention_windows >= 0, "[analysis] intervention_windows must be >= 0")
+
+
+@dataclass(frozen=True)
+class VerdictSpec:
+    """Thresholds of the ten predictions (ARCHITECTURE.md section 1). A verdict is computed, never typed."""
+
+    middle_from: float = _help("middle layers start at this fraction of depth", 0.25)
+    middle_to: float = _help("middle layers end at this fraction of depth (inclusive)", 0.75)
+    carrier_min: float = _help("P2: carrier energy rho must exceed this over the middle layers", 0.5)
+    carrier_spread_max: float = _help("P2: max - min of rho over the middle layers ('stable')", 0.2)
+    robust_carrier_min: float = _help("P3: rho after z-scoring, rogue-dimension and sink removal", 0.5)
+    modulation_keep: float = _help("P4: lens accuracy of h - proj(h) kept relative to the full lens", 0.9)
+    layer_cos_min: float = _help("P5: layer cosine threshold", 0.9)
+    norm_ratio_min: float = _help("P5: norm ratio threshold", 1.03)
+    head_rank_frac_max: float = _help("P6: head output effective rank / d_head must stay below this", 0.5)
+    resonance_top_bands: int = _help("P10: number of top W_U bands (of K = first of [analysis] bands)", 2)
+    resonance_share_min: float = _help("P10: share of the final top-1 margin those bands must explain", 0.5)
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.middle_from <= self.middle_to <= 1, "[verdicts] need 0 <= middle_from <= middle_to <= 1")
+        _check(self.resonance_top_bands >= 1, "[verdicts] resonance_top_bands must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -124,7 +155,10 @@ class ExperimentConfig:
     corpus: CorpusSpec = field(default_factory=CorpusSpec)
     capture: CaptureSpec = field(default_factory=CaptureSpec)
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
-    controls: tuple[Control, ...] = _help("control conditions run beside the trained model", ("random_init",))
+    verdicts: VerdictSpec = field(default_factory=VerdictSpec)
+    controls: tuple[Control, ...] = _help(
+        "control conditions run beside the trained model", ("random_init", "shuffled", "permuted")
+    )
     seed: int = _help("seed of the random twin, window sampling and bootstrap", 0)
     out: str | None = _help("run directory (default: reports/runs/<model>-<corpus>-...)", None)
 
@@ -140,6 +174,7 @@ SECTIONS: dict[str, type] = {
     "corpus": CorpusSpec,
     "capture": CaptureSpec,
     "analysis": AnalysisSpec,
+    "verdicts": VerdictSpec,
 }
 
 

@@ -84,6 +84,21 @@ class LoadedModel:
                 return int(v)
         return None
 
+    def final_norm(self) -> torch.nn.Module | None:
+        """The unhooked final-norm module of a pre-LN model (None for post-LN encoders)."""
+        if self.arch.norm_placement != "pre" or not hasattr(self.bridge, "ln_final"):
+            return None
+        ln = self.bridge.ln_final
+        return getattr(ln, "original_component", ln)
+
+    def unembedding(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W_U as d × V, bias or None) of a checkpoint that holds a trained LM head."""
+        if not self.arch.has_unembedding:
+            raise ValueError(f"{self.source.name} has no trained unembedding")
+        head = self.bridge.unembed
+        head = getattr(head, "original_component", head)
+        return head.weight.detach().T, (None if head.bias is None else head.bias.detach())
+
     def weight_files(self) -> list[Path]:
         p = self.source.path
         if p is None:

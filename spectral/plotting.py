@@ -7,6 +7,10 @@ controls are dashed in fixed colours (random-weight twin: grey).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
+import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -108,4 +112,119 @@ def carrier_and_anisotropy(table: MetricTable, title: str) -> go.Figure:
     apply_theme(fig, title, width=900, height=420)
     fig.update_xaxes(title_text="layer (resid_post)")
     fig.update_yaxes(range=[-0.05, 1.05])
+    return fig
+
+
+@dataclass(frozen=True)
+class Curve:
+    """One labelled curve (a P(f) or a PCA spectrum of one site under one condition)."""
+
+    condition: str
+    site: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class Matrix:
+    """A labelled matrix (e.g. the band transfer of attention writes, averaged over layers)."""
+
+    condition: str
+    label: str
+    values: np.ndarray
+
+
+def _layer_color(i: int, n: int) -> str:
+    colors = pcolors.sample_colorscale("Viridis", [0.05 + 0.85 * i / max(n - 1, 1)])
+    return str(colors[0])
+
+
+def curves_by_layer(curves: list[Curve], title: str, x_title: str, y_title: str, log_x: bool = False) -> go.Figure:
+    """One panel per condition; one line per site coloured by depth (viridis)."""
+    conds = list(dict.fromkeys(c.condition for c in curves))
+    fig = make_subplots(
+        rows=1,
+        cols=len(conds),
+        subplot_titles=[CONDITION_STYLE.get(c, {}).get("label", c) for c in conds],
+        shared_yaxes=True,
+    )
+    for j, cond in enumerate(conds, 1):
+        mine = [c for c in curves if c.condition == cond]
+        for i, c in enumerate(mine):
+            fig.add_trace(
+                go.Scatter(
+                    x=c.x,
+                    y=c.y,
+                    mode="lines",
+                    name=c.site,
+                    legendgroup=c.site,
+                    showlegend=j == 1,
+                    line={"color": _layer_color(i, len(mine)), "width": 1.8},
+                ),
+                row=1,
+                col=j,
+            )
+    apply_theme(fig, title, width=max(520, 330 * len(conds)), height=440)
+    fig.update_xaxes(title_text=x_title, dtick=None, type="log" if log_x else "linear")
+    fig.update_yaxes(type="log")
+    fig.update_yaxes(title_text=y_title, row=1, col=1)
+    fig.update_layout(legend={"orientation": "v", "y": 1.0, "x": 1.02, "yanchor": "top"}, margin={"r": 130})
+    return fig
+
+
+def metric_heatmap(
+    table: MetricTable,
+    metric_prefix: str,
+    n: int,
+    kind: str,
+    title: str,
+    z_title: str,
+    conditions: tuple[str, ...] = ("trained", "random_init"),
+) -> go.Figure:
+    """Heatmap of metric_prefix{i} (i < n) over sites ``kind.l`` (rows) for each condition."""
+    conds = [c for c in conditions if c in table.conditions()]
+    fig = make_subplots(
+        rows=1, cols=len(conds), subplot_titles=[CONDITION_STYLE[c]["label"] for c in conds], horizontal_spacing=0.12
+    )
+    for j, cond in enumerate(conds, 1):
+        rows = table.series(cond, kind, f"{metric_prefix}0")
+        layers = [r.layer for r in rows]
+        z = [[(table.get(cond, r.site, f"{metric_prefix}{i}") or r).value for i in range(n)] for r in rows]
+        fig.add_trace(
+            go.Heatmap(z=z, x=list(range(n)), y=layers, colorscale="Viridis", coloraxis="coloraxis"), row=1, col=j
+        )
+    apply_theme(fig, title, width=max(520, 380 * len(conds)), height=420)
+    fig.update_xaxes(title_text="band (0 = top singular values)", dtick=1)
+    fig.update_yaxes(title_text=f"layer ({kind})", dtick=1, row=1, col=1)
+    fig.update_layout(coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": z_title}}})
+    return fig
+
+
+def matrices(mats: list[Matrix], title: str, x_title: str, y_title: str) -> go.Figure:
+    """A grid of matrices (rows: conditions, columns: labels) on one shared colour scale."""
+    conds = list(dict.fromkeys(m.condition for m in mats))
+    labels = list(dict.fromkeys(m.label for m in mats))
+    titles = [f"{CONDITION_STYLE.get(c, {}).get('label', c)} — {lab}" for c in conds for lab in labels]
+    fig = make_subplots(rows=len(conds), cols=len(labels), subplot_titles=titles, vertical_spacing=0.14)
+    for m in mats:
+        fig.add_trace(
+            go.Heatmap(z=m.values, coloraxis="coloraxis"),
+            row=conds.index(m.condition) + 1,
+            col=labels.index(m.label) + 1,
+        )
+    apply_theme(fig, title, width=760, height=330 * len(conds) + 60)
+    fig.update_xaxes(title_text=x_title, dtick=1)
+    fig.update_yaxes(title_text=y_title, dtick=1, autorange="reversed")
+    fig.update_layout(coloraxis={"colorscale": "Viridis"})
+    return fig
+
+
+def layer_panels(table: MetricTable, panels: tuple[tuple[str, str, str], ...], title: str) -> go.Figure:
+    """Side-by-side panels of per-layer metrics (kind, metric, panel title), every condition drawn."""
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels], horizontal_spacing=0.1)
+    for j, (kind, metric, _) in enumerate(panels, 1):
+        for cond in table.conditions():
+            _add_series(fig, table.series(cond, kind, metric), cond, 1, j, show_legend=j == 1)
+    apply_theme(fig, title, width=max(520, 360 * len(panels)), height=420)
+    fig.update_xaxes(title_text="layer")
     return fig

@@ -10,8 +10,22 @@ import math
 from pathlib import Path
 from typing import Any
 
+from spectral.analysis.hypotheses import read_verdicts
 from spectral.analysis.metrics import MetricTable
 from spectral.runs import atomic_write_text, read_manifest
+
+EXPLAIN = {
+    "1": "g (trained) must exceed the random-weight twin's CI: growth that training put there, not the init.",
+    "2": "mean carrier energy ρ over the middle layers above the threshold, stable across them, above R.",
+    "3": "ρ after scaling dims to unit std, dropping the top rogue dims and the sink tokens stays high.",
+    "4": "next-token accuracy of the lens on h − ⟨h, μ̂⟩μ̂ keeps most of the full lens's accuracy.",
+    "5": "layer cosine > threshold while the norm ratio > threshold, with the cosine above R's.",
+    "6": "head outputs use few of their d_head directions, and different heads overlap less than chance.",
+    "7": "MLP writes move energy across W_U bands more than attention writes do (cross-moment transfer).",
+    "8": "tokens that receive attention carry more tail-band ('dark') energy (Spearman > 0).",
+    "9": "the DC share of the sequence-axis spectrum rises with depth, faster than under R and S.",
+    "10": "the top W_U bands carry most of the final top-1 logit margin.",
+}
 
 LAYER_METRICS = (
     "norm_mean",
@@ -101,6 +115,26 @@ def build_report(run_dir: Path) -> Path:
             f"- **{cond}**: growth rate g = {_ci(g)} per layer (fit of log mean ‖h‖ over resid_post "
             f"layers ≥ {cfg['analysis']['growth_first_layer']})."
         )
+    vpath = run_dir / "verdicts.csv"
+    if vpath.is_file():
+        lines += [
+            "",
+            "## Verdicts",
+            "",
+            "Thresholds come from `[verdicts]` in the config; controls: R random weights, S shuffled tokens, "
+            "P permuted positions. Layer averages carry the average of the per-layer CI bounds.",
+            "",
+            "| prediction | status | statistic | value [95% CI] | control | threshold | reason |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for v in read_verdicts(vpath.read_text(encoding="utf-8")):
+            ci = f"{fmt(v.value)} [{fmt(v.ci_low)}, {fmt(v.ci_high)}]" if not math.isnan(v.ci_low) else fmt(v.value)
+            lines.append(
+                f"| {v.prediction} | **{v.status}** | {v.statistic} | {ci} | {fmt(v.control_value)} | "
+                f"{fmt(v.threshold)} | {v.note} |"
+            )
+        lines += ["", "What each prediction tests:", ""]
+        lines += [f"{k}. {t}" for k, t in EXPLAIN.items()]
     figs = man.get("figures", {})
     for cond in table.conditions():
         lines += ["", f"## Per layer: {cond}", "", *layer_table(table, cond, n_layers)]

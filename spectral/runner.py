@@ -16,11 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from spectral.analysis.battery import Measurement, battery_metrics
+from spectral.analysis.hypotheses import evaluate, verdicts_csv
 from spectral.analysis.metrics import MetricTable, compute_metrics
-from spectral.capture import accumulate, calibrate_centers, new_bank, select_sites
+from spectral.capture import select_sites
 from spectral.config import ExperimentConfig
 from spectral.corpus import make_windows
 from spectral.errors import RunDirError
+from spectral.figureset import build_figures
+from spectral.measure import measure
 from spectral.models import LoadedModel, load_model
 from spectral.runs import (
     atomic_write_bytes,
@@ -89,11 +93,6 @@ def save_figures(
     return written, note
 
 
-def _figure_data(table: MetricTable, metrics: tuple[str, ...]) -> str:
-    rows = tuple(r for r in table.rows if r.metric in metrics and r.site.startswith("resid_post."))
-    return MetricTable(rows).to_csv()
-
-
 def run_experiment(
     cfg: ExperimentConfig,
     *,
@@ -102,7 +101,6 @@ def run_experiment(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     command: str | None = None,
 ) -> RunResult:
-    from spectral import plotting
     from spectral.report import build_report
 
     t0 = time.perf_counter()
@@ -146,34 +144,36 @@ def run_experiment(
     }
     write_manifest(run_dir, manifest)
     try:
-        conditions: list[tuple[str, LoadedModel]] = [("trained", model)]
-        if "random_init" in cfg.controls:
-            conditions.append(("random_init", load_model(cfg.model, random_init=True, seed=cfg.seed)))
         rows = []
-        for cond, m in conditions:
+        measurements: list[Measurement] = []
+        twin: LoadedModel | None = None
+        for cond in ("trained", *cfg.controls):
+            if cond == "random_init":
+                twin = load_model(cfg.model, random_init=True, seed=cfg.seed)
+            m = twin if cond == "random_init" and twin is not None else model
             t = time.perf_counter()
-            cap = cfg.capture
-            centers = calibrate_centers(m, windows, sites, cap.batch_size, cap.exclude_first)
-            bank = new_bank(m, sites, cap.moment_buckets, centers)
             desc = f"{label} [{cond}]" if progress else None
-            accumulate(m, windows, bank, cap.batch_size, cap.exclude_first, progress=desc)
+            try:
+                meas = measure(m, windows, sites, cfg, cond, desc)
+            except TypeError as exc:  # a forward without position ids cannot run control P
+                if cond != "permuted":
+                    raise
+                log(f"control P skipped: {m.arch.architecture} takes no position ids ({exc})")
+                continue
             timings[f"capture_{cond}"] = time.perf_counter() - t
             t = time.perf_counter()
-            rows.extend(compute_metrics(bank, label, cond, cfg.analysis, cfg.seed).rows)
+            rows.extend(compute_metrics(meas.bank, label, cond, cfg.analysis, cfg.seed).rows)
+            rows.extend(battery_metrics(label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands))
             timings[f"analysis_{cond}"] = time.perf_counter() - t
+            measurements.append(meas)
         table = MetricTable(tuple(rows))
         atomic_write_text(run_dir / "metrics.csv", table.to_csv())
+        verdicts = evaluate(table, manifest["arch"], cfg.verdicts, cfg.analysis)
+        atomic_write_text(run_dir / "verdicts.csv", verdicts_csv(verdicts))
 
         t = time.perf_counter()
         title = f"{label} · {Path(windows.corpus.name).name} · {len(windows)}×{cfg.corpus.seq_len} tokens"
-        figures = {
-            "norm_profile": plotting.norm_profile(table, f"Residual norm by layer — {title}"),
-            "carrier_anisotropy": plotting.carrier_and_anisotropy(table, f"Carrier and anisotropy — {title}"),
-        }
-        data = {
-            "norm_profile": _figure_data(table, ("norm_mean",)),
-            "carrier_anisotropy": _figure_data(table, ("carrier_energy", "anisotropy")),
-        }
+        figures, data = build_figures(table, measurements, cfg.analysis.bands[0], title)
         manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, log)
         timings["figures"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0

@@ -24,7 +24,9 @@ from jaxtyping import Bool, Float, Int
 HIST_GAMMA = 1.01  # bin width ratio of the norm histogram
 HIST_MIN_EXP = -1852  # 1.01 ** -1852 ~ 1e-8
 HIST_BINS = 3704  # covers 1e-8 .. 1e8; values outside are clamped into the end bins
-WINDOW_COLUMNS = ("count", "sum_norm", "sum_norm2", "pair_count", "sum_cos", "sum_ratio")
+WINDOW_COLUMNS = ("count", "sum_norm", "sum_norm2", "pair_count", "sum_cos", "sum_ratio", "sum_intra")
+MOMENT_FIELDS = ("count", "sum_h", "sum_u", "sum_u2", "sum_cu", "sum_norm", "sum_norm2", "second", "norm_hist")
+EXTRA_FIELDS = ("sink_count", "sink_sum_h", "sink_second", "cross")
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Moments:
     n: float
     sum_h: Float[torch.Tensor, " d"]
     sum_u: Float[torch.Tensor, " d"]
+    sum_u2: Float[torch.Tensor, " d"]  # Σ û_i² per dimension (rogue-dimension cosine contributions)
     sum_cu: Float[torch.Tensor, " d"]
     sum_norm: float
     sum_norm2: float
@@ -41,6 +44,10 @@ class Moments:
     norm_hist: Int[torch.Tensor, " bins"]
     spectrum: Float[torch.Tensor, " freq"]
     spectrum_windows: float
+    sink_count: float  # tokens whose norm exceeded the site's sink threshold (0 when not tracked)
+    sink_sum_h: Float[torch.Tensor, " d"]
+    sink_second: Float[torch.Tensor, "d d"]
+    cross: Float[torch.Tensor, "d d"] | None  # Σ w xᵀ of a write w and the stream x it read
 
 
 def hist_bin(norms: torch.Tensor) -> torch.Tensor:
@@ -57,7 +64,14 @@ def hist_value(bins: np.ndarray) -> np.ndarray:
 class SiteStats:
     """Bucketed, mergeable accumulators of one site (see module docstring)."""
 
-    def __init__(self, d: int, n_buckets: int, center: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        d: int,
+        n_buckets: int,
+        center: torch.Tensor | None = None,
+        sink_threshold: float | None = None,
+        cross: bool = False,
+    ) -> None:
         B = n_buckets
         f64 = torch.float64
         self.d, self.n_buckets = d, B
@@ -65,16 +79,25 @@ class SiteStats:
         self.count = torch.zeros(B, dtype=f64)
         self.sum_h = torch.zeros(B, d, dtype=f64)
         self.sum_u = torch.zeros(B, d, dtype=f64)
+        self.sum_u2 = torch.zeros(B, d, dtype=f64)
         self.sum_cu = torch.zeros(B, d, dtype=f64)
         self.sum_norm = torch.zeros(B, dtype=f64)
         self.sum_norm2 = torch.zeros(B, dtype=f64)
         self.second = torch.zeros(B, d, d, dtype=f64)
         self.norm_hist = torch.zeros(B, HIST_BINS, dtype=torch.int64)
+        # tokens with ‖h‖ above sink_threshold (massive activations / sinks): their own moments
+        self.sink_threshold = sink_threshold
+        track = sink_threshold is not None
+        self.sink_count = torch.zeros(B if track else 0, dtype=f64)
+        self.sink_sum_h = torch.zeros(B if track else 0, d, dtype=f64)
+        self.sink_second = torch.zeros(B if track else 0, d, d, dtype=f64)
+        self.cross = torch.zeros(B, d, d, dtype=f64) if cross else None
         self.spectrum: torch.Tensor | None = None  # (B, F), sized by the first full window
         self.spectrum_windows = torch.zeros(B, dtype=f64)
         self.spectrum_skipped = 0  # full windows of another length than the first one
         self._win_index: list[np.ndarray] = []
         self._win_rows: list[np.ndarray] = []
+        self._total: dict[str, torch.Tensor | None] | None = None
 
     # ---- accumulation -------------------------------------------------------------------
     def update(
@@ -84,8 +107,11 @@ class SiteStats:
         window_index: Int[torch.Tensor, " batch"],
         full: Bool[torch.Tensor, " batch"] | None = None,
         prev: Float[torch.Tensor, "batch seq d"] | None = None,
+        inp: Float[torch.Tensor, "batch seq d"] | None = None,
     ) -> None:
-        """Add one batch. ``prev``: the predecessor site on the residual chain (same tokens)."""
+        """Add one batch. ``prev``: the predecessor site on the residual chain (same tokens);
+        ``inp``: for a write site (attn_out / mlp_out), the stream it read (cross moment)."""
+        self._total = None
         h = h.detach().to("cpu", torch.float64)
         mask = mask.to("cpu")
         widx = window_index.to("cpu").long()
@@ -102,16 +128,28 @@ class SiteStats:
         ones = torch.ones_like(norms)
         self.count.index_add_(0, tok_bucket, ones)
         self.sum_h.index_add_(0, tok_bucket, flat)
-        self.sum_u.index_add_(0, tok_bucket, flat / safe)
+        unit = flat / safe
+        self.sum_u.index_add_(0, tok_bucket, unit)
+        self.sum_u2.index_add_(0, tok_bucket, unit * unit)
         if self.center is not None:
             c = flat - self.center
             self.sum_cu.index_add_(0, tok_bucket, c / c.norm(dim=1, keepdim=True).clamp_min(1e-300))
         self.sum_norm.index_add_(0, tok_bucket, norms)
         self.sum_norm2.index_add_(0, tok_bucket, norms * norms)
         self.norm_hist.index_put_((tok_bucket, hist_bin(norms)), torch.ones_like(tok_bucket), accumulate=True)
+        x_in = None if inp is None or self.cross is None else inp.detach().to("cpu", torch.float64)[mask]
+        sink = norms > self.sink_threshold if self.sink_threshold is not None else None
         for b in torch.unique(tok_bucket).tolist():
-            sel = flat[tok_bucket == b]  # (n_b, d)
+            in_b = tok_bucket == b
+            sel = flat[in_b]  # (n_b, d)
             self.second[b] += sel.T @ sel
+            if x_in is not None and self.cross is not None:
+                self.cross[b] += sel.T @ x_in[in_b]
+            if sink is not None and bool(sink[in_b].any()):
+                s_sel = sel[sink[in_b]]
+                self.sink_count[b] += s_sel.shape[0]
+                self.sink_sum_h[b] += s_sel.sum(0)
+                self.sink_second[b] += s_sel.T @ s_sel
 
         # per-window scalar sums
         nw = h.shape[0]
@@ -126,6 +164,11 @@ class SiteStats:
             rows[:, 3].index_add_(0, tok_window, ones)
             rows[:, 4].index_add_(0, tok_window, cos)
             rows[:, 5].index_add_(0, tok_window, norms / pn.clamp_min(1e-300))
+        # intra-sentence similarity (Ethayarajh): cos of each token with its window's mean
+        wsum = torch.zeros(nw, self.d, dtype=torch.float64).index_add_(0, tok_window, flat)
+        wmean = wsum[tok_window]
+        intra = (flat * wmean).sum(1) / (norms * wmean.norm(dim=1)).clamp_min(1e-300)
+        rows[:, 6].index_add_(0, tok_window, intra)
         self._win_index.append(widx.numpy().copy())
         self._win_rows.append(rows.numpy())
 
@@ -146,29 +189,56 @@ class SiteStats:
         self.spectrum_windows.index_add_(0, bucket[sel], torch.ones(sel.numel(), dtype=torch.float64))
 
     # ---- views ----------------------------------------------------------------------------
-    def _moments(self, weights: torch.Tensor) -> Moments:
-        w = weights.to(torch.float64)
+    def _bucket_fields(self) -> dict[str, torch.Tensor | None]:
         spec = self.spectrum if self.spectrum is not None else torch.zeros(self.n_buckets, 1, dtype=torch.float64)
-        return Moments(
-            n=float(w @ self.count),
-            sum_h=w @ self.sum_h,
-            sum_u=w @ self.sum_u,
-            sum_cu=w @ self.sum_cu,
-            sum_norm=float(w @ self.sum_norm),
-            sum_norm2=float(w @ self.sum_norm2),
-            second=torch.einsum("b,bij->ij", w, self.second),
-            norm_hist=(weights.long() @ self.norm_hist),
-            spectrum=w @ spec,
-            spectrum_windows=float(w @ self.spectrum_windows),
-        )
+        track = self.sink_count.numel() > 0
+        return {
+            "n": self.count,
+            "sum_h": self.sum_h,
+            "sum_u": self.sum_u,
+            "sum_u2": self.sum_u2,
+            "sum_cu": self.sum_cu,
+            "sum_norm": self.sum_norm,
+            "sum_norm2": self.sum_norm2,
+            "second": self.second,
+            "norm_hist": self.norm_hist,
+            "spectrum": spec,
+            "spectrum_windows": self.spectrum_windows,
+            "sink_count": self.sink_count if track else None,
+            "sink_sum_h": self.sink_sum_h if track else None,
+            "sink_second": self.sink_second if track else None,
+            "cross": self.cross,
+        }
+
+    def _make(self, values: dict[str, torch.Tensor | None]) -> Moments:
+        d = self.d
+        f64 = torch.float64
+        scalars = ("n", "sum_norm", "sum_norm2", "spectrum_windows", "sink_count")
+        out: dict[str, object] = {}
+        for k, v in values.items():
+            if k in scalars:
+                out[k] = float(v) if v is not None else 0.0
+            else:
+                out[k] = v
+        if values["sink_sum_h"] is None:
+            out["sink_sum_h"] = torch.zeros(d, dtype=f64)
+            out["sink_second"] = torch.zeros(d, d, dtype=f64)
+        return Moments(**out)  # type: ignore[arg-type]
 
     def total(self) -> Moments:
-        return self._moments(torch.ones(self.n_buckets))
+        """Sums over all buckets (cached until the next update or merge)."""
+        if self._total is None:
+            self._total = {k: None if v is None else v.sum(0) for k, v in self._bucket_fields().items()}
+        return self._make(self._total)
 
     def leave_one_out(self, bucket: int) -> Moments:
-        w = torch.ones(self.n_buckets)
-        w[bucket] = 0
-        return self._moments(w)
+        """Sums over all buckets but one (for the jackknife)."""
+        self.total()
+        assert self._total is not None
+        fields = self._bucket_fields()
+        return self._make(
+            {k: None if v is None else v - fields[k][bucket] for k, v in self._total.items()}  # type: ignore[index]
+        )
 
     def nonempty_buckets(self) -> list[int]:
         return [b for b in range(self.n_buckets) if self.count[b] > 0]
@@ -191,8 +261,13 @@ class SiteStats:
             self.center is not None and other.center is not None and not torch.equal(self.center, other.center)
         ):
             raise ValueError("cannot merge statistics centred on different points")
-        for name in ("count", "sum_h", "sum_u", "sum_cu", "sum_norm", "sum_norm2", "second", "norm_hist"):
-            getattr(self, name).add_(getattr(other, name))
+        if (self.sink_threshold, self.cross is None) != (other.sink_threshold, other.cross is None):
+            raise ValueError("cannot merge statistics with different sink thresholds or cross moments")
+        self._total = None
+        for name in MOMENT_FIELDS + EXTRA_FIELDS:
+            mine = getattr(self, name)
+            if mine is not None:
+                mine.add_(getattr(other, name))
         if other.spectrum is not None:
             if self.spectrum is None:
                 self.spectrum = other.spectrum.clone()
@@ -213,14 +288,8 @@ class SiteStats:
             "d": self.d,
             "n_buckets": self.n_buckets,
             "center": self.center,
-            "count": self.count,
-            "sum_h": self.sum_h,
-            "sum_u": self.sum_u,
-            "sum_cu": self.sum_cu,
-            "sum_norm": self.sum_norm,
-            "sum_norm2": self.sum_norm2,
-            "second": self.second,
-            "norm_hist": self.norm_hist,
+            "sink_threshold": self.sink_threshold,
+            **{name: getattr(self, name) for name in MOMENT_FIELDS + EXTRA_FIELDS},
             "spectrum": self.spectrum,
             "spectrum_windows": self.spectrum_windows,
             "spectrum_skipped": self.spectrum_skipped,
@@ -232,9 +301,18 @@ class SiteStats:
     def from_state_dict(cls, state: dict[str, object]) -> "SiteStats":
         d, B = int(state["d"]), int(state["n_buckets"])  # type: ignore[arg-type]
         center = state["center"]
-        out = cls(d, B, center if isinstance(center, torch.Tensor) else None)
-        for name in ("count", "sum_h", "sum_u", "sum_cu", "sum_norm", "sum_norm2", "second", "norm_hist"):
-            setattr(out, name, state[name].clone())  # type: ignore[union-attr]
+        thr = state.get("sink_threshold")
+        out = cls(
+            d,
+            B,
+            center if isinstance(center, torch.Tensor) else None,
+            float(thr) if isinstance(thr, int | float) else None,  # type: ignore[arg-type]
+            state.get("cross") is not None,
+        )
+        for name in MOMENT_FIELDS + EXTRA_FIELDS:
+            value = state.get(name)
+            if isinstance(value, torch.Tensor):
+                setattr(out, name, value.clone())
         spec = state["spectrum"]
         out.spectrum = spec.clone() if isinstance(spec, torch.Tensor) else None
         out.spectrum_windows = state["spectrum_windows"].clone()  # type: ignore[union-attr]
@@ -247,9 +325,16 @@ class SiteStats:
 class StatsBank:
     """The statistics of one condition: one :class:`SiteStats` per captured site."""
 
-    def __init__(self, sites: tuple[str, ...], predecessors: dict[str, str], stats: list[SiteStats]) -> None:
+    def __init__(
+        self,
+        sites: tuple[str, ...],
+        predecessors: dict[str, str],
+        stats: list[SiteStats],
+        inputs: dict[str, str] | None = None,
+    ) -> None:
         self.sites = sites
         self.predecessors = predecessors  # site -> the residual-chain site before it
+        self.inputs = inputs or {}  # write site -> the stream it read
         self._stats = dict(zip(sites, stats, strict=True))
 
     def __getitem__(self, site: str) -> "SiteStats":
@@ -266,6 +351,7 @@ class StatsBank:
         return {
             "sites": list(self.sites),
             "predecessors": dict(self.predecessors),
+            "inputs": dict(self.inputs),
             "stats": [self._stats[s].state_dict() for s in self.sites],
         }
 
@@ -273,4 +359,4 @@ class StatsBank:
     def from_state_dict(cls, state: dict[str, object]) -> "StatsBank":
         sites = tuple(state["sites"])  # type: ignore[arg-type]
         stats = [SiteStats.from_state_dict(s) for s in state["stats"]]  # type: ignore[union-attr]
-        return cls(sites, dict(state["predecessors"]), stats)  # type: ignore[arg-type]
+        return cls(sites, dict(state["predecessors"]), stats, dict(state.get("inputs", {})))  # type: ignore[arg-type]

@@ -89,7 +89,9 @@ def test_llama2xs_run_matches_independent_computation(tmp_path, capsys):
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "complete" and man["corpus"]["n_windows"] == 64
     assert man["weights_sha256"] and man["packages"]["torch"]
-    assert {"trained", "random_init"} == set(table.conditions())
+    assert {"trained", "random_init", "shuffled", "permuted"} == set(table.conditions())
+    verdicts = (out / "verdicts.csv").read_text().splitlines()
+    assert len(verdicts) == 11 and verdicts[0].startswith("prediction,status,statistic,value,ci_low,ci_high")
     assert table.get("random_init", "resid_post", "growth_rate") is not None
     for name in ("norm_profile", "carrier_anisotropy"):
         assert (out / "figures" / f"{name}.html").is_file() and (out / "figures" / f"{name}.csv").is_file()
@@ -98,7 +100,19 @@ def test_llama2xs_run_matches_independent_computation(tmp_path, capsys):
 
 def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
     out = tmp_path / "mini"
-    args = ["run", "--max-seqs", "6", "--seq-len", "32", "--out", str(out), "--quiet", "--n-boot", "50"]
+    args = [
+        "run",
+        "--max-seqs",
+        "6",
+        "--seq-len",
+        "32",
+        "--out",
+        str(out),
+        "--quiet",
+        "--n-boot",
+        "50",
+        "--no-controls",
+    ]
     assert main(args) == 0
     table = MetricTable.from_csv((out / "metrics.csv").read_text())
     # MiniLM is post-LN: the norm is pinned by LayerNorm, so the growth rate is ~1
@@ -108,7 +122,7 @@ def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
     assert main(args) == 0  # the same config into the same directory: a rerun is allowed
     assert (out / "metrics.csv").read_text() == first  # and deterministic
     capsys.readouterr()
-    assert main(["run", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), "--quiet"]) == 2
+    assert main(["run", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), "--quiet", "--no-controls"]) == 2
     err = capsys.readouterr().err
     assert "already holds a different run (differs in" in err and "corpus.max_seqs" in err and "--overwrite" in err
     assert err.count("\n") == 1

@@ -48,3 +48,49 @@ def anisotropy(m: Moments) -> float:
 def centered_anisotropy(m: Moments) -> float:
     n = m.n
     return (float(m.sum_cu @ m.sum_cu) - n) / (n * (n - 1)) if n > 1 else float("nan")
+
+
+def rogue_contributions(m: Moments) -> torch.Tensor:
+    """CC_i: each dimension's share of the mean pairwise cosine (Timkey & van Schijndel 2021).
+
+    Exact over all distinct token pairs: CC_i = ((Σ û_i)² − Σ û_i²) / (N(N−1)); Σ_i CC_i is the
+    anisotropy.
+    """
+    n = m.n
+    return (m.sum_u**2 - m.sum_u2) / (n * (n - 1))
+
+
+def rogue_top1_share(m: Moments) -> float:
+    """Share of the anisotropy carried by the single largest-contributing dimension."""
+    cc = rogue_contributions(m)
+    total = float(cc.sum())
+    return float(cc.max()) / total if total > 0 else float("nan")
+
+
+def anisotropy_without_rogue(m: Moments, k: int) -> float:
+    """Σ CC_i over all but the top-k contributing dimensions (not renormalised)."""
+    cc = rogue_contributions(m)
+    return float(cc.sort(descending=True).values[k:].sum())
+
+
+def carrier_energy_robust(m: Moments, *, zscore: bool, drop_dims: int, drop_sinks: bool) -> float:
+    """ρ after removing sink tokens, the top rogue dimensions, and/or scaling each dimension to
+    unit standard deviation (scale only: centring would delete the carrier by construction).
+
+    Exact from the moments: every step is linear in h or a subtraction of the sinks' moments.
+    """
+    second, sum_h, n = m.second, m.sum_h, m.n
+    if drop_sinks:
+        second, sum_h, n = second - m.sink_second, sum_h - m.sink_sum_h, n - m.sink_count
+    keep = torch.ones(second.shape[0], dtype=torch.bool)
+    if drop_dims > 0:
+        keep[rogue_contributions(m).argsort(descending=True)[:drop_dims]] = False
+    second, sum_h = second[keep][:, keep], sum_h[keep]
+    if zscore:
+        mu = sum_h / n
+        std = (torch.diagonal(second) / n - mu**2).clamp_min(1e-300).sqrt()
+        second = second / torch.outer(std, std)
+        sum_h = sum_h / std
+    direction = sum_h / sum_h.norm().clamp_min(1e-300)
+    tr = float(torch.trace(second))
+    return float(direction @ second @ direction) / tr if tr > 0 else float("nan")

@@ -66,3 +66,16 @@ def jackknife(site_stats: list[SiteStats], fn: Callable[..., float], level: floa
 
 
 MomentFn = Callable[[Moments], float]
+
+
+def jackknife_many(site_stats: list[SiteStats], fn: Callable[..., np.ndarray], level: float) -> list[Estimate]:
+    """:func:`jackknife` for a statistic that returns a vector (one interval per entry)."""
+    value = np.asarray(fn(*(s.total() for s in site_stats)), dtype=float)
+    buckets = site_stats[0].nonempty_buckets()
+    k = len(buckets)
+    if k < 2:
+        return [Estimate(float(v), float("nan"), float("nan")) for v in value]
+    loo = np.stack([np.asarray(fn(*(s.leave_one_out(b) for s in site_stats)), dtype=float) for b in buckets])
+    se = np.sqrt((k - 1) / k * np.sum((loo - loo.mean(0)) ** 2, axis=0))
+    t = float(sps.t.ppf(0.5 + level / 2, k - 1))
+    return [Estimate(float(v), float(v - t * s), float(v + t * s)) for v, s in zip(value, se, strict=True)]

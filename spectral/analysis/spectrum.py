@@ -51,3 +51,33 @@ def lowfreq_fraction(m: Moments, share: float = 0.1) -> float:
     p = power_spectrum(m)
     k = max(1, math.ceil(share * p.size))
     return float(p[:k].sum() / p.sum()) if p.sum() > 0 else float("nan")
+
+
+def unembedding_bands(W_U: torch.Tensor, K: int) -> list[torch.Tensor]:
+    """Left singular vectors of W_U (d × V) by decreasing singular value, cut into K equal bands
+    (numpy.array_split sizes); band 0 is the top band, band K−1 the tail ("dark") band."""
+    U, S, _ = torch.linalg.svd(W_U.detach().to("cpu", torch.float64), full_matrices=False)
+    U = U[:, torch.argsort(S, descending=True, stable=True)]
+    return [U[:, idx] for idx in np.array_split(np.arange(U.shape[1]), K)]
+
+
+def band_energies(m: Moments, bands: list[torch.Tensor]) -> np.ndarray:
+    """Fraction of Σ‖h‖² in each band: tr(U_bᵀ M U_b) / tr(M)."""
+    tr = float(torch.trace(m.second))
+    return np.array([float(torch.trace(U.T @ m.second @ U)) / tr for U in bands])
+
+
+def band_transfer(m: Moments, bands: list[torch.Tensor]) -> np.ndarray:
+    """T[i, j] = ‖U_iᵀ E[w xᵀ] U_j‖²_F, normalised to sum 1: how much of the write's band i is
+    linearly driven by the input stream's band j (rows: output band, columns: input band)."""
+    if m.cross is None:
+        raise ValueError("no cross moment: band transfer needs the write's input stream")
+    C = m.cross / m.n
+    T = np.array([[float(((Ui.T @ C @ Uj) ** 2).sum()) for Uj in bands] for Ui in bands])
+    return T / T.sum() if T.sum() > 0 else T
+
+
+def offdiag_share(m: Moments, bands: list[torch.Tensor]) -> float:
+    """Share of band transfer that changes band (off the diagonal of :func:`band_transfer`)."""
+    T = band_transfer(m, bands)
+    return float(1.0 - np.trace(T)) if T.sum() > 0 else float("nan")

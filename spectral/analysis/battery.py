@@ -1,0 +1,226 @@
+"""The hypothesis battery's metrics beyond issue 2's core: rogue dimensions, robust carrier,
+IsoScore, unembedding bands and band transfer, self- and intra-sentence similarity, logit lens,
+band decomposition of the final margin, heads, attention sinks and interventions.
+
+Input: one condition's :class:`Measurement` (site moments + probes); output: metric rows with
+CIs (jackknife over buckets for moment statistics, bootstrap over windows for per-window sums,
+bootstrap over token types for self-similarity). Names are new and never change meaning.
+"""
+
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import torch
+from scipy import stats as sps
+
+from spectral.analysis import carrier, heads, spectrum
+from spectral.analysis.intervals import (
+    Estimate,
+    bootstrap_weights,
+    jackknife,
+    jackknife_many,
+    percentile_ci,
+    ratio_bootstrap,
+)
+from spectral.analysis.interventions import InterventionResult
+from spectral.analysis.isoscore import isoscore
+from spectral.analysis.metrics import MetricRow
+from spectral.capture import site_layer
+from spectral.config import AnalysisSpec
+from spectral.probes import LENS_COLUMNS, HeadProbe, LensProbe, TypeProbe
+from spectral.stats import WINDOW_COLUMNS, StatsBank
+
+NAN = Estimate(float("nan"), float("nan"), float("nan"))
+
+
+@dataclass
+class Measurement:
+    """Everything captured for one condition."""
+
+    condition: str
+    bank: StatsBank
+    bands: dict[int, list[torch.Tensor]]  # K -> W_U bands (empty without an unembedding)
+    lens: LensProbe | None
+    heads: HeadProbe
+    types: TypeProbe
+    interventions: list[InterventionResult]
+
+
+class Rows:
+    """Collects MetricRow objects for one (model, condition)."""
+
+    def __init__(self, model: str, condition: str) -> None:
+        self.model, self.condition, self.rows = model, condition, []
+
+    def add(self, site: str, metric: str, est: Estimate) -> None:
+        self.rows.append(
+            MetricRow(self.model, self.condition, site, site_layer(site), metric, est.value, est.ci_low, est.ci_high)
+        )
+
+
+def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.ndarray) -> None:
+    level = spec.ci_level
+    for site in m.bank.sites:
+        st = m.bank[site]
+        out.add(site, "rogue_top1_share", jackknife([st], carrier.rogue_top1_share, level))
+        out.add(
+            site,
+            f"anisotropy_norogue{spec.rogue_k}",
+            jackknife([st], partial(carrier.anisotropy_without_rogue, k=spec.rogue_k), level),
+        )
+        out.add(site, "isoscore", jackknife([st], isoscore, level))
+        kind = site.split(".")[0]
+        if st.sink_threshold is not None:
+            variants = {
+                "carrier_energy_zscored": {"zscore": True, "drop_dims": 0, "drop_sinks": False},
+                f"carrier_energy_norogue{spec.rogue_k}": {
+                    "zscore": False,
+                    "drop_dims": spec.rogue_k,
+                    "drop_sinks": False,
+                },
+                "carrier_energy_nosink": {"zscore": False, "drop_dims": 0, "drop_sinks": True},
+                "carrier_energy_robust": {"zscore": True, "drop_dims": spec.rogue_k, "drop_sinks": True},
+            }
+            for name, kw in variants.items():
+                out.add(site, name, jackknife([st], partial(carrier.carrier_energy_robust, **kw), level))
+            m_tot = st.total()
+            out.add(site, "sink_fraction", Estimate(m_tot.sink_count / m_tot.n, float("nan"), float("nan")))
+        _, table = st.window_table()
+        col = {n: i for i, n in enumerate(WINDOW_COLUMNS)}
+        intra = ratio_bootstrap(table[:, col["sum_intra"]], table[:, col["count"]], weights, level)
+        base = carrier.anisotropy(st.total())
+        out.add(site, "intra_similarity", Estimate(intra.value - base, intra.ci_low - base, intra.ci_high - base))
+        for K, bands in m.bands.items():
+            energies = jackknife_many([st], partial(spectrum.band_energies, bands=bands), level)
+            for i, est in enumerate(energies):
+                out.add(site, f"band_energy_k{K}_b{i}", est)
+            if kind in ("attn_out", "mlp_out") and st.cross is not None:
+                out.add(
+                    site, f"band_offdiag_k{K}", jackknife([st], partial(spectrum.offdiag_share, bands=bands), level)
+                )
+
+
+def _self_similarity(out: Rows, m: Measurement, spec: AnalysisSpec, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    for site in m.types.sites:
+        sims = m.types.self_similarity(site)
+        sims = sims[np.isfinite(sims)]
+        if sims.size < 2:
+            continue
+        base = carrier.anisotropy(m.bank[site].total())
+        boot = np.array([rng.choice(sims, sims.size).mean() for _ in range(spec.n_boot)])
+        est = percentile_ci(float(sims.mean()), boot, spec.ci_level)
+        out.add(site, "self_similarity", Estimate(est.value - base, est.ci_low - base, est.ci_high - base))
+
+
+def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, resonance_k: int) -> None:
+    _, rows, margins = lens.table()
+    w = bootstrap_weights(rows.shape[0], spec.n_boot, seed)
+    col = {n: i for i, n in enumerate(LENS_COLUMNS)}
+    level = spec.ci_level
+    for i, site in enumerate(lens.sites):
+        r = rows[:, i, :]
+        count = r[:, col["count"]]
+        for metric, c in (("logit_lens_top1", "agree"), ("logit_lens_acc", "correct"), ("logit_lens_rank", "rank_sum")):
+            out.add(site, metric, ratio_bootstrap(r[:, col[c]], count, w, level))
+        if np.isfinite(r[:, col["mod_agree"]]).all() and site != "final":
+            out.add(site, "modulation_lens_top1", ratio_bootstrap(r[:, col["mod_agree"]], count, w, level))
+            out.add(site, "modulation_lens_acc", ratio_bootstrap(r[:, col["mod_correct"]], count, w, level))
+    total = margins.sum(1)
+    K = len(lens.bands)
+    for b in range(K):
+        out.add("final", f"band_margin_share_k{K}_b{b}", ratio_bootstrap(margins[:, b], total, w, level))
+    top = margins[:, :resonance_k].sum(1)
+    out.add("final", f"band_margin_top{resonance_k}_share_k{K}", ratio_bootstrap(top, total, w, level))
+
+
+def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int) -> None:
+    level = spec.ci_level
+    d = hp.model.arch.d_model
+    for layer in range(hp.L):
+        W_O = hp.W_O(layer)
+        site = f"attn_out.{layer}"
+
+        def mean_rank_frac(keep: np.ndarray, layer: int = layer, W_O: np.ndarray = W_O) -> float:
+            sec, zs, n = (
+                hp.z_second[layer][keep].sum(0),
+                hp.z_sum[layer][keep].sum(0),
+                float(hp.z_count[layer][keep].sum()),
+            )
+            ranks = [
+                heads.head_eff_rank(heads.head_output_spectrum(sec[h].numpy(), zs[h].numpy(), n, W_O[h]))
+                for h in range(hp.H)
+            ]
+            return float(np.mean(ranks)) / hp.dh
+
+        buckets = [b for b in range(hp.n_buckets) if hp.z_count[layer, b] > 0]
+        full = np.ones(hp.n_buckets, dtype=bool)
+        value = mean_rank_frac(full)
+        loo = []
+        for b in buckets:
+            keep = full.copy()
+            keep[b] = False
+            loo.append(mean_rank_frac(keep))
+        out.add(site, "head_eff_rank_frac", _jack(value, np.array(loo), level))
+        sec, zs, n = hp.z_second[layer].sum(0), hp.z_sum[layer].sum(0), float(hp.z_count[layer].sum())
+        r = max(1, int(round(value * hp.dh)))
+        subs = [heads.head_subspace(sec[h].numpy(), zs[h].numpy(), n, W_O[h], r) for h in range(hp.H)]
+        overl = [heads.subspace_overlap(subs[a], subs[b]) for a in range(hp.H) for b in range(a + 1, hp.H)]
+        if overl:
+            rng = np.random.default_rng(seed + layer)
+            boot = np.array([rng.choice(overl, len(overl)).mean() for _ in range(spec.n_boot)])
+            out.add(site, "head_overlap", percentile_ci(float(np.mean(overl)), boot, level))
+            null = heads.random_heads_null(d, r, hp.H, 100, seed + layer)
+            out.add(site, "head_overlap_null", percentile_ci(r / d, null, level))
+        pairs = hp.pairs[layer]
+        if pairs:
+            arr = np.concatenate(pairs)
+            out.add(f"resid_pre.{layer}", "attn_tail_spearman", _spearman_boot(arr, spec, seed + layer))
+
+
+def _jack(value: float, loo: np.ndarray, level: float) -> Estimate:
+    k = loo.size
+    if k < 2:
+        return Estimate(value, float("nan"), float("nan"))
+    se = float(np.sqrt((k - 1) / k * np.sum((loo - loo.mean()) ** 2)))
+    t = float(sps.t.ppf(0.5 + level / 2, k - 1))
+    return Estimate(value, value - t * se, value + t * se)
+
+
+def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int) -> Estimate:
+    """Spearman of (attention received, tail-band energy) over tokens; bootstrap over windows."""
+    win, recv, tail = arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2]
+    value = float(sps.spearmanr(recv, tail).statistic)  # type: ignore[attr-defined]
+    ids = np.unique(win)
+    groups = [np.nonzero(win == w)[0] for w in ids]
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(min(spec.n_boot, 200)):
+        pick = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
+        boot.append(float(sps.spearmanr(recv[pick], tail[pick]).statistic))  # type: ignore[attr-defined]
+    return percentile_ci(value, np.array(boot), spec.ci_level)
+
+
+def battery_metrics(model: str, m: Measurement, spec: AnalysisSpec, seed: int, resonance_k: int) -> list[MetricRow]:
+    """All battery metrics of one condition."""
+    out = Rows(model, m.condition)
+    idx, _ = m.bank[m.bank.sites[0]].window_table()
+    weights = bootstrap_weights(len(idx), spec.n_boot, seed)
+    _site_metrics(out, m, spec, weights)
+    resid = [s for s in m.bank.sites if s.startswith("resid_post.") and m.bank[s].spectrum is not None]
+    if len(resid) >= 2:
+        xs = np.array([float(site_layer(s) or 0) for s in resid])
+
+        def dc_slope(*ms: object) -> float:
+            ys = [spectrum.dc_fraction(mm) for mm in ms]  # type: ignore[arg-type]
+            return float(np.polyfit(xs, ys, 1)[0])
+
+        out.add("resid_post", "dc_fraction_slope", jackknife([m.bank[s] for s in resid], dc_slope, spec.ci_level))
+    _self_similarity(out, m, spec, seed)
+    if m.lens is not None:
+        _lens_metrics(out, m.lens, spec, seed, resonance_k)
+    _head_metrics(out, m.heads, spec, seed)
+    for res in m.interventions:
+        out.add(res.site, f"dnll_{res.target}", res.delta_nll)
+    return out.rows

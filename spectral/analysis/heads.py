@@ -1,0 +1,129 @@
+"""Per-attention-head output spectra and subspaces, from streamed per-head statistics (pure maths).
+
+Head h writes o = z W_O to the residual stream, z ∈ R^{d_head} its per-token mix of values and
+W_O ∈ R^{d_head × d_model} its output matrix. Given the sums that a capture pass accumulates over N
+tokens, S = Σ z zᵀ (uncentred second moment) and s = Σ z, the centred covariance of z is
+C_z = S/N − (s/N)(s/N)ᵀ (population normalisation, as in :mod:`spectral.analysis.spectrum`) and that
+of the output is C_o = W_Oᵀ C_z W_O (d_model × d_model, rank ≤ d_head).
+
+Everything is computed in the small d_head space: with B = C_z^{1/2} W_O (d_head × d_model),
+C_o = BᵀB, so its non-zero eigenvalues are the squared singular values of B (equivalently the
+eigenvalues of C_z^{1/2} W_O W_Oᵀ C_z^{1/2}) and its principal directions are the right singular
+vectors of B. No d_model × d_model matrix is formed.
+
+Subspace overlap of orthonormal bases A (d × r1), B (d × r2): the mean squared cosine of the
+min(r1, r2) principal angles, ‖AᵀB‖_F² / min(r1, r2) ∈ [0, 1]. For independent uniformly random
+r-dimensional subspaces of R^d its expectation is r/d (:func:`random_overlap_null`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def _z_covariance(z_second: np.ndarray, z_sum: np.ndarray, n: float) -> np.ndarray:
+    """Centred population covariance C_z = S/N − μμᵀ of the head's z vectors."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    second = np.asarray(z_second, dtype=np.float64)
+    mu = np.asarray(z_sum, dtype=np.float64) / n
+    cov = second / n - np.outer(mu, mu)
+    return 0.5 * (cov + cov.T)
+
+
+def _output_factor(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O: np.ndarray) -> np.ndarray:
+    """B = C_z^{1/2} W_O (d_head × d_model), so that the output covariance is BᵀB."""
+    cov = _z_covariance(z_second, z_sum, n)
+    W = np.asarray(W_O, dtype=np.float64)
+    if W.ndim != 2 or W.shape[0] != cov.shape[0]:
+        raise ValueError(f"W_O must be (d_head={cov.shape[0]}, d_model), got {W.shape}")
+    w, v = np.linalg.eigh(cov)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # symmetric PSD square root
+    return root @ W
+
+
+def head_output_spectrum(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O: np.ndarray) -> np.ndarray:
+    """Eigenvalues of the centred covariance of o = z W_O, descending, clipped at 0.
+
+    Returns min(d_head, d_model) values: the remaining d_model − d_head eigenvalues are exactly 0.
+    """
+    s = np.linalg.svd(_output_factor(z_second, z_sum, n, W_O), compute_uv=False)
+    return np.clip(np.sort(s**2)[::-1], 0.0, None)
+
+
+def head_eff_rank(eigenvalues: np.ndarray) -> float:
+    """exp of the Shannon entropy of the normalised eigenvalues (NaN for an all-zero spectrum)."""
+    ev = np.clip(np.asarray(eigenvalues, dtype=np.float64).ravel(), 0.0, None)
+    total = float(ev.sum())
+    if not math.isfinite(total) or total <= 0.0:
+        return float("nan")
+    p = ev / total
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def head_subspace(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O: np.ndarray, r: int) -> np.ndarray:
+    """Orthonormal basis (d_model × r) of the top-r principal directions of the head's output covariance.
+
+    Columns are ordered by decreasing variance; directions beyond the rank of the covariance (zero
+    variance) are an arbitrary orthonormal completion.
+    """
+    B = _output_factor(z_second, z_sum, n, W_O)
+    k = min(B.shape)
+    if not 1 <= r <= k:
+        raise ValueError(f"r must be in [1, min(d_head, d_model) = {k}], got {r}")
+    _, _, vt = np.linalg.svd(B, full_matrices=False)  # singular values come out descending
+    return vt[:r].T.copy()
+
+
+def subspace_overlap(A: np.ndarray, B: np.ndarray) -> float:
+    """Mean squared cosine of the principal angles between span(A) and span(B): ‖AᵀB‖_F² / min(r1, r2).
+
+    A (d × r1) and B (d × r2) must have orthonormal columns.
+    """
+    A = np.asarray(A, dtype=np.float64)
+    B = np.asarray(B, dtype=np.float64)
+    if A.ndim != 2 or B.ndim != 2 or A.shape[0] != B.shape[0]:
+        raise ValueError(f"A and B must be (d, r) with the same d, got {A.shape} and {B.shape}")
+    r = min(A.shape[1], B.shape[1])
+    if r == 0:
+        return float("nan")
+    return float(np.sum((A.T @ B) ** 2) / r)
+
+
+def random_orthonormal(d: int, r: int, rng: np.random.Generator, size: tuple[int, ...] = ()) -> np.ndarray:
+    """Bases (size + (d, r)) of independent uniformly random r-dim subspaces of R^d (QR of Gaussians)."""
+    q, _ = np.linalg.qr(rng.standard_normal((*size, d, r)))
+    return q
+
+
+def random_overlap_null(d: int, r: int, n_pairs: int, n_draws: int, seed: int) -> np.ndarray:
+    """Null distribution of a mean pairwise overlap: for each of ``n_draws`` draws, the mean
+    :func:`subspace_overlap` over ``n_pairs`` pairs of independent uniformly random r-dim subspaces
+    of R^d. Expectation r/d. Returns an array of length ``n_draws``.
+    """
+    if not 1 <= r <= d:
+        raise ValueError(f"need 1 <= r <= d, got r={r}, d={d}")
+    if n_pairs < 1 or n_draws < 1:
+        raise ValueError(f"n_pairs and n_draws must be >= 1, got {n_pairs}, {n_draws}")
+    rng = np.random.default_rng(seed)
+    out = np.empty(n_draws, dtype=np.float64)
+    for i in range(n_draws):
+        q = random_orthonormal(d, r, rng, (n_pairs, 2))  # (n_pairs, 2, d, r)
+        cross = np.einsum("pdi,pdj->pij", q[:, 0], q[:, 1])
+        out[i] = float(np.mean(np.sum(cross**2, axis=(1, 2)) / r))
+    return out
+
+
+def random_heads_null(d: int, r: int, n_heads: int, n_draws: int, seed: int) -> np.ndarray:
+    """Null of a layer's mean pairwise overlap: ``n_heads`` uniformly random r-dim subspaces of R^d
+    per draw (pairs share heads, as a layer's real head pairs do). Expectation r/d."""
+    rng = np.random.default_rng(seed)
+    q = random_orthonormal(d, r, rng, (n_draws, n_heads))  # (draws, heads, d, r)
+    flat = q.transpose(0, 2, 1, 3).reshape(n_draws, d, n_heads * r)
+    gram = (flat.transpose(0, 2, 1) @ flat).reshape(n_draws, n_heads, r, n_heads, r)
+    ov = np.sum(gram**2, axis=(2, 4)) / r  # (draws, heads, heads)
+    iu = np.triu_indices(n_heads, 1)
+    return ov[:, iu[0], iu[1]].mean(axis=1)

@@ -1,0 +1,224 @@
+"""Causal interventions: ΔNLL when a subspace is projected out of the residual stream at a site.
+
+This is the ``interventions`` row of ARCHITECTURE.md section 1. The observational metrics (band
+energy, carrier energy, ...) say *where* the residual stream's energy sits; an intervention says
+whether the model *uses* it: the subspace spanned by a basis (the carrier direction, or one band
+of the unembedding's left singular vectors from :func:`band_bases`) is removed at one site with a
+forward hook, and the next-token negative log-likelihood is compared with the clean run on the
+same windows.
+
+Definitions (binding): the NLL of a window is the mean cross-entropy of its next-token
+predictions, targets ``input_ids[:, 1:]`` from positions ``:-1``; by default the prediction made
+at position 0 (BOS / first token) is excluded, like every other statistic of the suite. ΔNLL is
+the mean over windows of ``NLL_edited - NLL_clean``; its interval is a seeded percentile
+bootstrap over windows (:func:`~spectral.analysis.intervals.bootstrap_weights`), the windows
+being paired so the CI is that of the mean paired difference.
+
+Hooks exist only inside :func:`nll_per_window` (a ``with`` block) and are removed on exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+
+from spectral.analysis.intervals import Estimate, bootstrap_weights, percentile_ci
+from spectral.analysis.spectrum import unembedding_bands
+from spectral.capture import all_sites, hook_name
+from spectral.corpus import TokenWindows, iter_batches
+from spectral.errors import ConfigError, SpectralError
+from spectral.models import LoadedModel
+
+EditFn = Callable[[torch.Tensor], torch.Tensor]
+Edit = tuple[str, EditFn]
+
+
+@dataclass(frozen=True)
+class InterventionResult:
+    """ΔNLL of removing one subspace (``target``) at one ``site``; NLLs in nats per token."""
+
+    site: str
+    target: str  # e.g. "carrier" or "band_k10_b3"
+    delta_nll: Estimate  # mean over windows of NLL_edited - NLL_clean, bootstrap CI over windows
+    clean_nll: float
+    edited_nll: float
+
+
+def _check_lm(model: LoadedModel) -> None:
+    arch = model.arch
+    if not (arch.has_unembedding and arch.is_causal):
+        raise SpectralError(f"interventions need a causal LM head; {arch.architecture} has none")
+
+
+def _check_site(model: LoadedModel, site: str) -> str:
+    valid = all_sites(model.arch)
+    if site not in valid:
+        raise ConfigError(
+            f"intervention site {site!r} does not exist for {model.arch.architecture}; valid: {', '.join(valid)}"
+        )
+    return hook_name(site, model.arch)
+
+
+@contextmanager
+def _edit_hooks(model: LoadedModel, edit: Edit | None) -> Iterator[None]:
+    if edit is None:
+        yield
+        return
+    site, fn = edit
+    name = _check_site(model, site)
+
+    def hook_fn(x: torch.Tensor, hook: Any) -> torch.Tensor:
+        return fn(x)
+
+    with model.bridge.hooks(fwd_hooks=[(name, hook_fn)]):
+        yield
+
+
+def nll_per_window(
+    model: LoadedModel,
+    windows: TokenWindows,
+    batch_size: int,
+    edit: Edit | None = None,
+    exclude_first: bool = True,
+) -> np.ndarray:
+    """Mean next-token NLL of each window (float64, shape ``(n_windows,)``), optionally edited.
+
+    ``edit`` is ``(site, fn)``: ``fn(h)`` replaces the activation at that site in every forward pass.
+    """
+    _check_lm(model)
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    width = int(windows.ids.shape[1])
+    if width - 1 - int(exclude_first) < 1:
+        raise SpectralError(f"windows of {width} positions leave no next-token target to score")
+    out: list[np.ndarray] = []
+    dev = model.device
+    with _edit_hooks(model, edit), torch.inference_mode():
+        for batch in iter_batches(windows, batch_size, exclude_first):
+            ids = batch.input_ids.to(dev)
+            att = batch.attention_mask.to(dev)
+            logits = model.bridge(ids, attention_mask=att, return_type="logits")
+            logp = logits[:, :-1].float()
+            targets = ids[:, 1:]
+            nll = F.cross_entropy(logp.reshape(-1, logp.shape[-1]), targets.reshape(-1), reduction="none")
+            nll = nll.reshape(targets.shape).double()
+            mask = att[:, 1:].bool().clone()
+            if exclude_first:
+                mask[:, 0] = False
+            per = (nll * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1)
+            out.append(per.cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
+
+
+def project_out(basis: Float[torch.Tensor, "d k"]) -> EditFn:
+    """``fn(h) = h - (h Q) Qᵀ`` with ``Q`` an orthonormal basis of span(``basis``) (QR).
+
+    The projection runs in float32 (or h's dtype when wider) on h's device; the result has h's dtype.
+    """
+    if basis.ndim != 2:
+        raise SpectralError(f"a basis must be a (d, k) matrix, got shape {tuple(basis.shape)}")
+    d, k = int(basis.shape[0]), int(basis.shape[1])
+    if k == 0:
+        raise SpectralError("a basis needs at least one direction")
+    b64 = basis.detach().to(device="cpu", dtype=torch.float64)
+    if not bool(torch.isfinite(b64).all()):
+        raise SpectralError("the basis holds non-finite values")
+    q, r = torch.linalg.qr(b64, mode="reduced")
+    diag = r.diagonal().abs()
+    if k > d or float(diag.min()) <= 1e-10 * max(float(diag.max()), 1e-300):
+        raise SpectralError(f"the basis of {k} directions in R^{d} is rank-deficient (a zero or repeated direction)")
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        if h.shape[-1] != d:
+            raise SpectralError(f"basis has dimension {d} but the activation has {h.shape[-1]}")
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        key = (h.device, dtype)
+        if key not in cache:
+            cache[key] = q.to(device=h.device, dtype=dtype)
+        Q = cache[key]
+        x = h.to(dtype)
+        return (x - (x @ Q) @ Q.T).to(h.dtype)
+
+    return fn
+
+
+def _mean_ci(diff: np.ndarray, n_boot: int, seed: int, level: float) -> Estimate:
+    value = float(diff.mean())
+    if diff.size < 2 or n_boot < 1:
+        return Estimate(value, float("nan"), float("nan"))
+    w = bootstrap_weights(diff.size, n_boot, seed)
+    return percentile_ci(value, (w @ diff) / diff.size, level)
+
+
+def intervene(
+    model: LoadedModel,
+    windows: TokenWindows,
+    site: str,
+    basis: Float[torch.Tensor, "d k"],
+    target: str,
+    batch_size: int,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+    clean: np.ndarray | None = None,
+) -> InterventionResult:
+    """ΔNLL of projecting span(``basis``) out at ``site`` (``clean``: precomputed clean NLLs)."""
+    _check_lm(model)
+    _check_site(model, site)
+    if clean is None:
+        clean = nll_per_window(model, windows, batch_size)
+    elif clean.shape != (len(windows),):
+        raise SpectralError(f"clean NLLs have shape {clean.shape}, expected ({len(windows)},)")
+    edited = nll_per_window(model, windows, batch_size, edit=(site, project_out(basis)))
+    diff = edited - clean
+    return InterventionResult(
+        site=site,
+        target=target,
+        delta_nll=_mean_ci(diff, n_boot, seed, level),
+        clean_nll=float(clean.mean()),
+        edited_nll=float(edited.mean()),
+    )
+
+
+def sweep(
+    model: LoadedModel,
+    windows: TokenWindows,
+    sites: tuple[str, ...],
+    bases: dict[str, torch.Tensor],
+    batch_size: int,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+) -> list[InterventionResult]:
+    """Every (site, target) pair, sites outer and targets in dict order; the clean pass runs once."""
+    _check_lm(model)
+    for site in sites:
+        _check_site(model, site)
+    clean = nll_per_window(model, windows, batch_size)
+    return [
+        intervene(model, windows, site, basis, target, batch_size, n_boot, seed, level, clean=clean)
+        for site in sites
+        for target, basis in bases.items()
+    ]
+
+
+def band_bases(W_U: Float[torch.Tensor, "d V"], K: int) -> dict[str, torch.Tensor]:
+    """The unembedding's left singular vectors, by singular value descending, in K contiguous bands.
+
+    Band sizes follow ``numpy.array_split`` on the d directions; ``band_k{K}_b0`` is the top band,
+    the last one the "dark" tail. Values are (d, k_i) float32 tensors on the CPU.
+    """
+    if W_U.ndim != 2:
+        raise SpectralError(f"W_U must be a (d, V) matrix, got shape {tuple(W_U.shape)}")
+    d = int(W_U.shape[0])
+    if not 1 <= K <= d:
+        raise ConfigError(f"number of bands K must be in 1..{d} (d_model), got {K}")
+    return {f"band_k{K}_b{i}": U.float().contiguous() for i, U in enumerate(unembedding_bands(W_U, K))}

@@ -1,0 +1,118 @@
+"""The figures a run makes, each with the CSV of the data behind it (saved by the runner)."""
+
+import csv
+import io
+
+import numpy as np
+import plotly.graph_objects as go
+
+from spectral import plotting
+from spectral.analysis import spectrum
+from spectral.analysis.battery import Measurement
+from spectral.analysis.metrics import MetricTable
+from spectral.plotting import Curve, Matrix
+
+
+def _rows_csv(table: MetricTable, keep) -> str:
+    return MetricTable(tuple(r for r in table.rows if keep(r))).to_csv()
+
+
+def _curves_csv(curves: list[Curve], x_name: str, y_name: str) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["condition", "site", x_name, y_name])
+    for c in curves:
+        for x, y in zip(c.x, c.y, strict=True):
+            w.writerow([c.condition, c.site, f"{x:.6g}", f"{y:.6g}"])
+    return buf.getvalue()
+
+
+def _matrices_csv(mats: list[Matrix]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["condition", "label", "row", "col", "value"])
+    for m in mats:
+        for (i, j), v in np.ndenumerate(m.values):
+            w.writerow([m.condition, m.label, i, j, f"{v:.6g}"])
+    return buf.getvalue()
+
+
+def build_figures(
+    table: MetricTable, measurements: list[Measurement], K: int, title: str
+) -> tuple[dict[str, go.Figure], dict[str, str]]:
+    figs: dict[str, go.Figure] = {}
+    data: dict[str, str] = {}
+    resid = lambda r, names: r.site.startswith("resid_post.") and r.metric in names  # noqa: E731
+    figs["norm_profile"] = plotting.norm_profile(table, f"Residual norm by layer — {title}")
+    data["norm_profile"] = _rows_csv(table, lambda r: resid(r, ("norm_mean",)))
+    figs["carrier_anisotropy"] = plotting.carrier_and_anisotropy(table, f"Carrier and anisotropy — {title}")
+    data["carrier_anisotropy"] = _rows_csv(table, lambda r: resid(r, ("carrier_energy", "anisotropy")))
+
+    spectra, pcas = [], []
+    for m in measurements:
+        if m.condition == "permuted":
+            continue
+        for s in m.bank.sites:
+            if not s.startswith("resid_post."):
+                continue
+            tot = m.bank[s].total()
+            if m.bank[s].spectrum is not None:
+                p = spectrum.power_spectrum(tot)
+                spectra.append(Curve(m.condition, s, np.arange(p.size, dtype=float), p / p.sum()))
+            if m.condition != "shuffled":
+                ev = spectrum.pca_spectrum(tot)
+                pcas.append(Curve(m.condition, s, np.arange(1, ev.size + 1, dtype=float), ev / ev.sum()))
+    if spectra:
+        figs["sequence_spectrum"] = plotting.curves_by_layer(
+            spectra, f"Sequence-axis power P(f) — {title}", "frequency (cycles per window)", "P(f) / Σ P"
+        )
+        data["sequence_spectrum"] = _curves_csv(spectra, "frequency", "power_share")
+    figs["pca_spectrum"] = plotting.curves_by_layer(
+        pcas, f"PCA spectrum of the centred covariance — {title}", "component", "λ / Σλ", log_x=True
+    )
+    data["pca_spectrum"] = _curves_csv(pcas, "component", "eigenvalue_share")
+
+    if any(r.metric == f"band_energy_k{K}_b0" for r in table.rows):
+        figs["band_energy"] = plotting.metric_heatmap(
+            table, f"band_energy_k{K}_b", K, "resid_post", f"Energy per W_U band (K={K}) — {title}", "energy share"
+        )
+        data["band_energy"] = _rows_csv(table, lambda r: r.metric.startswith(f"band_energy_k{K}_b"))
+        mats = []
+        for m in measurements:
+            if m.condition not in ("trained", "random_init") or K not in m.bands:
+                continue
+            for kind, label in (("attn_out", "attention writes"), ("mlp_out", "MLP writes")):
+                Ts = [
+                    spectrum.band_transfer(m.bank[s].total(), m.bands[K])
+                    for s in m.bank.sites
+                    if s.startswith(kind + ".") and m.bank[s].cross is not None
+                ]
+                if Ts:
+                    mats.append(Matrix(m.condition, label, np.mean(Ts, axis=0)))
+        if mats:
+            figs["band_transfer"] = plotting.matrices(
+                mats, f"Band transfer (mean over layers, K={K}) — {title}", "input band", "output band"
+            )
+            data["band_transfer"] = _matrices_csv(mats)
+    if any(r.metric == "logit_lens_acc" for r in table.rows):
+        figs["logit_lens"] = plotting.layer_panels(
+            table,
+            (
+                ("resid_post", "logit_lens_acc", "next-token accuracy"),
+                ("resid_post", "modulation_lens_acc", "accuracy, carrier removed"),
+                ("resid_post", "logit_lens_rank", "mean rank of true next token"),
+            ),
+            f"Logit lens — {title}",
+        )
+        data["logit_lens"] = _rows_csv(table, lambda r: "lens" in r.metric)
+    if any(r.metric.startswith(f"dnll_band_k{K}") for r in table.rows):
+        figs["interventions"] = plotting.metric_heatmap(
+            table,
+            f"dnll_band_k{K}_b",
+            K,
+            "resid_post",
+            f"ΔNLL when a W_U band is projected out — {title}",
+            "ΔNLL (nats)",
+        )
+        data["interventions"] = _rows_csv(table, lambda r: r.metric.startswith("dnll_"))
+    return figs, data

@@ -1,0 +1,287 @@
+"""Batch-local probes that need the model or the token ids (beside the per-site moments).
+
+* :class:`LensProbe`: logit lens (final norm + W_U) at residual sites — agreement with the model's
+  own top-1, top-1 accuracy and rank of the true next token — the same for the carrier-removed
+  stream h − ⟨h, μ̂⟩μ̂ (μ̂ fixed from the calibration batch), and the final top-1 logit margin
+  decomposed by W_U band.
+* :class:`HeadProbe`: per-head second moments of the attention outputs ``z`` (bucketed like the
+  site moments) and, per token, attention received versus tail-band energy of the stream the
+  attention layer reads.
+* :class:`TypeProbe`: per token type, sums of unit vectors across contexts (Ethayarajh's
+  self-similarity, with pairs inside one window excluded exactly).
+
+Probes register their own hooks (through :func:`spectral.capture.accumulate`); each keeps only
+per-window sums or per-token scalars, never activations.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from spectral.capture import hook_name
+from spectral.corpus import Batch, TokenWindows
+from spectral.models import LoadedModel
+
+Hook = tuple[str, Callable[..., Any]]
+LENS_COLUMNS = ("count", "agree", "correct", "rank_sum", "mod_agree", "mod_correct")
+
+
+class LensProbe:
+    """Logit lens, carrier-removed lens and band decomposition of the final top-1 margin."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        sites: tuple[str, ...],
+        carrier_dirs: dict[str, torch.Tensor],
+        bands: list[torch.Tensor],
+    ) -> None:
+        W, b = model.unembedding()
+        self.model = model
+        self.sites = tuple(s for s in sites if s != "final") + ("final",)
+        self.W = W.float()  # (d, V)
+        self.bias = None if b is None else b.float()
+        norm = model.final_norm()
+        self.norm: Callable[[torch.Tensor], torch.Tensor] = norm if norm is not None else (lambda x: x)
+        self.dirs = {s: (v / v.norm()).float().to(model.device) for s, v in carrier_dirs.items()}
+        self.bands = [U.float().to(model.device) for U in bands]
+        self.rows: list[np.ndarray] = []  # per batch (windows, sites, columns)
+        self.margins: list[np.ndarray] = []  # per batch (windows, K + 1): per-band margin, bias part
+        self.index: list[np.ndarray] = []
+        self._batch: Batch | None = None
+        self._top1: dict[str, torch.Tensor] = {}
+        self._mod_top1: dict[str, torch.Tensor] = {}
+        self._acc: dict[str, torch.Tensor] = {}
+
+    def _logits(self, f: torch.Tensor) -> torch.Tensor:
+        out = f @ self.W.to(f.device)
+        return out if self.bias is None else out + self.bias.to(f.device)
+
+    def hooks(self) -> list[Hook]:
+        return [(hook_name(s, self.model.arch), self._make(s)) for s in self.sites]
+
+    def begin_batch(self, batch: Batch) -> None:
+        self._batch = batch
+        self._top1, self._mod_top1, self._acc = {}, {}, {}
+
+    def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b = self._batch
+        assert b is not None
+        mask = b.stat_mask.clone()
+        mask[:, -1] = False
+        mask[:, :-1] &= b.attention_mask[:, 1:].bool()  # a next token must exist
+        target = torch.zeros_like(b.input_ids)
+        target[:, :-1] = b.input_ids[:, 1:]
+        return mask, target[mask]
+
+    def _make(self, site: str) -> Callable[..., torch.Tensor]:
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            mask, target = self._tokens()
+            h = x.detach()[mask.to(x.device)].float()  # (n, d)
+            f = h if site == "final" else self.norm(h)
+            logits = self._logits(f)
+            tgt = target.to(logits.device)
+            t_logit = logits.gather(1, tgt[:, None])
+            self._top1[site] = logits.argmax(-1).cpu()
+            rank = (logits > t_logit).sum(-1).cpu().double()
+            self._acc[site] = torch.stack([(self._top1[site] == target).double(), rank], 1)
+            if site in self.dirs and site != "final":
+                u = self.dirs[site].to(h.device)
+                mod = h - (h @ u)[:, None] * u
+                self._mod_top1[site] = self._logits(self.norm(mod)).argmax(-1).cpu()
+            if site == "final":
+                self._margin(f, logits)
+            return x
+
+        return fn
+
+    def _margin(self, f: torch.Tensor, logits: torch.Tensor) -> None:
+        top2 = logits.topk(2, dim=-1).indices  # (n, 2)
+        W = self.W.to(f.device)
+        dw = W[:, top2[:, 0]].T - W[:, top2[:, 1]].T  # (n, d)
+        parts = [((dw @ U) * (f @ U)).sum(-1) for U in self.bands]
+        bias = (
+            self.bias.to(f.device)[top2[:, 0]] - self.bias.to(f.device)[top2[:, 1]]
+            if self.bias is not None
+            else torch.zeros_like(parts[0])
+        )
+        self._margin_tok = torch.stack(parts + [bias], 1).double().cpu()  # (n, K + 1)
+
+    def end_batch(self) -> None:
+        b = self._batch
+        assert b is not None
+        mask, target = self._tokens()
+        nw = b.input_ids.shape[0]
+        tok_window = torch.arange(nw)[:, None].expand_as(mask)[mask]
+        model_top1 = self._top1["final"]
+        rows = torch.zeros(nw, len(self.sites), len(LENS_COLUMNS), dtype=torch.float64)
+        for i, site in enumerate(self.sites):
+            acc = self._acc[site]
+            cols = [torch.ones(len(target), dtype=torch.float64), (self._top1[site] == model_top1).double()]
+            cols += [acc[:, 0], acc[:, 1]]
+            mod = self._mod_top1.get(site)
+            if mod is not None:
+                cols += [(mod == model_top1).double(), (mod == target).double()]
+            else:
+                cols += [torch.full_like(acc[:, 0], float("nan"))] * 2
+            rows[:, i, :].index_add_(0, tok_window, torch.stack(cols, 1))
+        marg = torch.zeros(nw, self._margin_tok.shape[1], dtype=torch.float64).index_add_(
+            0, tok_window, self._margin_tok
+        )
+        self.rows.append(rows.numpy())
+        self.margins.append(marg.numpy())
+        self.index.append(b.window_index.numpy().copy())
+
+    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(window_index (W,), lens rows (W, sites, columns), margin rows (W, K + 1)), by window."""
+        idx = np.concatenate(self.index)
+        order = np.argsort(idx, kind="stable")
+        return idx[order], np.concatenate(self.rows)[order], np.concatenate(self.margins)[order]
+
+
+class HeadProbe:
+    """Per-head z moments (bucketed) and attention received vs tail-band energy per token."""
+
+    def __init__(self, model: LoadedModel, n_buckets: int, tail_band: torch.Tensor | None) -> None:
+        cfg = model.bridge.cfg
+        self.model, self.n_buckets = model, n_buckets
+        self.L, self.H, self.dh = model.arch.n_layers, int(cfg.n_heads), int(cfg.d_head)
+        f64 = torch.float64
+        self.z_second = torch.zeros(self.L, n_buckets, self.H, self.dh, self.dh, dtype=f64)
+        self.z_sum = torch.zeros(self.L, n_buckets, self.H, self.dh, dtype=f64)
+        self.z_count = torch.zeros(self.L, n_buckets, dtype=f64)
+        self.tail = None if tail_band is None else tail_band.float().to(model.device)
+        self.pairs: list[list[np.ndarray]] = [[] for _ in range(self.L)]  # per layer: (n, 3) window, recv, tail
+        self._batch: Batch | None = None
+        self._tail_energy: dict[int, torch.Tensor] = {}
+
+    def W_O(self, layer: int) -> np.ndarray:
+        """(heads, d_head, d_model) output weights of a layer."""
+        return self.model.bridge.blocks[layer].attn.W_O.detach().double().cpu().numpy()
+
+    def hooks(self) -> list[Hook]:
+        out: list[Hook] = []
+        for layer in range(self.L):
+            out.append((f"blocks.{layer}.attn.hook_z", self._z(layer)))
+            if self.tail is not None:
+                out.append((hook_name(f"resid_pre.{layer}", self.model.arch), self._resid(layer)))
+                out.append((f"blocks.{layer}.attn.hook_pattern", self._pattern(layer)))
+        return out
+
+    def begin_batch(self, batch: Batch) -> None:
+        self._batch = batch
+        self._tail_energy = {}
+
+    def end_batch(self) -> None:
+        pass
+
+    def _z(self, layer: int) -> Callable[..., torch.Tensor]:
+        def fn(z: torch.Tensor, hook: object) -> torch.Tensor:
+            b = self._batch
+            assert b is not None
+            mask = b.stat_mask
+            zz = z.detach().to("cpu", torch.float64)[mask]  # (n, H, dh)
+            bucket = (b.window_index % self.n_buckets)[torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]]
+            for k in torch.unique(bucket).tolist():
+                sel = zz[bucket == k]
+                self.z_second[layer, k] += torch.einsum("nhi,nhj->hij", sel, sel)
+                self.z_sum[layer, k] += sel.sum(0)
+                self.z_count[layer, k] += sel.shape[0]
+            return z
+
+        return fn
+
+    def _resid(self, layer: int) -> Callable[..., torch.Tensor]:
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            assert self.tail is not None
+            h = x.detach().float()
+            e = (h @ self.tail.to(h.device)).pow(2).sum(-1) / h.pow(2).sum(-1).clamp_min(1e-30)
+            self._tail_energy[layer] = e.cpu()
+            return x
+
+        return fn
+
+    def _pattern(self, layer: int) -> Callable[..., torch.Tensor]:
+        def fn(p: torch.Tensor, hook: object) -> torch.Tensor:
+            b = self._batch
+            assert b is not None
+            A = p.detach().float().mean(1).cpu()  # (batch, q, k), averaged over heads
+            valid_q = b.attention_mask.bool()
+            A = A * valid_q[:, :, None]
+            if self.model.arch.is_causal:  # key j can be seen by queries i >= j
+                n_q = torch.flip(torch.cumsum(torch.flip(valid_q.double(), [1]), 1), [1])
+            else:
+                n_q = valid_q.double().sum(1, keepdim=True).expand_as(valid_q)
+            received = A.sum(1).double() / n_q.clamp_min(1)  # (batch, k)
+            mask = b.stat_mask
+            win = b.window_index[:, None].expand_as(mask)[mask].double()
+            tail = self._tail_energy[layer][mask].double()
+            self.pairs[layer].append(torch.stack([win, received[mask], tail], 1).numpy())
+            return p
+
+        return fn
+
+
+class TypeProbe:
+    """Self-similarity by token type (Ethayarajh 2019) at chosen sites, across windows only."""
+
+    def __init__(self, model: LoadedModel, windows: TokenWindows, sites: tuple[str, ...], max_types: int) -> None:
+        ids = windows.ids[:, 1:] if windows.has_bos else windows.ids
+        uniq, counts = torch.unique(ids, return_counts=True)
+        order = counts.argsort(descending=True)
+        chosen = [int(t) for t in uniq[order] if int(counts[uniq == t]) >= 2][:max_types]
+        self.types = torch.tensor(chosen, dtype=torch.long)
+        self.lookup = torch.full((int(windows.ids.max()) + 1,), -1, dtype=torch.long)
+        self.lookup[self.types] = torch.arange(len(chosen))
+        d, K = model.arch.d_model, len(chosen)
+        self.model, self.sites = model, sites
+        self.S = {s: torch.zeros(K, d, dtype=torch.float64) for s in sites}  # Σ û per type
+        self.Q = {s: torch.zeros(K, dtype=torch.float64) for s in sites}  # Σ_windows ‖Σ û in window‖²
+        self.n = torch.zeros(K, dtype=torch.float64)
+        self.C = torch.zeros(K, dtype=torch.float64)  # Σ_windows n_tw²
+        self._batch: Batch | None = None
+
+    def hooks(self) -> list[Hook]:
+        return [(hook_name(s, self.model.arch), self._make(s)) for s in self.sites]
+
+    def _selection(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b = self._batch
+        assert b is not None
+        ids = b.input_ids.clamp_max(len(self.lookup) - 1)
+        t = self.lookup[ids]
+        mask = b.stat_mask & (t >= 0)
+        win = torch.arange(ids.shape[0])[:, None].expand_as(ids)[mask]
+        return mask, t[mask], win
+
+    def begin_batch(self, batch: Batch) -> None:
+        self._batch = batch
+        _, t, win = self._selection()
+        nw = batch.input_ids.shape[0]
+        key = t * nw + win
+        per = torch.zeros(len(self.types) * nw, dtype=torch.float64).index_add_(0, key, torch.ones(len(key)).double())
+        self.n.index_add_(0, t, torch.ones(len(t), dtype=torch.float64))
+        self.C += (per.view(len(self.types), nw) ** 2).sum(1)
+
+    def end_batch(self) -> None:
+        pass
+
+    def _make(self, site: str) -> Callable[..., torch.Tensor]:
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            mask, t, win = self._selection()
+            h = x.detach().to("cpu", torch.float64)[mask]
+            u = h / h.norm(dim=1, keepdim=True).clamp_min(1e-300)
+            nw = x.shape[0]
+            self.S[site].index_add_(0, t, u)
+            per = torch.zeros(len(self.types) * nw, u.shape[1], dtype=torch.float64).index_add_(0, t * nw + win, u)
+            self.Q[site] += per.pow(2).sum(1).view(len(self.types), nw).sum(1)
+            return x
+
+        return fn
+
+    def self_similarity(self, site: str) -> np.ndarray:
+        """Per type: mean cosine over pairs of occurrences in different windows (NaN if none)."""
+        pairs = self.n**2 - self.C
+        sims = (self.S[site].pow(2).sum(1) - self.Q[site]) / pairs
+        return torch.where(pairs > 0, sims, torch.full_like(sims, float("nan"))).numpy()
