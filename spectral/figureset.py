@@ -83,7 +83,7 @@ def build_figures(
                 continue
             for kind, label in (("attn_out", "attention writes"), ("mlp_out", "MLP writes")):
                 Ts = [
-                    spectrum.band_transfer(m.bank[s].total(), m.bands[K])
+                    spectrum.band_transfer(m.bank[s].total(), m.bank[m.bank.inputs[s]].total(), m.bands[K])
                     for s in m.bank.sites
                     if s.startswith(kind + ".") and m.bank[s].cross is not None
                 ]

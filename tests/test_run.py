@@ -128,7 +128,20 @@ def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
     assert err.count("\n") == 1
     assert (
         main(
-            ["run", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), "--quiet", "--overwrite", "--n-boot", "50"]
+            [
+                "run",
+                "--max-seqs",
+                "5",
+                "--seq-len",
+                "32",
+                "--out",
+                str(out),
+                "--quiet",
+                "--overwrite",
+                "--n-boot",
+                "50",
+                "--no-controls",
+            ]
         )
         == 0
     )

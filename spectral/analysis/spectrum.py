@@ -67,17 +67,22 @@ def band_energies(m: Moments, bands: list[torch.Tensor]) -> np.ndarray:
     return np.array([float(torch.trace(U.T @ m.second @ U)) / tr for U in bands])
 
 
-def band_transfer(m: Moments, bands: list[torch.Tensor]) -> np.ndarray:
-    """T[i, j] = ‖U_iᵀ E[w xᵀ] U_j‖²_F, normalised to sum 1: how much of the write's band i is
-    linearly driven by the input stream's band j (rows: output band, columns: input band)."""
-    if m.cross is None:
+def band_transfer(write: Moments, inp: Moments, bands: list[torch.Tensor]) -> np.ndarray:
+    """T[i, j] = ‖U_iᵀ A U_j‖²_F normalised to sum 1, with A = E[w xᵀ] E[x xᵀ]⁻¹ the least-squares
+    linear map from the stream x a sub-layer read to its write w: how much of the write's band i
+    is driven by the input's band j (rows: output band, columns: input band). Using the map
+    rather than the raw cross moment keeps correlations between input bands out of it."""
+    if write.cross is None:
         raise ValueError("no cross moment: band transfer needs the write's input stream")
-    C = m.cross / m.n
-    T = np.array([[float(((Ui.T @ C @ Uj) ** 2).sum()) for Uj in bands] for Ui in bands])
+    C = write.cross / write.n
+    S = inp.second / inp.n
+    ridge = 1e-8 * float(torch.trace(S)) / S.shape[0]
+    A = torch.linalg.solve(S + ridge * torch.eye(S.shape[0], dtype=S.dtype), C.T).T  # C S⁻¹
+    T = np.array([[float(((Ui.T @ A @ Uj) ** 2).sum()) for Uj in bands] for Ui in bands])
     return T / T.sum() if T.sum() > 0 else T
 
 
-def offdiag_share(m: Moments, bands: list[torch.Tensor]) -> float:
+def offdiag_share(write: Moments, inp: Moments, bands: list[torch.Tensor]) -> float:
     """Share of band transfer that changes band (off the diagonal of :func:`band_transfer`)."""
-    T = band_transfer(m, bands)
+    T = band_transfer(write, inp, bands)
     return float(1.0 - np.trace(T)) if T.sum() > 0 else float("nan")

@@ -1,0 +1,137 @@
+"""The battery's statistics against direct computations and planted signals."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from spectral.analysis import carrier, spectrum
+from spectral.analysis.controls import permuted_positions, shuffle_windows
+from spectral.stats import SiteStats
+
+
+def _stats(h: torch.Tensor, sink_threshold=None, cross_inp=None, buckets=2) -> SiteStats:
+    """h: (windows, T, d); position 0 excluded."""
+    st = SiteStats(h.shape[-1], buckets, None, sink_threshold, cross=cross_inp is not None)
+    mask = torch.ones(h.shape[:2], dtype=torch.bool)
+    mask[:, 0] = False
+    st.update(h, mask, torch.arange(h.shape[0]), inp=cross_inp)
+    return st
+
+
+def test_rogue_contributions_equal_direct_pairwise():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(3, 9, 5, generator=g, dtype=torch.float64) + torch.tensor([4.0, 0, 0, 1, 0], dtype=torch.float64)
+    m = _stats(h).total()
+    flat = h[:, 1:].reshape(-1, 5)
+    u = flat / flat.norm(dim=1, keepdim=True)
+    n = u.shape[0]
+    direct = np.array([(np.outer(u[:, i], u[:, i]).sum() - (u[:, i] ** 2).sum()) / (n * (n - 1)) for i in range(5)])
+    assert np.allclose(carrier.rogue_contributions(m).numpy(), direct)
+    assert carrier.rogue_contributions(m).sum() == pytest.approx(carrier.anisotropy(m))
+    assert carrier.rogue_top1_share(m) == pytest.approx(direct.max() / direct.sum())
+
+
+def test_planted_rogue_dimensions_and_sinks():
+    g = torch.Generator().manual_seed(1)
+    d = 12
+    h = torch.randn(20, 33, d, generator=g, dtype=torch.float64)
+    h[..., :2] += 30.0  # two rogue dimensions carry a huge common offset
+    m = _stats(h).total()
+    top = carrier.rogue_contributions(m).argsort(descending=True)[:2]
+    assert set(top.tolist()) == {0, 1}
+    assert carrier.carrier_energy(m) > 0.9
+    # without the two rogue dims the rest is isotropic noise: rho ~ (1 + small) / d_rest
+    rho = carrier.carrier_energy_robust(m, zscore=False, drop_dims=2, drop_sinks=False)
+    assert rho < 3.0 / (d - 2)
+    # z-scoring (scale only) is exact against a direct computation
+    flat = h[:, 1:].reshape(-1, d)
+    z = flat / flat.std(dim=0, unbiased=False)
+    mu = z.mean(0) / z.mean(0).norm()
+    direct = float(((z @ mu) ** 2).sum() / (z**2).sum())
+    assert carrier.carrier_energy_robust(m, zscore=True, drop_dims=0, drop_sinks=False) == pytest.approx(direct)
+    # sinks: plant 5 massive tokens; the sink-free rho equals the direct one without them
+    h2 = torch.randn(4, 17, d, generator=g, dtype=torch.float64) + 1.0
+    h2[0, 3] *= 200
+    h2[1, 5] *= 200
+    m2 = _stats(h2, sink_threshold=50.0).total()
+    assert m2.sink_count == 2
+    keep = torch.ones(h2.shape[:2], dtype=torch.bool)
+    keep[:, 0] = False
+    keep[0, 3] = keep[1, 5] = False
+    f = h2[keep]
+    mu = f.mean(0) / f.mean(0).norm()
+    direct = float(((f @ mu) ** 2).sum() / (f**2).sum())
+    assert carrier.carrier_energy_robust(m2, zscore=False, drop_dims=0, drop_sinks=True) == pytest.approx(direct)
+
+
+def test_planted_band_energy_and_transfer():
+    g = torch.Generator().manual_seed(2)
+    d, V, K = 20, 50, 5
+    W_U = torch.randn(d, V, generator=g, dtype=torch.float64)
+    bands = spectrum.unembedding_bands(W_U, K)
+    assert all(U.shape == (d, d // K) for U in bands)
+    Q = torch.cat(bands, 1)
+    assert torch.allclose(Q.T @ Q, torch.eye(d, dtype=torch.float64), atol=1e-10)
+    # energy placed only in band 3
+    coeff = torch.randn(6, 11, d // K, generator=g, dtype=torch.float64)
+    x = coeff @ bands[3].T
+    m = _stats(x).total()
+    e = spectrum.band_energies(m, bands)
+    assert e[3] == pytest.approx(1.0) and e.sum() == pytest.approx(1.0)
+    # a write that maps input band 1 onto output band 4: transfer concentrated at (4, 1)
+    inp = torch.randn(6, 11, d, generator=g, dtype=torch.float64)
+    w = inp @ bands[1] @ bands[4].T
+    mw, mx = _stats(w, cross_inp=inp).total(), _stats(inp).total()
+    T = spectrum.band_transfer(mw, mx, bands)
+    assert np.unravel_index(T.argmax(), T.shape) == (4, 1) and T[4, 1] > 0.99
+    assert spectrum.offdiag_share(mw, mx, bands) > 0.99
+
+
+def test_intra_similarity_equals_direct():
+    g = torch.Generator().manual_seed(3)
+    h = torch.randn(4, 10, 6, generator=g, dtype=torch.float64) + 0.5
+    st = _stats(h)
+    _, rows = st.window_table()
+    got = rows[:, 6].sum() / rows[:, 0].sum()
+    vals = []
+    for w in range(4):
+        x = h[w, 1:]
+        s = x.mean(0)
+        vals.append((x @ s / (x.norm(dim=1) * s.norm())).numpy())
+    assert got == pytest.approx(float(np.concatenate(vals).mean()))
+
+
+def test_controls_shuffle_and_permute(tmp_path, sample_text):
+    from conftest import char_tokenizer
+
+    from spectral.config import CorpusSpec
+    from spectral.corpus import iter_batches, make_windows
+
+    p = tmp_path / "t.txt"
+    p.write_text(sample_text)
+    w = make_windows(char_tokenizer(), CorpusSpec(source=str(p), seq_len=20, max_seqs=4))
+    s = shuffle_windows(w, 0)
+    assert torch.equal(s.ids[:, 0], w.ids[:, 0])
+    for a, b in zip(s.ids, w.ids, strict=True):
+        assert sorted(a.tolist()) == sorted(b.tolist())
+    assert not torch.equal(s.ids, w.ids)
+    assert torch.equal(shuffle_windows(w, 0).ids, s.ids)
+    pos = permuted_positions(0, True)(next(iter_batches(w, 4)))
+    assert (pos[:, 0] == 0).all()
+    assert all(sorted(r.tolist()) == list(range(21)) for r in pos)
+
+
+def test_isoscore_matches_peer_on_real_activations():
+    """A peer implementation's number on the same activations (the IsoScore package)."""
+    iso_pkg = pytest.importorskip("IsoScore.IsoScore", reason="peer package IsoScore not installed")
+    from spectral.analysis.isoscore import isoscore
+
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(8, 40, 6, generator=g, dtype=torch.float64) * torch.tensor([5, 3, 1, 1, 0.5, 0.1])
+    m = _stats(h).total()
+    points = h[:, 1:].reshape(-1, 6).numpy()
+    peer = float(iso_pkg.IsoScore(points))
+    assert isoscore(m) == pytest.approx(peer, abs=1e-6)
+    assert math.isfinite(peer)

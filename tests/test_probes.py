@@ -1,0 +1,100 @@
+"""Probes against independent computations on a tiny random Llama (and its HF twin)."""
+
+import numpy as np
+import pytest
+import torch
+
+from spectral.analysis.spectrum import unembedding_bands
+from spectral.capture import accumulate, capture_activations, new_bank
+from spectral.config import CorpusSpec, ModelSpec
+from spectral.corpus import iter_batches, make_windows
+from spectral.models import load_model
+from spectral.probes import LENS_COLUMNS, HeadProbe, LensProbe, TypeProbe
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model_dir, tmp_path_factory, sample_text):
+    d = tiny_model_dir("llama")
+    model = load_model(ModelSpec(name=str(d)))
+    p = tmp_path_factory.mktemp("c") / "t.txt"
+    p.write_text(sample_text)
+    windows = make_windows(model.tokenizer, CorpusSpec(source=str(p), seq_len=24, max_seqs=6))
+    return d, model, windows
+
+
+def _run(model, windows, probes):
+    bank = new_bank(model, ("resid_post.2",), 2)
+    accumulate(model, windows, bank, 4, True, None, tuple(probes))
+
+
+def test_lens_reproduces_model_and_hf_accuracy(setup):
+    from transformers import AutoModelForCausalLM
+
+    d, model, windows = setup
+    W_U, _ = model.unembedding()
+    mu = torch.randn(model.arch.d_model)
+    lens = LensProbe(
+        model, ("resid_post.0", "resid_post.2"), {"resid_post.0": mu, "resid_post.2": mu}, unembedding_bands(W_U, 4)
+    )
+    _run(model, windows, [lens])
+    _, rows, margins = lens.table()
+    col = {n: i for i, n in enumerate(LENS_COLUMNS)}
+    tot = rows.sum(0)
+    last, final = lens.sites.index("resid_post.2"), lens.sites.index("final")
+    # the lens at the last layer is the model itself: agreement 1
+    assert tot[last, col["agree"]] == tot[last, col["count"]] == tot[final, col["agree"]]
+    # accuracy against an independent HF forward
+    hf = AutoModelForCausalLM.from_pretrained(str(d), attn_implementation="eager").eval()
+    with torch.no_grad():
+        logits = hf(windows.ids).logits
+    pred = logits[:, 1:-1].argmax(-1)  # predictions made at positions 1..T-2
+    target = windows.ids[:, 2:]
+    acc = (pred == target).double().mean().item()
+    assert tot[final, col["correct"]] / tot[final, col["count"]] == pytest.approx(acc)
+    # margin bands add up to the full top-1 margin (no bias in Llama's head)
+    top2 = logits[:, 1:-1].topk(2, -1).values
+    assert margins.sum() == pytest.approx(float((top2[..., 0] - top2[..., 1]).sum()), rel=1e-4)
+
+
+def test_self_similarity_equals_direct(setup):
+    _, model, windows = setup
+    tp = TypeProbe(model, windows, ("resid_post.1",), max_types=5)
+    _run(model, windows, [tp])
+    sims = tp.self_similarity("resid_post.1")
+    acts = torch.cat(
+        [capture_activations(model, b, ("resid_post.1",))["resid_post.1"] for b in iter_batches(windows, 4)]
+    ).double()
+    for k, t in enumerate(tp.types.tolist()):
+        where = [(w, p) for w in range(len(windows)) for p in range(1, windows.ids.shape[1]) if windows.ids[w, p] == t]
+        vs = [acts[w, p] / acts[w, p].norm() for w, p in where]
+        pairs = [float(vs[i] @ vs[j]) for i in range(len(vs)) for j in range(len(vs)) if where[i][0] != where[j][0]]
+        assert sims[k] == pytest.approx(np.mean(pairs), rel=1e-9)
+
+
+def test_head_probe_equals_direct(setup):
+    _, model, windows = setup
+    W_U, _ = model.unembedding()
+    tail = unembedding_bands(W_U, 4)[-1]
+    hp = HeadProbe(model, 2, tail)
+    _run(model, windows, [hp])
+    batch = next(iter_batches(windows, len(windows)))
+    got = {}
+    hooks = [
+        ("blocks.1.attn.hook_z", lambda x, hook: got.__setitem__("z", x.detach().double())),
+        ("blocks.1.attn.hook_pattern", lambda x, hook: got.__setitem__("p", x.detach().double())),
+        ("blocks.1.hook_resid_pre", lambda x, hook: got.__setitem__("h", x.detach().double())),
+    ]
+    with torch.no_grad(), model.bridge.hooks(fwd_hooks=hooks):
+        model.bridge(batch.input_ids, return_type=None)
+    z = got["z"][:, 1:]  # position 0 excluded
+    direct = torch.einsum("bthi,bthj->hij", z, z)
+    assert torch.allclose(hp.z_second[1].sum(0), direct, atol=1e-8)
+    # attention received: mean over heads and over the queries that can see the key (causal)
+    A = got["p"].mean(1)  # (b, q, k)
+    T = A.shape[-1]
+    recv = A.sum(1) / torch.arange(T, 0, -1, dtype=torch.float64)
+    h = got["h"]
+    e = (h.float() @ tail.float()).pow(2).sum(-1) / h.float().pow(2).sum(-1)
+    pairs = np.concatenate(hp.pairs[1])
+    assert np.allclose(np.sort(pairs[:, 1]), np.sort(recv[:, 1:].flatten().numpy()), atol=1e-6)
+    assert np.allclose(np.sort(pairs[:, 2]), np.sort(e[:, 1:].flatten().double().numpy()), atol=1e-5)
