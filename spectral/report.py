@@ -104,8 +104,11 @@ def build_report(run_dir: Path) -> Path:
         f"growth_rate) by percentile bootstrap over windows ({cfg['analysis']['n_boot']} resamples, seed "
         f"{cfg['seed']}); moment statistics (quantiles, anisotropy, carrier, eff_rank, spectra) by delete-one "
         f"jackknife over {cfg['capture']['moment_buckets']} buckets of windows (window index mod "
-        f"{cfg['capture']['moment_buckets']}), Student-t interval. Centred anisotropy is centred on the site mean "
-        "of the first batch of windows.",
+        f"{cfg['capture']['moment_buckets']}), Student-t interval; self-similarity by bootstrap over token "
+        "types, head-subspace overlap by bootstrap over head pairs against 100 draws of random subspaces, "
+        "attention/tail-band Spearman by bootstrap over windows. Centred anisotropy is centred on the site "
+        "mean of the first batch of windows; sinks are tokens with ‖h‖ above "
+        f"{cfg['analysis'].get('sink_factor', 10)}× the site's median norm in that batch.",
         "",
         "## Headline numbers",
     ]

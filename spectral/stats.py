@@ -98,6 +98,7 @@ class SiteStats:
         self._win_index: list[np.ndarray] = []
         self._win_rows: list[np.ndarray] = []
         self._total: dict[str, torch.Tensor | None] | None = None
+        self._loo: dict[int, Moments] = {}
 
     # ---- accumulation -------------------------------------------------------------------
     def update(
@@ -111,7 +112,7 @@ class SiteStats:
     ) -> None:
         """Add one batch. ``prev``: the predecessor site on the residual chain (same tokens);
         ``inp``: for a write site (attn_out / mlp_out), the stream it read (cross moment)."""
-        self._total = None
+        self._total, self._loo = None, {}
         h = h.detach().to("cpu", torch.float64)
         mask = mask.to("cpu")
         widx = window_index.to("cpu").long()
@@ -232,7 +233,17 @@ class SiteStats:
         return self._make(self._total)
 
     def leave_one_out(self, bucket: int) -> Moments:
-        """Sums over all buckets but one (for the jackknife)."""
+        """Sums over all buckets but one (for the jackknife; cached until :meth:`release`)."""
+        if bucket in self._loo:
+            return self._loo[bucket]
+        self._loo[bucket] = self._leave_one_out(bucket)
+        return self._loo[bucket]
+
+    def release(self) -> None:
+        """Drop the cached leave-one-out sums (call when done with this site's statistics)."""
+        self._loo = {}
+
+    def _leave_one_out(self, bucket: int) -> Moments:
         self.total()
         assert self._total is not None
         fields = self._bucket_fields()
@@ -263,7 +274,7 @@ class SiteStats:
             raise ValueError("cannot merge statistics centred on different points")
         if (self.sink_threshold, self.cross is None) != (other.sink_threshold, other.cross is None):
             raise ValueError("cannot merge statistics with different sink thresholds or cross moments")
-        self._total = None
+        self._total, self._loo = None, {}
         for name in MOMENT_FIELDS + EXTRA_FIELDS:
             mine = getattr(self, name)
             if mine is not None:

@@ -135,3 +135,15 @@ def test_isoscore_matches_peer_on_real_activations():
     peer = float(iso_pkg.IsoScore(points))
     assert isoscore(m) == pytest.approx(peer, abs=1e-6)
     assert math.isfinite(peer)
+
+
+def test_top_pc_and_decomposition():
+    g = torch.Generator().manual_seed(5)
+    mu = torch.zeros(6, dtype=torch.float64)
+    mu[2] = 1.0
+    h = 5 * mu + 0.3 * torch.randn(5, 30, 6, generator=g, dtype=torch.float64)
+    m = _stats(h).total()
+    assert carrier.carrier_pc_alignment(m) > 0.999
+    assert carrier.top_pc_energy(m) >= carrier.carrier_energy(m) - 1e-12  # the top PC maximises energy
+    coeff, mod = carrier.decompose(h, mu * 3)
+    assert torch.allclose(coeff[..., None] * mu + mod, h) and torch.allclose(mod @ mu, torch.zeros(5, 30).double())

@@ -158,3 +158,12 @@ def test_planted_growth_rate_and_dominant_frequency():
         torch.arange(W),
     )
     assert int(np.argmax(spectrum.power_spectrum(st.total()))) == 5
+
+
+def test_spectrum_summary_matches_single_functions():
+    from spectral.analysis.isoscore import isoscore
+
+    m = _stream(_data(), batch=4).total()
+    eff, pr, iso = spectrum.spectrum_summary(m)
+    assert eff == pytest.approx(spectrum.eff_rank(m)) and pr == pytest.approx(spectrum.participation_ratio(m))
+    assert iso == pytest.approx(isoscore(m))

@@ -24,7 +24,6 @@ from spectral.analysis.intervals import (
     ratio_bootstrap,
 )
 from spectral.analysis.interventions import InterventionResult
-from spectral.analysis.isoscore import isoscore
 from spectral.analysis.metrics import MetricRow
 from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
@@ -69,7 +68,9 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
             f"anisotropy_norogue{spec.rogue_k}",
             jackknife([st], partial(carrier.anisotropy_without_rogue, k=spec.rogue_k), level),
         )
-        out.add(site, "isoscore", jackknife([st], isoscore, level))
+        top_pc = jackknife_many([st], carrier.top_pc_summary, level)
+        out.add(site, "carrier_energy_top_pc", top_pc[0])
+        out.add(site, "carrier_pc_alignment", top_pc[1])
         kind = site.split(".")[0]
         if st.sink_threshold is not None:
             variants = {
@@ -97,8 +98,13 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
                 out.add(site, f"band_energy_k{K}_b{i}", est)
             if kind in ("attn_out", "mlp_out") and st.cross is not None:
                 out.add(
-                    site, f"band_offdiag_k{K}", jackknife([st], partial(spectrum.offdiag_share, bands=bands), level)
+                    site,
+                    f"band_offdiag_k{K}",
+                    jackknife([st, m.bank[m.bank.inputs[site]]], partial(spectrum.offdiag_share, bands=bands), level),
                 )
+        if site in m.bank.inputs:
+            m.bank[m.bank.inputs[site]].release()
+        st.release()
 
 
 def _self_similarity(out: Rows, m: Measurement, spec: AnalysisSpec, seed: int) -> None:

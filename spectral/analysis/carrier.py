@@ -7,6 +7,8 @@ mean over the first batch of windows (a fixed centre, so that the sum can stream
 
 from __future__ import annotations
 
+import numpy as np
+import scipy.sparse.linalg
 import torch
 
 from spectral.stats import Moments
@@ -19,8 +21,10 @@ def carrier_direction(m: Moments) -> torch.Tensor:
 
 def top_direction(m: Moments) -> torch.Tensor:
     """Top principal direction of the uncentred second moment (sign: along the mean)."""
-    _, vecs = torch.linalg.eigh(m.second)
-    v = vecs[:, -1]
+    M = m.second.numpy()
+    start = m.sum_h.numpy() if float(m.sum_h.norm()) > 0 else None
+    _, vec = scipy.sparse.linalg.eigsh(M, k=1, which="LA", v0=start, tol=0)  # Lanczos (tol 0: machine precision)
+    v = torch.from_numpy(vec[:, 0]).to(m.second.dtype)
     return v if float(v @ m.sum_h) >= 0 else -v
 
 
@@ -94,3 +98,27 @@ def carrier_energy_robust(m: Moments, *, zscore: bool, drop_dims: int, drop_sink
     direction = sum_h / sum_h.norm().clamp_min(1e-300)
     tr = float(torch.trace(second))
     return float(direction @ second @ direction) / tr if tr > 0 else float("nan")
+
+
+def top_pc_energy(m: Moments) -> float:
+    """Energy share along the top principal direction of the uncentred second moment."""
+    return energy_ratio(m, top_direction(m))
+
+
+def carrier_pc_alignment(m: Moments) -> float:
+    """|cos| between the mean direction μ̂ and the top uncentred principal direction."""
+    return abs(float(carrier_direction(m) @ top_direction(m)))
+
+
+def top_pc_summary(m: Moments) -> np.ndarray:
+    """[top_pc_energy, carrier_pc_alignment] from one (partial) eigendecomposition."""
+    v = top_direction(m)
+    return np.array([energy_ratio(m, v), abs(float(carrier_direction(m) @ v))])
+
+
+def decompose(h: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split tokens h (..., d) into the carrier coefficient ⟨h, μ̂⟩ (...,) and the modulation
+    h − ⟨h, μ̂⟩μ̂ (..., d) for a carrier direction μ̂ (normalised here)."""
+    u = (direction / direction.norm()).to(h.dtype)
+    coeff = h @ u
+    return coeff, h - coeff[..., None] * u

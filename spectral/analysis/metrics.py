@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 
 from spectral.analysis import carrier, norms, spectrum
-from spectral.analysis.intervals import Estimate, bootstrap_weights, jackknife
+from spectral.analysis.intervals import Estimate, bootstrap_weights, jackknife, jackknife_many
 from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
 from spectral.stats import StatsBank
@@ -106,8 +106,10 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
         add(site, "anisotropy", jackknife([st], carrier.anisotropy, level))
         add(site, "centered_anisotropy", jackknife([st], carrier.centered_anisotropy, level))
         add(site, "carrier_energy", jackknife([st], carrier.carrier_energy, level))
-        add(site, "eff_rank", jackknife([st], spectrum.eff_rank, level))
-        add(site, "participation_ratio", jackknife([st], spectrum.participation_ratio, level))
+        # one eigendecomposition per jackknife replicate serves all three spectrum summaries
+        names = ("eff_rank", "participation_ratio", "isoscore")
+        for name, est in zip(names, jackknife_many([st], spectrum.spectrum_summary, level), strict=True):
+            add(site, name, est)
         if st.spectrum is not None and float(st.spectrum_windows.sum()) > 0:
             add(site, "dc_fraction", jackknife([st], spectrum.dc_fraction, level))
             low = partial(spectrum.lowfreq_fraction, share=spec.lowfreq_share)
@@ -117,6 +119,8 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
             add(site, "layer_cos", norms.window_mean(table, "sum_cos", "pair_count", weights, level))
             add(site, "norm_ratio", norms.window_mean(table, "sum_ratio", "pair_count", weights, level))
             add(site, "carrier_drift", jackknife([bank[prev], st], carrier.carrier_drift, level))
+            bank[prev].release()
+        st.release()
 
     resid_layers = sorted(int(s.split(".")[1]) for s in bank.sites if s.startswith("resid_post."))
     layers_i = [layer for layer in resid_layers if layer >= spec.growth_first_layer]

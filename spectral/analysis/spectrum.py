@@ -36,6 +36,18 @@ def participation_ratio(m: Moments) -> float:
     return float(ev.sum() ** 2 / (ev**2).sum())
 
 
+def spectrum_summary(m: Moments) -> np.ndarray:
+    """[eff_rank, participation_ratio, isoscore] from one eigendecomposition."""
+    from spectral.analysis.isoscore import isoscore_from_eigenvalues
+
+    ev = pca_spectrum(m)
+    p = ev / ev.sum()
+    p = p[p > 0]
+    return np.array(
+        [float(np.exp(-(p * np.log(p)).sum())), float(ev.sum() ** 2 / (ev**2).sum()), isoscore_from_eigenvalues(ev)]
+    )
+
+
 def power_spectrum(m: Moments) -> np.ndarray:
     """P(f) summed over windows and dimensions (rfft bins 0..F-1, in cycles per window)."""
     return m.spectrum.numpy()
