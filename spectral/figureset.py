@@ -48,6 +48,28 @@ def build_figures(
     figs["carrier_anisotropy"] = plotting.carrier_and_anisotropy(table, f"Carrier and anisotropy — {title}")
     data["carrier_anisotropy"] = _rows_csv(table, lambda r: resid(r, ("carrier_energy", "anisotropy")))
 
+    k = next(
+        (
+            r.metric[len("carrier_energy_norogue") :]
+            for r in table.rows
+            if r.metric.startswith("carrier_energy_norogue")
+        ),
+        None,
+    )
+    if k is not None:
+        figs["carrier_robustness"] = plotting.layer_panels(
+            table,
+            (
+                ("resid_post", "carrier_energy", "ρ as measured"),
+                ("resid_post", "carrier_energy_zscored", "dims scaled to unit std"),
+                ("resid_post", f"carrier_energy_norogue{k}", f"top {k} rogue dims removed"),
+                ("resid_post", "carrier_energy_nosink", "sink tokens removed"),
+                ("resid_post", "carrier_energy_robust", "all three"),
+            ),
+            f"Carrier energy under robustness checks — {title}",
+        )
+        data["carrier_robustness"] = _rows_csv(table, lambda r: r.metric.startswith("carrier_energy"))
+
     spectra, pcas = [], []
     for m in measurements:
         if m.condition == "permuted":

@@ -221,10 +221,12 @@ def matrices(mats: list[Matrix], title: str, x_title: str, y_title: str) -> go.F
 
 def layer_panels(table: MetricTable, panels: tuple[tuple[str, str, str], ...], title: str) -> go.Figure:
     """Side-by-side panels of per-layer metrics (kind, metric, panel title), every condition drawn."""
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels], horizontal_spacing=0.1)
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels], horizontal_spacing=min(0.1, 0.25 / len(panels))
+    )
     for j, (kind, metric, _) in enumerate(panels, 1):
         for cond in table.conditions():
             _add_series(fig, table.series(cond, kind, metric), cond, 1, j, show_legend=j == 1)
-    apply_theme(fig, title, width=max(520, 360 * len(panels)), height=420)
+    apply_theme(fig, title, width=max(520, 330 * len(panels)), height=420)
     fig.update_xaxes(title_text="layer")
     return fig

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import LLAMA2XS, TINYSTORIES, needs_shared
+from conftest import BABYLLAMA, LLAMA2XS, TINYSTORIES, needs_shared
 
 from spectral.analysis.metrics import MetricTable
 from spectral.cli import main
@@ -174,3 +174,15 @@ def test_empty_corpus_and_bad_toml(tmp_path, capsys):
     assert main(["run", "--config", str(bad), "--out", str(tmp_path / "r")]) == 2
     assert "unknown key [capture] 'batch_sise' (did you mean 'batch_size'?)" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+@needs_shared
+def test_battery_end_to_end_on_babyllama(tmp_path):
+    out = tmp_path / "baby"
+    args = ["run", "--model", str(BABYLLAMA), "--corpus", str(TINYSTORIES), "--seq-len", "48", "--max-seqs", "12"]
+    assert main([*args, "--out", str(out), "--quiet", "--n-boot", "100"]) == 0
+    verdicts = (out / "verdicts.csv").read_text()
+    assert verdicts.count("\n") == 11 and ",n/a," not in verdicts.split("\n")[1]  # a pre-LN LM: P1 applies
+    for name in ("band_energy", "band_transfer", "logit_lens", "interventions", "carrier_robustness"):
+        assert (out / "figures" / f"{name}.html").is_file(), name
+    assert "## Verdicts" in (out / "report.md").read_text()
