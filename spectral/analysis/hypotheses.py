@@ -241,14 +241,16 @@ def evaluate(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: Analys
         )
     else:
         diff = (mlp[0] - att[0], mlp[1] - att[2], mlp[2] - att[1])
+        diffR = R.mean("mlp_out", f"band_offdiag_k{K}")[0] - R.mean("attn_out", f"band_offdiag_k{K}")[0] if R else NAN
         add(
             "7 the MLP mixes",
             decide(diff[1] > 0),
             f"band_offdiag_k{K} mlp_out minus attn_out",
             diff,
-            att[0],
+            diffR,
             0.0,
-            f"off-diagonal band transfer: MLP {mlp[0]:.3f}, attention {att[0]:.3f}",
+            f"off-diagonal band transfer: MLP {mlp[0]:.3f}, attention {att[0]:.3f}; control: the same difference "
+            "for random weights",
         )
 
     # 8. dark-band sink
