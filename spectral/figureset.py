@@ -37,9 +37,26 @@ def _matrices_csv(mats: list[Matrix]) -> str:
     return buf.getvalue()
 
 
+CAPTIONS = {
+    "norm_profile": "Mean residual norm ‖h‖ of resid_post per layer (log scale), trained model against its controls.",
+    "carrier_anisotropy": "Carrier energy ρ = Σ⟨h, μ̂⟩²/Σ‖h‖² and anisotropy (mean pairwise cosine) per layer.",
+    "carrier_robustness": "Carrier energy after scaling dimensions to unit std, removing the top rogue dimensions, "
+    "removing sink tokens, and all three together.",
+    "sequence_spectrum": "Sequence-axis power P(f) of resid_post (|rfft|² along positions, summed over windows and "
+    "dimensions), normalised per layer; colour = depth.",
+    "pca_spectrum": "Eigenvalues of the centred covariance of resid_post, normalised, per layer.",
+    "band_energy": "Share of Σ‖h‖² in each band of W_U's left singular vectors (band 0 = largest singular values).",
+    "band_transfer": "Band transfer of attention and MLP writes: ‖U_iᵀ A U_j‖² of the least-squares map A from the "
+    "stream read to the write, mean over layers, normalised.",
+    "logit_lens": "Logit lens (final norm + W_U) per layer: next-token accuracy, accuracy with the carrier direction "
+    "removed, and mean rank of the true next token.",
+    "interventions": "ΔNLL (nats per token) when a W_U band is projected out of resid_post at each layer.",
+}
+
+
 def build_figures(
     table: MetricTable, measurements: list[Measurement], K: int, title: str
-) -> tuple[dict[str, go.Figure], dict[str, str]]:
+) -> tuple[dict[str, go.Figure], dict[str, str], dict[str, str]]:
     figs: dict[str, go.Figure] = {}
     data: dict[str, str] = {}
     resid = lambda r, names: r.site.startswith("resid_post.") and r.metric in names  # noqa: E731
@@ -137,4 +154,4 @@ def build_figures(
             "ΔNLL (nats)",
         )
         data["interventions"] = _rows_csv(table, lambda r: r.metric.startswith("dnll_"))
-    return figs, data
+    return figs, data, {name: CAPTIONS[name] for name in figs}

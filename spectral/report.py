@@ -6,7 +6,10 @@ RUN`` regenerates it for any finished run.
 
 from __future__ import annotations
 
+import base64
+import html
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +70,61 @@ def layer_table(table: MetricTable, condition: str, n_layers: int) -> list[str]:
             continue
         lines.append(f"| {site} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _inline(text: str, base: Path) -> str:
+    text = html.escape(text, quote=False)
+
+    def image(m: re.Match[str]) -> str:
+        path = base / m.group(2)
+        if path.is_file():
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            return f'<img alt="{m.group(1)}" src="data:image/png;base64,{data}" style="max-width:100%">'
+        return f"[missing figure {m.group(2)}]"
+
+    text = re.sub(r"!\[([^\]]*)\]\(([^)]+)\)", image, text)
+    text = re.sub(r"\[([^\]]+)\]\(([^)]+)\)", r'<a href="\2">\1</a>', text)
+    text = re.sub(r"\*\*([^*]+)\*\*", r"<b>\1</b>", text)
+    text = re.sub(r"(?<![\w*])\*([^*]+)\*(?![\w*])", r"<i>\1</i>", text)
+    text = re.sub(r"(?<!\w)_([^_]+)_(?!\w)", r"<i>\1</i>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def markdown_to_html(md: str, base: Path, title: str) -> str:
+    """The small markdown subset our reports use -> one self-contained HTML page (PNGs embedded)."""
+    out = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>body{{font-family:Arial,Helvetica,sans-serif;max-width:1100px;"
+        "margin:2em auto;line-height:1.45;color:#222}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 7px}th{background:#f3f3f3}code{background:#f5f5f5}</style>"
+        "</head><body>",
+    ]
+    lines = md.split("\n")
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            rows = []
+            while i < len(lines) and lines[i].startswith("|"):
+                if not re.fullmatch(r"\|(-+\|)+", lines[i].replace(" ", "")):
+                    rows.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            out.append("<table>")
+            for j, row in enumerate(rows):
+                tag = "th" if j == 0 else "td"
+                out.append("<tr>" + "".join(f"<{tag}>{_inline(c, base)}</{tag}>" for c in row) + "</tr>")
+            out.append("</table>")
+            continue
+        m = re.match(r"(#+) (.*)", line)
+        if m:
+            out.append(f"<h{len(m.group(1))}>{_inline(m.group(2), base)}</h{len(m.group(1))}>")
+        elif line.startswith("- "):
+            out.append(f"<ul><li>{_inline(line[2:], base)}</li></ul>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line, base)}</p>")
+        i += 1
+    out.append("</body></html>")
+    return "\n".join(out)
 
 
 def build_report(run_dir: Path) -> Path:
@@ -144,13 +202,16 @@ def build_report(run_dir: Path) -> Path:
     lines += ["", "## Figures"]
     for name, files in figs.items():
         png = next((f for f in files if f.endswith(".png")), None)
-        html = next((f for f in files if f.endswith(".html")), None)
+        caption = run_dir / f"figures/{name}.txt"
+        lines.append("")
         if png:
             lines.append(f"![{name}]({png})")
-        lines.append(f"- {name}: " + ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in files))
+        if caption.is_file():
+            lines.append(f"*Figure {name}.* {caption.read_text(encoding='utf-8').strip()}")
+        lines.append("Files: " + ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in files))
     if man.get("png_note"):
         lines.append(f"\n_{man['png_note']}_")
-    if html is None and not figs:
+    if not figs:
         lines.append("(no figures)")
     lines += [
         "",
@@ -161,5 +222,7 @@ def build_report(run_dir: Path) -> Path:
         "",
     ]
     out = run_dir / "report.md"
-    atomic_write_text(out, "\n".join(lines))
+    text = "\n".join(lines)
+    atomic_write_text(out, text)
+    atomic_write_text(run_dir / "report.html", markdown_to_html(text, run_dir, f"spectral: {man['model_label']}"))
     return out

@@ -8,7 +8,6 @@ is written; from then on the manifest says ``running`` until the run is ``comple
 from __future__ import annotations
 
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -23,11 +22,11 @@ from spectral.capture import select_sites
 from spectral.config import ExperimentConfig
 from spectral.corpus import make_windows
 from spectral.errors import RunDirError
+from spectral.export import save_figures
 from spectral.figureset import build_figures
 from spectral.measure import measure
 from spectral.models import LoadedModel, load_model
 from spectral.runs import (
-    atomic_write_bytes,
     atomic_write_text,
     default_run_dir,
     git_commit,
@@ -45,52 +44,6 @@ class RunResult:
     run_dir: Path
     report: Path
     metrics: MetricTable
-
-
-def browser_for_png() -> str | None:
-    """Path of a Chromium/Chrome that kaleido can drive, or None."""
-    import os
-
-    env = os.environ.get("BROWSER_PATH")
-    if env and Path(env).exists():
-        return env
-    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
-def save_figures(
-    run_dir: Path, figures: dict[str, Any], data: dict[str, str], log: Callable[[str], None]
-) -> tuple[dict[str, list[str]], str | None]:
-    """Write NAME.html + NAME.png + NAME.csv under figures/; returns files per figure and a note."""
-    fig_dir = run_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, list[str]] = {}
-    note = None
-    browser = browser_for_png()
-    if browser is None:
-        note = "PNG figures skipped: no Chromium/Chrome for kaleido (install Debian's chromium or set BROWSER_PATH)."
-        log(note)
-    from plotly.offline import get_plotlyjs
-
-    atomic_write_text(fig_dir / "plotly.min.js", get_plotlyjs())  # shared by the HTML figures, offline
-    for name, fig in figures.items():
-        files = []
-        atomic_write_text(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
-        files.append(f"figures/{name}.html")
-        atomic_write_text(fig_dir / f"{name}.csv", data[name])
-        files.append(f"figures/{name}.csv")
-        if browser is not None and note is None:
-            try:
-                atomic_write_bytes(fig_dir / f"{name}.png", fig.to_image(format="png", scale=2))
-                files.insert(1, f"figures/{name}.png")
-            except Exception as exc:  # noqa: BLE001 - a missing PNG must not fail the run
-                note = f"PNG figures skipped: kaleido failed ({exc.__class__.__name__}: {str(exc)[:120]})."
-                log(note)
-        written[name] = files
-    return written, note
 
 
 def run_experiment(
@@ -173,8 +126,17 @@ def run_experiment(
 
         t = time.perf_counter()
         title = f"{label} · {Path(windows.corpus.name).name} · {len(windows)}×{cfg.corpus.seq_len} tokens"
-        figures, data = build_figures(table, measurements, cfg.analysis.bands[0], title)
-        manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, log)
+        figures, data, captions = build_figures(table, measurements, cfg.analysis.bands[0], title)
+        context = (
+            f"Model {label} ({model.arch.architecture}, {model.arch.norm_placement}-LN); corpus "
+            f"{Path(windows.corpus.name).name}: {len(windows)} windows of {cfg.corpus.seq_len} tokens, "
+            f"{n_stat} tokens in the statistics (position 0 excluded: {cfg.capture.exclude_first}); sites "
+            f"{', '.join(cfg.capture.sites)}. Bands: 95% CI, bootstrap over windows ({cfg.analysis.n_boot} "
+            f"resamples) for per-window statistics, jackknife over {cfg.capture.moment_buckets} window buckets "
+            "for moment statistics."
+        )
+        captions = {k: f"{v} {context}" for k, v in captions.items()}
+        manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, captions, log)
         timings["figures"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         manifest.update(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -1,6 +1,6 @@
 """Figures: PNG export through kaleido when a browser exists, a one-line note when none does."""
 
-from spectral import plotting, runner
+from spectral import export, plotting
 from spectral.analysis.metrics import MetricRow, MetricTable
 
 
@@ -23,11 +23,28 @@ def test_figures_have_both_conditions():
 
 
 def test_png_skipped_with_note_when_no_browser(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "browser_for_png", lambda: None)
+    monkeypatch.setattr(export, "browser_for_png", lambda: None)
     notes = []
-    files, note = runner.save_figures(
-        tmp_path, {"norm_profile": plotting.norm_profile(_table(), "t")}, {"norm_profile": "a,b\n"}, notes.append
-    )
-    assert note and "PNG figures skipped" in note and notes == [note]
-    assert files["norm_profile"] == ["figures/norm_profile.html", "figures/norm_profile.csv"]
+    fig = {"norm_profile": plotting.norm_profile(_table(), "t")}
+    files, note = export.save_figures(tmp_path, fig, {"norm_profile": "a,b\n"}, {"norm_profile": "cap"}, notes.append)
+    assert note and "PNG/PDF/SVG figures skipped" in note and notes == [note]
+    assert files["norm_profile"] == [
+        "figures/norm_profile.html",
+        "figures/norm_profile.csv",
+        "figures/norm_profile.txt",
+    ]
+    assert (tmp_path / "figures" / "norm_profile.txt").read_text() == "cap\n"
     assert (tmp_path / "figures" / "norm_profile.html").is_file()
+
+
+def test_static_export_writes_png_pdf_svg(tmp_path):
+    if export.browser_for_png() is None:
+        import pytest
+
+        pytest.skip("no Chromium/Chrome on this machine (install Debian's chromium)")
+    fig = {"norm_profile": plotting.norm_profile(_table(), "t")}
+    files, note = export.save_figures(tmp_path, fig, {"norm_profile": "a\n"}, {"norm_profile": "c"}, print)
+    assert note is None
+    for ext in ("png", "pdf", "svg"):
+        assert (tmp_path / "figures" / f"norm_profile.{ext}").stat().st_size > 1000
+    assert (tmp_path / "figures" / "norm_profile.pdf").read_bytes().startswith(b"%PDF")
