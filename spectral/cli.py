@@ -52,7 +52,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, nargs="+", help=help_text)
         else:
             p.add_argument(flag, type=kind, help=help_text)
-    p.add_argument("--no-controls", action="store_true", help="skip the random-weight twin (control R)")
+    p.add_argument("--no-controls", action="store_true", help="skip the controls R, S and P")
+    p.add_argument("--formats", help="static figure formats, comma-separated, or 'none' (default: png,pdf,svg)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -64,6 +65,9 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
             cfg = replace_field(cfg, section, name, tuple(value) if name == "sites" else value)
+    if args.formats is not None:
+        fmts = () if args.formats == "none" else tuple(f.strip() for f in args.formats.split(",") if f.strip())
+        cfg = replace_field(cfg, None, "formats", fmts)
     if args.no_controls:
         cfg = replace_field(cfg, None, "controls", ())
     if args.trust_remote_code:
@@ -89,6 +93,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from spectral.compare import compare_runs
+
+    conds = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
+    out = compare_runs([Path(r) for r in args.runs], Path(args.out), conds, not args.by_layer, args.overwrite)
+    print(f"comparison: {out}")
+    return 0
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from spectral.models import BUILTIN_MODELS
 
@@ -110,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep = sub.add_parser("report", help="rebuild RUN/report.md from a run directory")
     p_rep.add_argument("run")
     p_rep.set_defaults(func=cmd_report)
+    p_cmp = sub.add_parser("compare", help="overlay several runs on shared axes, with a comparison table")
+    p_cmp.add_argument("runs", nargs="+", help="run directories")
+    p_cmp.add_argument("--out", required=True, help="output directory")
+    p_cmp.add_argument("--conditions", default="trained", help="comma-separated, e.g. trained,random_init")
+    p_cmp.add_argument("--by-layer", action="store_true", help="x axis: layer index instead of relative depth")
+    p_cmp.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
+    p_cmp.set_defaults(func=cmd_compare)
     p_mod = sub.add_parser("models", help="list the model sources spectral can load")
     p_mod.set_defaults(func=cmd_models)
     return parser

@@ -24,6 +24,7 @@ from spectral.errors import ConfigError
 Dtype = Literal["float32", "float16", "bfloat16"]
 Sampling = Literal["consecutive", "random"]
 Control = Literal["random_init", "shuffled", "permuted"]
+ImageFormat = Literal["png", "pdf", "svg"]
 
 
 def _help(text: str, default: Any) -> Any:
@@ -160,10 +161,15 @@ class ExperimentConfig:
         "control conditions run beside the trained model", ("random_init", "shuffled", "permuted")
     )
     seed: int = _help("seed of the random twin, window sampling and bootstrap", 0)
+    formats: tuple[ImageFormat, ...] = _help("static figure formats exported through kaleido", ("png", "pdf", "svg"))
     out: str | None = _help("run directory (default: reports/runs/<model>-<corpus>-...)", None)
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        bad = [f for f in self.formats if f not in get_args(ImageFormat)]
+        _check(not bad, f"formats {bad} not supported; choose from png, pdf, svg (or none)")
+        bad = [c for c in self.controls if c not in get_args(Control)]
+        _check(not bad, f"controls {bad} unknown; choose from random_init, shuffled, permuted")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -34,6 +34,7 @@ def save_figures(
     captions: dict[str, str],
     log: Callable[[str], None],
     prefix: str = "figures",
+    formats: tuple[str, ...] = STATIC_FORMATS,
 ) -> tuple[dict[str, list[str]], str | None]:
     """Write every figure under ``out_dir/prefix``; returns the files per figure (relative to
     ``out_dir``) and a note when static export was impossible."""
@@ -50,6 +51,8 @@ def save_figures(
         atomic_write_text(fig_dir / f"{name}.txt", captions.get(name, "") + "\n")
         written[name] = [f"{prefix}/{name}.{ext}" for ext in ("html", "csv", "txt")]
     note = None
+    if not formats:
+        return written, None
     if browser_for_png() is None:
         note = (
             "PNG/PDF/SVG figures skipped: no Chromium/Chrome for kaleido "
@@ -59,16 +62,18 @@ def save_figures(
         return written, note
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=fig_dir))
     try:
-        figs, files, formats, scales = [], [], [], []
+        figs, files, kinds, scales, widths, heights = [], [], [], [], [], []
         for name, fig in figures.items():
-            for ext in STATIC_FORMATS:
+            for ext in formats:
                 figs.append(fig)
                 files.append(tmp / f"{name}.{ext}")
-                formats.append(ext)
+                kinds.append(ext)
                 scales.append(2 if ext == "png" else 1)
-        pio.write_images(figs, files, format=formats, scale=scales)
+                widths.append(fig.layout.width or 720)  # write_images ignores the layout's own size
+                heights.append(fig.layout.height or 420)
+        pio.write_images(figs, files, format=kinds, scale=scales, width=widths, height=heights)
         for name in figures:
-            for ext in STATIC_FORMATS:
+            for ext in formats:
                 os.replace(tmp / f"{name}.{ext}", fig_dir / f"{name}.{ext}")
                 written[name].insert(1, f"{prefix}/{name}.{ext}")
     except Exception as exc:  # noqa: BLE001 - a missing static figure must not fail the run

@@ -230,3 +230,66 @@ def layer_panels(table: MetricTable, panels: tuple[tuple[str, str, str], ...], t
     apply_theme(fig, title, width=max(520, 330 * len(panels)), height=420)
     fig.update_xaxes(title_text="layer")
     return fig
+
+
+@dataclass(frozen=True)
+class Series:
+    """One run/condition to overlay in a comparison: its label, depth and metric rows."""
+
+    label: str
+    n_layers: int
+    table: MetricTable
+    condition: str
+
+
+def overlay(series: list[Series], panels: tuple[tuple[str, str, str], ...], title: str, relative: bool) -> go.Figure:
+    """Panels of per-layer metrics, one line per series (x: layer index or relative depth)."""
+    fig = make_subplots(
+        rows=1,
+        cols=len(panels),
+        subplot_titles=[p[2] for p in panels],
+        horizontal_spacing=min(0.08, 0.25 / len(panels)),
+    )
+    for i, s in enumerate(series):
+        color = OKABE_ITO[i % len(OKABE_ITO)]
+        dash = "dash" if s.condition == "random_init" else "solid"
+        for j, (kind, metric, _) in enumerate(panels, 1):
+            rows = [r for r in s.table.series(s.condition, kind, metric) if r.layer is not None]
+            if not rows:
+                continue
+            x = [(r.layer or 0) / max(s.n_layers - 1, 1) if relative else (r.layer or 0) for r in rows]
+            lo, hi = [r.ci_low for r in rows], [r.ci_high for r in rows]
+            fig.add_trace(
+                go.Scatter(
+                    x=x + x[::-1],
+                    y=hi + lo[::-1],
+                    fill="toself",
+                    mode="lines",
+                    fillcolor=_rgba(color, 0.15),
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    showlegend=False,
+                ),
+                row=1,
+                col=j,
+            )
+            fig.add_trace(
+                go.Scatter(
+                    x=x,
+                    y=[r.value for r in rows],
+                    mode="lines+markers",
+                    name=s.label,
+                    legendgroup=s.label,
+                    showlegend=j == 1,
+                    marker={"size": 5},
+                    line={"color": color, "dash": dash, "width": 2},
+                ),
+                row=1,
+                col=j,
+            )
+    apply_theme(fig, title, width=max(560, 300 * len(panels)) + 320, height=440)
+    fig.update_layout(legend={"orientation": "v", "x": 1.01, "y": 1.0, "yanchor": "top"}, margin={"r": 330})
+    fig.update_xaxes(title_text="relative depth" if relative else "layer", dtick=0.25 if relative else 1)
+    if panels and panels[0][1] == "norm_mean":
+        fig.update_yaxes(type="log", row=1, col=1)
+    return fig

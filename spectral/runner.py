@@ -136,7 +136,9 @@ def run_experiment(
             "for moment statistics."
         )
         captions = {k: f"{v} {context}" for k, v in captions.items()}
-        manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, captions, log)
+        manifest["figures"], manifest["png_note"] = save_figures(
+            run_dir, figures, data, captions, log, formats=cfg.formats
+        )
         timings["figures"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
         manifest.update(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))

@@ -73,6 +73,8 @@ def test_llama2xs_run_matches_independent_computation(tmp_path, capsys):
             "--out",
             str(out),
             "--quiet",
+            "--formats",
+            "none",
         ]
     )
     assert rc == 0
@@ -100,19 +102,8 @@ def test_llama2xs_run_matches_independent_computation(tmp_path, capsys):
 
 def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
     out = tmp_path / "mini"
-    args = [
-        "run",
-        "--max-seqs",
-        "6",
-        "--seq-len",
-        "32",
-        "--out",
-        str(out),
-        "--quiet",
-        "--n-boot",
-        "50",
-        "--no-controls",
-    ]
+    quick = ["--quiet", "--n-boot", "50", "--no-controls", "--formats", "none"]
+    args = ["run", "--max-seqs", "6", "--seq-len", "32", "--out", str(out), *quick]
     assert main(args) == 0
     table = MetricTable.from_csv((out / "metrics.csv").read_text())
     # MiniLM is post-LN: the norm is pinned by LayerNorm, so the growth rate is ~1
@@ -122,29 +113,12 @@ def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
     assert main(args) == 0  # the same config into the same directory: a rerun is allowed
     assert (out / "metrics.csv").read_text() == first  # and deterministic
     capsys.readouterr()
-    assert main(["run", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), "--quiet", "--no-controls"]) == 2
+    other = ["run", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), *quick]
+    assert main(other) == 2
     err = capsys.readouterr().err
     assert "already holds a different run (differs in" in err and "corpus.max_seqs" in err and "--overwrite" in err
     assert err.count("\n") == 1
-    assert (
-        main(
-            [
-                "run",
-                "--max-seqs",
-                "5",
-                "--seq-len",
-                "32",
-                "--out",
-                str(out),
-                "--quiet",
-                "--overwrite",
-                "--n-boot",
-                "50",
-                "--no-controls",
-            ]
-        )
-        == 0
-    )
+    assert main([*other, "--overwrite"]) == 0
 
 
 @pytest.mark.parametrize(
@@ -180,7 +154,7 @@ def test_empty_corpus_and_bad_toml(tmp_path, capsys):
 def test_battery_end_to_end_on_babyllama(tmp_path):
     out = tmp_path / "baby"
     args = ["run", "--model", str(BABYLLAMA), "--corpus", str(TINYSTORIES), "--seq-len", "48", "--max-seqs", "12"]
-    assert main([*args, "--out", str(out), "--quiet", "--n-boot", "100"]) == 0
+    assert main([*args, "--out", str(out), "--quiet", "--n-boot", "100", "--formats", "none"]) == 0
     verdicts = (out / "verdicts.csv").read_text()
     assert verdicts.count("\n") == 11 and ",n/a," not in verdicts.split("\n")[1]  # a pre-LN LM: P1 applies
     for name in ("band_energy", "band_transfer", "logit_lens", "interventions", "carrier_robustness"):

@@ -1,0 +1,128 @@
+"""``spectral compare RUN [RUN ...] --out DIR``: several runs (models, checkpoints, corpora or
+conditions) on shared axes, with a table of the key statistics and the verdicts side by side.
+
+Only complete runs are read (a running or failed run is refused with its status). Each series is
+one (run, condition); by default the trained condition of every run, ``--conditions`` adds
+controls (e.g. ``trained,random_init`` compares a model with its random-weight twin).
+"""
+
+import math
+from pathlib import Path
+
+from spectral import plotting
+from spectral.analysis.hypotheses import middle_layers, read_verdicts
+from spectral.analysis.metrics import MetricTable
+from spectral.config import VerdictSpec
+from spectral.errors import RunDirError
+from spectral.export import save_figures
+from spectral.report import fmt, markdown_to_html
+from spectral.runs import atomic_write_text, prepare_run_dir, read_manifest
+
+PANELS = (
+    ("resid_post", "norm_mean", "mean ‖h‖"),
+    ("resid_post", "carrier_energy", "carrier energy ρ"),
+    ("resid_post", "anisotropy", "anisotropy"),
+    ("resid_post", "layer_cos", "layer cosine"),
+    ("resid_post", "eff_rank", "effective rank"),
+    ("resid_post", "dc_fraction", "DC fraction"),
+)
+
+
+def _load(run: Path) -> tuple[dict, MetricTable, list]:
+    man = read_manifest(run)
+    if man.get("status") != "complete":
+        raise RunDirError(f"run {run} is not complete (status {man.get('status')}: {man.get('reason', 'in progress')})")
+    table = MetricTable.from_csv((run / "metrics.csv").read_text(encoding="utf-8"))
+    vpath = run / "verdicts.csv"
+    verdicts = read_verdicts(vpath.read_text(encoding="utf-8")) if vpath.is_file() else []
+    return man, table, verdicts
+
+
+def _mean_middle(table: MetricTable, cond: str, metric: str, n_layers: int) -> float:
+    mid = middle_layers(n_layers, VerdictSpec())
+    vals = [r.value for r in table.series(cond, "resid_post", metric) if r.layer in mid and math.isfinite(r.value)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def compare_runs(
+    runs: list[Path],
+    out: Path,
+    conditions: tuple[str, ...] = ("trained",),
+    relative: bool = True,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``out/compare.md``, ``out/compare.html`` and ``out/figures/``; returns the markdown path."""
+    if not runs:
+        raise RunDirError("compare needs at least one run directory")
+    loaded = [(run, *_load(run)) for run in runs]
+    prepare_run_dir(out, {"compare": {"runs": [str(r) for r in runs], "conditions": list(conditions)}}, overwrite)
+    series: list[plotting.Series] = []
+    for _run, man, table, _ in loaded:
+        for cond in conditions:
+            if cond in table.conditions():
+                label = f"{man['model_label']} · {Path(man['corpus']['name']).name}" + (
+                    "" if cond == "trained" else f" · {cond}"
+                )
+                series.append(plotting.Series(label, int(man["arch"]["n_layers"]), table, cond))
+    if not series:
+        raise RunDirError(f"none of the runs holds the conditions {', '.join(conditions)}")
+    fig = plotting.overlay(series, PANELS, "Runs compared", relative)
+    rows = [r for s in series for r in s.table.rows if r.condition == s.condition and r.site.startswith("resid_post")]
+    data = MetricTable(tuple(rows)).to_csv()
+    caption = (
+        "Per-layer statistics of resid_post for "
+        + "; ".join(s.label for s in series)
+        + f". x: {'relative depth l/(L-1)' if relative else 'layer'}; bands: 95% CIs of each run."
+    )
+    files, note = save_figures(
+        out, {"compare_layers": fig}, {"compare_layers": data}, {"compare_layers": caption}, print
+    )
+    lines = [
+        "# spectral comparison",
+        "",
+        "Runs: " + ", ".join(f"`{r}`" for r in runs),
+        "",
+        "## Key statistics",
+        "",
+        "| series | growth_rate g [CI] | ρ middle | anisotropy middle | layer_cos middle | eff_rank middle | "
+        "dc_fraction_slope |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in series:
+        g = s.table.get(s.condition, "resid_post", "growth_rate")
+        dc = s.table.get(s.condition, "resid_post", "dc_fraction_slope")
+        gtxt = f"{fmt(g.value)} [{fmt(g.ci_low)}, {fmt(g.ci_high)}]" if g else "–"
+        cells = [
+            fmt(_mean_middle(s.table, s.condition, m, s.n_layers))
+            for m in ("carrier_energy", "anisotropy", "layer_cos", "eff_rank")
+        ]
+        lines.append(f"| {s.label} | {gtxt} | " + " | ".join(cells) + f" | {fmt(dc.value) if dc else '–'} |")
+    lines += [
+        "",
+        "## Verdicts side by side",
+        "",
+        "| prediction | " + " | ".join(man["model_label"] for _, man, _, _ in loaded) + " |",
+        "|---|" + "---|" * len(loaded),
+    ]
+    names = [v.prediction for v in loaded[0][3]]
+    for i, name in enumerate(names):
+        cells = []
+        for _, _, _, verdicts in loaded:
+            v = verdicts[i] if i < len(verdicts) else None
+            cells.append(f"{v.status} ({fmt(v.value)})" if v else "–")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Figure",
+        "",
+        f"![compare_layers]({next(f for f in files['compare_layers'] if f.endswith('.png'))})"
+        if any(f.endswith(".png") for f in files["compare_layers"])
+        else (note or ""),
+        f"*{caption}*",
+        "Files: " + ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in files["compare_layers"]),
+        "",
+    ]
+    text = "\n".join(lines)
+    atomic_write_text(out / "compare.md", text)
+    atomic_write_text(out / "compare.html", markdown_to_html(text, out, "spectral comparison"))
+    return out / "compare.md"

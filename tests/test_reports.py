@@ -1,0 +1,76 @@
+"""Reproducibility, reruns from a manifest, report rebuilding and comparisons."""
+
+import json
+
+import pytest
+
+from spectral.cli import main
+from spectral.compare import compare_runs
+from spectral.errors import RunDirError
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_model_dir, tmp_path_factory, sample_text):
+    base = tmp_path_factory.mktemp("runs")
+    corpus = base / "c.txt"
+    corpus.write_text(sample_text * 3)
+    args = [
+        "run",
+        "--model",
+        str(tiny_model_dir("llama")),
+        "--corpus",
+        str(corpus),
+        "--seq-len",
+        "32",
+        "--max-seqs",
+        "10",
+        "--batch-size",
+        "4",
+        "--n-boot",
+        "60",
+        "--quiet",
+    ]
+    a, b = base / "a", base / "b"
+    assert main([*args, "--out", str(a)]) == 0
+    assert main([*args, "--out", str(b)]) == 0
+    return a, b
+
+
+def test_same_config_twice_gives_identical_csvs(tiny_runs):
+    a, b = tiny_runs
+    for name in ("metrics.csv", "verdicts.csv"):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    for fig in ("norm_profile", "band_energy", "sequence_spectrum"):
+        assert (a / "figures" / f"{fig}.csv").read_bytes() == (b / "figures" / f"{fig}.csv").read_bytes()
+    man = json.loads((a / "manifest.json").read_text())
+    for key in ("weights_sha256", "seed", "git_commit", "packages"):
+        assert key in man
+    assert len(man["corpus"]["sha256"]) == 64 and man["status"] == "complete"
+
+
+def test_rerun_from_manifest_and_rebuild_report(tiny_runs, tmp_path):
+    a, _ = tiny_runs
+    c = tmp_path / "c"
+    assert main(["run", "--config", str(a / "manifest.json"), "--out", str(c), "--quiet"]) == 0
+    assert (c / "metrics.csv").read_bytes() == (a / "metrics.csv").read_bytes()
+    (c / "report.md").unlink()
+    (c / "report.html").unlink()
+    assert main(["report", str(c)]) == 0
+    html = (c / "report.html").read_text()
+    assert "<table>" in html and "data:image/png;base64" in html and "Verdicts" in html
+
+
+def test_compare_and_refusal_of_incomplete_runs(tiny_runs, tmp_path):
+    a, b = tiny_runs
+    out = compare_runs([a, b], tmp_path / "cmp", ("trained", "random_init"))
+    text = out.read_text()
+    assert "## Verdicts side by side" in text and text.count("· random_init") >= 2
+    assert (tmp_path / "cmp" / "compare.html").is_file() and (
+        tmp_path / "cmp" / "figures" / "compare_layers.csv"
+    ).is_file()
+    man = json.loads((b / "manifest.json").read_text())
+    man["status"] = "failed"
+    man["reason"] = "killed"
+    (b / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(RunDirError, match="is not complete \\(status failed: killed\\)"):
+        compare_runs([a, b], tmp_path / "cmp2")
