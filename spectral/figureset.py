@@ -99,8 +99,10 @@ def build_figures(
                 p = spectrum.power_spectrum(tot)
                 spectra.append(Curve(m.condition, s, np.arange(p.size, dtype=float), p / p.sum()))
             if m.condition != "shuffled":
-                ev = spectrum.pca_spectrum(tot)
-                pcas.append(Curve(m.condition, s, np.arange(1, ev.size + 1, dtype=float), ev / ev.sum()))
+                share = spectrum.pca_spectrum(tot)
+                share = share / share.sum()
+                keep = share > 1e-9  # drop directions that are zero up to round-off (e.g. LayerNorm's mean)
+                pcas.append(Curve(m.condition, s, np.arange(1, share.size + 1, dtype=float)[keep], share[keep]))
     if spectra:
         figs["sequence_spectrum"] = plotting.curves_by_layer(
             spectra, f"Sequence-axis power P(f) — {title}", "frequency (cycles per window)", "P(f) / Σ P"

@@ -8,6 +8,7 @@ controls are dashed in fixed colours (random-weight twin: grey).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import plotly.colors as pcolors
@@ -57,37 +58,47 @@ def _add_series(
     if not rows:
         return
     style = CONDITION_STYLE.get(condition, {"color": "#000000", "dash": "solid", "label": condition})
-    x = [r.layer for r in rows]
+    x = [float(r.layer or 0) for r in rows]
     kw = {} if row is None else {"row": row, "col": col}
-    lo = [r.ci_low for r in rows]
-    hi = [r.ci_high for r in rows]
-    fig.add_trace(
-        go.Scatter(
-            x=x + x[::-1],
-            y=hi + lo[::-1],
-            mode="lines",
-            fill="toself",
-            fillcolor=_rgba(style["color"], 0.18),
-            line={"width": 0},
-            hoverinfo="skip",
-            showlegend=False,
-            legendgroup=condition,
-        ),
-        **kw,
+    _band_and_line(fig, x, rows, style["color"], style["dash"], style["label"], condition, show_legend, kw)
+
+
+def _band_and_line(
+    fig: go.Figure,
+    x: list[float],
+    rows: list[MetricRow],
+    color: str,
+    dash: str,
+    name: str,
+    group: str,
+    show_legend: bool,
+    kw: dict[str, Any],
+) -> None:
+    """A CI band (shaded) and the value line of one series."""
+    lo, hi = [r.ci_low for r in rows], [r.ci_high for r in rows]
+    band = go.Scatter(
+        x=x + x[::-1],
+        y=hi + lo[::-1],
+        mode="lines",
+        fill="toself",
+        fillcolor=_rgba(color, 0.18),
+        line={"width": 0},
+        hoverinfo="skip",
+        showlegend=False,
+        legendgroup=group,
     )
-    fig.add_trace(
-        go.Scatter(
-            x=x,
-            y=[r.value for r in rows],
-            mode="lines+markers",
-            name=style["label"],
-            line={"color": style["color"], "dash": style["dash"], "width": 2},
-            marker={"size": 6},
-            legendgroup=condition,
-            showlegend=show_legend,
-        ),
-        **kw,
+    fig.add_trace(band, **kw)
+    line = go.Scatter(
+        x=x,
+        y=[r.value for r in rows],
+        mode="lines+markers",
+        name=name,
+        line={"color": color, "dash": dash, "width": 2},
+        marker={"size": 6},
+        legendgroup=group,
+        showlegend=show_legend,
     )
+    fig.add_trace(line, **kw)
 
 
 def norm_profile(table: MetricTable, title: str) -> go.Figure:
@@ -97,7 +108,7 @@ def norm_profile(table: MetricTable, title: str) -> go.Figure:
         _add_series(fig, table.series(cond, "resid_post", "norm_mean"), cond)
     apply_theme(fig, title)
     fig.update_xaxes(title_text="layer (resid_post)")
-    fig.update_yaxes(title_text="mean ‖h‖ (log scale)", type="log")
+    fig.update_yaxes(title_text="mean ‖h‖ (log scale)", type="log", exponentformat="power")
     return fig
 
 
@@ -166,7 +177,7 @@ def curves_by_layer(curves: list[Curve], title: str, x_title: str, y_title: str,
             )
     apply_theme(fig, title, width=max(520, 330 * len(conds)), height=440)
     fig.update_xaxes(title_text=x_title, dtick=None, type="log" if log_x else "linear")
-    fig.update_yaxes(type="log")
+    fig.update_yaxes(type="log", exponentformat="power")
     fig.update_yaxes(title_text=y_title, row=1, col=1)
     fig.update_layout(legend={"orientation": "v", "y": 1.0, "x": 1.02, "yanchor": "top"}, margin={"r": 130})
     return fig
@@ -257,36 +268,8 @@ def overlay(series: list[Series], panels: tuple[tuple[str, str, str], ...], titl
             rows = [r for r in s.table.series(s.condition, kind, metric) if r.layer is not None]
             if not rows:
                 continue
-            x = [(r.layer or 0) / max(s.n_layers - 1, 1) if relative else (r.layer or 0) for r in rows]
-            lo, hi = [r.ci_low for r in rows], [r.ci_high for r in rows]
-            fig.add_trace(
-                go.Scatter(
-                    x=x + x[::-1],
-                    y=hi + lo[::-1],
-                    fill="toself",
-                    mode="lines",
-                    fillcolor=_rgba(color, 0.15),
-                    line={"width": 0},
-                    hoverinfo="skip",
-                    showlegend=False,
-                ),
-                row=1,
-                col=j,
-            )
-            fig.add_trace(
-                go.Scatter(
-                    x=x,
-                    y=[r.value for r in rows],
-                    mode="lines+markers",
-                    name=s.label,
-                    legendgroup=s.label,
-                    showlegend=j == 1,
-                    marker={"size": 5},
-                    line={"color": color, "dash": dash, "width": 2},
-                ),
-                row=1,
-                col=j,
-            )
+            x = [(r.layer or 0) / max(s.n_layers - 1, 1) if relative else float(r.layer or 0) for r in rows]
+            _band_and_line(fig, x, rows, color, dash, s.label, s.label, j == 1, {"row": 1, "col": j})
     apply_theme(fig, title, width=max(560, 300 * len(panels)) + 320, height=440)
     fig.update_layout(legend={"orientation": "v", "x": 1.01, "y": 1.0, "yanchor": "top"}, margin={"r": 330})
     fig.update_xaxes(title_text="relative depth" if relative else "layer", dtick=0.25 if relative else 1)

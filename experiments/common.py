@@ -1,0 +1,126 @@
+"""Shared driver of the experiment scripts (one script + one TOML per figure family).
+
+Every family draws on the same battery run of a model (``spectral run`` computes every statistic
+once), so a run is made once per (model, settings) under ``reports/runs/`` and reused while its
+resolved config is unchanged. Each family then exports its figures (PDF/SVG/PNG/HTML + CSV +
+caption) with its verdicts and its resolved config to ``reports/figures/<family>/<model>/``.
+Everything is seeded (seed 0) and written only under ``reports/``.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = Path(__file__).resolve().parent / "configs"
+FAMILIES = ("norm_growth", "carrier", "sequence_spectra", "bands", "lenses", "interventions", "controls")
+
+
+def models(selection: str | None = None) -> list[dict[str, Any]]:
+    """Models from configs/models.toml, optionally only the comma-separated keys (or paths) given."""
+    listed = tomllib.loads((CONFIGS / "models.toml").read_text())["model"]
+    if not selection:
+        return listed
+    out = []
+    for key in selection.split(","):
+        found = [m for m in listed if m["key"] == key]
+        out += found or [{"key": Path(key).name, "name": key, "corpus": "builtin", "credit": "user-supplied model"}]
+    return out
+
+
+def family(name: str) -> dict[str, Any]:
+    return tomllib.loads((CONFIGS / f"{name}.toml").read_text())
+
+
+def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) -> Path:
+    """The battery run of ``model`` (made now unless a complete run with the same config exists)."""
+    from spectral.config import config_from_dict
+    from spectral.runner import run_experiment
+    from spectral.runs import read_manifest
+
+    settings = family("norm_growth")["quick" if quick else "run"]
+    out = (reports or ROOT / "reports") / "runs" / f"{model['key']}-{'quick' if quick else 'full'}"
+    data = {
+        "model": {"name": model["name"]},
+        "corpus": {"source": model["corpus"], "seq_len": settings["seq_len"], "max_seqs": settings["max_seqs"]},
+        "analysis": {"n_boot": 200 if quick else 1000, "intervention_windows": 4 if quick else 16},
+        "seed": 0,
+        "out": os.path.relpath(out, ROOT) if out.is_relative_to(ROOT) else str(out),
+        "formats": ["png"] if quick else ["png", "pdf", "svg"],
+    }
+    cfg = config_from_dict(data, "experiments")
+    if (out / "manifest.json").is_file():
+        man = read_manifest(out)
+        if man.get("status") == "complete" and man.get("config") == cfg.to_dict():
+            return out
+    run_experiment(
+        cfg,
+        overwrite=True,
+        progress=sys.stderr.isatty(),
+        command=f"python experiments/run_all.py --models {model['key']}" + (" --quick" if quick else ""),
+    )
+    return out
+
+
+def export_family(name: str, run_dir: Path, model: dict[str, Any], reports: Path | None = None) -> Path:
+    """Copy the family's figures and verdicts out of a run, with the resolved config."""
+    from spectral.analysis.hypotheses import read_verdicts
+    from spectral.runs import atomic_write_text, read_manifest
+
+    fam = family(name)
+    dest = (reports or ROOT / "reports") / "figures" / name / model["key"]
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for fig in fam["figures"]:
+        for f in sorted((run_dir / "figures").glob(f"{fig}.*")):
+            shutil.copy2(f, dest / f.name)
+            copied.append(f.name)
+    if (run_dir / "figures" / "plotly.min.js").is_file():
+        shutil.copy2(run_dir / "figures" / "plotly.min.js", dest / "plotly.min.js")
+    verdicts = read_verdicts((run_dir / "verdicts.csv").read_text())
+    chosen = [v for v in verdicts if int(v.prediction.split()[0]) in fam["verdicts"]]
+    man = read_manifest(run_dir)
+    record = {
+        "family": name,
+        "family_config": fam,
+        "model": model,
+        "run": os.path.relpath(run_dir, ROOT),
+        "run_config": man["config"],
+        "weights_sha256": man["weights_sha256"],
+        "corpus": man["corpus"],
+        "git_commit": man["git_commit"],
+        "figures": copied,
+        "verdicts": [
+            {
+                "prediction": v.prediction,
+                "status": v.status,
+                "value": v.value,
+                "ci_low": v.ci_low,
+                "ci_high": v.ci_high,
+                "control": v.control_value,
+                "note": v.note,
+            }
+            for v in chosen
+        ],
+    }
+    atomic_write_text(dest / "config.json", json.dumps(record, indent=2, default=str) + "\n")
+    return dest
+
+
+def main(name: str, argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=f"figure family '{name}' for a list of models")
+    p.add_argument("--models", help="comma-separated keys of configs/models.toml or model paths (default: all)")
+    p.add_argument("--quick", action="store_true", help="small settings: every model in a few minutes on 2 cores")
+    p.add_argument("--reports", type=Path, help="write under this folder instead of reports/")
+    args = p.parse_args(argv)
+    reports = args.reports.resolve() if args.reports else None
+    os.chdir(ROOT)
+    for model in models(args.models):
+        run = ensure_run(model, args.quick, reports)
+        print(f"{name}: {export_family(name, run, model, reports)}")
+    return 0

@@ -1,0 +1,54 @@
+"""Regenerate every figure family for a list of models, and the canonical results in reports/.
+
+    python experiments/run_all.py                 # all models of configs/models.toml, full settings
+    python experiments/run_all.py --quick         # small settings, a few minutes on 2 CPU cores
+    python experiments/run_all.py --models minilm,llama2xs-512
+
+Full runs also refresh ``reports/canonical/<model>/`` (report, verdicts, PNG figures and captions,
+with the credits of the model and corpus): the few generated files that are committed.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+
+from common import FAMILIES, ROOT, ensure_run, export_family, models
+
+
+def canonical(run_dir, model) -> None:
+    from spectral.runs import atomic_write_text
+
+    dest = ROOT / "reports" / "canonical" / model["key"]
+    if dest.exists():
+        shutil.rmtree(dest)
+    (dest / "figures").mkdir(parents=True)
+    for f in (run_dir / "figures").iterdir():
+        if f.suffix in (".png", ".txt"):
+            shutil.copy2(f, dest / "figures" / f.name)
+    shutil.copy2(run_dir / "verdicts.csv", dest / "verdicts.csv")
+    report = (run_dir / "report.md").read_text()
+    report += (
+        f"\n## Credits\n\n{model['credit']}.\n\nRegenerate: `python experiments/run_all.py --models {model['key']}`.\n"
+    )
+    atomic_write_text(dest / "report.md", report)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", help="comma-separated keys of configs/models.toml or model paths (default: all)")
+    p.add_argument("--quick", action="store_true", help="small settings: every model in a few minutes on 2 cores")
+    args = p.parse_args()
+    os.chdir(ROOT)
+    for model in models(args.models):
+        run = ensure_run(model, args.quick)
+        for fam in FAMILIES:
+            export_family(fam, run, model)
+        if not args.quick:
+            canonical(run, model)
+        print(f"{model['key']}: {run}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
