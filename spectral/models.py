@@ -77,12 +77,9 @@ class LoadedModel:
 
     @property
     def bos_token_id(self) -> int | None:
-        tok = self.tokenizer
-        for attr in ("bos_token_id", "cls_token_id"):
-            v = getattr(tok, attr, None)
-            if v is not None:
-                return int(v)
-        return None
+        from spectral.corpus import bos_id
+
+        return bos_id(self.tokenizer)
 
     def final_norm(self) -> torch.nn.Module | None:
         """The unhooked final-norm module of a pre-LN model (None for post-LN encoders)."""
@@ -269,7 +266,7 @@ def _load_hf(source: ModelSource, spec: ModelSpec, random_init: bool, seed: int)
     return model.to(dtype=_DTYPES[spec.dtype], device=torch.device(spec.device)).eval()
 
 
-def _probe_norm_placement(bridge: Any, n_layers: int, device: torch.device) -> tuple[NormPlacement, bool]:
+def _probe_norm_placement(bridge: Any, device: torch.device) -> tuple[NormPlacement, bool]:
     """Run block 0 once: pre-LN iff resid_post == resid_pre + attn_out + mlp_out."""
     parallel = "blocks.0.hook_resid_mid" not in bridge.hook_dict
     got: dict[str, torch.Tensor] = {}
@@ -315,7 +312,7 @@ def load_model(spec: ModelSpec, *, random_init: bool = False, seed: int = 0) -> 
     bridge.eval()
     device = torch.device(spec.device)
     n_layers = int(bridge.cfg.n_layers)
-    placement, parallel = _probe_norm_placement(bridge, n_layers, device)
+    placement, parallel = _probe_norm_placement(bridge, device)
     arch = ArchInfo(
         architecture=type(hf).__name__,
         model_type=str(getattr(config, "model_type", "")),
