@@ -29,7 +29,7 @@ from jaxtyping import Float
 from tqdm import tqdm
 
 from spectral.corpus import Batch, TokenWindows, iter_batches
-from spectral.errors import ConfigError
+from spectral.errors import ConfigError, NumericsError
 from spectral.models import ArchInfo, LoadedModel
 from spectral.stats import SiteStats, StatsBank
 
@@ -194,11 +194,15 @@ def accumulate(
     progress: str | None = None,
     probes: tuple[Probe, ...] = (),
     positions: Callable[[Batch], torch.Tensor] | None = None,
+    nonfinite: str = "fail",
 ) -> StatsBank:
     """Stream every window through the model, updating ``bank`` (and probes) inside the hooks.
 
     A site another site depends on (its residual predecessor, or the input of a write) is held
     only until its last consumer has fired, so memory stays at a few activation tensors.
+    NaN/inf at any site either fails with the site and window named (``nonfinite="fail"``) or,
+    with ``"exclude"``, a checking pass finds such windows first and they are left out
+    (``bank.excluded`` lists them, ``bank.nonfinite_counts`` counts bad values per site).
     """
     consumers: dict[str, int] = {}
     for dep in list(bank.predecessors.values()) + list(bank.inputs.values()):
@@ -218,6 +222,14 @@ def accumulate(
 
     def sink(site: str, x: torch.Tensor) -> None:
         b = current[0]
+        bad = ~torch.isfinite(x.detach()).all(dim=-1) & b.attention_mask.bool().to(x.device)
+        if bool(bad.any()):
+            row, pos = (int(v) for v in torch.nonzero(bad)[0])
+            raise NumericsError(
+                f"non-finite activations (NaN/inf) at site {site}, window {int(b.window_index[row])}, position "
+                f"{pos} ({int(bad.sum())} tokens in this batch); set [capture] nonfinite = 'exclude' to drop "
+                "such windows"
+            )
         prev = take(bank.predecessors.get(site))
         inp = take(bank.inputs.get(site))
         bank[site].update(x, b.stat_mask, b.window_index, b.full, prev, inp)
@@ -228,16 +240,55 @@ def accumulate(
     batches = list(iter_batches(windows, batch_size, exclude_first))
     bar = tqdm(batches, desc=progress, unit="batch", disable=progress is None, leave=False)
     extra = [h for p in probes for h in p.hooks()]
-    with capture(model, bank.sites, sink), model.bridge.hooks(fwd_hooks=extra):
-        for batch in bar:
-            current[:] = [batch]
-            held.clear()
+    for batch in bar:
+        if nonfinite == "exclude":  # a checking pass without the statistics' hooks
+            checked = _drop_nonfinite(model, bank, batch, positions)
+            if checked is None:
+                continue
+            batch = checked
+        current[:] = [batch]
+        held.clear()
+        with capture(model, bank.sites, sink), model.bridge.hooks(fwd_hooks=extra):
             for p in probes:
                 p.begin_batch(batch)
             forward(model, batch, None if positions is None else positions(batch))
             for p in probes:
                 p.end_batch()
     return bank
+
+
+def _drop_nonfinite(
+    model: LoadedModel, bank: StatsBank, batch: Batch, positions: Callable[[Batch], torch.Tensor] | None
+) -> Batch | None:
+    """Checking pass: the batch without its windows that hold NaN/inf at any site (None if empty)."""
+    bad_rows = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool)
+
+    def check(site: str) -> Callable[..., torch.Tensor]:
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            bad = (~torch.isfinite(x.detach()).all(dim=-1)).cpu() & batch.attention_mask.bool()
+            if bool(bad.any()):
+                bank.nonfinite_counts[site] = bank.nonfinite_counts.get(site, 0) + int(bad.sum())
+                bad_rows.logical_or_(bad.any(dim=1))
+            return x
+
+        return fn
+
+    hooks = [(hook_name(s, model.arch), check(s)) for s in bank.sites]
+    with model.bridge.hooks(fwd_hooks=hooks):
+        forward(model, batch, None if positions is None else positions(batch))
+    if not bool(bad_rows.any()):
+        return batch
+    bank.excluded.extend(int(w) for w in batch.window_index[bad_rows])
+    keep = ~bad_rows
+    if not bool(keep.any()):
+        return None
+    return Batch(
+        batch.input_ids[keep],
+        batch.attention_mask[keep],
+        batch.stat_mask[keep],
+        batch.window_index[keep],
+        batch.full[keep],
+    )
 
 
 @dataclass(frozen=True)
@@ -255,12 +306,15 @@ def calibrate(
     batch_size: int,
     exclude_first: bool = True,
     positions: Callable[[Batch], torch.Tensor] | None = None,
+    nonfinite: str = "fail",
 ) -> Calibration:
     """Site means and median norms over the first batch of windows."""
     from spectral.analysis.norms import norm_quantile
 
     first = dataclasses.replace(windows, ids=windows.ids[:batch_size], window_index=windows.window_index[:batch_size])
-    bank = accumulate(model, first, new_bank(model, sites, 2), batch_size, exclude_first, positions=positions)
+    bank = accumulate(
+        model, first, new_bank(model, sites, 2), batch_size, exclude_first, positions=positions, nonfinite=nonfinite
+    )
     centers, medians = {}, {}
     for s in sites:
         m = bank[s].total()

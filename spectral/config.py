@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 from spectral.errors import ConfigError
 
 Dtype = Literal["float32", "float16", "bfloat16"]
+NonFinite = Literal["fail", "exclude"]
 Sampling = Literal["consecutive", "random"]
 Control = Literal["random_init", "shuffled", "permuted"]
 ImageFormat = Literal["png", "pdf", "svg"]
@@ -91,6 +92,11 @@ class CaptureSpec:
     batch_size: int = _help("windows per forward pass", 8)
     exclude_first: bool = _help("exclude position 0 (BOS/CLS, attention sink) from statistics", True)
     moment_buckets: int = _help("groups of windows (window index mod B) whose d x d moments are kept apart for CIs", 10)
+    nonfinite: NonFinite = _help(
+        "NaN/inf in an activation: 'fail' names the first site and window; 'exclude' drops such windows "
+        "(costs one extra checking pass per batch) and reports how many",
+        "fail",
+    )
 
     def __post_init__(self) -> None:
         _check(len(self.sites) > 0, "[capture] sites must list at least one site or 'all'")

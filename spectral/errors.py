@@ -26,3 +26,7 @@ class CorpusError(SpectralError):
 
 class RunDirError(SpectralError):
     """An output directory that cannot be used (holds another run, not writable, ...)."""
+
+
+class NumericsError(SpectralError):
+    """NaN or inf in captured activations (names the first site and window where it appeared)."""

@@ -32,7 +32,7 @@ def measure(
     positions = permuted_positions(cfg.seed, windows.has_bos) if condition == "permuted" else None
     if condition == "shuffled":
         windows = shuffle_windows(windows, cfg.seed)
-    calib = calibrate(model, windows, sites, cap.batch_size, cap.exclude_first, positions)
+    calib = calibrate(model, windows, sites, cap.batch_size, cap.exclude_first, positions, cap.nonfinite)
     thresholds = {s: an.sink_factor * v for s, v in calib.median_norms.items()}
     bank = new_bank(model, sites, cap.moment_buckets, calib.centers, thresholds)
     bands: dict[int, list[torch.Tensor]] = {}
@@ -49,7 +49,7 @@ def measure(
     heads = HeadProbe(model, cap.moment_buckets, tail)
     types = TypeProbe(model, windows, resid, an.max_types)
     probes = tuple(p for p in (lens, heads, types) if p is not None)
-    accumulate(model, windows, bank, cap.batch_size, cap.exclude_first, progress, probes, positions)
+    accumulate(model, windows, bank, cap.batch_size, cap.exclude_first, progress, probes, positions, cap.nonfinite)
 
     results: list[InterventionResult] = []
     if condition in ("trained", "random_init") and lm and bands and an.intervention_windows > 0:

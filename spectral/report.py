@@ -170,6 +170,13 @@ def build_report(run_dir: Path) -> Path:
         "",
         "## Headline numbers",
     ]
+    for cond, info in (man.get("nonfinite") or {}).items():
+        lines.insert(
+            -2,
+            f"- **{cond}: {len(info['excluded_windows'])} windows excluded for NaN/inf activations** "
+            f"(windows {info['excluded_windows'][:10]}{'…' if len(info['excluded_windows']) > 10 else ''}; "
+            f"tokens per site {info['tokens_per_site']}).",
+        )
     for cond in table.conditions():
         g = table.get(cond, "resid_post", "growth_rate")
         lines.append(

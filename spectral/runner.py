@@ -114,6 +114,12 @@ def run_experiment(
                 log(f"control P skipped: {m.arch.architecture} takes no position ids ({exc})")
                 continue
             timings[f"capture_{cond}"] = time.perf_counter() - t
+            if meas.bank.excluded or meas.bank.nonfinite_counts:
+                manifest.setdefault("nonfinite", {})[cond] = {
+                    "excluded_windows": sorted(set(meas.bank.excluded)),
+                    "tokens_per_site": meas.bank.nonfinite_counts,
+                }
+                log(f"{cond}: {len(set(meas.bank.excluded))} windows with NaN/inf excluded")
             t = time.perf_counter()
             rows.extend(compute_metrics(meas.bank, label, cond, cfg.analysis, cfg.seed).rows)
             rows.extend(battery_metrics(label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands))

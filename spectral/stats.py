@@ -346,6 +346,8 @@ class StatsBank:
         self.sites = sites
         self.predecessors = predecessors  # site -> the residual-chain site before it
         self.inputs = inputs or {}  # write site -> the stream it read
+        self.excluded: list[int] = []  # windows left out for NaN/inf (capture nonfinite = "exclude")
+        self.nonfinite_counts: dict[str, int] = {}  # site -> tokens with NaN/inf seen there
         self._stats = dict(zip(sites, stats, strict=True))
 
     def __getitem__(self, site: str) -> "SiteStats":
