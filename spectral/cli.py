@@ -102,6 +102,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_app(args: argparse.Namespace) -> int:
+    import subprocess
+
+    home = Path(__file__).resolve().parents[1] / "app" / "Home.py"
+    if not home.is_file():
+        raise SpectralError(f"the Streamlit app is not found at {home} (run from a source checkout)")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", args.host]
+    cmd += ["--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    if args.headless:
+        cmd += ["--server.headless", "true"]
+    cmd += ["--", "--roots", *args.roots]
+    return subprocess.call(cmd)
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     from spectral.models import BUILTIN_MODELS
 
@@ -130,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--by-layer", action="store_true", help="x axis: layer index instead of relative depth")
     p_cmp.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
     p_cmp.set_defaults(func=cmd_compare)
+    p_app = sub.add_parser("app", help="start the Streamlit app (bound to 127.0.0.1 by default)")
+    p_app.add_argument("--host", default="127.0.0.1")
+    p_app.add_argument("--port", type=int, default=8501)
+    p_app.add_argument("--roots", nargs="*", default=[], help="extra folders whose paths the app may open")
+    p_app.add_argument("--headless", action="store_true", help="do not open a browser")
+    p_app.set_defaults(func=cmd_app)
     p_mod = sub.add_parser("models", help="list the model sources spectral can load")
     p_mod.set_defaults(func=cmd_models)
     return parser

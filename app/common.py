@@ -1,0 +1,281 @@
+"""Shared helpers of the Streamlit front end: allowed roots and path safety, cached loading of
+run directories and models, readable errors, and figure blocks with PNG/SVG/PDF/CSV downloads.
+
+The app holds no maths: pages call ``spectral`` and render the figure objects the reports use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+import streamlit as st
+
+from spectral.analysis.hypotheses import Verdict, read_verdicts
+from spectral.analysis.metrics import MetricTable
+from spectral.errors import RunDirError, SpectralError
+from spectral.runs import read_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+RUNS_DIR = Path("reports") / "runs"
+UPLOAD_LIMIT_MB = 20
+ROOTS_ENV = "SPECTRAL_APP_ROOTS"
+
+
+class AppPathError(SpectralError):
+    """A typed path outside the allowed roots, or one that does not exist."""
+
+
+# ---------------------------------------------------------------- roots and path safety
+
+
+def cli_roots(argv: list[str] | None = None) -> list[Path]:
+    """Roots given after ``--`` on the ``streamlit run`` command line (``--roots A B``)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--roots", nargs="*", default=[])
+    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return [Path(r) for r in args.roots]
+
+
+def allowed_roots() -> list[Path]:
+    """The working directory, the runs folder, command-line roots, ``$SPECTRAL_APP_ROOTS`` and
+    roots a trusted caller put in ``st.session_state['allowed_roots']`` (tests); all resolved."""
+    roots = [Path.cwd(), Path.cwd() / RUNS_DIR, *cli_roots()]
+    roots += [Path(p) for p in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if p]
+    roots += [Path(p) for p in st.session_state.get("allowed_roots", [])]
+    out: list[Path] = []
+    for r in roots:
+        rr = r.expanduser().resolve()
+        if rr not in out:
+            out.append(rr)
+    return out
+
+
+def safe_path(text: str | Path, *, must_exist: bool = True) -> Path:
+    """Resolve a user-typed path and refuse it unless it lies under an allowed root."""
+    raw = str(text).strip()
+    if not raw:
+        raise AppPathError("no path given")
+    p = Path(raw).expanduser()
+    p = (p if p.is_absolute() else Path.cwd() / p).resolve()
+    roots = allowed_roots()
+    if not any(p == r or p.is_relative_to(r) for r in roots):
+        raise AppPathError(
+            f"{p} is outside the allowed roots ({', '.join(str(r) for r in roots)}); "
+            "start the app with `-- --roots DIR` to allow another folder"
+        )
+    if must_exist and not p.exists():
+        raise AppPathError(f"{p} does not exist")
+    return p
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or os.sep in name and Path(name).expanduser().exists()
+
+
+# ---------------------------------------------------------------- errors
+
+
+@contextlib.contextmanager
+def errors_shown(what: str = "") -> Iterator[None]:
+    """Turn any exception into a readable ``st.error`` (never a traceback on the page)."""
+    try:
+        yield
+    except SpectralError as exc:
+        st.error(f"{what}{exc}")
+    except Exception as exc:  # noqa: BLE001 - shown to the user, not swallowed silently
+        st.error(f"{what}{exc.__class__.__name__}: {exc}")
+
+
+# ---------------------------------------------------------------- run directories
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What a page needs from a run directory (read once, cached)."""
+
+    path: str
+    manifest: dict[str, Any]
+    table: MetricTable
+    verdicts: tuple[Verdict, ...]
+    figure_csvs: dict[str, str]
+
+    @property
+    def label(self) -> str:
+        corpus = Path(str(self.manifest.get("corpus", {}).get("name", "?"))).name
+        return f"{self.manifest.get('model_label', '?')} · {corpus}"
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.manifest.get("arch", {}).get("n_layers", 0))
+
+    @property
+    def band_k(self) -> int:
+        bands = self.manifest.get("config", {}).get("analysis", {}).get("bands", [10])
+        return int(bands[0]) if bands else 10
+
+
+def _stamp(run_dir: Path) -> str:
+    parts = []
+    for name in ("manifest.json", "metrics.csv", "verdicts.csv"):
+        f = run_dir / name
+        parts.append(f"{name}:{f.stat().st_mtime_ns if f.exists() else 0}")
+    return ";".join(parts)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _load_run(path: str, stamp: str) -> RunData:
+    run_dir = Path(path)
+    manifest = read_manifest(run_dir)
+    mpath = run_dir / "metrics.csv"
+    if not mpath.is_file():
+        status = manifest.get("status", "?")
+        raise RunDirError(f"{run_dir} has no metrics.csv (status {status}: {manifest.get('reason', 'in progress')})")
+    table = MetricTable.from_csv(mpath.read_text(encoding="utf-8"))
+    vpath = run_dir / "verdicts.csv"
+    verdicts = tuple(read_verdicts(vpath.read_text(encoding="utf-8"))) if vpath.is_file() else ()
+    figs = {}
+    fdir = run_dir / "figures"
+    if fdir.is_dir():
+        figs = {f.stem: f.read_text(encoding="utf-8") for f in sorted(fdir.glob("*.csv"))}
+    return RunData(str(run_dir), manifest, table, verdicts, figs)
+
+
+def load_run(run_dir: Path) -> RunData:
+    """A run directory (already checked by :func:`safe_path`), cached until its files change."""
+    return _load_run(str(run_dir), _stamp(run_dir))
+
+
+def list_runs() -> list[Path]:
+    """Run directories under the runs folder and the extra roots (one level deep)."""
+    found: list[Path] = []
+    for root in [Path.cwd() / RUNS_DIR, *allowed_roots()[2:]]:
+        if not root.is_dir():
+            continue
+        cands = [root] + sorted(p for p in root.iterdir() if p.is_dir())
+        for c in cands:
+            if (c / "manifest.json").is_file() and c.resolve() not in found:
+                found.append(c.resolve())
+    return found
+
+
+def _display(p: Path) -> str:
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
+
+
+def choose_run(key: str = "run") -> RunData | None:
+    """Selectbox of known runs plus a typed path (limited to allowed roots); shows errors."""
+    runs = list_runs()
+    preset = st.session_state.get("run_dir") or st.query_params.get("run")
+    options = [_display(p) for p in runs]
+    index = 0
+    if preset:
+        with errors_shown("run dir: "):
+            pp = _display(safe_path(preset))
+            if pp not in options:
+                options.insert(0, pp)
+            index = options.index(pp)
+    col1, col2 = st.columns([2, 2])
+    picked = col1.selectbox("Run directory", options, index=index if options else None, key=f"{key}_select")
+    typed = col2.text_input("…or type a path (within the allowed roots)", key=f"{key}_typed")
+    target = typed.strip() or picked
+    if not target:
+        st.info("No run directory found. Start one on the **Run** page, or type a path.")
+        return None
+    with errors_shown():
+        return load_run(safe_path(target))
+    return None
+
+
+# ---------------------------------------------------------------- models
+
+
+@st.cache_resource(show_spinner="loading model…", max_entries=4)
+def get_model(name: str, tokenizer: str | None = None, device: str = "cpu") -> Any:
+    """A :class:`spectral.models.LoadedModel`, loaded once per (name, tokenizer, device)."""
+    from spectral.config import ModelSpec
+    from spectral.models import load_model
+
+    return load_model(ModelSpec(name=name, tokenizer=tokenizer or None, device=device))
+
+
+def checked_model_name(name: str) -> str:
+    """Model names that are paths must lie under the allowed roots; ids pass unchanged."""
+    name = name.strip()
+    if not name:
+        raise AppPathError("no model given")
+    if looks_like_path(name) or Path(name).expanduser().exists():
+        return str(safe_path(name))
+    return name
+
+
+# ---------------------------------------------------------------- figures and downloads
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _image_bytes(fig_json: str, fmt: str) -> bytes:
+    import plotly.io as pio
+
+    return pio.from_json(fig_json).to_image(format=fmt, scale=2 if fmt == "png" else 1)
+
+
+MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
+
+
+def figure_block(fig: go.Figure, name: str, csv_text: str | None = None, caption: str | None = None) -> None:
+    """Render a figure with CSV download and on-demand PNG / SVG / PDF export (kaleido)."""
+    st.plotly_chart(fig, key=f"fig_{name}", width="stretch")
+    if caption:
+        st.caption(caption)
+    cols = st.columns(4)
+    if csv_text is not None:
+        cols[0].download_button(
+            "CSV", csv_text, file_name=f"{name}.csv", mime="text/csv", key=f"csv_{name}", on_click="ignore"
+        )
+    state_key = f"img_{name}"
+    if cols[1].button("Prepare PNG/SVG/PDF", key=f"prep_{name}"):
+        fig_json = fig.to_json()
+        try:
+            st.session_state[state_key] = {fmt: _image_bytes(fig_json, fmt) for fmt in ("png", "svg", "pdf")}
+        except Exception as exc:  # noqa: BLE001 - kaleido needs a Chromium; say so instead of failing
+            st.session_state[state_key] = None
+            st.warning(
+                f"Static export needs kaleido and a Chromium browser ({exc.__class__.__name__}: {exc}). "
+                "The CSV and the interactive chart still work."
+            )
+    images = st.session_state.get(state_key)
+    if images:
+        for col, fmt in zip(cols[1:], ("png", "svg", "pdf"), strict=True):
+            col.download_button(
+                fmt.upper(),
+                images[fmt],
+                file_name=f"{name}.{fmt}",
+                mime=MIME[fmt],
+                key=f"dl_{fmt}_{name}",
+                on_click="ignore",
+            )
+
+
+def rows_csv(table: MetricTable, keep: Any) -> str:
+    return MetricTable(tuple(r for r in table.rows if keep(r))).to_csv()
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def page_header(title: str, intro: str) -> None:
+    st.set_page_config(page_title=f"spectral · {title}", layout="wide")
+    st.title(title)
+    st.caption(intro)

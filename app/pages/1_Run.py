@@ -1,0 +1,133 @@
+"""Run page: choose a model, a corpus and the controls, start ``spectral.runner.run_experiment``;
+the result is a normal run directory (open it on the Explore page)."""
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import common  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from spectral.config import AnalysisSpec, CaptureSpec, CorpusSpec, ExperimentConfig, ModelSpec  # noqa: E402
+from spectral.runs import slug  # noqa: E402
+
+common.page_header("Start a run", "Model + corpus → streamed statistics → metrics, figures, verdicts, report.")
+
+MODEL_KINDS = ["embedded default (minilm)", "local directory", "llama2.c checkpoint", "hub id"]
+CORPUS_KINDS = ["built-in", "path", "pasted text", "upload"]
+
+st.subheader("Model")
+kind = st.radio("model source", MODEL_KINDS, horizontal=True, key="model_kind")
+model_name, tokenizer = "minilm", None
+if kind == "local directory":
+    model_name = st.text_input("model directory", key="model_dir")
+elif kind == "llama2.c checkpoint":
+    model_name = st.text_input("llama2.c .bin checkpoint", key="model_bin")
+    tokenizer = st.text_input("tokenizer directory or file", key="model_tok") or None
+elif kind == "hub id":
+    model_name = st.text_input("Hugging Face hub id (needs the hub or the local cache)", value="gpt2", key="model_hub")
+device = st.selectbox("device", ["cpu", "cuda", "mps"], key="device")
+
+st.subheader("Corpus")
+ckind = st.radio("corpus source", CORPUS_KINDS, horizontal=True, key="corpus_kind")
+corpus_path = corpus_text = None
+if ckind == "path":
+    corpus_path = st.text_input(".txt file, directory of .txt, or .jsonl", key="corpus_path")
+elif ckind == "pasted text":
+    corpus_text = st.text_area("text", height=150, key="corpus_text")
+elif ckind == "upload":
+    up = st.file_uploader(f"text file (≤ {common.UPLOAD_LIMIT_MB} MB)", type=["txt", "jsonl"], key="corpus_upload")
+    if up is not None:
+        if up.size > common.UPLOAD_LIMIT_MB * 2**20:
+            st.error(f"{up.name} is {up.size / 2**20:.1f} MB; the limit is {common.UPLOAD_LIMIT_MB} MB")
+        else:
+            corpus_text = up.getvalue().decode("utf-8", errors="replace")
+
+c1, c2, c3 = st.columns(3)
+seq_len = c1.number_input("window length (tokens)", 1, 100_000, 64, key="seq_len")
+max_seqs = c2.number_input("number of windows", 1, 1_000_000, 32, key="max_seqs")
+seed = c3.number_input("seed", 0, 2**31 - 1, 0, key="seed")
+sites = st.text_input("sites (comma-separated names or patterns)", value="all", key="sites")
+st.write("controls")
+cc = st.columns(3)
+controls = tuple(
+    c
+    for col, c, label in zip(
+        cc,
+        ("random_init", "shuffled", "permuted"),
+        ("random weights (R)", "shuffled tokens (S)", "permuted positions (P)"),
+        strict=True,
+    )
+    if col.checkbox(label, value=c == "random_init", key=f"ctl_{c}")
+)
+c4, c5 = st.columns(2)
+n_boot = c4.number_input("bootstrap resamples", 10, 100_000, 200, key="n_boot")
+formats = tuple(c5.multiselect("static figure formats (kaleido)", ["png", "pdf", "svg"], default=[], key="formats"))
+default_out = str(common.RUNS_DIR / f"app-{slug(str(model_name or 'model'))[-40:]}-{time.strftime('%Y%m%d-%H%M%S')}")
+out = st.text_input("run directory (within the allowed roots)", value=default_out, key="out")
+overwrite = st.checkbox("overwrite an earlier run in this directory", key="overwrite")
+
+b1, b2 = st.columns(2)
+start = b1.button("Start run", type="primary", key="start")
+b2.button("Cancel", key="cancel", help="Stops the running job at its next message (best effort).")
+
+
+def build_config() -> ExperimentConfig:
+    name = common.checked_model_name(model_name or "")
+    tok = str(common.safe_path(tokenizer)) if tokenizer else None
+    if ckind == "built-in":
+        source = "builtin"
+    elif ckind == "path":
+        source = str(common.safe_path(corpus_path or ""))
+    else:
+        if not corpus_text or not corpus_text.strip():
+            raise common.AppPathError("the corpus text is empty")
+        tmp = Path(tempfile.mkdtemp(prefix="spectral-app-")) / "corpus.txt"
+        tmp.write_text(corpus_text, encoding="utf-8")
+        source = str(tmp)
+    run_dir = common.safe_path(out, must_exist=False)
+    return ExperimentConfig(
+        model=ModelSpec(name=name, tokenizer=tok, device=device),
+        corpus=CorpusSpec(source=source, seq_len=int(seq_len), max_seqs=int(max_seqs)),
+        capture=CaptureSpec(sites=tuple(s.strip() for s in sites.split(",") if s.strip())),
+        analysis=AnalysisSpec(n_boot=int(n_boot)),
+        controls=controls,
+        seed=int(seed),
+        formats=formats,
+        out=str(run_dir),
+    )
+
+
+if start:
+    from spectral.runner import run_experiment
+
+    with common.errors_shown("Run failed: "):
+        cfg = build_config()
+        steps = 2 + len(controls)
+        bar = st.progress(0.0, text="loading model and corpus…")
+        lines: list[str] = []
+        t0 = time.perf_counter()
+        with st.status(f"Running → {cfg.out}", expanded=True) as status:
+
+            def log(msg: str) -> None:
+                lines.append(msg)
+                st.write(msg)
+
+            bar.progress(1 / steps, text=f"capturing {1 + len(controls)} condition(s)… (see the terminal for tqdm)")
+            result = run_experiment(cfg, overwrite=overwrite, progress=True, log=log, command="spectral app (Run page)")
+            bar.progress(1.0, text=f"done in {time.perf_counter() - t0:.1f} s")
+            status.update(label=f"Run complete: {result.run_dir}", state="complete")
+        st.session_state["run_dir"] = str(result.run_dir)
+        st.session_state["last_run"] = str(result.run_dir)
+        n_pass = sum(
+            1 for line in (Path(result.run_dir) / "verdicts.csv").read_text().splitlines()[1:] if ",pass," in line
+        )
+        st.success(
+            f"Run directory: `{result.run_dir}` — {len(result.metrics.rows)} metric rows, {n_pass} prediction(s) pass. "
+            "Open it on the Explore, Verdicts or Compare pages."
+        )
+elif st.session_state.get("last_run"):
+    st.info(f"Last run: `{st.session_state['last_run']}` (selected on the other pages).")

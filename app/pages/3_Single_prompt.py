@@ -1,0 +1,163 @@
+"""Single-prompt page: type a sentence; each token's norm and carrier share across layers (table
+and heatmap), its trajectory in the top-2 principal components, and the logit lens (top token per
+layer). The model is cached; the activations come from spectral.capture.capture_activations."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import common  # noqa: E402
+import numpy as np  # noqa: E402
+import plotly.graph_objects as go  # noqa: E402
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+from spectral import plotting  # noqa: E402
+from spectral.analysis.carrier import decompose  # noqa: E402
+from spectral.capture import capture_activations  # noqa: E402
+from spectral.corpus import bos_id, pad_batch, tokenize  # noqa: E402
+
+common.page_header(
+    "Single prompt",
+    "Carrier share of a token = ⟨h, μ̂⟩² / ‖h‖², with μ̂ the mean direction of this prompt's tokens at that layer "
+    "(position 0 excluded). Display only; the run's statistics live on the Explore page.",
+)
+c1, c2 = st.columns([2, 1])
+model_name = c1.text_input(
+    "model ('minilm', a local directory, a .bin checkpoint or a hub id)",
+    st.query_params.get("model", "minilm"),
+    key="pm",
+)
+tok_name = c2.text_input("tokenizer (for a llama2.c .bin)", "", key="ptok")
+text = st.text_area("prompt", "The quick brown fox jumps over the lazy dog.", key="prompt", height=80)
+max_tokens = 64
+
+
+@st.cache_data(show_spinner="capturing…", max_entries=32)
+def activations(name: str, tok: str, text: str) -> tuple[list[str], np.ndarray]:
+    """(token strings, h as layers × tokens × d) for resid_post.0..L-1 of one prompt."""
+    model = common.get_model(name, tok or None)
+    ids = tokenize(model.tokenizer, text)[:max_tokens]
+    b = bos_id(model.tokenizer)
+    if b is not None:
+        ids = [b, *ids]
+    if not ids:
+        raise ValueError("the prompt has no tokens")
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    sites = tuple(f"resid_post.{layer}" for layer in range(model.arch.n_layers))
+    acts = capture_activations(model, pad_batch([ids], int(pad), [0]), sites)
+    h = np.stack([acts[s][0].numpy() for s in sites]).astype(np.float64)
+    return [model.tokenizer.decode([i]) for i in ids], h
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def lens_top(name: str, tok: str, text: str) -> list[list[str]] | None:
+    """Top-1 token of final norm + W_U at each resid_post layer (None without an unembedding)."""
+    model = common.get_model(name, tok or None)
+    if not model.arch.has_unembedding:
+        return None
+    _, h = activations(name, tok, text)
+    w, bias = model.unembedding()
+    norm = model.final_norm()
+    out = []
+    with torch.inference_mode():
+        for layer in range(h.shape[0]):
+            x = torch.as_tensor(h[layer], dtype=w.dtype, device=w.device)
+            if norm is not None:
+                x = norm(x)
+            logits = x @ w + (0 if bias is None else bias)
+            out.append([model.tokenizer.decode([int(i)]) for i in logits.argmax(-1).tolist()])
+    return out
+
+
+if text.strip():
+    with common.errors_shown():
+        name = common.checked_model_name(model_name)
+        tok = str(common.safe_path(tok_name)) if tok_name.strip() else ""
+        tokens, h = activations(name, tok, text)
+        n_layers, n_tok, _ = h.shape
+        labels = [f"{i}:{t!r}" for i, t in enumerate(tokens)]
+        norms = np.linalg.norm(h, axis=-1)  # layers × tokens
+        share = np.zeros_like(norms)
+        for layer in range(n_layers):
+            x = torch.as_tensor(h[layer])
+            mu = x[1:].mean(0) if n_tok > 1 else x[0]
+            coeff, _ = decompose(x, mu)
+            share[layer] = (coeff**2 / (x.norm(dim=-1) ** 2).clamp_min(1e-30)).numpy()
+        st.write(f"{n_tok} tokens (BOS/CLS included as position 0), {n_layers} layers")
+        layer_cols = [f"L{layer}" for layer in range(n_layers)]
+        t1, t2 = st.tabs(["‖h‖ per token", "carrier share per token"])
+        for tab, name_, mat, z_title in (
+            (t1, "token_norm", norms, "‖h‖"),
+            (t2, "token_carrier", share, "carrier share"),
+        ):
+            with tab:
+                fig = go.Figure(go.Heatmap(z=mat.T, x=list(range(n_layers)), y=labels, colorscale="Viridis"))
+                plotting.apply_theme(
+                    fig, f"{z_title} per token and layer (resid_post)", height=max(360, 22 * n_tok + 140)
+                )
+                fig.update_xaxes(title_text="layer (resid_post)")
+                fig.update_yaxes(autorange="reversed", dtick=1)
+                fig.update_layout(coloraxis_colorbar={"title": {"text": z_title}})
+                csv = "token," + ",".join(layer_cols) + "\n"
+                csv += "".join(
+                    f'"{lab}",' + ",".join(f"{v:.6g}" for v in row) + "\n"
+                    for lab, row in zip(labels, mat.T, strict=True)
+                )
+                common.figure_block(fig, name_, csv)
+                st.dataframe(
+                    [
+                        {"token": lab} | dict(zip(layer_cols, map(float, row), strict=True))
+                        for lab, row in zip(labels, mat.T, strict=True)
+                    ],
+                    hide_index=True,
+                    key=f"table_{name_}",
+                )
+        st.subheader("Trajectory in the top-2 principal components")
+        flat = h.reshape(-1, h.shape[-1])
+        centred = flat - flat.mean(0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        pcs = (centred @ vt[:2].T).reshape(n_layers, n_tok, 2)
+        show = st.multiselect(
+            "tokens",
+            labels,
+            default=labels[1 : min(n_tok, 9)] or labels,
+            key=f"traj_tokens_{common.digest(name + text)}",
+        )
+        fig = go.Figure()
+        for i, lab in enumerate(labels):
+            if lab in show:
+                fig.add_trace(
+                    go.Scatter(
+                        x=pcs[:, i, 0],
+                        y=pcs[:, i, 1],
+                        mode="lines+markers+text",
+                        name=lab,
+                        text=[str(layer) for layer in range(n_layers)],
+                        textposition="top center",
+                        line={"color": plotting.OKABE_ITO[i % len(plotting.OKABE_ITO)]},
+                    )
+                )
+        plotting.apply_theme(fig, "Token trajectories across layers (PCA of all tokens × layers; labels = layer)")
+        fig.update_xaxes(title_text="PC 1", dtick=None)
+        fig.update_yaxes(title_text="PC 2")
+        csv = "token,layer,pc1,pc2\n" + "".join(
+            f'"{lab}",{layer},{pcs[layer, i, 0]:.6g},{pcs[layer, i, 1]:.6g}\n'
+            for i, lab in enumerate(labels)
+            for layer in range(n_layers)
+        )
+        common.figure_block(fig, "token_pca", csv)
+        st.subheader("Logit lens: top token per layer")
+        top = lens_top(name, tok, text)
+        if top is None:
+            st.info("This model has no trained unembedding, so there is no logit lens.")
+        else:
+            st.dataframe(
+                [
+                    {"token": lab} | {layer_cols[layer]: top[layer][i] for layer in range(n_layers)}
+                    for i, lab in enumerate(labels)
+                ],
+                hide_index=True,
+                key="lens_prompt_table",
+            )

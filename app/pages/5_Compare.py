@@ -1,0 +1,62 @@
+"""Compare page: several saved runs overlaid on shared axes (spectral.plotting.overlay, the
+figure ``spectral compare`` writes)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import common  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from spectral import plotting  # noqa: E402
+from spectral.analysis.metrics import MetricTable  # noqa: E402
+from spectral.compare import PANELS, _mean_middle  # noqa: E402
+
+common.page_header("Compare runs", "Per-layer statistics of several runs on shared axes, with 95% CIs.")
+runs = [common._display(p) for p in common.list_runs()]
+preset = [p for p in st.session_state.get("compare_runs", []) if p in runs]
+picked = st.multiselect("Runs", runs, default=preset or runs[:2], key="compare_select")
+typed = st.text_area("…or type run directories, one per line (within the allowed roots)", key="compare_typed")
+c1, c2 = st.columns(2)
+conds = c1.multiselect(
+    "conditions", ["trained", "random_init", "shuffled", "permuted"], default=["trained"], key="compare_conds"
+)
+relative = c2.checkbox("x axis: relative depth l/(L-1)", value=True, key="compare_relative")
+panel_names = [p[2] for p in PANELS]
+chosen = st.multiselect("panels", panel_names, default=panel_names[:4], key="compare_panels")
+
+loaded = []
+for target in [*picked, *(line.strip() for line in typed.splitlines() if line.strip())]:
+    with common.errors_shown(f"{target}: "):
+        run = common.load_run(common.safe_path(target))
+        if run.manifest.get("status") != "complete":
+            st.warning(f"{target}: status {run.manifest.get('status')} — shown anyway")
+        loaded.append(run)
+
+series = []
+for run in loaded:
+    for cond in conds:
+        if cond in run.table.conditions():
+            label = f"{run.label} ({Path(run.path).name})" + ("" if cond == "trained" else f" · {cond}")
+            series.append(plotting.Series(label, run.n_layers, run.table, cond))
+panels = tuple(p for p in PANELS if p[2] in chosen)
+if not series or not panels:
+    st.info("Pick at least one run that holds the chosen conditions, and one panel.")
+else:
+    with common.errors_shown():
+        fig = plotting.overlay(series, panels, "Runs compared", relative)
+        rows = [
+            r for s in series for r in s.table.rows if r.condition == s.condition and r.site.startswith("resid_post")
+        ]
+        common.figure_block(fig, "compare_layers", MetricTable(tuple(rows)).to_csv())
+        st.subheader("Middle-layer means")
+        st.dataframe(
+            [
+                {"series": s.label, "layers": s.n_layers}
+                | {p[2]: _mean_middle(s.table, s.condition, p[1], s.n_layers) for p in panels}
+                for s in series
+            ],
+            hide_index=True,
+            key="compare_table",
+        )

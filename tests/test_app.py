@@ -1,0 +1,207 @@
+"""AppTest (streamlit.testing) of every page of the Streamlit app on a small run of a tiny model."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from spectral.analysis.metrics import MetricTable  # noqa: E402
+from spectral.config import AnalysisSpec, CorpusSpec, ExperimentConfig, ModelSpec  # noqa: E402
+from spectral.runner import run_experiment  # noqa: E402
+
+APP = Path(__file__).resolve().parents[1] / "app"
+TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def small_run(tiny_model_dir, tmp_path_factory, sample_text):
+    """A complete run of the tiny random Llama: 6 windows of 16 tokens, no controls, no images."""
+    root = tmp_path_factory.mktemp("app-runs")
+    corpus = root / "corpus.txt"
+    corpus.write_text(sample_text, encoding="utf-8")
+    model = tiny_model_dir("llama")
+    cfg = ExperimentConfig(
+        model=ModelSpec(name=str(model)),
+        corpus=CorpusSpec(source=str(corpus), seq_len=16, max_seqs=6),
+        analysis=AnalysisSpec(n_boot=50, intervention_windows=2),
+        controls=(),
+        formats=(),
+        out=str(root / "run"),
+    )
+    res = run_experiment(cfg, progress=False, log=lambda s: None)
+    return {"root": root, "run": res.run_dir, "model": model, "table": res.metrics, "text": sample_text}
+
+
+def page(name: str, small_run, **state) -> AppTest:
+    at = AppTest.from_file(str(APP / name), default_timeout=TIMEOUT)
+    at.session_state["allowed_roots"] = [str(small_run["root"]), str(small_run["model"])]
+    for k, v in state.items():
+        at.session_state[k] = v
+    return at
+
+
+def no_errors(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def charts(at: AppTest) -> dict[str, dict]:
+    """Plotly charts on the page, by the figure_block name (key 'fig_NAME') -> figure JSON."""
+    out = {}
+    for el in at.get("plotly_chart"):
+        spec = json.loads(el.proto.spec)
+        out[el.proto.id.split("fig_", 1)[-1] if "fig_" in el.proto.id else el.proto.id] = spec
+    return out
+
+
+def line_traces(spec: dict) -> list[dict]:
+    return [t for t in spec["data"] if t.get("mode") == "lines+markers"]
+
+
+def test_home_lists_allowed_roots(small_run):
+    at = page("Home.py", small_run)
+    at.run()
+    no_errors(at)
+    assert any("Allowed roots" in c.value and str(small_run["root"].resolve()) in c.value for c in at.caption)
+    assert str(small_run["run"].resolve()) in at.dataframe[0].value["run"].tolist()
+
+
+def test_explore_draws_the_run_figures_with_its_numbers(small_run):
+    at = page("pages/2_Explore.py", small_run, run_dir=str(small_run["run"]))
+    at.run()
+    no_errors(at)
+    figs = charts(at)
+    table: MetricTable = small_run["table"]
+    want = [r.value for r in table.series("trained", "resid_post", "norm_mean")]
+    assert len(want) == 3  # tiny Llama: 3 layers
+    norm = [k for k in figs if "norm_profile" in k]
+    assert norm, list(figs)
+    (trace,) = line_traces(figs[norm[0]])
+    assert trace["y"] == pytest.approx(want, rel=1e-8)
+    carrier = figs[next(k for k in figs if "carrier_anisotropy" in k)]
+    rho = [r.value for r in table.series("trained", "resid_post", "carrier_energy")]
+    assert line_traces(carrier)[0]["y"] == pytest.approx(rho, rel=1e-8)
+    assert any("pca_spectrum" in k for k in figs) and any("sequence_spectrum" in k for k in figs)
+    assert any("band_energy" in k for k in figs) and any("logit_lens" in k for k in figs)
+    # the logit-lens table holds the run's accuracy per layer
+    lens = next(d.value for d in at.dataframe if "logit_lens_acc" in d.value.columns)
+    acc = [r.value for r in table.series("trained", "resid_post", "logit_lens_acc")]
+    assert lens["logit_lens_acc"].tolist() == pytest.approx(acc)
+    # the metrics table filters by metric
+    mt = next(d.value for d in at.dataframe if "metric" in d.value.columns)
+    assert set(mt["metric"]) == {"norm_mean", "carrier_energy"}
+
+
+def test_explore_refuses_paths_outside_the_roots(small_run):
+    at = page("pages/2_Explore.py", small_run)
+    at.run()
+    at.text_input(key="explore_typed").input("/etc").run()
+    assert not at.exception
+    assert any("outside the allowed roots" in e.value for e in at.error)
+    at.text_input(key="explore_typed").input(str(small_run["root"] / "nope")).run()
+    assert any("does not exist" in e.value for e in at.error)
+
+
+def test_verdicts_table_and_reasons(small_run):
+    at = page("pages/4_Verdicts.py", small_run, run_dir=str(small_run["run"]))
+    at.run()
+    no_errors(at)
+    df = at.dataframe[0].value
+    text = (small_run["run"] / "verdicts.csv").read_text()
+    n = len(text.strip().splitlines()) - 1
+    assert len(df) == n and n >= 10
+    assert {"prediction", "status", "reason"} <= set(df.columns)
+    assert all(isinstance(r, str) and r for r in df["reason"])
+    counts = {m.label: int(m.value) for m in at.metric}
+    assert sum(counts.values()) == n
+    assert counts["pass"] == sum(df["status"] == "pass")
+
+
+def test_compare_overlays_runs(small_run):
+    run = str(small_run["run"])
+    at = page("pages/5_Compare.py", small_run)
+    at.run()
+    at.multiselect(key="compare_select").set_value([])
+    at.text_area(key="compare_typed").input(f"{run}\n{run}").run()
+    no_errors(at)
+    figs = charts(at)
+    spec = figs[next(k for k in figs if "compare_layers" in k)]
+    lines = line_traces(spec)
+    table: MetricTable = small_run["table"]
+    norm = [r.value for r in table.series("trained", "resid_post", "norm_mean")]
+    # two series × four panels; the first panel is the norm, x is relative depth
+    assert len(lines) == 8
+    assert lines[0]["y"] == pytest.approx(norm, rel=1e-8)
+    assert lines[0]["x"] == pytest.approx([0.0, 0.5, 1.0])
+    assert len(at.dataframe[0].value) == 2
+
+
+def test_single_prompt_norms_and_carrier_share(small_run):
+    at = page("pages/3_Single_prompt.py", small_run)
+    at.run()
+    at.text_input(key="pm").input(str(small_run["model"]))
+    at.text_area(key="prompt").input("abc abc").run()
+    no_errors(at)
+    norm_df = next(d.value for d in at.dataframe if "L0" in d.value.columns)
+    assert len(norm_df) == 8  # BOS + 7 characters
+    assert list(norm_df.columns) == ["token", "L0", "L1", "L2"]
+    # an independent reference: Hugging Face hidden states (hidden_states[l+1] = resid_post.l, before the final norm)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(small_run["model"])
+    hf = AutoModelForCausalLM.from_pretrained(small_run["model"])
+    ids = torch.tensor([[tok.bos_token_id, *tok("abc abc", add_special_tokens=False)["input_ids"]]])
+    with torch.no_grad():
+        hs = hf(ids, output_hidden_states=True).hidden_states
+    for layer in range(2):  # the last HF hidden state is final-normed
+        ref = hs[layer + 1][0].norm(dim=-1).numpy()
+        assert norm_df[f"L{layer}"].to_numpy() == pytest.approx(ref, rel=1e-4)
+    share_df = [d.value for d in at.dataframe if "L0" in d.value.columns][1]
+    vals = share_df[["L0", "L1", "L2"]].to_numpy()
+    assert ((vals >= 0) & (vals <= 1 + 1e-9)).all()
+    figs = charts(at)
+    assert {"token_norm", "token_carrier", "token_pca"} <= set(figs)
+    assert len(figs["token_pca"]["data"]) == 7  # default: every token after BOS
+    lens = [d.value for d in at.dataframe if "L2" in d.value.columns][2]  # logit lens: top token per layer
+    assert len(lens) == 8 and all(isinstance(t, str) for t in lens["L2"])
+
+
+def test_run_page_makes_a_run_directory(small_run, tmp_path):
+    out = small_run["root"] / "from-app"
+    at = page("pages/1_Run.py", small_run)
+    at.run()
+    no_errors(at)
+    at.radio(key="model_kind").set_value("local directory").run()
+    at.text_input(key="model_dir").input(str(small_run["model"]))
+    at.radio(key="corpus_kind").set_value("pasted text").run()
+    at.text_area(key="corpus_text").input(small_run["text"])
+    at.number_input(key="seq_len").set_value(16)
+    at.number_input(key="max_seqs").set_value(6)
+    at.number_input(key="n_boot").set_value(20)
+    at.checkbox(key="ctl_random_init").uncheck()
+    at.text_input(key="out").input(str(out))
+    at.button(key="start").click().run()
+    no_errors(at)
+    assert any(str(out) in s.value for s in at.success)
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["status"] == "complete" and man["corpus"]["n_windows"] == 6
+    assert man["config"]["controls"] == []
+    assert at.session_state["run_dir"] == str(out)
+    got = MetricTable.from_csv((out / "metrics.csv").read_text())
+    norm = [r.value for r in got.series("trained", "resid_post", "norm_mean")]
+    assert len(norm) == 3 and all(math.isfinite(v) for v in norm)
+
+
+def test_run_page_refuses_output_outside_roots(small_run):
+    at = page("pages/1_Run.py", small_run)
+    at.run()
+    at.text_input(key="out").input("/etc/spectral-run")
+    at.button(key="start").click().run()
+    assert not at.exception
+    assert any("outside the allowed roots" in e.value for e in at.error)
+    assert not Path("/etc/spectral-run").exists()

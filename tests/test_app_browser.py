@@ -1,0 +1,174 @@
+"""Real-browser test of the Streamlit app: start it on a free localhost port, drive it with
+Playwright on the system Chromium (no browser download), run a small job on a tiny model, open every
+page, save a screenshot of each (also copied to /tmp/app_shots/), and check that no exception block
+is shown and the plotly charts rendered."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = Path("/tmp/app_shots")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
+ARGS += ["--no-first-run", "--disable-sync"]
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"no system Chromium at {CHROMIUM} (the browser test drives it; none is downloaded)", allow_module_level=True
+    )
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the python package playwright is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory, sample_text):
+    root = tmp_path_factory.mktemp("browser-runs")
+    (root / "corpus.txt").write_text(sample_text, encoding="utf-8")
+    model = tiny_model_dir("llama")
+    # one saved run to explore before the browser makes its own
+    from spectral.config import AnalysisSpec, CorpusSpec, ExperimentConfig, ModelSpec
+    from spectral.runner import run_experiment
+
+    cfg = ExperimentConfig(
+        model=ModelSpec(name=str(model)),
+        corpus=CorpusSpec(source=str(root / "corpus.txt"), seq_len=16, max_seqs=6),
+        analysis=AnalysisSpec(n_boot=30, intervention_windows=2),
+        controls=(),
+        formats=(),
+        out=str(root / "saved"),
+    )
+    run_experiment(cfg, progress=False, log=lambda s: None)
+    port = free_port()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
+    cmd = [sys.executable, "-m", "spectral.cli", "app", "--headless", "--port", str(port), "--host", "127.0.0.1"]
+    cmd += ["--roots", str(root), str(model)]
+    log = open(root / "server.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("streamlit did not start:\n" + (root / "server.log").read_text())
+        yield {"url": url, "root": root, "model": model, "text": sample_text}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def settle(page, timeout: float = 60.0) -> None:
+    """Wait until the script run finished (the 'running' status widget is gone)."""
+    page.wait_for_timeout(400)
+    end = time.time() + timeout
+    while time.time() < end:
+        if page.locator('[data-testid="stStatusWidget"]').count() == 0:
+            page.wait_for_timeout(300)
+            if page.locator('[data-testid="stStatusWidget"]').count() == 0:
+                return
+        page.wait_for_timeout(250)
+    raise AssertionError("the app kept running")
+
+
+def check_and_shoot(page, tmp: Path, name: str, charts: int) -> None:
+    settle(page)
+    if charts:
+        page.wait_for_selector(".js-plotly-plot", timeout=30_000)
+        page.wait_for_timeout(500)
+    assert page.locator(".stException").count() == 0, page.locator(".stException").first.inner_text()
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert "Traceback" not in page.inner_text("body")
+    assert page.locator(".js-plotly-plot").count() >= charts, name
+    shot = tmp / f"{name}.png"
+    page.screenshot(path=str(shot), full_page=True)
+    SHOTS.mkdir(exist_ok=True)
+    shutil.copy(shot, SHOTS / shot.name)
+
+
+def test_every_page_in_a_real_browser(server, browser, tmp_path):
+    url, root = server["url"], server["root"]
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    page.goto(url)
+    page.wait_for_selector("text=Saved runs", timeout=60_000)
+    check_and_shoot(page, tmp_path, "1_home", 0)
+
+    # Run page: a small job on the tiny model, pasted text, no controls
+    out = root / "from-browser"
+    page.goto(f"{url}/Run")
+    page.wait_for_selector("text=Start a run", timeout=60_000)
+    settle(page)
+    page.get_by_text("local directory", exact=True).click()
+    settle(page)
+    page.get_by_label("model directory").fill(str(server["model"]))
+    page.get_by_label("model directory").press("Enter")
+    settle(page)
+    page.get_by_text("pasted text", exact=True).click()
+    settle(page)
+    area = page.get_by_label("text", exact=True)
+    area.fill(server["text"])
+    area.press("Control+Enter")
+    settle(page)
+    for label, value in (("window length (tokens)", "16"), ("number of windows", "6"), ("bootstrap resamples", "20")):
+        box = page.get_by_label(label)
+        box.fill(value)
+        box.press("Enter")
+        settle(page)
+    page.get_by_text("random weights (R)").click()
+    settle(page)
+    box = page.get_by_label("run directory (within the allowed roots)")
+    box.fill(str(out))
+    box.press("Enter")
+    settle(page)
+    page.get_by_role("button", name="Start run").click()
+    page.wait_for_selector("text=Run directory:", timeout=180_000)
+    check_and_shoot(page, tmp_path, "2_run", 0)
+    assert (out / "metrics.csv").is_file()
+
+    page.goto(f"{url}/Explore?run={out}")
+    page.wait_for_selector("text=Explore a run", timeout=60_000)
+    check_and_shoot(page, tmp_path, "3_explore", 3)
+
+    page.goto(f"{url}/Single_prompt?model={server['model']}")
+    page.wait_for_selector("text=Trajectory in the top-2 principal components", timeout=120_000)
+    check_and_shoot(page, tmp_path, "4_single_prompt", 2)
+
+    page.goto(f"{url}/Verdicts?run={root / 'saved'}")
+    page.wait_for_selector("text=Reasons", timeout=60_000)
+    check_and_shoot(page, tmp_path, "5_verdicts", 0)
+    assert page.locator('[data-testid="stDataFrame"]').count() >= 1
+
+    page.goto(f"{url}/Compare")
+    page.wait_for_selector("text=Compare runs", timeout=60_000)
+    area = page.get_by_label("…or type run directories, one per line (within the allowed roots)")
+    area.fill(f"{root / 'saved'}\n{out}")
+    area.press("Control+Enter")
+    check_and_shoot(page, tmp_path, "6_compare", 1)
+    page.close()
