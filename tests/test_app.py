@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("streamlit")
@@ -165,7 +166,9 @@ def test_single_prompt_norms_and_carrier_share(small_run):
     vals = share_df[["L0", "L1", "L2"]].to_numpy()
     assert ((vals >= 0) & (vals <= 1 + 1e-9)).all()
     figs = charts(at)
-    assert {"token_norm", "token_carrier", "token_pca"} <= set(figs)
+    assert {"token_norm", "token_carrier", "token_pca", "layer_cosine"} <= set(figs)
+    cos = np.array(figs["layer_cosine"]["data"][0]["z"])
+    assert cos.shape == (3, 3) and np.allclose(np.diag(cos), 1.0)
     assert len(figs["token_pca"]["data"]) == 7  # default: every token after BOS
     lens = [d.value for d in at.dataframe if "L2" in d.value.columns][2]  # logit lens: top token per layer
     assert len(lens) == 8 and all(isinstance(t, str) for t in lens["L2"])

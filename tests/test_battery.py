@@ -147,3 +147,13 @@ def test_top_pc_and_decomposition():
     assert carrier.top_pc_energy(m) >= carrier.carrier_energy(m) - 1e-12  # the top PC maximises energy
     coeff, mod = carrier.decompose(h, mu * 3)
     assert torch.allclose(coeff[..., None] * mu + mod, h) and torch.allclose(mod @ mu, torch.zeros(5, 30).double())
+
+
+def test_layer_cosine_matrix_equals_direct():
+    from spectral.analysis.similarity import layer_cosine_matrix
+
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=(3, 7, 5))
+    m = layer_cosine_matrix(h)
+    direct = np.mean([h[0, t] @ h[2, t] / np.linalg.norm(h[0, t]) / np.linalg.norm(h[2, t]) for t in range(1, 7)])
+    assert m[0, 2] == pytest.approx(direct) and np.allclose(np.diag(m), 1.0) and np.allclose(m, m.T)

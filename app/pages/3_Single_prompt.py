@@ -15,6 +15,7 @@ import torch  # noqa: E402
 
 from spectral import plotting  # noqa: E402
 from spectral.analysis.carrier import decompose  # noqa: E402
+from spectral.analysis.similarity import layer_cosine_matrix  # noqa: E402
 from spectral.capture import capture_activations  # noqa: E402
 from spectral.corpus import bos_id, pad_batch, tokenize  # noqa: E402
 
@@ -114,6 +115,19 @@ if text.strip():
                     hide_index=True,
                     key=f"table_{name_}",
                 )
+        st.subheader("Layer × layer cosine (same token, position 0 excluded)")
+        cosm = layer_cosine_matrix(h)
+        fig = go.Figure(
+            go.Heatmap(
+                z=cosm.tolist(), x=list(range(n_layers)), y=list(range(n_layers)), colorscale="Viridis", zmin=-1, zmax=1
+            )
+        )
+        plotting.apply_theme(fig, "Mean cos(h_l, h_m) over this prompt's tokens", width=560, height=480)
+        fig.update_xaxes(title_text="layer m (resid_post)")
+        fig.update_yaxes(title_text="layer l (resid_post)", autorange="reversed", dtick=1)
+        csv = "layer," + ",".join(str(i) for i in range(n_layers)) + "\n"
+        csv += "".join(f"{i}," + ",".join(f"{v:.6g}" for v in row) + "\n" for i, row in enumerate(cosm))
+        common.figure_block(fig, "layer_cosine", csv)
         st.subheader("Trajectory in the top-2 principal components")
         flat = h.reshape(-1, h.shape[-1])
         centred = flat - flat.mean(0)
