@@ -195,6 +195,7 @@ def accumulate(
     probes: tuple[Probe, ...] = (),
     positions: Callable[[Batch], torch.Tensor] | None = None,
     nonfinite: str = "fail",
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> StatsBank:
     """Stream every window through the model, updating ``bank`` (and probes) inside the hooks.
 
@@ -240,7 +241,7 @@ def accumulate(
     batches = list(iter_batches(windows, batch_size, exclude_first))
     bar = tqdm(batches, desc=progress, unit="batch", disable=progress is None, leave=False)
     extra = [h for p in probes for h in p.hooks()]
-    for batch in bar:
+    for i, batch in enumerate(bar):
         if nonfinite == "exclude":  # a checking pass without the statistics' hooks
             checked = _drop_nonfinite(model, bank, batch, positions)
             if checked is None:
@@ -254,6 +255,8 @@ def accumulate(
             forward(model, batch, None if positions is None else positions(batch))
             for p in probes:
                 p.end_batch()
+        if on_batch is not None:  # progress for front ends; raising here cancels the run
+            on_batch(i + 1, len(batches))
     return bank
 
 

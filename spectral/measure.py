@@ -6,6 +6,7 @@ Conditions: ``trained``; controls ``random_init`` (R: the seeded random-weight t
 """
 
 import dataclasses
+from collections.abc import Callable
 
 import torch
 
@@ -27,6 +28,7 @@ def measure(
     cfg: ExperimentConfig,
     condition: str,
     progress: str | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
 ) -> Measurement:
     cap, an = cfg.capture, cfg.analysis
     positions = permuted_positions(cfg.seed, windows.has_bos) if condition == "permuted" else None
@@ -49,7 +51,9 @@ def measure(
     heads = HeadProbe(model, cap.moment_buckets, tail)
     types = TypeProbe(model, windows, resid, an.max_types)
     probes = tuple(p for p in (lens, heads, types) if p is not None)
-    accumulate(model, windows, bank, cap.batch_size, cap.exclude_first, progress, probes, positions, cap.nonfinite)
+    accumulate(
+        model, windows, bank, cap.batch_size, cap.exclude_first, progress, probes, positions, cap.nonfinite, on_batch
+    )
 
     results: list[InterventionResult] = []
     if condition in ("trained", "random_init") and lm and bands and an.intervention_windows > 0:

@@ -53,7 +53,9 @@ def run_experiment(
     progress: bool = True,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     command: str | None = None,
+    on_batch: Callable[[str, int, int], None] | None = None,
 ) -> RunResult:
+    """Run ``cfg`` end to end; ``on_batch(condition, done, total)`` reports progress (raise to cancel)."""
     from spectral.report import build_report
 
     t0 = time.perf_counter()
@@ -107,7 +109,8 @@ def run_experiment(
             t = time.perf_counter()
             desc = f"{label} [{cond}]" if progress else None
             try:
-                meas = measure(m, windows, sites, cfg, cond, desc)
+                cb = None if on_batch is None else (lambda done, total, cond=cond: on_batch(cond, done, total))
+                meas = measure(m, windows, sites, cfg, cond, desc, cb)
             except TypeError as exc:  # a forward without position ids cannot run control P
                 if cond != "permuted":
                     raise

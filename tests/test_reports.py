@@ -74,3 +74,34 @@ def test_compare_and_refusal_of_incomplete_runs(tiny_runs, tmp_path):
     (b / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(RunDirError, match="is not complete \\(status failed: killed\\)"):
         compare_runs([a, b], tmp_path / "cmp2")
+
+
+def test_progress_callback_and_cancel(tiny_model_dir, tmp_path, sample_text):
+    from spectral.config import CorpusSpec, ExperimentConfig, ModelSpec
+    from spectral.runner import run_experiment
+    from spectral.runs import read_manifest
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(sample_text)
+    cfg = ExperimentConfig(
+        model=ModelSpec(name=str(tiny_model_dir("llama"))),
+        corpus=CorpusSpec(source=str(corpus), seq_len=16, max_seqs=6),
+        controls=("random_init",),
+        formats=(),
+        out=str(tmp_path / "r"),
+    )
+    calls = []
+    run_experiment(cfg, progress=False, log=lambda s: None, on_batch=lambda c, d, t: calls.append((c, d, t)))
+    assert calls == [("trained", 1, 1), ("random_init", 1, 1)]  # 6 windows, batches of 8
+
+    class Cancelled(Exception):
+        pass
+
+    def cancel(cond, done, total):
+        raise Cancelled("cancelled by the user")
+
+    cfg2 = ExperimentConfig(**{**cfg.__dict__, "out": str(tmp_path / "r2")})
+    with pytest.raises(Cancelled):
+        run_experiment(cfg2, progress=False, log=lambda s: None, on_batch=cancel)
+    man = read_manifest(tmp_path / "r2")
+    assert man["status"] == "failed" and "cancelled by the user" in man["reason"]

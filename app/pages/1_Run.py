@@ -106,7 +106,6 @@ if start:
 
     with common.errors_shown("Run failed: "):
         cfg = build_config()
-        steps = 2 + len(controls)
         bar = st.progress(0.0, text="loading model and corpus…")
         lines: list[str] = []
         t0 = time.perf_counter()
@@ -116,8 +115,15 @@ if start:
                 lines.append(msg)
                 st.write(msg)
 
-            bar.progress(1 / steps, text=f"capturing {1 + len(controls)} condition(s)… (see the terminal for tqdm)")
-            result = run_experiment(cfg, overwrite=overwrite, progress=True, log=log, command="spectral app (Run page)")
+            conds = ["trained", *cfg.controls]
+
+            def on_batch(cond: str, done: int, total: int) -> None:
+                frac = (conds.index(cond) + done / total) / len(conds)
+                bar.progress(min(frac, 1.0), text=f"{cond}: batch {done}/{total}")
+
+            result = run_experiment(
+                cfg, overwrite=overwrite, progress=False, log=log, command="spectral app (Run page)", on_batch=on_batch
+            )
             bar.progress(1.0, text=f"done in {time.perf_counter() - t0:.1f} s")
             status.update(label=f"Run complete: {result.run_dir}", state="complete")
         st.session_state["run_dir"] = str(result.run_dir)
