@@ -208,3 +208,25 @@ def test_run_page_refuses_output_outside_roots(small_run):
     assert not at.exception
     assert any("outside the allowed roots" in e.value for e in at.error)
     assert not Path("/etc/spectral-run").exists()
+
+
+def test_figure_downloads_as_png_svg_pdf():
+    """The bytes behind the app's PNG/SVG/PDF download buttons (kaleido through the system Chromium)."""
+    import importlib.util
+
+    from spectral.export import browser_for_png
+
+    if browser_for_png() is None:
+        pytest.skip("no Chromium/Chrome on this machine (install Debian's chromium)")
+    spec = importlib.util.spec_from_file_location("app_common", APP / "common.py")
+    assert spec is not None and spec.loader is not None
+    common = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules["app_common"] = common  # dataclasses need the module registered
+    spec.loader.exec_module(common)
+    import plotly.graph_objects as go
+
+    fig_json = go.Figure(go.Scatter(x=[0, 1, 2], y=[1, 3, 2])).to_json()
+    png, svg, pdf = (common._image_bytes(fig_json, f) for f in ("png", "svg", "pdf"))
+    assert png.startswith(b"\x89PNG") and b"<svg" in svg[:400] and pdf.startswith(b"%PDF")

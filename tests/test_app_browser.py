@@ -120,29 +120,22 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
     page.wait_for_selector("text=Saved runs", timeout=60_000)
     check_and_shoot(page, tmp_path, "1_home", 0)
 
-    # Run page: a small job on the tiny model, pasted text, no controls
+    # Run page: a small job on the embedded default, built-in corpus, control R
     out = root / "from-browser"
     page.goto(f"{url}/Run")
     page.wait_for_selector("text=Start a run", timeout=60_000)
     settle(page)
-    page.get_by_text("local directory", exact=True).click()
+    # the embedded default model (all-MiniLM-L6-v2) on the built-in corpus, as a new user would start
+    page.get_by_text("embedded default (minilm)", exact=True).click()
     settle(page)
-    page.get_by_label("model directory").fill(str(server["model"]))
-    page.get_by_label("model directory").press("Enter")
+    page.get_by_text("built-in", exact=True).click()
     settle(page)
-    page.get_by_text("pasted text", exact=True).click()
-    settle(page)
-    area = page.get_by_label("text", exact=True)
-    area.fill(server["text"])
-    area.press("Control+Enter")
-    settle(page)
-    for label, value in (("window length (tokens)", "16"), ("number of windows", "6"), ("bootstrap resamples", "20")):
+    for label, value in (("window length (tokens)", "16"), ("number of windows", "4"), ("bootstrap resamples", "20")):
         box = page.get_by_label(label)
         box.fill(value)
         box.press("Enter")
         settle(page)
-    page.get_by_text("random weights (R)").click()
-    settle(page)
+    assert page.get_by_label("random weights (R)").is_checked()  # the default keeps control R
     box = page.get_by_label("run directory (within the allowed roots)")
     box.fill(str(out))
     box.press("Enter")
@@ -156,7 +149,7 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
     page.wait_for_selector("text=Explore a run", timeout=60_000)
     check_and_shoot(page, tmp_path, "3_explore", 3)
 
-    page.goto(f"{url}/Single_prompt?model={server['model']}")
+    page.goto(f"{url}/Single_prompt?model=minilm")
     page.wait_for_selector("text=Trajectory in the top-2 principal components", timeout=120_000)
     check_and_shoot(page, tmp_path, "4_single_prompt", 2)
 
