@@ -1,13 +1,14 @@
-"""Real-browser test of the Streamlit app: start it on a free localhost port, drive it with
-Playwright on the system Chromium (no browser download), run a small job on a tiny model, open every
-page, save a screenshot of each (also copied to /tmp/app_shots/), and check that no exception block
-is shown and the plotly charts rendered."""
+"""Real-browser test of the Streamlit app: start `spectral app` on a free localhost port, drive it
+with Playwright on the system Chromium (no browser download), run a small job on the embedded
+default model, open every page, save a screenshot of each (also copied to $SPECTRAL_SHOTS or the
+temp folder's app_shots/), and check that no exception block is shown and the plotly charts rendered."""
 
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parents[1]
-SHOTS = Path("/tmp/app_shots")
+SHOTS = Path(os.environ.get("SPECTRAL_SHOTS", Path(tempfile.gettempdir()) / "app_shots"))
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]
 ARGS += ["--no-first-run", "--disable-sync"]
 
