@@ -37,6 +37,12 @@ def _matrices_csv(mats: list[Matrix]) -> str:
     return buf.getvalue()
 
 
+LENS_PANELS = (
+    ("resid_post", "logit_lens_acc", "next-token accuracy"),
+    ("resid_post", "modulation_lens_acc", "accuracy, carrier removed"),
+    ("resid_post", "logit_lens_rank", "mean rank of true next token"),
+)
+
 CAPTIONS = {
     "norm_profile": "Mean residual norm ‖h‖ of resid_post per layer (log scale), trained model against its controls.",
     "carrier_anisotropy": "Carrier energy ρ = Σ⟨h, μ̂⟩²/Σ‖h‖² and anisotropy (mean pairwise cosine) per layer.",
@@ -138,11 +144,7 @@ def build_figures(
     if any(r.metric == "logit_lens_acc" for r in table.rows):
         figs["logit_lens"] = plotting.layer_panels(
             table,
-            (
-                ("resid_post", "logit_lens_acc", "next-token accuracy"),
-                ("resid_post", "modulation_lens_acc", "accuracy, carrier removed"),
-                ("resid_post", "logit_lens_rank", "mean rank of true next token"),
-            ),
+            LENS_PANELS,
             f"Logit lens — {title}",
         )
         data["logit_lens"] = _rows_csv(table, lambda r: "lens" in r.metric)

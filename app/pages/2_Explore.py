@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from spectral import plotting  # noqa: E402
+from spectral.figureset import LENS_PANELS  # noqa: E402
 from spectral.plotting import Curve, Matrix  # noqa: E402
 
 common.page_header("Explore a run", "Figures from a saved run directory, each with its data as CSV.")
@@ -159,13 +160,8 @@ if run is not None:
     with tabs[3], common.errors_shown():
         lens = [r for r in table.rows if "lens" in r.metric and r.site.startswith("resid_post.")]
         if lens:
-            panels = (
-                ("resid_post", "logit_lens_acc", "next-token accuracy"),
-                ("resid_post", "modulation_lens_acc", "accuracy, carrier removed"),
-                ("resid_post", "logit_lens_rank", "mean rank of true next token"),
-            )
             common.figure_block(
-                plotting.layer_panels(table, panels, f"Logit lens — {title}"),
+                plotting.layer_panels(table, LENS_PANELS, f"Logit lens — {title}"),
                 "logit_lens",
                 common.rows_csv(table, lambda r: "lens" in r.metric),
             )

@@ -19,6 +19,7 @@ from spectral.analysis.intervals import (
     Estimate,
     bootstrap_weights,
     jackknife,
+    jackknife_interval,
     jackknife_many,
     percentile_ci,
     ratio_bootstrap,
@@ -168,7 +169,7 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int) -> No
             keep = full.copy()
             keep[b] = False
             loo.append(mean_rank_frac(keep))
-        out.add(site, "head_eff_rank_frac", _jack(value, np.array(loo), level))
+        out.add(site, "head_eff_rank_frac", jackknife_interval(value, np.array(loo), level))
         sec, zs, n = hp.z_second[layer].sum(0), hp.z_sum[layer].sum(0), float(hp.z_count[layer].sum())
         r = max(1, int(round(value * hp.dh)))
         subs = [heads.head_subspace(sec[h].numpy(), zs[h].numpy(), n, W_O[h], r) for h in range(hp.H)]
@@ -183,15 +184,6 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int) -> No
         if pairs:
             arr = np.concatenate(pairs)
             out.add(f"resid_pre.{layer}", "attn_tail_spearman", _spearman_boot(arr, spec, seed + layer))
-
-
-def _jack(value: float, loo: np.ndarray, level: float) -> Estimate:
-    k = loo.size
-    if k < 2:
-        return Estimate(value, float("nan"), float("nan"))
-    se = float(np.sqrt((k - 1) / k * np.sum((loo - loo.mean()) ** 2)))
-    t = float(sps.t.ppf(0.5 + level / 2, k - 1))
-    return Estimate(value, value - t * se, value + t * se)
 
 
 def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int) -> Estimate:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as sps
 
-from spectral.stats import Moments, SiteStats
+from spectral.stats import SiteStats
 
 
 @dataclass(frozen=True)
@@ -52,30 +52,31 @@ def ratio_bootstrap(num: np.ndarray, den: np.ndarray, weights: np.ndarray, level
     return percentile_ci(value, res, level)
 
 
-def jackknife(site_stats: list[SiteStats], fn: Callable[..., float], level: float) -> Estimate:
-    """fn(*moments) on all buckets, CI by deleting one bucket at a time (buckets aligned)."""
-    value = fn(*(s.total() for s in site_stats))
-    buckets = site_stats[0].nonempty_buckets()
-    k = len(buckets)
-    if k < 2 or not np.isfinite(value):
+def jackknife_interval(value: float, loo: np.ndarray, level: float) -> Estimate:
+    """Student-t interval around ``value`` from k delete-one replicates ``loo`` (NaN bounds if k < 2)."""
+    k = loo.size
+    if k < 2:
         return Estimate(value, float("nan"), float("nan"))
-    loo = np.array([fn(*(s.leave_one_out(b) for s in site_stats)) for b in buckets])
     se = float(np.sqrt((k - 1) / k * np.sum((loo - loo.mean()) ** 2)))
     t = float(sps.t.ppf(0.5 + level / 2, k - 1))
     return Estimate(value, value - t * se, value + t * se)
 
 
-MomentFn = Callable[[Moments], float]
+def jackknife(site_stats: list[SiteStats], fn: Callable[..., float], level: float) -> Estimate:
+    """fn(*moments) on all buckets, CI by deleting one bucket at a time (buckets aligned)."""
+    value = fn(*(s.total() for s in site_stats))
+    buckets = site_stats[0].nonempty_buckets()
+    if len(buckets) < 2 or not np.isfinite(value):
+        return Estimate(value, float("nan"), float("nan"))
+    loo = np.array([fn(*(s.leave_one_out(b) for s in site_stats)) for b in buckets])
+    return jackknife_interval(value, loo, level)
 
 
 def jackknife_many(site_stats: list[SiteStats], fn: Callable[..., np.ndarray], level: float) -> list[Estimate]:
     """:func:`jackknife` for a statistic that returns a vector (one interval per entry)."""
     value = np.asarray(fn(*(s.total() for s in site_stats)), dtype=float)
     buckets = site_stats[0].nonempty_buckets()
-    k = len(buckets)
-    if k < 2:
+    if len(buckets) < 2:
         return [Estimate(float(v), float("nan"), float("nan")) for v in value]
     loo = np.stack([np.asarray(fn(*(s.leave_one_out(b) for s in site_stats)), dtype=float) for b in buckets])
-    se = np.sqrt((k - 1) / k * np.sum((loo - loo.mean(0)) ** 2, axis=0))
-    t = float(sps.t.ppf(0.5 + level / 2, k - 1))
-    return [Estimate(float(v), float(v - t * s), float(v + t * s)) for v, s in zip(value, se, strict=True)]
+    return [jackknife_interval(float(v), loo[:, i], level) for i, v in enumerate(value)]

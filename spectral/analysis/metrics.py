@@ -12,8 +12,6 @@ import io
 from dataclasses import astuple, dataclass, fields
 from functools import partial
 
-import numpy as np
-
 from spectral.analysis import carrier, norms, spectrum
 from spectral.analysis.intervals import Estimate, bootstrap_weights, jackknife, jackknife_many
 from spectral.capture import site_layer
@@ -129,8 +127,3 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
         g = norms.growth_rate(layers_i, tables, weights, level)
         rows.append(MetricRow(model, condition, "resid_post", None, "growth_rate", g.value, g.ci_low, g.ci_high))
     return MetricTable(tuple(rows))
-
-
-def pca_spectra(bank: StatsBank, kind: str = "resid_post") -> dict[str, np.ndarray]:
-    """Eigenvalues of the centred covariance per site of one kind (for figures)."""
-    return {s: spectrum.pca_spectrum(bank[s].total()) for s in bank.sites if s.split(".")[0] == kind}
