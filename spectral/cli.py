@@ -55,6 +55,11 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-controls", action="store_true", help="skip the controls R, S and P")
     p.add_argument("--formats", help="static figure formats, comma-separated, or 'none' (default: png,pdf,svg)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="load pickle weights (.bin/.pt) when no safetensors exist: unpickling runs code, trusted files only",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -72,6 +77,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         cfg = replace_field(cfg, None, "controls", ())
     if args.trust_remote_code:
         cfg = replace_field(cfg, "model", "trust_remote_code", True)
+    if args.allow_pickle:
+        cfg = replace_field(cfg, "model", "allow_pickle", True)
     return cfg
 
 

@@ -51,6 +51,11 @@ class ModelSpec:
     dtype: Dtype = _help("dtype the model runs in; statistics always accumulate in float64", "float32")
     revision: str | None = _help("hub revision (branch, tag, commit) for hub ids", None)
     trust_remote_code: bool = _help("allow a hub model's own Python code to run (off by default)", False)
+    allow_pickle: bool = _help(
+        "load pickle weights (pytorch_model.bin / .pt) when a model has no safetensors; unpickling can run "
+        "arbitrary code, so only for checkpoints you trust (off by default)",
+        False,
+    )
 
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "[model] name must not be empty")
@@ -120,6 +125,9 @@ class AnalysisSpec:
     rogue_k: int = _help("top rogue dimensions removed in the robustness checks (prediction 3)", 3)
     max_types: int = _help("most frequent token types tracked for self-similarity", 500)
     intervention_windows: int = _help("windows used for ΔNLL interventions (0 = skip them)", 16)
+    layer_cosine: bool = _help(
+        "corpus-level layer x layer cosine matrix of resid_post (holds one batch's unit vectors per layer)", True
+    )
 
     def __post_init__(self) -> None:
         _check(self.n_boot >= 10, f"[analysis] n_boot must be >= 10, got {self.n_boot}")

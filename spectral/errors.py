@@ -30,3 +30,7 @@ class RunDirError(SpectralError):
 
 class NumericsError(SpectralError):
     """NaN or inf in captured activations (names the first site and window where it appeared)."""
+
+
+class RunCancelled(SpectralError):
+    """A run stopped on purpose (a front end's Cancel); the manifest says ``failed`` (cancelled)."""

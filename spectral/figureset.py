@@ -56,12 +56,14 @@ CAPTIONS = {
     "stream read to the write, mean over layers, normalised.",
     "logit_lens": "Logit lens (final norm + W_U) per layer: next-token accuracy, accuracy with the carrier direction "
     "removed, and mean rank of the true next token.",
+    "layer_cosine": "Layer × layer cosine of resid_post: mean over tokens of cos(h_l, h_m) for the same token "
+    "(jackknife CIs over window buckets in the CSV).",
     "interventions": "ΔNLL (nats per token) when a W_U band is projected out of resid_post at each layer.",
 }
 
 
 def build_figures(
-    table: MetricTable, measurements: list[Measurement], K: int, title: str
+    table: MetricTable, measurements: list[Measurement], K: int, title: str, level: float = 0.95
 ) -> tuple[dict[str, go.Figure], dict[str, str], dict[str, str]]:
     figs: dict[str, go.Figure] = {}
     data: dict[str, str] = {}
@@ -158,4 +160,19 @@ def build_figures(
             "ΔNLL (nats)",
         )
         data["interventions"] = _rows_csv(table, lambda r: r.metric.startswith("dnll_"))
+    cos_mats, cos_rows = [], ["condition,label,row,col,value,ci_low,ci_high"]
+    for m in measurements:
+        if m.cosines is None:
+            continue
+        value, lo, hi = m.cosines.matrix(level)
+        cos_mats.append(Matrix(m.condition, "mean cos(h_l, h_m)", value))
+        cos_rows += [
+            f"{m.condition},mean cos(h_l h_m),{i},{j},{v:.6g},{lo[i, j]:.6g},{hi[i, j]:.6g}"
+            for (i, j), v in np.ndenumerate(value)
+        ]
+    if cos_mats:
+        figs["layer_cosine"] = plotting.matrices(
+            cos_mats, f"Layer × layer cosine (resid_post) — {title}", "layer m", "layer l"
+        )
+        data["layer_cosine"] = "\n".join(cos_rows) + "\n"
     return figs, data, {name: CAPTIONS[name] for name in figs}

@@ -18,7 +18,7 @@ from spectral.capture import accumulate, calibrate, new_bank
 from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
 from spectral.models import LoadedModel
-from spectral.probes import HeadProbe, LensProbe, TypeProbe
+from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 
 
 def measure(
@@ -50,7 +50,8 @@ def measure(
     tail = bands[an.bands[0]][-1] if bands else None
     heads = HeadProbe(model, cap.moment_buckets, tail)
     types = TypeProbe(model, windows, resid, an.max_types)
-    probes = tuple(p for p in (lens, heads, types) if p is not None)
+    cosines = CosineProbe(model, resid, cap.moment_buckets) if an.layer_cosine and len(resid) > 1 else None
+    probes = tuple(p for p in (lens, heads, types, cosines) if p is not None)
     accumulate(
         model, windows, bank, cap.batch_size, cap.exclude_first, progress, probes, positions, cap.nonfinite, on_batch
     )
@@ -72,4 +73,4 @@ def measure(
                 results.append(
                     intervene(model, sub, site, basis, target, cap.batch_size, an.n_boot, cfg.seed, an.ci_level, clean)
                 )
-    return Measurement(condition, bank, bands, lens, heads, types, results)
+    return Measurement(condition, bank, bands, lens, heads, types, results, cosines)

@@ -226,6 +226,23 @@ def _model_class(config: Any) -> Any:
     return AutoModelForCausalLM
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_pickle(source: ModelSource, spec: ModelSpec) -> None:
+    """Refuse a local checkpoint that holds only pickle weights unless ``allow_pickle`` is set."""
+    p = source.path
+    if spec.allow_pickle or p is None or not p.is_dir() or any(p.glob("*.safetensors")):
+        return
+    pickles = sorted(f.name for f in p.iterdir() if f.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelLoadError(
+            f"model {source.name!r} has only pickle weights ({', '.join(pickles[:3])}); unpickling can run "
+            "arbitrary code, so it is off by default: convert to safetensors, or pass --allow-pickle "
+            "(allow_pickle = true) if you trust where the file came from"
+        )
+
+
 def _load_hf(source: ModelSource, spec: ModelSpec, random_init: bool, seed: int) -> Any:
     from transformers import AutoConfig
 
@@ -252,12 +269,13 @@ def _load_hf(source: ModelSource, spec: ModelSpec, random_init: bool, seed: int)
                 if config.tie_word_embeddings:
                     model.tie_weights()
         else:
+            _check_pickle(source, spec)
             model = cls.from_pretrained(
                 where,
                 revision=spec.revision,
                 trust_remote_code=spec.trust_remote_code,
                 attn_implementation="eager",
-                use_safetensors=None,
+                use_safetensors=None if spec.allow_pickle else True,
             )
     except ModelLoadError:
         raise

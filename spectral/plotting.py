@@ -219,7 +219,7 @@ def matrices(mats: list[Matrix], title: str, x_title: str, y_title: str) -> go.F
     fig = make_subplots(rows=len(conds), cols=len(labels), subplot_titles=titles, vertical_spacing=0.14)
     for m in mats:
         fig.add_trace(
-            go.Heatmap(z=m.values, coloraxis="coloraxis"),
+            go.Heatmap(z=m.values.tolist(), coloraxis="coloraxis"),
             row=conds.index(m.condition) + 1,
             col=labels.index(m.label) + 1,
         )

@@ -285,3 +285,66 @@ class TypeProbe:
         pairs = self.n**2 - self.C
         sims = (self.S[site].pow(2).sum(1) - self.Q[site]) / pairs
         return torch.where(pairs > 0, sims, torch.full_like(sims, float("nan"))).numpy()
+
+
+class CosineProbe:
+    """Corpus-level layer × layer cosine: mean over tokens of cos(h_l, h_m) for the same token.
+
+    The unit vectors of the batch's sites are held until the batch ends (sites × tokens × d
+    float32 on the model's device, the only probe that holds activations, for one batch); the
+    per-pair sums are kept per bucket of windows (window index mod B) for a jackknife interval.
+    """
+
+    def __init__(self, model: LoadedModel, sites: tuple[str, ...], n_buckets: int) -> None:
+        self.model, self.sites, self.n_buckets = model, sites, n_buckets
+        n = len(sites)
+        self.sums = torch.zeros(n_buckets, n, n, dtype=torch.float64)
+        self.count = torch.zeros(n_buckets, dtype=torch.float64)
+        self._batch: Batch | None = None
+        self._units: dict[str, torch.Tensor] = {}
+
+    def hooks(self) -> list[Hook]:
+        return [(hook_name(s, self.model.arch), self._make(s)) for s in self.sites]
+
+    def begin_batch(self, batch: Batch) -> None:
+        self._batch, self._units = batch, {}
+
+    def _make(self, site: str) -> Callable[..., torch.Tensor]:
+        def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
+            b = self._batch
+            assert b is not None
+            h = x.detach()[b.stat_mask.to(x.device)].float()
+            self._units[site] = h / h.norm(dim=-1, keepdim=True).clamp_min(1e-30)
+            return x
+
+        return fn
+
+    def end_batch(self) -> None:
+        b = self._batch
+        assert b is not None
+        U = torch.stack([self._units[s] for s in self.sites])  # (sites, n, d)
+        mask = b.stat_mask
+        bucket = (b.window_index % self.n_buckets)[torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]]
+        for k in torch.unique(bucket).tolist():
+            sel = (bucket == k).to(U.device)
+            Uk = U[:, sel].double()
+            self.sums[k] += torch.einsum("lnd,mnd->lm", Uk, Uk).cpu()
+            self.count[k] += float(sel.sum())
+        self._units = {}
+
+    def matrix(self, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(value, ci_low, ci_high), each (sites, sites); jackknife over the non-empty buckets."""
+        from spectral.analysis.intervals import jackknife_interval
+
+        total = self.sums.sum(0) / self.count.sum().clamp_min(1)
+        keep = [k for k in range(self.n_buckets) if self.count[k] > 0]
+        value = total.numpy()
+        lo, hi = np.full_like(value, np.nan), np.full_like(value, np.nan)
+        if len(keep) >= 2:
+            loo = np.stack(
+                [((self.sums.sum(0) - self.sums[k]) / (self.count.sum() - self.count[k])).numpy() for k in keep]
+            )
+            for (i, j), v in np.ndenumerate(value):
+                est = jackknife_interval(float(v), loo[:, i, j], level)
+                lo[i, j], hi[i, j] = est.ci_low, est.ci_high
+        return value, lo, hi

@@ -135,7 +135,9 @@ def run_experiment(
 
         t = time.perf_counter()
         title = f"{label} · {Path(windows.corpus.name).name} · {len(windows)}×{cfg.corpus.seq_len} tokens"
-        figures, data, captions = build_figures(table, measurements, cfg.analysis.bands[0], title)
+        figures, data, captions = build_figures(
+            table, measurements, cfg.analysis.bands[0], title, cfg.analysis.ci_level
+        )
         context = (
             f"Model {label} ({model.arch.architecture}, {model.arch.norm_placement}-LN); corpus "
             f"{Path(windows.corpus.name).name}: {len(windows)} windows of {cfg.corpus.seq_len} tokens, "

@@ -87,6 +87,16 @@ def test_explore_draws_the_run_figures_with_its_numbers(small_run):
     rho = [r.value for r in table.series("trained", "resid_post", "carrier_energy")]
     assert line_traces(carrier)[0]["y"] == pytest.approx(rho, rel=1e-8)
     assert any("pca_spectrum" in k for k in figs) and any("sequence_spectrum" in k for k in figs)
+    # the corpus-level layer x layer cosine heatmap holds the run's matrix (diagonal 1)
+    cosfig = figs[next(k for k in figs if "layer_cosine" in k)]
+    z = np.array(cosfig["data"][0]["z"], dtype=float)
+    rows = [ln.split(",") for ln in (small_run["run"] / "figures" / "layer_cosine.csv").read_text().splitlines()[1:]]
+    want_cos = np.zeros((3, 3))
+    for r in rows:
+        if r[0] == "trained":
+            want_cos[int(r[2]), int(r[3])] = float(r[4])
+    np.testing.assert_allclose(z, want_cos, rtol=1e-5)
+    np.testing.assert_allclose(np.diag(z), 1.0, atol=1e-5)
     assert any("band_energy" in k for k in figs) and any("logit_lens" in k for k in figs)
     # the logit-lens table holds the run's accuracy per layer
     lens = next(d.value for d in at.dataframe if "logit_lens_acc" in d.value.columns)

@@ -3,6 +3,7 @@ with Playwright on the system Chromium (no browser download), run a small job on
 default model, open every page, save a screenshot of each (also copied to $SPECTRAL_SHOTS or the
 temp folder's app_shots/), and check that no exception block is shown and the plotly charts rendered."""
 
+import json
 import os
 import shutil
 import socket
@@ -145,6 +146,22 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
     page.wait_for_selector("text=Run directory:", timeout=180_000)
     check_and_shoot(page, tmp_path, "2_run", 0)
     assert (out / "metrics.csv").is_file()
+
+    # Cancel: a longer job stopped mid-way leaves a run directory marked failed (cancelled)
+    stop = root / "cancelled"
+    for label, value in (("number of windows", "256"), ("run directory (within the allowed roots)", str(stop))):
+        box = page.get_by_label(label)
+        box.fill(value)
+        box.press("Enter")
+        settle(page)
+    page.get_by_role("button", name="Start run").click()
+    page.wait_for_selector("text=/trained: batch \\d+/", timeout=120_000)
+    page.get_by_role("button", name="Cancel").click()
+    page.wait_for_selector("text=Run cancelled", timeout=60_000)
+    check_and_shoot(page, tmp_path, "2b_cancelled", 0)
+    man = json.loads((stop / "manifest.json").read_text())
+    assert man["status"] == "failed" and "cancelled from the app" in man["reason"], man.get("reason")
+    assert not (stop / "metrics.csv").exists()
 
     page.goto(f"{url}/Explore?run={out}")
     page.wait_for_selector("text=Explore a run", timeout=60_000)

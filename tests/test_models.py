@@ -165,3 +165,50 @@ def test_random_twin_is_seeded_and_differs(tiny_model_dir):
     wa, wb, wc, wt = (m.hf_model.transformer.h[0].mlp.c_fc.weight for m in (a, b, c, trained))
     assert torch.equal(wa, wb) and not torch.equal(wa, wc) and not torch.equal(wa, wt)
     assert a.arch == trained.arch and a.weights_sha256() is None and trained.weights_sha256()
+
+
+def test_pickle_weights_need_an_explicit_opt_in(tiny_model_dir, tmp_path):
+    """A checkpoint with only pytorch_model.bin is refused (pickle runs code) unless allow_pickle."""
+    from transformers import AutoModelForCausalLM
+
+    from spectral.cli import main
+
+    src = tiny_model_dir("gpt2")
+    d = tmp_path / "pickled"
+    d.mkdir()
+    torch.save(AutoModelForCausalLM.from_pretrained(str(src)).state_dict(), d / "pytorch_model.bin")
+    for f in src.iterdir():
+        if f.suffix != ".safetensors":
+            (d / f.name).write_bytes(f.read_bytes())
+    assert (d / "pytorch_model.bin").is_file() and not list(d.glob("*.safetensors"))
+    with pytest.raises(ModelLoadError, match=r"only pickle weights \(pytorch_model.bin\).*--allow-pickle"):
+        load_model(ModelSpec(name=str(d)))
+    ref = load_model(ModelSpec(name=str(src)))
+    got = load_model(ModelSpec(name=str(d), allow_pickle=True))
+    for a, b in zip(ref.hf_model.parameters(), got.hf_model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    out = tmp_path / "run"
+    args = ["run", "--model", str(d), "--corpus", "builtin", "--seq-len", "8", "--max-seqs", "2", "--out", str(out)]
+    assert main([*args, "--quiet", "--no-controls", "--formats", "none"]) == 2
+    assert not out.exists()
+
+
+def test_remote_code_never_runs_without_the_flag(tiny_model_dir, tmp_path):
+    """A config that points at its own Python code is refused, and that code is never imported."""
+    import json
+    import shutil
+
+    d = tmp_path / "remote"
+    shutil.copytree(tiny_model_dir("gpt2"), d)
+    marker = tmp_path / "code-ran"
+    (d / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('x')\nfrom transformers import GPT2Config as Cfg\n")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.Cfg", "AutoModelForCausalLM": "evil.Cfg"}
+    (d / "config.json").write_text(json.dumps(cfg))
+    load_model(ModelSpec(name=str(d)))  # a known model_type: the library's own class, the file ignored
+    assert not marker.exists()
+    cfg["model_type"] = "custom-arch"  # nothing built in to fall back on: refused, code not run
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelLoadError, match="trust_remote_code"):
+        load_model(ModelSpec(name=str(d)))
+    assert not marker.exists()

@@ -9,7 +9,7 @@ from spectral.capture import accumulate, capture_activations, new_bank
 from spectral.config import CorpusSpec, ModelSpec
 from spectral.corpus import iter_batches, make_windows
 from spectral.models import load_model
-from spectral.probes import LENS_COLUMNS, HeadProbe, LensProbe, TypeProbe
+from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,21 @@ def test_head_probe_equals_direct(setup):
     pairs = np.concatenate(hp.pairs[1])
     assert np.allclose(np.sort(pairs[:, 1]), np.sort(recv[:, 1:].flatten().numpy()), atol=1e-6)
     assert np.allclose(np.sort(pairs[:, 2]), np.sort(e[:, 1:].flatten().double().numpy()), atol=1e-5)
+
+
+def test_corpus_layer_cosine_equals_direct(setup):
+    """The streamed layer x layer cosine == the same mean over all tokens from held activations,
+    and the jackknife interval brackets it."""
+    _, model, windows = setup
+    sites = tuple(f"resid_post.{i}" for i in range(model.arch.n_layers))
+    probe = CosineProbe(model, sites, 3)
+    _run(model, windows, [probe])
+    value, lo, hi = probe.matrix(0.95)
+    acts = capture_activations(model, next(iter_batches(windows, len(windows), True)), sites)
+    h = torch.stack([acts[s][:, 1:] for s in sites]).double()  # position 0 excluded
+    u = h / h.norm(dim=-1, keepdim=True)
+    direct = torch.einsum("lwtd,mwtd->lm", u, u).numpy() / (h.shape[1] * h.shape[2])
+    np.testing.assert_allclose(value, direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.diag(value), 1.0, atol=1e-6)
+    off = ~np.eye(len(sites), dtype=bool)
+    assert np.all(lo[off] <= value[off]) and np.all(value[off] <= hi[off]) and np.all(hi[off] > lo[off])

@@ -30,6 +30,30 @@ elif kind == "llama2.c checkpoint":
 elif kind == "hub id":
     model_name = st.text_input("Hugging Face hub id (needs the hub or the local cache)", value="gpt2", key="model_hub")
 device = st.selectbox("device", ["cpu", "cuda", "mps"], key="device")
+s1, s2 = st.columns(2)
+allow_pickle = s1.checkbox(
+    "allow pickle weights (.bin / .pt)",
+    key="allow_pickle",
+    help="Only for checkpoints without safetensors. Unpickling runs arbitrary code: trusted files only.",
+)
+trust_remote_code = s2.checkbox(
+    "trust remote code",
+    key="trust_remote_code",
+    help="Lets a hub model's own Python code run on this machine: trusted repositories only.",
+)
+if allow_pickle or trust_remote_code:
+    st.warning(
+        "Unsafe loading is on: "
+        + " and ".join(
+            t
+            for t, on in (
+                ("pickle weights may run code when they are loaded", allow_pickle),
+                ("the model's own code will run", trust_remote_code),
+            )
+            if on
+        )
+        + ". Use it only for models you trust."
+    )
 
 st.subheader("Corpus")
 ckind = st.radio("corpus source", CORPUS_KINDS, horizontal=True, key="corpus_kind")
@@ -72,7 +96,7 @@ overwrite = st.checkbox("overwrite an earlier run in this directory", key="overw
 
 b1, b2 = st.columns(2)
 start = b1.button("Start run", type="primary", key="start")
-b2.button("Cancel", key="cancel", help="Stops the running job at its next message (best effort).")
+cancel = b2.button("Cancel", key="cancel", help="Stops the running job after its current batch.")
 
 
 def build_config() -> ExperimentConfig:
@@ -90,7 +114,9 @@ def build_config() -> ExperimentConfig:
         source = str(tmp)
     run_dir = common.safe_path(out, must_exist=False)
     return ExperimentConfig(
-        model=ModelSpec(name=name, tokenizer=tok, device=device),
+        model=ModelSpec(
+            name=name, tokenizer=tok, device=device, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code
+        ),
         corpus=CorpusSpec(source=source, seq_len=int(seq_len), max_seqs=int(max_seqs)),
         capture=CaptureSpec(sites=tuple(s.strip() for s in sites.split(",") if s.strip())),
         analysis=AnalysisSpec(n_boot=int(n_boot)),
@@ -102,8 +128,12 @@ def build_config() -> ExperimentConfig:
 
 
 if start:
+    from streamlit.runtime.scriptrunner_utils.exceptions import ScriptControlException
+
+    from spectral.errors import RunCancelled
     from spectral.runner import run_experiment
 
+    stopped: list[BaseException] = []
     with common.errors_shown("Run failed: "):
         cfg = build_config()
         bar = st.progress(0.0, text="loading model and corpus…")
@@ -111,21 +141,44 @@ if start:
         t0 = time.perf_counter()
         with st.status(f"Running → {cfg.out}", expanded=True) as status:
 
+            def stopped_by_streamlit(exc: BaseException, where: str) -> RunCancelled:
+                """Cancel (or any widget) made Streamlit stop this script: cancel the run cleanly."""
+                stopped.append(exc)  # no st.* call from here on: a pending stop makes each one raise again
+                return RunCancelled(f"cancelled from the app ({where})")
+
             def log(msg: str) -> None:
                 lines.append(msg)
-                st.write(msg)
+                try:
+                    st.write(msg)
+                except ScriptControlException as exc:
+                    raise stopped_by_streamlit(exc, "while logging") from None
 
             conds = ["trained", *cfg.controls]
 
             def on_batch(cond: str, done: int, total: int) -> None:
                 frac = (conds.index(cond) + done / total) / len(conds)
-                bar.progress(min(frac, 1.0), text=f"{cond}: batch {done}/{total}")
+                try:
+                    bar.progress(min(frac, 1.0), text=f"{cond}: batch {done}/{total}")
+                except ScriptControlException as exc:
+                    raise stopped_by_streamlit(exc, f"{cond}, batch {done}/{total}") from None
 
-            result = run_experiment(
-                cfg, overwrite=overwrite, progress=False, log=log, command="spectral app (Run page)", on_batch=on_batch
-            )
+            st.session_state["cancelled_run"] = str(cfg.out)  # shown by the rerun that Cancel causes
+            try:
+                result = run_experiment(
+                    cfg,
+                    overwrite=overwrite,
+                    progress=False,
+                    log=log,
+                    command="spectral app (Run page)",
+                    on_batch=on_batch,
+                )
+            except RunCancelled:
+                if stopped:  # let Streamlit carry out the stop / rerun it asked for
+                    raise stopped[0] from None
+                raise
             bar.progress(1.0, text=f"done in {time.perf_counter() - t0:.1f} s")
             status.update(label=f"Run complete: {result.run_dir}", state="complete")
+        st.session_state.pop("cancelled_run", None)
         st.session_state["run_dir"] = str(result.run_dir)
         st.session_state["last_run"] = str(result.run_dir)
         n_pass = sum(
@@ -135,5 +188,26 @@ if start:
             f"Run directory: `{result.run_dir}` — {len(result.metrics.rows)} metric rows, {n_pass} prediction(s) pass. "
             "Open it on the Explore, Verdicts or Compare pages."
         )
+elif cancel and st.session_state.get("cancelled_run"):
+    from spectral.runs import read_manifest
+
+    where = Path(st.session_state["cancelled_run"])
+    with common.errors_shown():
+        man = read_manifest(where)
+        with st.spinner("Stopping the run after its current batch…"):
+            for _ in range(240):  # the stopped script finishes its batch on its own thread
+                if man.get("status") != "running":
+                    break
+                time.sleep(0.5)
+                man = read_manifest(where)
+        if man.get("status") == "running":
+            st.warning(f"`{where}` is still running; it stops after its current batch.")
+        elif "cancelled" not in str(man.get("reason", "")):
+            st.info("No run in progress to cancel.")
+        else:
+            st.warning(
+                f"Run cancelled: `{where}` is marked {man.get('status')} ({man.get('reason', '')}); "
+                "start it again to redo it."
+            )
 elif st.session_state.get("last_run"):
     st.info(f"Last run: `{st.session_state['last_run']}` (selected on the other pages).")

@@ -96,6 +96,16 @@ if run is not None:
             "layer_drift",
             common.rows_csv(table, lambda r: resid(r, tuple(p[1] for p in panels))),
         )
+        st.subheader("Layer × layer cosine (same token, whole corpus)")
+        text = run.figure_csvs.get("layer_cosine")
+        if text and len(text.splitlines()) > 1:
+            common.figure_block(
+                plotting.matrices(matrices(text), f"Layer × layer cosine (resid_post) — {title}", "layer m", "layer l"),
+                "layer_cosine",
+                text,
+            )
+        else:
+            st.info("layer_cosine: figures/layer_cosine.csv not in this run (made by runs with layer_cosine = true)")
     with tabs[1], common.errors_shown():
         panels = (
             ("resid_post", "eff_rank", "effective rank"),

@@ -28,7 +28,7 @@ from spectral.analysis.interventions import InterventionResult
 from spectral.analysis.metrics import MetricRow
 from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
-from spectral.probes import LENS_COLUMNS, HeadProbe, LensProbe, TypeProbe
+from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.stats import WINDOW_COLUMNS, StatsBank
 
 NAN = Estimate(float("nan"), float("nan"), float("nan"))
@@ -45,6 +45,7 @@ class Measurement:
     heads: HeadProbe
     types: TypeProbe
     interventions: list[InterventionResult]
+    cosines: CosineProbe | None = None  # corpus-level layer x layer cosine (resid_post sites)
 
 
 class Rows:
