@@ -196,6 +196,7 @@ def accumulate(
     positions: Callable[[Batch], torch.Tensor] | None = None,
     nonfinite: str = "fail",
     on_batch: Callable[[int, int], None] | None = None,
+    start_batch: int = 0,
 ) -> StatsBank:
     """Stream every window through the model, updating ``bank`` (and probes) inside the hooks.
 
@@ -204,6 +205,7 @@ def accumulate(
     NaN/inf at any site either fails with the site and window named (``nonfinite="fail"``) or,
     with ``"exclude"``, a checking pass finds such windows first and they are left out
     (``bank.excluded`` lists them, ``bank.nonfinite_counts`` counts bad values per site).
+    ``start_batch`` skips the batches a resumed run has already added.
     """
     consumers: dict[str, int] = {}
     for dep in list(bank.predecessors.values()) + list(bank.inputs.values()):
@@ -242,6 +244,8 @@ def accumulate(
     bar = tqdm(batches, desc=progress, unit="batch", disable=progress is None, leave=False)
     extra = [h for p in probes for h in p.hooks()]
     for i, batch in enumerate(bar):
+        if i < start_batch:
+            continue
         if nonfinite == "exclude":  # a checking pass without the statistics' hooks
             checked = _drop_nonfinite(model, bank, batch, positions)
             if checked is None:
@@ -300,6 +304,13 @@ class Calibration:
 
     centers: dict[str, torch.Tensor]  # site means: centre of the centred cosine, carrier for the lens
     median_norms: dict[str, float]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"centers": dict(self.centers), "median_norms": dict(self.median_norms)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> "Calibration":
+        return cls(dict(state["centers"]), {k: float(v) for k, v in state["median_norms"].items()})
 
 
 def calibrate(

@@ -1,4 +1,5 @@
-"""The ``spectral`` command: ``run``, ``report``, ``models``.
+"""The ``spectral`` command: ``run`` (also ``--resume``, ``--shard``), ``merge``, ``report``, ``compare``,
+``app``, ``models``.
 
 Flags of ``spectral run`` are derived from the config dataclasses (their help text is the field
 metadata) and override the TOML given with ``--config``. Input errors print one line and exit
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spectral.config import SECTIONS, ExperimentConfig, load_config, replace_field
-from spectral.errors import SpectralError
+from spectral.errors import ConfigError, RunDirError, SpectralError
 
 # flag -> (section or None, field)
 RUN_FLAGS: dict[str, tuple[str | None, str]] = {
@@ -29,6 +30,9 @@ RUN_FLAGS: dict[str, tuple[str | None, str]] = {
     "--max-seqs": ("corpus", "max_seqs"),
     "--sampling": ("corpus", "sampling"),
     "--batch-size": ("capture", "batch_size"),
+    "--backend": ("capture", "backend"),
+    "--checkpoint-every": ("capture", "checkpoint_every"),
+    "--shard": ("capture", "shard"),
     "--sites": ("capture", "sites"),
     "--n-boot": ("analysis", "n_boot"),
     "--seed": (None, "seed"),
@@ -43,6 +47,7 @@ def _field(section: str | None, name: str) -> dataclasses.Field[Any]:
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config, or a past run's manifest.json to rerun it")
+    p.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN from its last saved state")
     for flag, (section, name) in RUN_FLAGS.items():
         f = _field(section, name)
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -65,7 +70,15 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    cfg = load_config(args.config) if args.config else ExperimentConfig()
+    if args.resume and args.config:
+        raise ConfigError("--resume RUN takes its config from RUN/manifest.json; drop --config")
+    if args.resume:
+        manifest = Path(args.resume) / "manifest.json"
+        if not manifest.is_file():
+            raise RunDirError(f"cannot resume {args.resume}: it is not a run directory (no manifest.json)")
+        cfg = replace_field(load_config(manifest), None, "out", str(Path(args.resume)))
+    else:
+        cfg = load_config(args.config) if args.config else ExperimentConfig()
     for flag, (section, name) in RUN_FLAGS.items():
         value = getattr(args, flag[2:].replace("-", "_"))
         if value is not None:
@@ -87,7 +100,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     command = "spectral " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    res = run_experiment(cfg, overwrite=args.overwrite, progress=not args.quiet, command=command)
+    res = run_experiment(
+        cfg, overwrite=args.overwrite, progress=not args.quiet, command=command, resume=bool(args.resume)
+    )
+    if res.report is not None:
+        print(f"run directory: {res.run_dir}")
+        print(f"report:        {res.report}")
+    elif cfg.capture.shard is not None:
+        print(f"shard run directory: {res.run_dir} (combine with: spectral merge RUN_0 ... --out RUN)")
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from spectral.merge import merge_runs
+
+    command = "spectral " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    res = merge_runs([Path(r) for r in args.runs], Path(args.out), overwrite=args.overwrite, command=command)
     print(f"run directory: {res.run_dir}")
     print(f"report:        {res.report}")
     return 0
@@ -151,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_cmp.add_argument("--by-layer", action="store_true", help="x axis: layer index instead of relative depth")
     p_cmp.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
     p_cmp.set_defaults(func=cmd_compare)
+    p_mrg = sub.add_parser("merge", help="combine shard runs (spectral run --shard i/n) into one run")
+    p_mrg.add_argument("runs", nargs="+", help="the shard run directories")
+    p_mrg.add_argument("--out", required=True, help="output run directory")
+    p_mrg.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
+    p_mrg.set_defaults(func=cmd_merge)
     p_app = sub.add_parser("app", help="start the Streamlit app (bound to 127.0.0.1 by default)")
     p_app.add_argument("--host", default="127.0.0.1")
     p_app.add_argument("--port", type=int, default=8501)

@@ -23,6 +23,7 @@ from spectral.errors import ConfigError
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 NonFinite = Literal["fail", "exclude"]
+Backend = Literal["bridge", "fast"]
 Sampling = Literal["consecutive", "random"]
 Control = Literal["random_init", "shuffled", "permuted"]
 ImageFormat = Literal["png", "pdf", "svg"]
@@ -102,9 +103,34 @@ class CaptureSpec:
         "(costs one extra checking pass per batch) and reports how many",
         "fail",
     )
+    backend: Backend = _help(
+        "'bridge' (TransformerLens hooks, every site and probe) or 'fast' (plain PyTorch hooks on the "
+        "Hugging Face modules with SDPA attention; residual sites, no attention-pattern probes)",
+        "bridge",
+    )
+    checkpoint_every: int = _help(
+        "save the capture state every N windows (and after each condition) so --resume can continue; 0 = "
+        "only after each condition",
+        512,
+    )
+    keep_state: bool = _help("keep the capture state (state/*.pt) after a complete run (shard runs always do)", False)
+    shard: str | None = _help("capture only the disjoint share i::n of the windows ('i/n'); see spectral merge", None)
+
+    def shard_pair(self) -> tuple[int, int]:
+        if self.shard is None:
+            return (0, 1)
+        i, n = self.shard.split("/")
+        return int(i), int(n)
 
     def __post_init__(self) -> None:
         _check(len(self.sites) > 0, "[capture] sites must list at least one site or 'all'")
+        _check(self.checkpoint_every >= 0, f"[capture] checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if self.shard is not None:
+            m = re.fullmatch(r"(\d+)/(\d+)", self.shard)
+            _check(
+                m is not None and int(m[2]) >= 1 and 0 <= int(m[1]) < int(m[2]),
+                f"[capture] shard must be 'i/n' with 0 <= i < n, got {self.shard!r}",
+            )
         _check(1 <= self.batch_size <= 4096, f"[capture] batch_size must be in 1..4096, got {self.batch_size}")
         _check(
             2 <= self.moment_buckets <= 1000,

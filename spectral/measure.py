@@ -1,12 +1,23 @@
 """One condition of a run: calibrate, stream the windows through the model with every probe,
-and (for the trained model) run the interventions. Returns a battery ``Measurement``.
+and (for the trained model and its random twin) run the interventions. Gives a battery
+``Measurement``.
 
 Conditions: ``trained``; controls ``random_init`` (R: the seeded random-weight twin),
 ``shuffled`` (S: tokens permuted within each window) and ``permuted`` (P: position ids permuted).
+
+A :class:`ConditionCapture` is resumable and mergeable: its whole state (calibration, the
+statistics bank, every probe, the number of batches done) is a dict of tensors and plain values
+(``state_dict``) that ``torch.load(weights_only=True)`` reads back without unpickling code.
+Calibration and the choice of token types always come from the run's *global* windows, so a
+shard that captures only windows ``i::n`` holds statistics that merge exactly with the others.
+Interventions need the full-corpus carrier, so they run once the capture is complete (after a
+merge for sharded runs).
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -14,11 +25,182 @@ from spectral.analysis.battery import Measurement
 from spectral.analysis.controls import permuted_positions, shuffle_windows
 from spectral.analysis.interventions import InterventionResult, intervene, nll_per_window
 from spectral.analysis.spectrum import unembedding_bands
-from spectral.capture import accumulate, calibrate, new_bank
+from spectral.capture import Calibration, accumulate, calibrate, new_bank
 from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
 from spectral.models import LoadedModel
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
+from spectral.stats import StatsBank
+
+STATE_VERSION = 1
+
+
+def shard_windows(windows: TokenWindows, shard: tuple[int, int]) -> TokenWindows:
+    """The disjoint share ``i::n`` of the windows (shard ``i`` of ``n``)."""
+    i, n = shard
+    return dataclasses.replace(windows, ids=windows.ids[i::n], window_index=windows.window_index[i::n])
+
+
+class ConditionCapture:
+    """Capture state of one condition (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        windows: TokenWindows,
+        sites: tuple[str, ...],
+        cfg: ExperimentConfig,
+        condition: str,
+        calibration: Calibration | None = None,
+    ) -> None:
+        cap, an = cfg.capture, cfg.analysis
+        self.model, self.cfg, self.condition, self.sites = model, cfg, condition, sites
+        self.positions = permuted_positions(cfg.seed, windows.has_bos) if condition == "permuted" else None
+        self.windows = shuffle_windows(windows, cfg.seed) if condition == "shuffled" else windows
+        self.calib = calibration or calibrate(
+            model, self.windows, sites, cap.batch_size, cap.exclude_first, self.positions, cap.nonfinite
+        )
+        thresholds = {s: an.sink_factor * v for s, v in self.calib.median_norms.items()}
+        self.bank = new_bank(model, sites, cap.moment_buckets, self.calib.centers, thresholds)
+        self.bands: dict[int, list[torch.Tensor]] = {}
+        self.lm = model.arch.has_unembedding and model.arch.is_causal
+        if model.arch.has_unembedding:
+            W_U, _ = model.unembedding()
+            self.bands = {K: unembedding_bands(W_U, K) for K in an.bands if K <= model.arch.d_model}
+        self.resid = tuple(s for s in sites if s.startswith("resid_post."))
+        self.lens: LensProbe | None = None
+        if self.lm and self.bands:
+            dirs = {s: self.calib.centers[s] for s in self.resid}
+            self.lens = LensProbe(model, self.resid, dirs, self.bands[an.bands[0]])
+        tail = self.bands[an.bands[0]][-1] if self.bands else None
+        self.heads = HeadProbe(model, cap.moment_buckets, tail)
+        self.types = TypeProbe(model, self.windows, self.resid, an.max_types)
+        self.cosines = (
+            CosineProbe(model, self.resid, cap.moment_buckets) if an.layer_cosine and len(self.resid) > 1 else None
+        )
+        self.batches_done = 0
+        self.complete = False
+        self.interventions: list[InterventionResult] = []
+
+    def _probes(self) -> dict[str, Any]:
+        named = {"lens": self.lens, "heads": self.heads, "types": self.types, "cosines": self.cosines}
+        return {k: p for k, p in named.items() if p is not None}
+
+    # ---- capture ------------------------------------------------------------------------
+    def run(
+        self,
+        shard: tuple[int, int] = (0, 1),
+        progress: str | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+        checkpoint: Callable[["ConditionCapture"], None] | None = None,
+        checkpoint_every: int = 0,
+    ) -> None:
+        """Capture this shard's windows from where the state stands; ``checkpoint(self)`` is called
+        every ``checkpoint_every`` windows (rounded up to whole batches) and once at the end."""
+        cap = self.cfg.capture
+        every = math.ceil(checkpoint_every / cap.batch_size) if checkpoint_every > 0 else 0
+
+        def after(done: int, total: int) -> None:
+            self.batches_done = done
+            if checkpoint is not None and every and done % every == 0 and done < total:
+                checkpoint(self)
+            if on_batch is not None:
+                on_batch(done, total)
+
+        accumulate(
+            self.model,
+            shard_windows(self.windows, shard),
+            self.bank,
+            cap.batch_size,
+            cap.exclude_first,
+            progress,
+            tuple(self._probes().values()),
+            self.positions,
+            cap.nonfinite,
+            after,
+            start_batch=self.batches_done,
+        )
+        self.complete = True
+        if checkpoint is not None:
+            checkpoint(self)
+
+    def intervene(self) -> None:
+        """ΔNLL of projecting the carrier (full-corpus mean direction) or each W_U band out of each
+        resid_post site, on the first ``intervention_windows`` windows (trained and R only)."""
+        cap, an = self.cfg.capture, self.cfg.analysis
+        self.interventions = []
+        if self.condition not in ("trained", "random_init") or not (self.lm and self.bands):
+            return
+        if an.intervention_windows <= 0:
+            return
+        w = self.windows
+        sub = dataclasses.replace(
+            w, ids=w.ids[: an.intervention_windows], window_index=w.window_index[: an.intervention_windows]
+        )
+        clean = nll_per_window(self.model, sub, cap.batch_size, exclude_first=cap.exclude_first)
+        K = an.bands[0]
+        for site in self.resid:
+            mu = self.bank[site].total().sum_h
+            bases = {"carrier": (mu / mu.norm()).float()[:, None]}
+            bases.update({f"band_k{K}_b{i}": U.float() for i, U in enumerate(self.bands[K])})
+            for target, basis in bases.items():
+                self.interventions.append(
+                    intervene(
+                        self.model,
+                        sub,
+                        site,
+                        basis,
+                        target,
+                        cap.batch_size,
+                        an.n_boot,
+                        self.cfg.seed,
+                        an.ci_level,
+                        clean,
+                    )
+                )
+
+    def measurement(self) -> Measurement:
+        return Measurement(
+            self.condition, self.bank, self.bands, self.lens, self.heads, self.types, self.interventions, self.cosines
+        )
+
+    # ---- state --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": STATE_VERSION,
+            "condition": self.condition,
+            "sites": list(self.sites),
+            "batches_done": self.batches_done,
+            "complete": self.complete,
+            "calibration": self.calib.state_dict(),
+            "bank": self.bank.state_dict(),
+            "probes": {k: p.state_dict() for k, p in self._probes().items()},
+        }
+
+    def _check(self, state: dict[str, Any]) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"capture state version {state.get('version')} is not {STATE_VERSION}")
+        if state["condition"] != self.condition or list(state["sites"]) != list(self.sites):
+            raise ValueError(f"capture state of {state['condition']} does not fit condition {self.condition}")
+        if set(state["probes"]) != set(self._probes()):
+            raise ValueError("capture state holds other probes than this configuration makes")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (made by this condition with the same config)."""
+        self._check(state)
+        self.bank = StatsBank.from_state_dict(state["bank"])
+        for k, p in self._probes().items():
+            p.load_state_dict(state["probes"][k])
+        self.batches_done, self.complete = int(state["batches_done"]), bool(state["complete"])
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        """Add another shard's complete state (exact: sums add, per-window rows concatenate)."""
+        self._check(state)
+        if not state["complete"]:
+            raise ValueError(f"shard state of {self.condition} is incomplete ({state['batches_done']} batches)")
+        self.bank.merge(StatsBank.from_state_dict(state["bank"]))
+        for k, p in self._probes().items():
+            p.merge_state(state["probes"][k])
 
 
 def measure(
@@ -30,47 +212,8 @@ def measure(
     progress: str | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> Measurement:
-    cap, an = cfg.capture, cfg.analysis
-    positions = permuted_positions(cfg.seed, windows.has_bos) if condition == "permuted" else None
-    if condition == "shuffled":
-        windows = shuffle_windows(windows, cfg.seed)
-    calib = calibrate(model, windows, sites, cap.batch_size, cap.exclude_first, positions, cap.nonfinite)
-    thresholds = {s: an.sink_factor * v for s, v in calib.median_norms.items()}
-    bank = new_bank(model, sites, cap.moment_buckets, calib.centers, thresholds)
-    bands: dict[int, list[torch.Tensor]] = {}
-    lm = model.arch.has_unembedding and model.arch.is_causal
-    if model.arch.has_unembedding:
-        W_U, _ = model.unembedding()
-        bands = {K: unembedding_bands(W_U, K) for K in an.bands if K <= model.arch.d_model}
-    resid = tuple(s for s in sites if s.startswith("resid_post."))
-    lens = None
-    if lm and bands:
-        dirs = {s: calib.centers[s] for s in resid}
-        lens = LensProbe(model, resid, dirs, bands[an.bands[0]])
-    tail = bands[an.bands[0]][-1] if bands else None
-    heads = HeadProbe(model, cap.moment_buckets, tail)
-    types = TypeProbe(model, windows, resid, an.max_types)
-    cosines = CosineProbe(model, resid, cap.moment_buckets) if an.layer_cosine and len(resid) > 1 else None
-    probes = tuple(p for p in (lens, heads, types, cosines) if p is not None)
-    accumulate(
-        model, windows, bank, cap.batch_size, cap.exclude_first, progress, probes, positions, cap.nonfinite, on_batch
-    )
-
-    results: list[InterventionResult] = []
-    if condition in ("trained", "random_init") and lm and bands and an.intervention_windows > 0:
-        sub = dataclasses.replace(
-            windows,
-            ids=windows.ids[: an.intervention_windows],
-            window_index=windows.window_index[: an.intervention_windows],
-        )
-        clean = nll_per_window(model, sub, cap.batch_size, exclude_first=cap.exclude_first)
-        K = an.bands[0]
-        for site in resid:
-            mu = bank[site].total().sum_h
-            bases = {"carrier": (mu / mu.norm()).float()[:, None]}
-            bases.update({f"band_k{K}_b{i}": U.float() for i, U in enumerate(bands[K])})
-            for target, basis in bases.items():
-                results.append(
-                    intervene(model, sub, site, basis, target, cap.batch_size, an.n_boot, cfg.seed, an.ci_level, clean)
-                )
-    return Measurement(condition, bank, bands, lens, heads, types, results, cosines)
+    """Capture one condition over all windows in one go (no checkpoints) and run its interventions."""
+    cc = ConditionCapture(model, windows, sites, cfg, condition)
+    cc.run(progress=progress, on_batch=on_batch)
+    cc.intervene()
+    return cc.measurement()

@@ -134,6 +134,23 @@ class LensProbe:
         self.margins.append(marg.numpy())
         self.index.append(b.window_index.numpy().copy())
 
+    def state_dict(self) -> dict[str, Any]:
+        idx, rows, margins = self.table()
+        return {"sites": list(self.sites), "index": torch.from_numpy(idx), "rows": torch.from_numpy(rows),
+                "margins": torch.from_numpy(margins)}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rows, self.margins, self.index = [], [], []
+        self.merge_state(state)
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        if list(state["sites"]) != list(self.sites):
+            raise ValueError("cannot merge logit-lens states over different sites")
+        if len(state["index"]):
+            self.index.append(state["index"].numpy().copy())
+            self.rows.append(state["rows"].numpy().copy())
+            self.margins.append(state["margins"].numpy().copy())
+
     def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(window_index (W,), lens rows (W, sites, columns), margin rows (W, K + 1)), by window."""
         idx = np.concatenate(self.index)
@@ -156,6 +173,27 @@ class HeadProbe:
         self.pairs: list[list[np.ndarray]] = [[] for _ in range(self.L)]  # per layer: (n, 3) window, recv, tail
         self._batch: Batch | None = None
         self._tail_energy: dict[int, torch.Tensor] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        pairs = []
+        for layer in range(self.L):
+            arr = np.concatenate(self.pairs[layer]) if self.pairs[layer] else np.zeros((0, 3))
+            pairs.append(torch.from_numpy(arr[np.argsort(arr[:, 0], kind="stable")]))
+        return {"z_second": self.z_second, "z_sum": self.z_sum, "z_count": self.z_count, "pairs": pairs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.z_second, self.z_sum, self.z_count = (state[k].clone() for k in ("z_second", "z_sum", "z_count"))
+        self.pairs = [[p.numpy().copy()] if len(p) else [] for p in state["pairs"]]
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        if state["z_second"].shape != self.z_second.shape:
+            raise ValueError("cannot merge head states of different shapes")
+        self.z_second += state["z_second"]
+        self.z_sum += state["z_sum"]
+        self.z_count += state["z_count"]
+        for layer, p in enumerate(state["pairs"]):
+            if len(p):
+                self.pairs[layer].append(p.numpy().copy())
 
     def W_O(self, layer: int) -> np.ndarray:
         """(heads, d_head, d_model) output weights of a layer."""
@@ -280,6 +318,25 @@ class TypeProbe:
 
         return fn
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"types": self.types, "S": dict(self.S), "Q": dict(self.Q), "n": self.n, "C": self.C}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not torch.equal(state["types"], self.types):
+            raise ValueError("cannot restore self-similarity state chosen over other token types")
+        self.S = {s: v.clone() for s, v in state["S"].items()}
+        self.Q = {s: v.clone() for s, v in state["Q"].items()}
+        self.n, self.C = state["n"].clone(), state["C"].clone()
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        if not torch.equal(state["types"], self.types):
+            raise ValueError("cannot merge self-similarity states chosen over other token types")
+        for s in self.sites:
+            self.S[s] += state["S"][s]
+            self.Q[s] += state["Q"][s]
+        self.n += state["n"]
+        self.C += state["C"]
+
     def self_similarity(self, site: str) -> np.ndarray:
         """Per type: mean cosine over pairs of occurrences in different windows (NaN if none)."""
         pairs = self.n**2 - self.C
@@ -331,6 +388,18 @@ class CosineProbe:
             self.sums[k] += torch.einsum("lnd,mnd->lm", Uk, Uk).cpu()
             self.count[k] += float(sel.sum())
         self._units = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sites": list(self.sites), "sums": self.sums, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sums, self.count = state["sums"].clone(), state["count"].clone()
+
+    def merge_state(self, state: dict[str, Any]) -> None:
+        if list(state["sites"]) != list(self.sites):
+            raise ValueError("cannot merge layer-cosine states over different sites")
+        self.sums += state["sums"]
+        self.count += state["count"]
 
     def matrix(self, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(value, ci_low, ci_high), each (sites, sites); jackknife over the non-empty buckets."""

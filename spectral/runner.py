@@ -3,11 +3,19 @@
 Inputs are validated (model, sites, corpus, context length, output directory) before anything
 is written; from then on the manifest says ``running`` until the run is ``complete`` or
 ``failed`` with its reason.
+
+Long runs survive being killed: the capture state of the condition in progress is saved every
+``capture.checkpoint_every`` windows and after each condition (``RUN/state/*.pt``, atomic), and
+``run_experiment(cfg, resume=True)`` (``spectral run --resume RUN``) continues from there with
+the identical result. A run with ``capture.shard = "i/n"`` captures windows ``i::n`` only and
+keeps its state for ``spectral merge``; under ``torchrun`` every rank is such a shard and rank 0
+gathers the states, merges them and analyses (see :mod:`spectral.distributed`).
 """
 
 from __future__ import annotations
 
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -17,60 +25,64 @@ from typing import Any
 
 from spectral.analysis.battery import Measurement, battery_metrics
 from spectral.analysis.hypotheses import evaluate, verdicts_csv
-from spectral.analysis.metrics import MetricTable, compute_metrics
-from spectral.capture import select_sites
+from spectral.analysis.metrics import MetricRow, MetricTable, compute_metrics
+from spectral.capture import Calibration, select_sites
 from spectral.config import ExperimentConfig
-from spectral.corpus import make_windows
+from spectral.corpus import TokenWindows, make_windows
 from spectral.errors import RunDirError
 from spectral.export import save_figures
 from spectral.figureset import build_figures
-from spectral.measure import measure
+from spectral.measure import ConditionCapture
 from spectral.models import LoadedModel, load_model
 from spectral.runs import (
+    STATE_DIR,
     atomic_write_text,
+    config_diff,
     default_run_dir,
+    failpoint,
     git_commit,
+    load_state,
     package_versions,
     prepare_run_dir,
+    read_manifest,
+    save_state,
     slug,
+    state_path,
     write_manifest,
 )
 
 
 @dataclass(frozen=True)
 class RunResult:
-    """Where a finished run lies and what it measured."""
+    """Where a finished run lies and what it measured (a shard run has no report or metrics)."""
 
     run_dir: Path
-    report: Path
+    report: Path | None
     metrics: MetricTable
 
 
-def run_experiment(
-    cfg: ExperimentConfig,
-    *,
-    overwrite: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-    command: str | None = None,
-    on_batch: Callable[[str, int, int], None] | None = None,
-) -> RunResult:
-    """Run ``cfg`` end to end; ``on_batch(condition, done, total)`` reports progress (raise to cancel)."""
-    from spectral.report import build_report
+@dataclass
+class Setup:
+    """Everything a run needs before its first forward pass."""
 
-    t0 = time.perf_counter()
-    timings: dict[str, float] = {}
+    cfg: ExperimentConfig
+    run_dir: Path
+    model: LoadedModel
+    sites: tuple[str, ...]
+    windows: TokenWindows
+    label: str
+    manifest: dict[str, Any]
+
+
+def setup_run(cfg: ExperimentConfig, command: str | None) -> Setup:
+    """Load the model and the windows and draft the manifest (nothing is written yet)."""
     config = cfg.to_dict()
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output path {run_dir} exists and is not a directory")
-
     model = load_model(cfg.model)
     sites = select_sites(model.arch, cfg.capture.sites)
     windows = make_windows(model.tokenizer, cfg.corpus, n_ctx=model.arch.n_ctx, seed=cfg.seed)
-    timings["load"] = time.perf_counter() - t0
-    prepare_run_dir(run_dir, config, overwrite)
-
     label = slug(cfg.model.name)
     n_stat = len(windows) * (windows.ids.shape[1] - (1 if cfg.capture.exclude_first else 0))
     manifest: dict[str, Any] = {
@@ -97,66 +109,193 @@ def run_experiment(
         "packages": package_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    write_manifest(run_dir, manifest)
+    return Setup(cfg, run_dir, model, sites, windows, label, manifest)
+
+
+def _check_resumable(s: Setup) -> dict[str, Any]:
+    """The manifest of the run to resume, after checking it is this run and not finished."""
+    old = read_manifest(s.run_dir)
+    diff = config_diff(old.get("config") or {}, s.manifest["config"])
+    if diff:
+        raise RunDirError(f"cannot resume {s.run_dir}: its config differs in {', '.join(diff)}")
+    if old.get("status") == "complete":
+        raise RunDirError(f"run {s.run_dir} is already complete; nothing to resume")
+    for key, what in (("weights_sha256", "model weights"), ("corpus", "corpus")):
+        a, b = old.get(key), s.manifest[key]
+        if key == "corpus":
+            a, b = (a or {}).get("sha256"), b["sha256"]
+        if a != b:
+            raise RunDirError(f"cannot resume {s.run_dir}: the {what} changed since it started")
+    return old
+
+
+def run_experiment(
+    cfg: ExperimentConfig,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    command: str | None = None,
+    on_batch: Callable[[str, int, int], None] | None = None,
+    resume: bool = False,
+) -> RunResult:
+    """Run ``cfg`` end to end; ``on_batch(condition, done, total)`` reports progress (raise to cancel).
+
+    ``resume=True`` continues the interrupted run in ``cfg.out`` from its last saved state.
+    """
+    from spectral import distributed
+
+    t0 = time.perf_counter()
+    dist = distributed.context()
+    if dist is not None and cfg.capture.shard is not None:
+        raise RunDirError("capture.shard and torchrun do not combine: under torchrun every rank is a shard")
+    s = setup_run(cfg, command)
+    shard = (dist.rank, dist.world) if dist is not None else cfg.capture.shard_pair()
+    lead = dist is None or dist.rank == 0
+    timings: dict[str, float] = {"load": time.perf_counter() - t0}
+    manifest = s.manifest
+    if shard[1] > 1:
+        manifest["shard"] = f"{shard[0]}/{shard[1]}"
+    if resume:
+        old = _check_resumable(s)
+        for tmp in (s.run_dir / STATE_DIR).glob(".*.tmp") if lead else ():
+            tmp.unlink(missing_ok=True)  # a state write the kill interrupted (the previous state is intact)
+        manifest["started"] = old.get("started", manifest["started"])
+        manifest["resumed"] = [*old.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")]
+    elif lead:
+        prepare_run_dir(s.run_dir, manifest["config"], overwrite)
+    if dist is not None:
+        dist.barrier()
+    if lead:
+        write_manifest(s.run_dir, manifest)
     try:
-        rows = []
+        rows: list[MetricRow] = []
         measurements: list[Measurement] = []
         twin: LoadedModel | None = None
         for cond in ("trained", *cfg.controls):
             if cond == "random_init":
                 twin = load_model(cfg.model, random_init=True, seed=cfg.seed)
-            m = twin if cond == "random_init" and twin is not None else model
+            m = twin if cond == "random_init" and twin is not None else s.model
             t = time.perf_counter()
-            desc = f"{label} [{cond}]" if progress else None
-            try:
-                cb = None if on_batch is None else (lambda done, total, cond=cond: on_batch(cond, done, total))
-                meas = measure(m, windows, sites, cfg, cond, desc, cb)
-            except TypeError as exc:  # a forward without position ids cannot run control P
-                if cond != "permuted":
-                    raise
-                log(f"control P skipped: {m.arch.architecture} takes no position ids ({exc})")
+            cc = _capture(s, m, cond, shard, resume, progress, log, on_batch)
+            if cc is None:
                 continue
+            if dist is not None:
+                dist.merge_into(cc)
             timings[f"capture_{cond}"] = time.perf_counter() - t
-            if meas.bank.excluded or meas.bank.nonfinite_counts:
-                manifest.setdefault("nonfinite", {})[cond] = {
-                    "excluded_windows": sorted(set(meas.bank.excluded)),
-                    "tokens_per_site": meas.bank.nonfinite_counts,
-                }
-                log(f"{cond}: {len(set(meas.bank.excluded))} windows with NaN/inf excluded")
-            t = time.perf_counter()
-            rows.extend(compute_metrics(meas.bank, label, cond, cfg.analysis, cfg.seed).rows)
-            rows.extend(battery_metrics(label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands))
-            timings[f"analysis_{cond}"] = time.perf_counter() - t
-            measurements.append(meas)
-        table = MetricTable(tuple(rows))
-        atomic_write_text(run_dir / "metrics.csv", table.to_csv())
-        verdicts = evaluate(table, manifest["arch"], cfg.verdicts, cfg.analysis)
-        atomic_write_text(run_dir / "verdicts.csv", verdicts_csv(verdicts))
-
-        t = time.perf_counter()
-        title = f"{label} · {Path(windows.corpus.name).name} · {len(windows)}×{cfg.corpus.seq_len} tokens"
-        figures, data, captions = build_figures(
-            table, measurements, cfg.analysis.bands[0], title, cfg.analysis.ci_level
-        )
-        context = (
-            f"Model {label} ({model.arch.architecture}, {model.arch.norm_placement}-LN); corpus "
-            f"{Path(windows.corpus.name).name}: {len(windows)} windows of {cfg.corpus.seq_len} tokens, "
-            f"{n_stat} tokens in the statistics (position 0 excluded: {cfg.capture.exclude_first}); sites "
-            f"{', '.join(cfg.capture.sites)}. Bands: 95% CI, bootstrap over windows ({cfg.analysis.n_boot} "
-            f"resamples) for per-window statistics, jackknife over {cfg.capture.moment_buckets} window buckets "
-            "for moment statistics."
-        )
-        captions = {k: f"{v} {context}" for k, v in captions.items()}
-        manifest["figures"], manifest["png_note"] = save_figures(
-            run_dir, figures, data, captions, log, formats=cfg.formats
-        )
-        timings["figures"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-        manifest.update(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        write_manifest(run_dir, manifest)
-        report = build_report(run_dir)
+            if not lead or shard[1] > 1 and dist is None:
+                continue  # a shard: its state is its result (spectral merge analyses)
+            rows += analyse_condition(s, cc, manifest, timings, log)
+            measurements.append(cc.measurement())
+        if not lead:
+            assert dist is not None
+            dist.barrier()  # rank 0 analyses and writes; the others wait for it
+            return RunResult(s.run_dir, None, MetricTable(()))
+        if shard[1] > 1 and dist is None:
+            timings["total"] = time.perf_counter() - t0
+            manifest.update(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            write_manifest(s.run_dir, manifest)
+            log(f"shard {shard[0]}/{shard[1]} captured; combine the shards with `spectral merge`")
+            return RunResult(s.run_dir, None, MetricTable(()))
+        report = finish_run(s, rows, measurements, manifest, timings, t0, log)
     except BaseException as exc:
-        manifest.update(status="failed", reason=f"{exc.__class__.__name__}: {exc}", timings=timings)
-        write_manifest(run_dir, manifest)
+        if lead:
+            manifest.update(status="failed", reason=f"{exc.__class__.__name__}: {exc}", timings=timings)
+            write_manifest(s.run_dir, manifest)
         raise
-    return RunResult(run_dir, report, table)
+    if dist is not None:
+        dist.barrier()
+    return RunResult(s.run_dir, report, MetricTable(tuple(rows)))
+
+
+def _capture(
+    s: Setup,
+    model: LoadedModel,
+    cond: str,
+    shard: tuple[int, int],
+    resume: bool,
+    progress: bool,
+    log: Callable[[str], None],
+    on_batch: Callable[[str, int, int], None] | None,
+) -> ConditionCapture | None:
+    """Capture one condition of this shard, from its saved state when resuming (None: P not possible)."""
+    path = state_path(s.run_dir, cond, shard)
+    saved = load_state(path) if resume and path.is_file() else None
+    calib = Calibration.from_state_dict(saved["calibration"]) if saved is not None else None
+    try:
+        cc = ConditionCapture(model, s.windows, s.sites, s.cfg, cond, calib)
+        if saved is not None:
+            cc.load_state_dict(saved)
+            log(f"{cond}: resumed after {cc.batches_done} batches" + (" (complete)" if cc.complete else ""))
+        if not cc.complete:
+            desc = f"{s.label} [{cond}]" if progress else None
+            cb = None if on_batch is None else (lambda done, total: on_batch(cond, done, total))
+            cc.run(shard, desc, cb, lambda c: save_state(path, c.state_dict()), s.cfg.capture.checkpoint_every)
+    except TypeError as exc:  # a forward without position ids cannot run control P
+        if cond != "permuted":
+            raise
+        log(f"control P skipped: {model.arch.architecture} takes no position ids ({exc})")
+        return None
+    failpoint("condition-captured")
+    return cc
+
+
+def analyse_condition(
+    s: Setup, cc: ConditionCapture, manifest: dict[str, Any], timings: dict[str, float], log: Callable[[str], None]
+) -> list[MetricRow]:
+    """Interventions and every metric of one complete (possibly merged) condition."""
+    cfg, cond = s.cfg, cc.condition
+    t = time.perf_counter()
+    cc.intervene()
+    meas = cc.measurement()
+    if meas.bank.excluded or meas.bank.nonfinite_counts:
+        manifest.setdefault("nonfinite", {})[cond] = {
+            "excluded_windows": sorted(set(meas.bank.excluded)),
+            "tokens_per_site": meas.bank.nonfinite_counts,
+        }
+        log(f"{cond}: {len(set(meas.bank.excluded))} windows with NaN/inf excluded")
+    rows = list(compute_metrics(meas.bank, s.label, cond, cfg.analysis, cfg.seed).rows)
+    rows += battery_metrics(s.label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands)
+    timings[f"analysis_{cond}"] = time.perf_counter() - t
+    return rows
+
+
+def finish_run(
+    s: Setup,
+    rows: list[MetricRow],
+    measurements: list[Measurement],
+    manifest: dict[str, Any],
+    timings: dict[str, float],
+    t0: float,
+    log: Callable[[str], None],
+) -> Path:
+    """metrics.csv, verdicts.csv, figures, manifest ``complete`` and the report (all atomic)."""
+    from spectral.report import build_report
+
+    cfg, run_dir, windows = s.cfg, s.run_dir, s.windows
+    table = MetricTable(tuple(rows))
+    atomic_write_text(run_dir / "metrics.csv", table.to_csv())
+    failpoint("metrics-written")
+    verdicts = evaluate(table, manifest["arch"], cfg.verdicts, cfg.analysis)
+    atomic_write_text(run_dir / "verdicts.csv", verdicts_csv(verdicts))
+
+    t = time.perf_counter()
+    title = f"{s.label} · {Path(windows.corpus.name).name} · {len(windows)}×{cfg.corpus.seq_len} tokens"
+    figures, data, captions = build_figures(table, measurements, cfg.analysis.bands[0], title, cfg.analysis.ci_level)
+    context = (
+        f"Model {s.label} ({s.model.arch.architecture}, {s.model.arch.norm_placement}-LN); corpus "
+        f"{Path(windows.corpus.name).name}: {len(windows)} windows of {cfg.corpus.seq_len} tokens, "
+        f"{manifest['corpus']['n_stat_tokens']} tokens in the statistics (position 0 excluded: "
+        f"{cfg.capture.exclude_first}); sites {', '.join(cfg.capture.sites)}. Bands: 95% CI, bootstrap over "
+        f"windows ({cfg.analysis.n_boot} resamples) for per-window statistics, jackknife over "
+        f"{cfg.capture.moment_buckets} window buckets for moment statistics."
+    )
+    captions = {k: f"{v} {context}" for k, v in captions.items()}
+    manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, captions, log, formats=cfg.formats)
+    timings["figures"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    manifest.update(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_manifest(run_dir, manifest)
+    if not cfg.capture.keep_state:
+        shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)
+    return build_report(run_dir)

@@ -22,11 +22,12 @@ from typing import Any
 
 from spectral.errors import RunDirError
 
-RUN_OUTPUTS = ("manifest.json", "metrics.csv", "verdicts.csv", "figures", "report.md", "report.html")
+RUN_OUTPUTS = ("manifest.json", "metrics.csv", "verdicts.csv", "figures", "report.md", "report.html", "state")
+STATE_DIR = "state"
 PACKAGES = ("torch", "transformers", "transformer-lens", "numpy", "scipy", "plotly", "kaleido", "spectral")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, failpoint_name: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -37,6 +38,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if failpoint_name:
+            failpoint(failpoint_name)  # killed here: the temporary file is written, the old one still in place
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -46,6 +49,50 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def failpoint(name: str) -> None:
+    """Fault injection for the kill-and-resume tests: with SPECTRAL_FAILPOINT=name:k the process
+    SIGKILLs itself the k-th time it passes ``name`` (no effect otherwise)."""
+    spec = os.environ.get("SPECTRAL_FAILPOINT")
+    if not spec or spec.rsplit(":", 1)[0] != name:
+        return
+    _FAILPOINT_HITS[name] = _FAILPOINT_HITS.get(name, 0) + 1
+    if _FAILPOINT_HITS[name] == int(spec.rsplit(":", 1)[1]):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_FAILPOINT_HITS: dict[str, int] = {}
+
+
+def state_path(run_dir: Path, condition: str, shard: tuple[int, int]) -> Path:
+    """Where the capture state of one condition (of one shard) lives."""
+    i, n = shard
+    return run_dir / STATE_DIR / (f"{condition}.pt" if n == 1 else f"{condition}.shard{i}of{n}.pt")
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Write a capture state atomically (temporary file, fsync, rename)."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue(), failpoint_name="state-write")
+    failpoint("state-saved")
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """Read a capture state with ``weights_only=True`` (tensors and plain values; no code runs)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file becomes one readable line
+        raise RunDirError(f"capture state {path} cannot be read ({exc.__class__.__name__}: {exc})") from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

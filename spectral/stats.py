@@ -285,6 +285,8 @@ class SiteStats:
             elif self.spectrum.shape != other.spectrum.shape:
                 raise ValueError("cannot merge sequence spectra of different window lengths")
             else:
+                if self.spectrum.is_inference():  # made inside a forward's inference_mode
+                    self.spectrum = self.spectrum.clone()
                 self.spectrum.add_(other.spectrum)
         self.spectrum_windows.add_(other.spectrum_windows)
         self.spectrum_skipped += other.spectrum_skipped
@@ -358,6 +360,9 @@ class StatsBank:
             raise ValueError("cannot merge banks over different sites")
         for s in self.sites:
             self._stats[s].merge(other[s])
+        self.excluded.extend(other.excluded)
+        for k, v in other.nonfinite_counts.items():
+            self.nonfinite_counts[k] = self.nonfinite_counts.get(k, 0) + v
         return self
 
     def state_dict(self) -> dict[str, object]:
@@ -366,10 +371,15 @@ class StatsBank:
             "predecessors": dict(self.predecessors),
             "inputs": dict(self.inputs),
             "stats": [self._stats[s].state_dict() for s in self.sites],
+            "excluded": list(self.excluded),
+            "nonfinite_counts": dict(self.nonfinite_counts),
         }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, object]) -> "StatsBank":
         sites = tuple(state["sites"])  # type: ignore[arg-type]
         stats = [SiteStats.from_state_dict(s) for s in state["stats"]]  # type: ignore[union-attr]
-        return cls(sites, dict(state["predecessors"]), stats, dict(state.get("inputs", {})))  # type: ignore[arg-type]
+        bank = cls(sites, dict(state["predecessors"]), stats, dict(state.get("inputs", {})))  # type: ignore[arg-type]
+        bank.excluded = [int(w) for w in state.get("excluded", [])]  # type: ignore[union-attr]
+        bank.nonfinite_counts = {str(k): int(v) for k, v in dict(state.get("nonfinite_counts", {})).items()}  # type: ignore[arg-type]
+        return bank
