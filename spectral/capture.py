@@ -99,12 +99,26 @@ def residual_predecessors(sites: tuple[str, ...], arch: ArchInfo) -> dict[str, s
 
 
 @contextmanager
-def capture(model: LoadedModel, sites: tuple[str, ...], sink: Callable[[str, torch.Tensor], None]) -> Iterator[None]:
+def hooked(model: LoadedModel, hooks: list[tuple[str, Callable[..., Any]]], backend: str = "bridge") -> Iterator[None]:
+    """Bridge-named hooks registered for the block on the chosen backend (removed on exit, also on error)."""
+    if backend == "fast":
+        from spectral import fastpath
+
+        with fastpath.hooks(model, hooks):
+            yield
+        return
+    with model.bridge.hooks(fwd_hooks=hooks):
+        yield
+
+
+@contextmanager
+def capture(
+    model: LoadedModel, sites: tuple[str, ...], sink: Callable[[str, torch.Tensor], None], backend: str = "bridge"
+) -> Iterator[None]:
     """Within the block, every forward pass calls ``sink(site, activation)`` for each site.
 
     Activations are passed on unchanged; hooks are removed when the block exits, also on error.
     """
-    bridge = model.bridge
 
     def make(site: str) -> Callable[..., torch.Tensor]:
         def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
@@ -113,19 +127,21 @@ def capture(model: LoadedModel, sites: tuple[str, ...], sink: Callable[[str, tor
 
         return fn
 
-    hooks = [(hook_name(s, model.arch), make(s)) for s in sites]
-    ctx = bridge.hooks(fwd_hooks=hooks)
-    ctx.__enter__()
-    try:
+    with hooked(model, [(hook_name(s, model.arch), make(s)) for s in sites], backend):
         yield
-    finally:
-        ctx.__exit__(None, None, None)
 
 
-def forward(model: LoadedModel, batch: Batch, position_ids: torch.Tensor | None = None) -> None:
+def forward(
+    model: LoadedModel, batch: Batch, position_ids: torch.Tensor | None = None, backend: str = "bridge"
+) -> None:
     """One forward pass without computing logits (hooks do the work)."""
     dev = model.device
     extra = {} if position_ids is None else {"position_ids": position_ids.to(dev)}
+    if backend == "fast":
+        from spectral import fastpath
+
+        fastpath.forward(model, batch.input_ids.to(dev), batch.attention_mask.to(dev), **extra)
+        return
     with torch.inference_mode():
         model.bridge(batch.input_ids.to(dev), return_type=None, attention_mask=batch.attention_mask.to(dev), **extra)
 
@@ -197,6 +213,7 @@ def accumulate(
     nonfinite: str = "fail",
     on_batch: Callable[[int, int], None] | None = None,
     start_batch: int = 0,
+    backend: str = "bridge",
 ) -> StatsBank:
     """Stream every window through the model, updating ``bank`` (and probes) inside the hooks.
 
@@ -247,16 +264,16 @@ def accumulate(
         if i < start_batch:
             continue
         if nonfinite == "exclude":  # a checking pass without the statistics' hooks
-            checked = _drop_nonfinite(model, bank, batch, positions)
+            checked = _drop_nonfinite(model, bank, batch, positions, backend)
             if checked is None:
                 continue
             batch = checked
         current[:] = [batch]
         held.clear()
-        with capture(model, bank.sites, sink), model.bridge.hooks(fwd_hooks=extra):
+        with capture(model, bank.sites, sink, backend), hooked(model, extra, backend):
             for p in probes:
                 p.begin_batch(batch)
-            forward(model, batch, None if positions is None else positions(batch))
+            forward(model, batch, None if positions is None else positions(batch), backend)
             for p in probes:
                 p.end_batch()
         if on_batch is not None:  # progress for front ends; raising here cancels the run
@@ -265,7 +282,11 @@ def accumulate(
 
 
 def _drop_nonfinite(
-    model: LoadedModel, bank: StatsBank, batch: Batch, positions: Callable[[Batch], torch.Tensor] | None
+    model: LoadedModel,
+    bank: StatsBank,
+    batch: Batch,
+    positions: Callable[[Batch], torch.Tensor] | None,
+    backend: str = "bridge",
 ) -> Batch | None:
     """Checking pass: the batch without its windows that hold NaN/inf at any site (None if empty)."""
     bad_rows = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool)
@@ -281,8 +302,8 @@ def _drop_nonfinite(
         return fn
 
     hooks = [(hook_name(s, model.arch), check(s)) for s in bank.sites]
-    with model.bridge.hooks(fwd_hooks=hooks):
-        forward(model, batch, None if positions is None else positions(batch))
+    with hooked(model, hooks, backend):
+        forward(model, batch, None if positions is None else positions(batch), backend)
     if not bool(bad_rows.any()):
         return batch
     bank.excluded.extend(int(w) for w in batch.window_index[bad_rows])
@@ -321,13 +342,21 @@ def calibrate(
     exclude_first: bool = True,
     positions: Callable[[Batch], torch.Tensor] | None = None,
     nonfinite: str = "fail",
+    backend: str = "bridge",
 ) -> Calibration:
     """Site means and median norms over the first batch of windows."""
     from spectral.analysis.norms import norm_quantile
 
     first = dataclasses.replace(windows, ids=windows.ids[:batch_size], window_index=windows.window_index[:batch_size])
     bank = accumulate(
-        model, first, new_bank(model, sites, 2), batch_size, exclude_first, positions=positions, nonfinite=nonfinite
+        model,
+        first,
+        new_bank(model, sites, 2),
+        batch_size,
+        exclude_first,
+        positions=positions,
+        nonfinite=nonfinite,
+        backend=backend,
     )
     centers, medians = {}, {}
     for s in sites:

@@ -57,8 +57,12 @@ class ConditionCapture:
         self.model, self.cfg, self.condition, self.sites = model, cfg, condition, sites
         self.positions = permuted_positions(cfg.seed, windows.has_bos) if condition == "permuted" else None
         self.windows = shuffle_windows(windows, cfg.seed) if condition == "shuffled" else windows
+        if cap.backend == "fast":
+            from spectral.fastpath import check_sites
+
+            check_sites(model, sites)
         self.calib = calibration or calibrate(
-            model, self.windows, sites, cap.batch_size, cap.exclude_first, self.positions, cap.nonfinite
+            model, self.windows, sites, cap.batch_size, cap.exclude_first, self.positions, cap.nonfinite, cap.backend
         )
         thresholds = {s: an.sink_factor * v for s, v in self.calib.median_norms.items()}
         self.bank = new_bank(model, sites, cap.moment_buckets, self.calib.centers, thresholds)
@@ -73,7 +77,8 @@ class ConditionCapture:
             dirs = {s: self.calib.centers[s] for s in self.resid}
             self.lens = LensProbe(model, self.resid, dirs, self.bands[an.bands[0]])
         tail = self.bands[an.bands[0]][-1] if self.bands else None
-        self.heads = HeadProbe(model, cap.moment_buckets, tail)
+        # attention patterns and per-head outputs exist only on the bridge
+        self.heads = HeadProbe(model, cap.moment_buckets, tail) if cap.backend == "bridge" else None
         self.types = TypeProbe(model, self.windows, self.resid, an.max_types)
         self.cosines = (
             CosineProbe(model, self.resid, cap.moment_buckets) if an.layer_cosine and len(self.resid) > 1 else None
@@ -119,6 +124,7 @@ class ConditionCapture:
             cap.nonfinite,
             after,
             start_batch=self.batches_done,
+            backend=cap.backend,
         )
         self.complete = True
         if checkpoint is not None:

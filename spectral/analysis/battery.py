@@ -42,7 +42,7 @@ class Measurement:
     bank: StatsBank
     bands: dict[int, list[torch.Tensor]]  # K -> W_U bands (empty without an unembedding)
     lens: LensProbe | None
-    heads: HeadProbe
+    heads: HeadProbe | None  # None on the fast backend (no attention internals)
     types: TypeProbe
     interventions: list[InterventionResult]
     cosines: CosineProbe | None = None  # corpus-level layer x layer cosine (resid_post sites)
@@ -219,7 +219,8 @@ def battery_metrics(model: str, m: Measurement, spec: AnalysisSpec, seed: int, r
     _self_similarity(out, m, spec, seed)
     if m.lens is not None:
         _lens_metrics(out, m.lens, spec, seed, resonance_k)
-    _head_metrics(out, m.heads, spec, seed)
+    if m.heads is not None:
+        _head_metrics(out, m.heads, spec, seed)
     for res in m.interventions:
         out.add(res.site, f"dnll_{res.target}", res.delta_nll)
     return out.rows

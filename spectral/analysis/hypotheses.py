@@ -222,23 +222,37 @@ def evaluate(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: Analys
     rank = T.mean("attn_out", "head_eff_rank_frac")
     ov, null = T.mean("attn_out", "head_overlap"), T.mean("attn_out", "head_overlap_null")
     ok = rank[0] < spec.head_rank_frac_max and ov[2] < null[1]
-    add(
-        "6 attention selects channels",
-        decide(ok),
-        "head_eff_rank_frac (mean over layers)",
-        rank,
-        R.mean("attn_out", "head_eff_rank_frac")[0] if R else NAN,
-        spec.head_rank_frac_max,
-        f"head subspace overlap {ov[0]:.3f} [{ov[1]:.3f}, {ov[2]:.3f}] vs random "
-        f"subspaces {null[0]:.3f} [{null[1]:.3f}, {null[2]:.3f}]",
-    )
+    if not math.isfinite(rank[0]):
+        add(
+            "6 attention selects channels",
+            "n/a",
+            "head_eff_rank_frac (mean over layers)",
+            (NAN,) * 3,
+            NAN,
+            spec.head_rank_frac_max,
+            "no per-head outputs in this run (they need capture.backend = 'bridge')",
+        )
+    else:
+        add(
+            "6 attention selects channels",
+            decide(ok),
+            "head_eff_rank_frac (mean over layers)",
+            rank,
+            R.mean("attn_out", "head_eff_rank_frac")[0] if R else NAN,
+            spec.head_rank_frac_max,
+            f"head subspace overlap {ov[0]:.3f} [{ov[1]:.3f}, {ov[2]:.3f}] vs random "
+            f"subspaces {null[0]:.3f} [{null[1]:.3f}, {null[2]:.3f}]",
+        )
 
     # 7. the MLP mixes bands more than attention
     mlp, att = T.mean("mlp_out", f"band_offdiag_k{K}"), T.mean("attn_out", f"band_offdiag_k{K}")
-    if not math.isfinite(mlp[0]):
-        add(
-            "7 the MLP mixes", "n/a", f"band_offdiag_k{K}", (NAN,) * 3, NAN, 0.0, "no trained unembedding: no W_U bands"
+    if not math.isfinite(mlp[0]) or not math.isfinite(att[0]):
+        why = (
+            "no trained unembedding: no W_U bands"
+            if not arch.get("has_unembedding")
+            else "needs the attn_out and mlp_out sites with their inputs (capture them on the bridge backend)"
         )
+        add("7 the MLP mixes", "n/a", f"band_offdiag_k{K}", (NAN,) * 3, NAN, 0.0, why)
     else:
         diff = (mlp[0] - att[0], mlp[1] - att[2], mlp[2] - att[1])
         diffR = R.mean("mlp_out", f"band_offdiag_k{K}")[0] - R.mean("attn_out", f"band_offdiag_k{K}")[0] if R else NAN
