@@ -187,6 +187,7 @@ def new_bank(
             None if centers is None else centers[s],
             None if sink_thresholds is None or s.split(".")[0] not in RESIDUAL_KINDS else sink_thresholds[s],
             cross=s in inputs,
+            device=model.device,
         )
         for s in sites
     ]

@@ -312,8 +312,9 @@ class TypeProbe:
             u = h / h.norm(dim=1, keepdim=True).clamp_min(1e-300)
             nw = x.shape[0]
             self.S[site].index_add_(0, t, u)
-            per = torch.zeros(len(self.types) * nw, u.shape[1], dtype=torch.float64).index_add_(0, t * nw + win, u)
-            self.Q[site] += per.pow(2).sum(1).view(len(self.types), nw).sum(1)
+            keys, inv = torch.unique(t * nw + win, return_inverse=True)  # the (type, window) pairs present
+            per = torch.zeros(len(keys), u.shape[1], dtype=torch.float64).index_add_(0, inv, u)
+            self.Q[site].index_add_(0, keys // nw, per.pow(2).sum(1))
             return x
 
         return fn

@@ -50,6 +50,10 @@ class Moments:
     cross: Float[torch.Tensor, "d d"] | None  # Σ w xᵀ of a write w and the stream x it read
 
 
+def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.cpu()
+
+
 def hist_bin(norms: torch.Tensor) -> torch.Tensor:
     """Histogram bin of each norm (0 and tiny values go to bin 0)."""
     e = torch.floor(torch.log(norms.clamp_min(1e-300)) / math.log(HIST_GAMMA)) - HIST_MIN_EXP
@@ -71,11 +75,24 @@ class SiteStats:
         center: torch.Tensor | None = None,
         sink_threshold: float | None = None,
         cross: bool = False,
+        device: torch.device | str | None = None,
     ) -> None:
         B = n_buckets
         f64 = torch.float64
         self.d, self.n_buckets = d, B
+        self.device = torch.device(device or "cpu")  # where the sums live (the model's device)
         self.center = None if center is None else center.detach().to("cpu", f64).clone()
+        with torch.device(self.device):
+            self._alloc(B, d, sink_threshold, cross)
+        self.spectrum: torch.Tensor | None = None  # (B, F), sized by the first full window
+        self.spectrum_skipped = 0  # full windows of another length than the first one
+        self._win_index: list[np.ndarray] = []
+        self._win_rows: list[torch.Tensor] = []
+        self._total: dict[str, torch.Tensor | None] | None = None
+        self._loo: dict[int, Moments] = {}
+
+    def _alloc(self, B: int, d: int, sink_threshold: float | None, cross: bool) -> None:
+        f64 = torch.float64
         self.count = torch.zeros(B, dtype=f64)
         self.sum_h = torch.zeros(B, d, dtype=f64)
         self.sum_u = torch.zeros(B, d, dtype=f64)
@@ -90,15 +107,9 @@ class SiteStats:
         track = sink_threshold is not None
         self.sink_count = torch.zeros(B if track else 0, dtype=f64)
         self.sink_sum_h = torch.zeros(B if track else 0, d, dtype=f64)
-        self.sink_second = torch.zeros(B if track else 0, d, d, dtype=f64)
+        self.sink_second: torch.Tensor | None = None  # (B, d, d), allocated when the first sink token shows up
         self.cross = torch.zeros(B, d, d, dtype=f64) if cross else None
-        self.spectrum: torch.Tensor | None = None  # (B, F), sized by the first full window
         self.spectrum_windows = torch.zeros(B, dtype=f64)
-        self.spectrum_skipped = 0  # full windows of another length than the first one
-        self._win_index: list[np.ndarray] = []
-        self._win_rows: list[np.ndarray] = []
-        self._total: dict[str, torch.Tensor | None] | None = None
-        self._loo: dict[int, Moments] = {}
 
     # ---- accumulation -------------------------------------------------------------------
     def update(
@@ -111,86 +122,117 @@ class SiteStats:
         inp: Float[torch.Tensor, "batch seq d"] | None = None,
     ) -> None:
         """Add one batch. ``prev``: the predecessor site on the residual chain (same tokens);
-        ``inp``: for a write site (attn_out / mlp_out), the stream it read (cross moment)."""
-        self._total, self._loo = None, {}
-        h = h.detach().to("cpu", torch.float64)
-        mask = mask.to("cpu")
-        widx = window_index.to("cpu").long()
-        bucket = widx % self.n_buckets  # (batch,)
-        if full is None:
-            full = torch.ones(h.shape[0], dtype=torch.bool)
-        self._update_spectrum(h, mask, bucket, full.to("cpu"))
+        ``inp``: for a write site (attn_out / mlp_out), the stream it read (cross moment).
 
-        flat = h[mask]  # (n, d)
-        tok_window = torch.arange(h.shape[0]).unsqueeze(1).expand_as(mask)[mask]  # (n,)
-        tok_bucket = bucket[tok_window]
-        norms = flat.norm(dim=1)
-        safe = norms.clamp_min(1e-300).unsqueeze(1)
-        ones = torch.ones_like(norms)
-        self.count.index_add_(0, tok_bucket, ones)
-        self.sum_h.index_add_(0, tok_bucket, flat)
-        unit = flat / safe
-        self.sum_u.index_add_(0, tok_bucket, unit)
-        self.sum_u2.index_add_(0, tok_bucket, unit * unit)
+        Work is done per window (sums over positions, then into the window's bucket) in float32
+        on the activation's device (float64 when given float64); every sum is carried in float64. The d x d moment of a
+        batch is taken of h - c (c: the site's fixed centre) so that float32 loses nothing to
+        a large common component; :meth:`_make` shifts it back exactly in float64.
+        """
+        self._total, self._loo = None, {}
+        f64 = torch.float64
+        f32 = f64 if h.dtype == f64 else torch.float32  # the working precision: float64 input stays float64
+        x = h.detach().to(f32)
+        dev = x.device
+        mask_c = mask.to("cpu")
+        widx = window_index.to("cpu").long()
+        bucket = widx % self.n_buckets  # (batch,) on the CPU: grouping needs no device sync
+        if full is None:
+            full = torch.ones(x.shape[0], dtype=torch.bool)
+        self._update_spectrum(x, mask_c, bucket, full.to("cpu"))
+
+        m = mask_c.to(dev, f32).unsqueeze(-1)  # (B, T, 1)
+        norms = x.norm(dim=-1)  # (B, T)
+        unit = x / norms.clamp_min(1e-30).unsqueeze(-1)
+        count_w = m.sum((1, 2))  # (B,)
+        norm_w = (norms * m[..., 0]).sum(1)
+        norm2_w = (norms.double().pow(2) * m[..., 0].double()).sum(1)
+        bucket_d = bucket.to(dev)
+
+        def add(acc: torch.Tensor, per_window: torch.Tensor) -> None:
+            acc.index_add_(0, bucket_d.to(acc.device), per_window.to(acc.device, f64))  # no-op moves on one device
+
+        add(self.count, count_w)
+        add(self.sum_h, (x.double() * m.double()).sum(1))
+        add(self.sum_u, (unit * m).sum(1))
+        add(self.sum_u2, (unit * unit * m).sum(1))
         if self.center is not None:
-            c = flat - self.center
-            self.sum_cu.index_add_(0, tok_bucket, c / c.norm(dim=1, keepdim=True).clamp_min(1e-300))
-        self.sum_norm.index_add_(0, tok_bucket, norms)
-        self.sum_norm2.index_add_(0, tok_bucket, norms * norms)
-        self.norm_hist.index_put_((tok_bucket, hist_bin(norms)), torch.ones_like(tok_bucket), accumulate=True)
-        x_in = None if inp is None or self.cross is None else inp.detach().to("cpu", torch.float64)[mask]
-        sink = norms > self.sink_threshold if self.sink_threshold is not None else None
-        for b in torch.unique(tok_bucket).tolist():
-            in_b = tok_bucket == b
-            sel = flat[in_b]  # (n_b, d)
-            self.second[b] += sel.T @ sel
+            c = self.center.to(dev, f32)
+            xc = x - c
+            add(self.sum_cu, (xc / xc.norm(dim=-1, keepdim=True).clamp_min(1e-30) * m).sum(1))
+        else:
+            xc = x
+        add(self.sum_norm, norm_w)
+        add(self.sum_norm2, norm2_w)
+        flat_norms = norms[mask_c.to(dev)]
+        tok_bucket = bucket.unsqueeze(1).expand_as(mask_c)[mask_c].to(dev)
+        self.norm_hist.index_put_(
+            (tok_bucket.to(self.norm_hist.device), hist_bin(flat_norms.double()).to(self.norm_hist.device)),
+            torch.ones_like(tok_bucket, device=self.norm_hist.device),
+            accumulate=True,
+        )
+        x_in = None if inp is None or self.cross is None else inp.detach().to(f32)
+        for b in torch.unique(bucket).tolist():
+            rows_b = (bucket == b).nonzero().flatten().to(dev)
+            mb = mask_c[bucket == b].to(dev)
+            sel = xc[rows_b][mb]  # (n_b, d), shifted by the centre
+            self.second[b] += (sel.T @ sel).to(self.second.device, f64)
             if x_in is not None and self.cross is not None:
-                self.cross[b] += sel.T @ x_in[in_b]
-            if sink is not None and bool(sink[in_b].any()):
-                s_sel = sel[sink[in_b]]
-                self.sink_count[b] += s_sel.shape[0]
-                self.sink_sum_h[b] += s_sel.sum(0)
-                self.sink_second[b] += s_sel.T @ s_sel
+                self.cross[b] += (x[rows_b][mb].T @ x_in[rows_b][mb]).to(self.cross.device, f64)
+            if self.sink_threshold is not None:
+                raw = x[rows_b][mb]
+                sink = raw.norm(dim=-1) > self.sink_threshold
+                if bool(sink.any()):
+                    s_sel = raw[sink].double()
+                    self.sink_count[b] += s_sel.shape[0]
+                    self.sink_sum_h[b] += s_sel.sum(0).to(self.sink_sum_h.device)
+                    if self.sink_second is None:
+                        self.sink_second = torch.zeros(self.n_buckets, self.d, self.d, dtype=f64, device=self.device)
+                    self.sink_second[b] += (s_sel.T @ s_sel).to(self.sink_second.device)
 
         # per-window scalar sums
-        nw = h.shape[0]
-        rows = torch.zeros(nw, len(WINDOW_COLUMNS), dtype=torch.float64)
-        rows[:, 0].index_add_(0, tok_window, ones)
-        rows[:, 1].index_add_(0, tok_window, norms)
-        rows[:, 2].index_add_(0, tok_window, norms * norms)
+        nw = x.shape[0]
+        rows = torch.zeros(nw, len(WINDOW_COLUMNS), dtype=f64, device=dev)
+        rows[:, 0] = count_w.double()
+        rows[:, 1] = norm_w.double()
+        rows[:, 2] = norm2_w
         if prev is not None:
-            p = prev.detach().to("cpu", torch.float64)[mask]  # (n, d)
-            pn = p.norm(dim=1)
-            cos = (p * flat).sum(1) / (pn * norms).clamp_min(1e-300)
-            rows[:, 3].index_add_(0, tok_window, ones)
-            rows[:, 4].index_add_(0, tok_window, cos)
-            rows[:, 5].index_add_(0, tok_window, norms / pn.clamp_min(1e-300))
+            p = prev.detach().to(f32)
+            pn = p.norm(dim=-1)
+            cos = (p * x).sum(-1) / (pn * norms).clamp_min(1e-30)
+            rows[:, 3] = count_w.double()
+            rows[:, 4] = (cos * m[..., 0]).sum(1).double()
+            rows[:, 5] = (norms / pn.clamp_min(1e-30) * m[..., 0]).sum(1).double()
         # intra-sentence similarity (Ethayarajh): cos of each token with its window's mean
-        wsum = torch.zeros(nw, self.d, dtype=torch.float64).index_add_(0, tok_window, flat)
-        wmean = wsum[tok_window]
-        intra = (flat * wmean).sum(1) / (norms * wmean.norm(dim=1)).clamp_min(1e-300)
-        rows[:, 6].index_add_(0, tok_window, intra)
+        wsum = (x * m).sum(1, keepdim=True)  # (B, 1, d)
+        intra = (x * wsum).sum(-1) / (norms * wsum.norm(dim=-1)).clamp_min(1e-30)
+        rows[:, 6] = (intra * m[..., 0]).sum(1).double()
         self._win_index.append(widx.numpy().copy())
-        self._win_rows.append(rows.numpy())
+        self._win_rows.append(rows.to(self.device))
 
     def _update_spectrum(self, h: torch.Tensor, mask: torch.Tensor, bucket: torch.Tensor, full: torch.Tensor) -> None:
         sel = torch.nonzero(full).flatten()
         if sel.numel() == 0:
             return
         start = int(torch.nonzero(mask[sel[0]]).min()) if mask[sel[0]].any() else 0
-        x = h[sel, start:, :]  # (w, T', d): positions from the first counted one
+        x = h[sel.to(h.device), start:, :]  # (w, T', d): positions from the first counted one
         n_freq = x.shape[1] // 2 + 1
         if self.spectrum is None:
-            self.spectrum = torch.zeros(self.n_buckets, n_freq, dtype=torch.float64)
+            self.spectrum = torch.zeros(self.n_buckets, n_freq, dtype=torch.float64, device=self.device)
         if self.spectrum.shape[1] != n_freq:
             self.spectrum_skipped += int(sel.numel())
             return
-        power = torch.fft.rfft(x, dim=1).abs().pow(2).sum(dim=2)  # (w, F)
-        self.spectrum.index_add_(0, bucket[sel], power)
-        self.spectrum_windows.index_add_(0, bucket[sel], torch.ones(sel.numel(), dtype=torch.float64))
+        power = torch.view_as_real(torch.fft.rfft(x, dim=1)).pow(2).sum(dim=(2, 3))  # (w, F)
+        idx = bucket[sel].to(self.device)
+        self.spectrum.index_add_(0, idx, power.to(self.device, torch.float64))
+        self.spectrum_windows.index_add_(0, idx, torch.ones(sel.numel(), dtype=torch.float64, device=self.device))
 
     # ---- views ----------------------------------------------------------------------------
     def _bucket_fields(self) -> dict[str, torch.Tensor | None]:
+        """Per-bucket sums as CPU float64 tensors (analyses run on the CPU)."""
+        return {k: None if v is None else v.cpu() for k, v in self._device_fields().items()}
+
+    def _device_fields(self) -> dict[str, torch.Tensor | None]:
         spec = self.spectrum if self.spectrum is not None else torch.zeros(self.n_buckets, 1, dtype=torch.float64)
         track = self.sink_count.numel() > 0
         return {
@@ -207,7 +249,13 @@ class SiteStats:
             "spectrum_windows": self.spectrum_windows,
             "sink_count": self.sink_count if track else None,
             "sink_sum_h": self.sink_sum_h if track else None,
-            "sink_second": self.sink_second if track else None,
+            "sink_second": (
+                None
+                if not track
+                else self.sink_second
+                if self.sink_second is not None
+                else torch.zeros(self.n_buckets, self.d, self.d, dtype=torch.float64)
+            ),
             "cross": self.cross,
         }
 
@@ -224,6 +272,10 @@ class SiteStats:
         if values["sink_sum_h"] is None:
             out["sink_sum_h"] = torch.zeros(d, dtype=f64)
             out["sink_second"] = torch.zeros(d, d, dtype=f64)
+        if self.center is not None:  # stored: Σ (h-c)(h-c)ᵀ; wanted: Σ h hᵀ
+            c, n = self.center, float(out["n"])  # type: ignore[arg-type]
+            s = values["sum_h"] - n * c  # type: ignore[operator]
+            out["second"] = values["second"] + torch.outer(c, s) + torch.outer(s, c) + n * torch.outer(c, c)  # type: ignore[operator]
         return Moments(**out)  # type: ignore[arg-type]
 
     def total(self) -> Moments:
@@ -252,14 +304,15 @@ class SiteStats:
         )
 
     def nonempty_buckets(self) -> list[int]:
-        return [b for b in range(self.n_buckets) if self.count[b] > 0]
+        count = self.count.cpu()
+        return [b for b in range(self.n_buckets) if count[b] > 0]
 
     def window_table(self) -> tuple[np.ndarray, np.ndarray]:
         """(window_index (W,), rows (W, len(WINDOW_COLUMNS))) sorted by window index."""
         if not self._win_index:
             return np.zeros(0, dtype=np.int64), np.zeros((0, len(WINDOW_COLUMNS)))
         idx = np.concatenate(self._win_index)
-        rows = np.concatenate(self._win_rows)
+        rows = torch.cat([r.cpu() for r in self._win_rows]).numpy()
         order = np.argsort(idx, kind="stable")
         return idx[order], rows[order]
 
@@ -276,23 +329,25 @@ class SiteStats:
             raise ValueError("cannot merge statistics with different sink thresholds or cross moments")
         self._total, self._loo = None, {}
         for name in MOMENT_FIELDS + EXTRA_FIELDS:
-            mine = getattr(self, name)
-            if mine is not None:
-                mine.add_(getattr(other, name))
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine is not None and theirs is not None:
+                mine.add_(theirs.to(mine.device))
+            elif theirs is not None:  # allocated lazily on the other side only (sink moments)
+                setattr(self, name, theirs.to(self.device, copy=True))
         if other.spectrum is not None:
             if self.spectrum is None:
-                self.spectrum = other.spectrum.clone()
+                self.spectrum = other.spectrum.to(self.device, copy=True)
             elif self.spectrum.shape != other.spectrum.shape:
                 raise ValueError("cannot merge sequence spectra of different window lengths")
             else:
                 if self.spectrum.is_inference():  # made inside a forward's inference_mode
                     self.spectrum = self.spectrum.clone()
-                self.spectrum.add_(other.spectrum)
-        self.spectrum_windows.add_(other.spectrum_windows)
+                self.spectrum.add_(other.spectrum.to(self.device))
+        self.spectrum_windows.add_(other.spectrum_windows.to(self.device))
         self.spectrum_skipped += other.spectrum_skipped
         idx, rows = other.window_table()
         self._win_index.append(idx)
-        self._win_rows.append(rows)
+        self._win_rows.append(torch.from_numpy(rows).to(self.device))
         return self
 
     def state_dict(self) -> dict[str, object]:
@@ -302,9 +357,9 @@ class SiteStats:
             "n_buckets": self.n_buckets,
             "center": self.center,
             "sink_threshold": self.sink_threshold,
-            **{name: getattr(self, name) for name in MOMENT_FIELDS + EXTRA_FIELDS},
-            "spectrum": self.spectrum,
-            "spectrum_windows": self.spectrum_windows,
+            **{name: _cpu(getattr(self, name)) for name in MOMENT_FIELDS + EXTRA_FIELDS},
+            "spectrum": _cpu(self.spectrum),
+            "spectrum_windows": self.spectrum_windows.cpu(),
             "spectrum_skipped": self.spectrum_skipped,
             "window_index": torch.from_numpy(idx),
             "window_rows": torch.from_numpy(rows),
@@ -331,7 +386,7 @@ class SiteStats:
         out.spectrum_windows = state["spectrum_windows"].clone()  # type: ignore[union-attr]
         out.spectrum_skipped = int(state["spectrum_skipped"])  # type: ignore[arg-type]
         out._win_index = [state["window_index"].numpy().copy()]  # type: ignore[union-attr]
-        out._win_rows = [state["window_rows"].numpy().copy()]  # type: ignore[union-attr]
+        out._win_rows = [state["window_rows"].clone()]  # type: ignore[union-attr]
         return out
 
 

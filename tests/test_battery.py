@@ -157,3 +157,18 @@ def test_layer_cosine_matrix_equals_direct():
     m = layer_cosine_matrix(h)
     direct = np.mean([h[0, t] @ h[2, t] / np.linalg.norm(h[0, t]) / np.linalg.norm(h[2, t]) for t in range(1, 7)])
     assert m[0, 2] == pytest.approx(direct) and np.allclose(np.diag(m), 1.0) and np.allclose(m, m.T)
+
+
+def test_unembedding_bands_span_the_svd_subspaces():
+    """The Gram-matrix route gives the same band subspaces as a direct SVD of W_U."""
+    from spectral.analysis.spectrum import unembedding_bands
+
+    g = torch.Generator().manual_seed(0)
+    W = (
+        torch.randn(24, 300, generator=g, dtype=torch.float64)
+        * torch.linspace(3, 0.2, 24, dtype=torch.float64)[:, None]
+    )
+    U, S, _ = torch.linalg.svd(W, full_matrices=False)
+    ref = [U[:, i : i + 6] for i in range(0, 24, 6)]
+    for got, want in zip(unembedding_bands(W, 4), ref, strict=True):
+        torch.testing.assert_close(got @ got.T, want @ want.T, atol=1e-8, rtol=0)
