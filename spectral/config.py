@@ -81,6 +81,11 @@ class CorpusSpec:
         "consecutive",
     )
     text_field: str = _help("JSONL key that holds the text", "text")
+    require_bos: bool = _help(
+        "fail unless the tokenizer has a BOS (or CLS) token to put in front of every window (position 0 is then "
+        "a fixed token that exclude_first drops)",
+        False,
+    )
 
     def __post_init__(self) -> None:
         _check(1 <= self.seq_len <= 1_000_000, f"[corpus] seq_len must be >= 1, got {self.seq_len}")
@@ -298,6 +303,29 @@ def _build(cls: type, data: dict[str, Any], prefix: str, text: str | None, sourc
         return cls(**kwargs)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        # JSON escapes are TOML basic-string escapes; TOML also wants DEL escaped, and no surrogate pairs
+        return json.dumps(v, ensure_ascii=False).replace("\x7f", "\\u007f")
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML form for {v!r}")
+
+
+def to_toml(cfg: ExperimentConfig) -> str:
+    """The config as TOML that :func:`load_config` reads back to an equal config (None = omitted)."""
+    data = cfg.to_dict()
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if k not in SECTIONS and v is not None]
+    for section in SECTIONS:
+        lines += ["", f"[{section}]"]
+        lines += [f"{k} = {_toml_value(v)}" for k, v in data[section].items() if v is not None]
+    return "\n".join(lines) + "\n"
 
 
 def config_from_dict(data: dict[str, Any], source: str = "config", text: str | None = None) -> ExperimentConfig:

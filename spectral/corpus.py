@@ -145,6 +145,11 @@ def make_windows(
     """Cut the corpus into windows per the binding rule; check them against the context."""
     corpus = corpus or load_corpus_text(spec)
     bos = bos_id(tokenizer)
+    if bos is None and spec.require_bos:
+        raise CorpusError(
+            f"the tokenizer ({type(tokenizer).__name__}) has no BOS or CLS token, and corpus.require_bos is set: "
+            "give a tokenizer with one, or set require_bos = false (position 0 is then a real token)"
+        )
     width = spec.seq_len + (1 if bos is not None else 0)
     if n_ctx is not None and width > n_ctx:
         extra = " plus the BOS token" if bos is not None else ""

@@ -37,6 +37,7 @@ from spectral.models import LoadedModel, load_model
 from spectral.runs import (
     STATE_DIR,
     atomic_write_text,
+    check_free_space,
     config_diff,
     default_run_dir,
     failpoint,
@@ -112,6 +113,16 @@ def setup_run(cfg: ExperimentConfig, command: str | None) -> Setup:
     return Setup(cfg, run_dir, model, sites, windows, label, manifest)
 
 
+def estimate_state_bytes(s: Setup) -> int:
+    """Disk a run needs at most at once: two copies (old + new) of the largest condition's capture
+    state (per site: B d x d float64 moments, cross moments for writes, sink moments) + outputs."""
+    B, d, L = s.cfg.capture.moment_buckets, s.model.arch.d_model, s.model.arch.n_layers
+    per_site = B * d * d * 8
+    writes = sum(1 for x in s.sites if x.startswith(("attn_out.", "mlp_out.")))
+    state = per_site * (2 * len(s.sites) + writes) + L * B * d * d * 8 // max(1, int(s.model.bridge.cfg.n_heads))
+    return 2 * state + (32 << 20)
+
+
 def _check_resumable(s: Setup) -> dict[str, Any]:
     """The manifest of the run to resume, after checking it is this run and not finished."""
     old = read_manifest(s.run_dir)
@@ -163,6 +174,7 @@ def run_experiment(
         manifest["started"] = old.get("started", manifest["started"])
         manifest["resumed"] = [*old.get("resumed", []), time.strftime("%Y-%m-%dT%H:%M:%S%z")]
     elif lead:
+        check_free_space(s.run_dir, estimate_state_bytes(s))  # before anything is written
         prepare_run_dir(s.run_dir, manifest["config"], overwrite)
     if dist is not None:
         dist.barrier()

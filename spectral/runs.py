@@ -9,6 +9,7 @@ the caller says so.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -35,9 +36,17 @@ def atomic_write_bytes(path: Path, data: bytes, failpoint_name: str | None = Non
         os.umask(umask)
         os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            try:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise RunDirError(
+                        f"disk full while writing {path} ({len(data) / 2**20:,.1f} MiB); the previous version is "
+                        "intact: free some space, then resume (spectral run --resume RUN) or rerun"
+                    ) from None
+                raise
         if failpoint_name:
             failpoint(failpoint_name)  # killed here: the temporary file is written, the old one still in place
         os.replace(tmp, path)
@@ -83,6 +92,20 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
     torch.save(state, buf)
     atomic_write_bytes(path, buf.getvalue(), failpoint_name="state-write")
     failpoint("state-saved")
+
+
+def check_free_space(run_dir: Path, needed: int) -> None:
+    """Refuse to start when the output filesystem cannot hold ``needed`` bytes (+64 MiB of margin)."""
+    probe = run_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    usage = shutil.disk_usage(probe)
+    free = usage.free
+    if usage.total > 0 and free < needed + (64 << 20):  # total 0: a pseudo filesystem, nothing to judge
+        raise RunDirError(
+            f"not enough free disk space for {run_dir}: the run needs about {(needed + (64 << 20)) / 2**20:,.0f} MiB "
+            f"(capture state checkpoints and outputs), {free / 2**20:,.0f} MiB are free"
+        )
 
 
 def load_state(path: Path) -> dict[str, Any]:
