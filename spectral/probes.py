@@ -79,8 +79,9 @@ class LensProbe:
     def _make(self, site: str) -> Callable[..., torch.Tensor]:
         def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
             mask, target = self._tokens()
-            h = x.detach()[mask.to(x.device)].float()  # (n, d)
-            f = h if site == "final" else self.norm(h)
+            raw = x.detach()[mask.to(x.device)]  # (n, d) in the model's dtype (the norm's weights match it)
+            h = raw.float()
+            f = h if site == "final" else self.norm(raw).float()
             logits = self._logits(f)
             tgt = target.to(logits.device)
             t_logit = logits.gather(1, tgt[:, None])
@@ -90,7 +91,7 @@ class LensProbe:
             if site in self.dirs and site != "final":
                 u = self.dirs[site].to(h.device)
                 mod = h - (h @ u)[:, None] * u
-                self._mod_top1[site] = self._logits(self.norm(mod)).argmax(-1).cpu()
+                self._mod_top1[site] = self._logits(self.norm(mod.to(raw.dtype)).float()).argmax(-1).cpu()
             if site == "final":
                 self._margin(f, logits)
             return x

@@ -125,9 +125,10 @@ class SiteStats:
         ``inp``: for a write site (attn_out / mlp_out), the stream it read (cross moment).
 
         Work is done per window (sums over positions, then into the window's bucket) in float32
-        on the activation's device (float64 when given float64); every sum is carried in float64. The d x d moment of a
-        batch is taken of h - c (c: the site's fixed centre) so that float32 loses nothing to
-        a large common component; :meth:`_make` shifts it back exactly in float64.
+        on the activation's device (float64 when given float64), without device syncs except one
+        look for sink tokens; every sum is carried in float64. The d x d moment is taken of h - c
+        (c: the site's fixed centre) so that float32 loses nothing to a large common component;
+        :meth:`_make` shifts it back exactly in float64.
         """
         self._total, self._loo = None, {}
         f64 = torch.float64
@@ -164,31 +165,31 @@ class SiteStats:
             xc = x
         add(self.sum_norm, norm_w)
         add(self.sum_norm2, norm2_w)
-        flat_norms = norms[mask_c.to(dev)]
-        tok_bucket = bucket.unsqueeze(1).expand_as(mask_c)[mask_c].to(dev)
+        # norm histogram: every token, weighted by its mask (no boolean selection: no device sync)
+        tok_bucket = bucket_d.unsqueeze(1).expand_as(norms).reshape(-1)
         self.norm_hist.index_put_(
-            (tok_bucket.to(self.norm_hist.device), hist_bin(flat_norms.double()).to(self.norm_hist.device)),
-            torch.ones_like(tok_bucket, device=self.norm_hist.device),
+            (tok_bucket.to(self.norm_hist.device), hist_bin(norms.double()).reshape(-1).to(self.norm_hist.device)),
+            m[..., 0].reshape(-1).long().to(self.norm_hist.device),
             accumulate=True,
         )
-        x_in = None if inp is None or self.cross is None else inp.detach().to(f32)
-        for b in torch.unique(bucket).tolist():
-            rows_b = (bucket == b).nonzero().flatten().to(dev)
-            mb = mask_c[bucket == b].to(dev)
-            sel = xc[rows_b][mb]  # (n_b, d), shifted by the centre
-            self.second[b] += (sel.T @ sel).to(self.second.device, f64)
-            if x_in is not None and self.cross is not None:
-                self.cross[b] += (x[rows_b][mb].T @ x_in[rows_b][mb]).to(self.cross.device, f64)
-            if self.sink_threshold is not None:
-                raw = x[rows_b][mb]
-                sink = raw.norm(dim=-1) > self.sink_threshold
-                if bool(sink.any()):
-                    s_sel = raw[sink].double()
-                    self.sink_count[b] += s_sel.shape[0]
-                    self.sink_sum_h[b] += s_sel.sum(0).to(self.sink_sum_h.device)
-                    if self.sink_second is None:
-                        self.sink_second = torch.zeros(self.n_buckets, self.d, self.d, dtype=f64, device=self.device)
-                    self.sink_second[b] += (s_sel.T @ s_sel).to(self.sink_second.device)
+        # d x d moments: one batched product per window (masked tokens are zero rows), summed into buckets
+        xm = xc * m
+        add(self.second, torch.bmm(xm.transpose(1, 2), xm))
+        if inp is not None and self.cross is not None:
+            add(self.cross, torch.bmm((x * m).transpose(1, 2), inp.detach().to(f32)))
+        if self.sink_threshold is not None:
+            sm = (norms > self.sink_threshold).to(f32) * m[..., 0]  # (B, T)
+            if bool(sm.any()):  # sinks are rare: one device sync to look, then only the sink tokens
+                add(self.sink_count, sm.sum(1))
+                sel = sm.bool()
+                xs = x[sel].double()  # (n_sink, d)
+                tb = tok_bucket[sel.reshape(-1)]
+                self.sink_sum_h.index_add_(0, tb.to(self.device), xs.to(self.device))
+                if self.sink_second is None:
+                    self.sink_second = torch.zeros(self.n_buckets, self.d, self.d, dtype=f64, device=self.device)
+                for b in torch.unique(tb).tolist():
+                    xb = xs[tb == b]
+                    self.sink_second[b] += (xb.T @ xb).to(self.device)
 
         # per-window scalar sums
         nw = x.shape[0]
