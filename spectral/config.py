@@ -48,7 +48,11 @@ class ModelSpec:
         "minilm",
     )
     tokenizer: str | None = _help("tokenizer directory or file (required beside a llama2.c .bin)", None)
-    device: str = _help("torch device for the model ('cpu', 'cuda', 'cuda:1', ...)", "cpu")
+    device: str = _help(
+        "torch device for the model ('cpu', 'cuda', 'cuda:1', ...), or 'auto': accelerate's device_map spreads "
+        "a model too large for one device over all visible GPUs (and CPU)",
+        "cpu",
+    )
     dtype: Dtype = _help("dtype the model runs in; statistics always accumulate in float64", "float32")
     revision: str | None = _help("hub revision (branch, tag, commit) for hub ids", None)
     trust_remote_code: bool = _help("allow a hub model's own Python code to run (off by default)", False)
@@ -61,8 +65,8 @@ class ModelSpec:
     def __post_init__(self) -> None:
         _check(bool(self.name.strip()), "[model] name must not be empty")
         _check(
-            re.fullmatch(r"cpu|cuda(:\d+)?|mps", self.device) is not None,
-            f"[model] device {self.device!r} is not one of cpu, cuda, cuda:N, mps",
+            re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", self.device) is not None,
+            f"[model] device {self.device!r} is not one of cpu, cuda, cuda:N, mps, auto",
         )
 
 

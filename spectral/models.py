@@ -276,12 +276,16 @@ def _load_hf(source: ModelSource, spec: ModelSpec, random_init: bool, seed: int)
                 trust_remote_code=spec.trust_remote_code,
                 attn_implementation="eager",
                 use_safetensors=None if spec.allow_pickle else True,
+                **({"device_map": "auto", "dtype": _DTYPES[spec.dtype]} if spec.device == "auto" else {}),
             )
+            if spec.device == "auto":  # layers spread over the visible devices by accelerate
+                return model.eval()
     except ModelLoadError:
         raise
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"could not load model {source.name!r}: {exc.__class__.__name__}: {exc}") from None
-    return model.to(dtype=_DTYPES[spec.dtype], device=torch.device(spec.device)).eval()
+    target = "cuda" if spec.device == "auto" and torch.cuda.is_available() else spec.device
+    return model.to(dtype=_DTYPES[spec.dtype], device=torch.device("cpu" if target == "auto" else target)).eval()
 
 
 def _probe_norm_placement(bridge: Any, device: torch.device) -> tuple[NormPlacement, bool]:
@@ -330,7 +334,8 @@ def load_model(spec: ModelSpec, *, random_init: bool = False, seed: int = 0) -> 
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"TransformerLens cannot bridge {source.name!r} ({type(hf).__name__}): {exc}") from None
     bridge.eval()
-    device = torch.device(spec.device)
+    # the device inputs go to: with device_map="auto", where the embedding lives
+    device = hf.get_input_embeddings().weight.device
     n_layers = int(bridge.cfg.n_layers)
     placement, parallel = _probe_norm_placement(bridge, device)
     arch = ArchInfo(

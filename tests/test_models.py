@@ -212,3 +212,31 @@ def test_remote_code_never_runs_without_the_flag(tiny_model_dir, tmp_path):
     with pytest.raises(ModelLoadError, match="trust_remote_code"):
         load_model(ModelSpec(name=str(d)))
     assert not marker.exists()
+
+
+def test_device_map_auto_loads_through_accelerate(tiny_model_dir, tmp_path, sample_text, monkeypatch):
+    """device='auto' asks from_pretrained for device_map='auto' (accelerate spreads the layers; here
+    everything lands on the CPU) and gives the same statistics as a plain CPU load."""
+    from transformers import AutoModelForCausalLM
+
+    from spectral.capture import accumulate, new_bank
+    from spectral.config import CorpusSpec
+    from spectral.corpus import make_windows
+
+    seen: list[dict] = []
+    real = AutoModelForCausalLM.from_pretrained.__func__  # type: ignore[attr-defined]
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    d = tiny_model_dir("llama")
+    auto = load_model(ModelSpec(name=str(d), device="auto"))
+    assert seen and seen[0].get("device_map") == "auto"
+    plain = load_model(ModelSpec(name=str(d)))
+    p = tmp_path / "t.txt"
+    p.write_text(sample_text)
+    windows = make_windows(plain.tokenizer, CorpusSpec(source=str(p), seq_len=16, max_seqs=4))
+    banks = [accumulate(m, windows, new_bank(m, ("resid_post.2",), 2), 4) for m in (auto, plain)]
+    torch.testing.assert_close(banks[0]["resid_post.2"].total().second, banks[1]["resid_post.2"].total().second)
