@@ -30,6 +30,7 @@ RUN_FLAGS: dict[str, tuple[str | None, str]] = {
     "--max-seqs": ("corpus", "max_seqs"),
     "--sampling": ("corpus", "sampling"),
     "--batch-size": ("capture", "batch_size"),
+    "--moment-buckets": ("capture", "moment_buckets"),
     "--backend": ("capture", "backend"),
     "--checkpoint-every": ("capture", "checkpoint_every"),
     "--shard": ("capture", "shard"),

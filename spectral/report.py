@@ -15,6 +15,7 @@ from typing import Any
 
 from spectral.analysis.hypotheses import read_verdicts
 from spectral.analysis.metrics import MetricTable
+from spectral.errors import RunDirError
 from spectral.runs import atomic_write_text, read_manifest
 
 EXPLAIN = {
@@ -130,7 +131,15 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
 def build_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.md`` from the manifest and metrics; returns its path."""
     man = read_manifest(run_dir)
-    table = MetricTable.from_csv((run_dir / "metrics.csv").read_text(encoding="utf-8"))
+    metrics = run_dir / "metrics.csv"
+    if not metrics.is_file():
+        status = man.get("status", "?")
+        how = " (spectral run --resume RUN continues it)" if status in ("running", "failed") else ""
+        raise RunDirError(
+            f"run {run_dir} is not complete (status {status}: {man.get('reason', 'in progress or killed')}); "
+            f"no metrics to report yet{how}"
+        )
+    table = MetricTable.from_csv(metrics.read_text(encoding="utf-8"))
     cfg, arch, corpus = man["config"], man["arch"], man["corpus"]
     n_layers = int(arch["n_layers"])
     lines = [

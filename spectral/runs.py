@@ -17,9 +17,10 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from spectral.errors import RunDirError
 
@@ -29,6 +30,12 @@ PACKAGES = ("torch", "transformers", "transformer-lens", "numpy", "scipy", "plot
 
 
 def atomic_write_bytes(path: Path, data: bytes, failpoint_name: str | None = None) -> None:
+    atomic_write_with(path, lambda fh: fh.write(data), failpoint_name)
+
+
+def atomic_write_with(path: Path, write: Callable[[BinaryIO], object], failpoint_name: str | None = None) -> None:
+    """Atomic write: ``write(fh)`` fills a temporary file in the same directory, which is fsynced and
+    renamed over ``path`` (a reader sees the old file or the new one, never half of one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -37,14 +44,14 @@ def atomic_write_bytes(path: Path, data: bytes, failpoint_name: str | None = Non
         os.fchmod(fd, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as fh:
             try:
-                fh.write(data)
+                write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise RunDirError(
-                        f"disk full while writing {path} ({len(data) / 2**20:,.1f} MiB); the previous version is "
-                        "intact: free some space, then resume (spectral run --resume RUN) or rerun"
+                        f"disk full while writing {path}; the previous version is intact: free some space, then "
+                        "resume (spectral run --resume RUN) or rerun"
                     ) from None
                 raise
         if failpoint_name:
@@ -84,13 +91,9 @@ def state_path(run_dir: Path, condition: str, shard: tuple[int, int]) -> Path:
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Write a capture state atomically (temporary file, fsync, rename)."""
-    import io
-
     import torch
 
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue(), failpoint_name="state-write")
+    atomic_write_with(path, lambda fh: torch.save(state, fh), failpoint_name="state-write")  # streamed, no copy
     failpoint("state-saved")
 
 

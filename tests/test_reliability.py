@@ -236,7 +236,7 @@ def test_disk_full_during_a_write_keeps_the_previous_file(tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(runs.os, "fsync", full)
-    with pytest.raises(RunDirError, match=r"disk full while writing .*metrics.csv.*previous version is intact"):
+    with pytest.raises(RunDirError, match=r"disk full while writing .*metrics.csv; the previous version is intact"):
         runs.atomic_write_text(target, "new\n" * 1000)
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temporary file left behind
