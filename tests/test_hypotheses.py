@@ -47,3 +47,18 @@ def test_csv_roundtrip_and_middle_layers():
     assert [b.status for b in back] == [v.status for v in verdicts]
     assert middle_layers(5, VerdictSpec()) == [1, 2, 3]
     assert middle_layers(6, VerdictSpec()) == [2, 3]
+
+
+def test_random_twin_with_zero_lens_accuracy_does_not_break_prediction_4():
+    """A random twin that never predicts the next token (lens accuracy 0) gives no control ratio,
+    not a ZeroDivisionError (found by the training-dynamics sweep on a tiny early checkpoint)."""
+    rows = list(_table(0.8, 1.3, 1.1).rows)
+    for cond, acc, mod in (("trained", 0.4, 0.38), ("random_init", 0.0, 0.0)):
+        rows += [
+            _row(cond, "resid_post.3", "logit_lens_acc", acc),
+            _row(cond, "resid_post.3", "modulation_lens_acc", mod),
+        ]
+    v = {
+        x.prediction[:2].strip(): x for x in evaluate(MetricTable(tuple(rows)), ARCH_PRE, VerdictSpec(), AnalysisSpec())
+    }
+    assert v["4"].status == "pass" and v["4"].control_value != v["4"].control_value  # NaN control

@@ -15,7 +15,7 @@ from dataclasses import replace
 import pytest
 from conftest import REPO, SHARED, needs_shared
 
-sys.path.insert(0, str(REPO / "experiments"))
+sys.path.append(str(REPO / "experiments"))
 
 import sweep_checkpoints as sweep  # noqa: E402
 import train_reference as train  # noqa: E402

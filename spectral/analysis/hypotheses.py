@@ -182,7 +182,8 @@ def evaluate(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: Analys
         )
     else:
         ratio = (mod[0] / full[0], mod[1] / full[0], mod[2] / full[0]) if full[0] > 0 else (NAN,) * 3
-        ctrl = R.one(last, "modulation_lens_acc")[0] / R.one(last, "logit_lens_acc")[0] if R else NAN
+        r_full = R.one(last, "logit_lens_acc")[0] if R else NAN
+        ctrl = R.one(last, "modulation_lens_acc")[0] / r_full if R and r_full > 0 else NAN  # R may predict nothing
         add(
             "4 modulation carries content",
             decide(ratio[0] >= spec.modulation_keep),
