@@ -202,6 +202,33 @@ class Probe(Protocol):
     def end_batch(self) -> None: ...
 
 
+_LIBC: Any = None
+
+
+def release_free_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    glibc raises its mmap threshold each time a large block is freed, after which the per-batch
+    buffers (MBs each) come from the heap and are not given back: RSS then grows by tens of MB per
+    batch (measured: MiniLM 0.7 -> 3 GB over 60 batches). Trimming once per batch keeps memory flat
+    at a small cost; fixing the threshold instead (mallopt) made every forward 25-45 % slower."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+        import os
+        import sys
+
+        _LIBC = False
+        if sys.platform.startswith("linux") and os.environ.get("SPECTRAL_MALLOC") != "default":
+            try:
+                _LIBC = ctypes.CDLL("libc.so.6")
+                _LIBC.malloc_trim  # noqa: B018 - glibc only
+            except (OSError, AttributeError):
+                _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
 def accumulate(
     model: LoadedModel,
     windows: TokenWindows,
@@ -277,6 +304,7 @@ def accumulate(
             forward(model, batch, None if positions is None else positions(batch), backend)
             for p in probes:
                 p.end_batch()
+        release_free_memory()
         if on_batch is not None:  # progress for front ends; raising here cancels the run
             on_batch(i + 1, len(batches))
     return bank

@@ -56,7 +56,7 @@ def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def hist_bin(norms: torch.Tensor) -> torch.Tensor:
     """Histogram bin of each norm (0 and tiny values go to bin 0)."""
-    e = torch.floor(torch.log(norms.clamp_min(1e-300)) / math.log(HIST_GAMMA)) - HIST_MIN_EXP
+    e = torch.floor(torch.log(norms.clamp_min(torch.finfo(norms.dtype).tiny)) / math.log(HIST_GAMMA)) - HIST_MIN_EXP
     return e.clamp(0, HIST_BINS - 1).long()
 
 
@@ -147,36 +147,44 @@ class SiteStats:
         unit = x / norms.clamp_min(1e-30).unsqueeze(-1)
         count_w = m.sum((1, 2))  # (B,)
         norm_w = (norms * m[..., 0]).sum(1)
-        norm2_w = (norms.double().pow(2) * m[..., 0].double()).sum(1)
+        norm2_w = (norms.pow(2) * m[..., 0]).sum(1)
         bucket_d = bucket.to(dev)
 
         def add(acc: torch.Tensor, per_window: torch.Tensor) -> None:
             acc.index_add_(0, bucket_d.to(acc.device), per_window.to(acc.device, f64))  # no-op moves on one device
 
         add(self.count, count_w)
-        add(self.sum_h, (x.double() * m.double()).sum(1))
         add(self.sum_u, (unit * m).sum(1))
         add(self.sum_u2, (unit * unit * m).sum(1))
         if self.center is not None:
             c = self.center.to(dev, f32)
             xc = x - c
             add(self.sum_cu, (xc / xc.norm(dim=-1, keepdim=True).clamp_min(1e-30) * m).sum(1))
+            # Σh = Σ(h - c) + n c: the shifted sum is small, so float32 loses nothing to the common part
+            add(self.sum_h, (xc * m).sum(1).to(f64) + count_w.to(f64)[:, None] * self.center.to(dev))
         else:
             xc = x
+            add(self.sum_h, (x * m).sum(1))
         add(self.sum_norm, norm_w)
         add(self.sum_norm2, norm2_w)
         # norm histogram: every token, weighted by its mask (no boolean selection: no device sync)
         tok_bucket = bucket_d.unsqueeze(1).expand_as(norms).reshape(-1)
         self.norm_hist.index_put_(
-            (tok_bucket.to(self.norm_hist.device), hist_bin(norms.double()).reshape(-1).to(self.norm_hist.device)),
+            (tok_bucket.to(self.norm_hist.device), hist_bin(norms).reshape(-1).to(self.norm_hist.device)),
             m[..., 0].reshape(-1).long().to(self.norm_hist.device),
             accumulate=True,
         )
         # d x d moments: one batched product per window (masked tokens are zero rows), summed into buckets
+        # (per bucket present in the batch: windows grouped on the CPU, gathered by index, no sync)
         xm = xc * m
-        add(self.second, torch.bmm(xm.transpose(1, 2), xm))
-        if inp is not None and self.cross is not None:
-            add(self.cross, torch.bmm((x * m).transpose(1, 2), inp.detach().to(f32)))
+        xin = None if inp is None or self.cross is None else inp.detach().to(f32)
+        for b in torch.unique(bucket).tolist():
+            rows_b = (bucket == b).nonzero().flatten().to(dev)
+            xb = xm.index_select(0, rows_b).reshape(-1, self.d)
+            self.second[b] += (xb.T @ xb).to(f64)
+            if xin is not None and self.cross is not None:
+                wb = (x * m).index_select(0, rows_b).reshape(-1, self.d)
+                self.cross[b] += (wb.T @ xin.index_select(0, rows_b).reshape(-1, self.d)).to(f64)
         if self.sink_threshold is not None:
             sm = (norms > self.sink_threshold).to(f32) * m[..., 0]  # (B, T)
             if bool(sm.any()):  # sinks are rare: one device sync to look, then only the sink tokens
