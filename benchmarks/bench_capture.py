@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -196,8 +195,9 @@ def child(args: argparse.Namespace) -> None:
     )
     if args.device.startswith("cuda"):
         print(torch.cuda.max_memory_allocated() / 2**20)
-    else:
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    else:  # VmHWM: this process's own peak RSS (ru_maxrss would carry the parent's peak over the exec)
+        hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM"))
+        print(int(hwm.split()[1]) / 1024)
 
 
 def main() -> None:

@@ -304,7 +304,8 @@ def accumulate(
             forward(model, batch, None if positions is None else positions(batch), backend)
             for p in probes:
                 p.end_batch()
-        release_free_memory()
+        if model.device.type == "cpu":  # activations live in the host heap only on the CPU
+            release_free_memory()
         if on_batch is not None:  # progress for front ends; raising here cancels the run
             on_batch(i + 1, len(batches))
     return bank
