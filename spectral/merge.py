@@ -23,8 +23,7 @@ from spectral.capture import Calibration
 from spectral.config import config_from_dict
 from spectral.errors import RunDirError
 from spectral.measure import ConditionCapture
-from spectral.models import LoadedModel, load_model
-from spectral.runner import RunResult, analyse_condition, finish_run, setup_run
+from spectral.runner import RunResult, analyse_condition, condition_models, finish_run, setup_run
 from spectral.runs import failpoint, load_state, prepare_run_dir, read_manifest, state_path, write_manifest
 
 
@@ -94,15 +93,11 @@ def merge_runs(
     try:
         rows: list[MetricRow] = []
         measurements: list[Measurement] = []
-        twin: LoadedModel | None = None
-        for cond in ("trained", *cfg.controls):
+        for cond, m in condition_models(s):
             paths = [state_path(r, cond, (i, n)) for i, (r, _) in enumerate(shards)]
             if not paths[0].is_file():
                 log(f"{cond}: no state in the shards (skipped when they ran)")
                 continue
-            if cond == "random_init":
-                twin = load_model(cfg.model, random_init=True, seed=cfg.seed)
-            m = twin if cond == "random_init" and twin is not None else s.model
             first = load_state(paths[0])
             cc = ConditionCapture(m, s.windows, s.sites, cfg, cond, Calibration.from_state_dict(first["calibration"]))
             cc.load_state_dict(first)

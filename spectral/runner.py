@@ -18,7 +18,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,11 +183,7 @@ def run_experiment(
     try:
         rows: list[MetricRow] = []
         measurements: list[Measurement] = []
-        twin: LoadedModel | None = None
-        for cond in ("trained", *cfg.controls):
-            if cond == "random_init":
-                twin = load_model(cfg.model, random_init=True, seed=cfg.seed)
-            m = twin if cond == "random_init" and twin is not None else s.model
+        for cond, m in condition_models(s):
             t = time.perf_counter()
             cc = _capture(s, m, cond, shard, resume, progress, log, on_batch)
             if cc is None:
@@ -218,6 +214,15 @@ def run_experiment(
     if dist is not None:
         dist.barrier()
     return RunResult(s.run_dir, report, MetricTable(tuple(rows)))
+
+
+def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
+    """(condition, model) for the trained model and each control; R's twin is loaded when reached."""
+    for cond in ("trained", *s.cfg.controls):
+        if cond == "random_init":
+            yield cond, load_model(s.cfg.model, random_init=True, seed=s.cfg.seed)
+        else:
+            yield cond, s.model
 
 
 def _capture(

@@ -46,6 +46,17 @@ def matrices(text: str) -> list[Matrix]:
     return mats
 
 
+def matrix_block(name: str, fig_title: str, x_title: str, y_title: str) -> bool:
+    """The run's figures/NAME.csv drawn as matrices with its downloads (False when the run has none)."""
+    assert run is not None
+    text = run.figure_csvs.get(name)
+    if not text or len(text.splitlines()) < 2:
+        return False
+    fig = plotting.matrices(matrices(text), f"{fig_title} — {run.label}", x_title, y_title)
+    common.figure_block(fig, name, text)
+    return True
+
+
 if run is not None:
     man, table = run.manifest, run.table
     status = man.get("status", "?")
@@ -97,14 +108,7 @@ if run is not None:
             common.rows_csv(table, lambda r: resid(r, tuple(p[1] for p in panels))),
         )
         st.subheader("Layer × layer cosine (same token, whole corpus)")
-        text = run.figure_csvs.get("layer_cosine")
-        if text and len(text.splitlines()) > 1:
-            common.figure_block(
-                plotting.matrices(matrices(text), f"Layer × layer cosine (resid_post) — {title}", "layer m", "layer l"),
-                "layer_cosine",
-                text,
-            )
-        else:
+        if not matrix_block("layer_cosine", "Layer × layer cosine (resid_post)", "layer m", "layer l"):
             st.info("layer_cosine: figures/layer_cosine.csv not in this run (made by runs with layer_cosine = true)")
     with tabs[1], common.errors_shown():
         panels = (
@@ -147,13 +151,7 @@ if run is not None:
             )
         else:
             st.info("No W_U band energies in this run (the model has no trained unembedding).")
-        text = run.figure_csvs.get("band_transfer")
-        if text and len(text.splitlines()) > 1:
-            common.figure_block(
-                plotting.matrices(matrices(text), f"Band transfer (K={K}) — {title}", "input band", "output band"),
-                "band_transfer",
-                text,
-            )
+        matrix_block("band_transfer", f"Band transfer (K={K})", "input band", "output band")
         if any(r.metric.startswith(f"dnll_band_k{K}") for r in table.rows):
             common.figure_block(
                 plotting.metric_heatmap(
