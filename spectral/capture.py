@@ -211,7 +211,8 @@ def release_free_memory() -> None:
     glibc raises its mmap threshold each time a large block is freed, after which the per-batch
     buffers (MBs each) come from the heap and are not given back: RSS then grows by tens of MB per
     batch (measured: MiniLM 0.7 -> 3 GB over 60 batches). Trimming after every batch (~4 ms a call)
-    keeps memory flat (every 8 batches: +11 % from 20k to 200k tokens); fixing the threshold instead (mallopt) made every forward 25-45 % slower."""
+    keeps memory flat (every 8 batches: +11 % from 20k to 200k tokens); fixing the threshold instead
+    (mallopt) made every forward 25-45 % slower."""
     global _LIBC
     if _LIBC is None:
         import ctypes

@@ -139,7 +139,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    import subprocess
+    import os
 
     home = Path(__file__).resolve().parents[1] / "app" / "Home.py"
     if not home.is_file():
@@ -149,7 +149,9 @@ def cmd_app(args: argparse.Namespace) -> int:
     if args.headless:
         cmd += ["--server.headless", "true"]
     cmd += ["--", "--roots", *args.roots]
-    return subprocess.call(cmd)
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)  # streamlit replaces this process: a signal to `spectral app` reaches it
+    return 0  # not reached
 
 
 def cmd_models(args: argparse.Namespace) -> int:

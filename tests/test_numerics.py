@@ -41,3 +41,21 @@ def test_nonfinite_windows_excluded_and_rest_exact(poisoned):
     for s in ("embed", "resid_post.1"):
         assert torch.allclose(bank[s].total().second, ref[s].total().second)
         assert bank[s].total().n == ref[s].total().n
+
+
+def test_fp16_overflow_is_caught_like_any_inf(tiny_model_dir, tmp_path):
+    """A model run in float16 whose activations overflow fails at the first site where inf appears,
+    named with its window: token embedding 65000 + position embedding 1000 > 65504, float16's largest
+    value, so the sum GPT-2 forms for resid_pre.0 overflows although every weight is finite."""
+    model = load_model(ModelSpec(name=str(tiny_model_dir("gpt2")), dtype="float16"))
+    p = tmp_path / "t.txt"
+    p.write_text("abcdefgh" * 6 + "Z" + "abcdefgh" * 6)
+    windows = make_windows(model.tokenizer, CorpusSpec(source=str(p), seq_len=16, max_seqs=6))
+    z = model.tokenizer.convert_tokens_to_ids("Z")
+    with torch.no_grad():
+        model.hf_model.transformer.wte.weight[z] = 65000.0
+        model.hf_model.transformer.wpe.weight.add_(1000.0)
+    assert all(torch.isfinite(p).all() for p in model.hf_model.parameters())
+    sites = ("embed", "resid_pre.0", "resid_post.0", "resid_post.1", "resid_post.2", "final")
+    with pytest.raises(NumericsError, match=r"NaN/inf\) at site resid_pre.0, window 3, position \d+"):
+        accumulate(model, windows, new_bank(model, sites, 2), 4)
