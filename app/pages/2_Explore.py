@@ -57,6 +57,17 @@ def matrix_block(name: str, fig_title: str, x_title: str, y_title: str) -> bool:
     return True
 
 
+def panels_block(name: str, panels: tuple[tuple[str, str, str], ...], fig_title: str) -> None:
+    """Side-by-side per-layer panels of resid_post metrics, with the rows behind them as CSV."""
+    assert run is not None
+    metrics = tuple(p[1] for p in panels)
+    common.figure_block(
+        plotting.layer_panels(run.table, panels, f"{fig_title} — {run.label}"),
+        name,
+        common.rows_csv(run.table, lambda r: r.site.startswith("resid_post.") and r.metric in metrics),
+    )
+
+
 if run is not None:
     man, table = run.manifest, run.table
     status = man.get("status", "?")
@@ -102,11 +113,7 @@ if run is not None:
             ("resid_post", "norm_ratio", "norm ratio"),
             ("resid_post", "carrier_drift", "carrier drift"),
         )
-        common.figure_block(
-            plotting.layer_panels(table, panels, f"Layer cosine, norm ratio, carrier drift — {title}"),
-            "layer_drift",
-            common.rows_csv(table, lambda r: resid(r, tuple(p[1] for p in panels))),
-        )
+        panels_block("layer_drift", panels, "Layer cosine, norm ratio, carrier drift")
         st.subheader("Layer × layer cosine (same token, whole corpus)")
         if not matrix_block("layer_cosine", "Layer × layer cosine (resid_post)", "layer m", "layer l"):
             st.info("layer_cosine: figures/layer_cosine.csv not in this run (made by runs with layer_cosine = true)")
@@ -117,11 +124,7 @@ if run is not None:
             ("resid_post", "dc_fraction", "DC fraction"),
             ("resid_post", "lowfreq_fraction", "low-frequency fraction"),
         )
-        common.figure_block(
-            plotting.layer_panels(table, panels, f"Effective rank and sequence low-pass — {title}"),
-            "rank_lowpass",
-            common.rows_csv(table, lambda r: resid(r, tuple(p[1] for p in panels))),
-        )
+        panels_block("rank_lowpass", panels, "Effective rank and sequence low-pass")
         for name, fig_title, xt, yt, logx in (
             ("pca_spectrum", "PCA spectrum of the centred covariance", "component", "λ / Σλ", True),
             ("sequence_spectrum", "Sequence-axis power P(f)", "frequency (cycles per window)", "P(f) / Σ P", False),
