@@ -207,19 +207,3 @@ class ConditionCapture:
         self.bank.merge(StatsBank.from_state_dict(state["bank"]))
         for k, p in self._probes().items():
             p.merge_state(state["probes"][k])
-
-
-def measure(
-    model: LoadedModel,
-    windows: TokenWindows,
-    sites: tuple[str, ...],
-    cfg: ExperimentConfig,
-    condition: str,
-    progress: str | None = None,
-    on_batch: Callable[[int, int], None] | None = None,
-) -> Measurement:
-    """Capture one condition over all windows in one go (no checkpoints) and run its interventions."""
-    cc = ConditionCapture(model, windows, sites, cfg, condition)
-    cc.run(progress=progress, on_batch=on_batch)
-    cc.intervene()
-    return cc.measurement()

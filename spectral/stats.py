@@ -89,6 +89,7 @@ class SiteStats:
         self._win_index: list[np.ndarray] = []
         self._win_rows: list[torch.Tensor] = []
         self._total: dict[str, torch.Tensor | None] | None = None
+        self._fields: dict[str, torch.Tensor | None] | None = None
         self._loo: dict[int, Moments] = {}
 
     def _alloc(self, B: int, d: int, sink_threshold: float | None, cross: bool) -> None:
@@ -130,7 +131,7 @@ class SiteStats:
         (c: the site's fixed centre) so that float32 loses nothing to a large common component;
         :meth:`_make` shifts it back exactly in float64.
         """
-        self._total, self._loo = None, {}
+        self._total, self._fields, self._loo = None, None, {}
         f64 = torch.float64
         f32 = f64 if h.dtype == f64 else torch.float32  # the working precision: float64 input stays float64
         x = h.detach().to(f32)
@@ -174,9 +175,9 @@ class SiteStats:
             m[..., 0].reshape(-1).long().to(self.norm_hist.device),
             accumulate=True,
         )
-        # d x d moments: one batched product per window (masked tokens are zero rows), summed into buckets
-        # (one batched product per window, summed into buckets: no device sync; on the H200 this beat
-        # per-bucket products gathered by index, 1.41x vs 1.70x of the bare bf16 forward for GPT-2)
+        # d x d moments: one batched product per window (masked tokens are zero rows), summed into buckets;
+        # no device sync (on the H200 this beat per-bucket products gathered by index: 1.41x vs 1.70x of
+        # the bare bf16 forward for GPT-2)
         xm = xc * m
         add(self.second, torch.bmm(xm.transpose(1, 2), xm))
         if inp is not None and self.cross is not None:
@@ -234,8 +235,11 @@ class SiteStats:
 
     # ---- views ----------------------------------------------------------------------------
     def _bucket_fields(self) -> dict[str, torch.Tensor | None]:
-        """Per-bucket sums as CPU float64 tensors (analyses run on the CPU)."""
-        return {k: None if v is None else v.cpu() for k, v in self._device_fields().items()}
+        """Per-bucket sums as CPU float64 tensors (analyses run on the CPU); cached until the next
+        update or merge, so the jackknife's leave-one-out views do not copy them again."""
+        if self._fields is None:
+            self._fields = {k: None if v is None else v.cpu() for k, v in self._device_fields().items()}
+        return self._fields
 
     def _device_fields(self) -> dict[str, torch.Tensor | None]:
         spec = self.spectrum if self.spectrum is not None else torch.zeros(self.n_buckets, 1, dtype=torch.float64)
@@ -297,8 +301,8 @@ class SiteStats:
         return self._loo[bucket]
 
     def release(self) -> None:
-        """Drop the cached leave-one-out sums (call when done with this site's statistics)."""
-        self._loo = {}
+        """Drop the cached leave-one-out sums and bucket views (call when done with this site's statistics)."""
+        self._loo, self._fields = {}, None
 
     def _leave_one_out(self, bucket: int) -> Moments:
         self.total()
@@ -332,7 +336,7 @@ class SiteStats:
             raise ValueError("cannot merge statistics centred on different points")
         if (self.sink_threshold, self.cross is None) != (other.sink_threshold, other.cross is None):
             raise ValueError("cannot merge statistics with different sink thresholds or cross moments")
-        self._total, self._loo = None, {}
+        self._total, self._fields, self._loo = None, None, {}
         for name in MOMENT_FIELDS + EXTRA_FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine is not None and theirs is not None:
