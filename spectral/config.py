@@ -23,7 +23,8 @@ from spectral.errors import ConfigError
 
 Dtype = Literal["float32", "float16", "bfloat16"]
 NonFinite = Literal["fail", "exclude"]
-Backend = Literal["bridge", "fast"]
+Backend = Literal["auto", "bridge", "fast"]
+MomentDtype = Literal["float32", "float64"]
 Sampling = Literal["consecutive", "random"]
 Control = Literal["random_init", "shuffled", "permuted"]
 ImageFormat = Literal["png", "pdf", "svg"]
@@ -43,9 +44,10 @@ class ModelSpec:
     """Which model to load and how."""
 
     name: str = _help(
-        "'minilm' (embedded default), a local Hugging Face directory, a llama2.c .bin "
-        "checkpoint, or a Hugging Face hub id",
-        "minilm",
+        "a named model ('smollm2-135m', the embedded default; 'gemma3-270m', 'qwen2.5-coder-0.5b', 'minilm': "
+        "see `spectral models`), a .gguf file, a local Hugging Face directory, a llama2.c .bin checkpoint, or a "
+        "Hugging Face hub id",
+        "smollm2-135m",
     )
     tokenizer: str | None = _help("tokenizer directory or file (required beside a llama2.c .bin)", None)
     device: str = _help(
@@ -106,16 +108,31 @@ class CaptureSpec:
     )
     batch_size: int = _help("windows per forward pass", 8)
     exclude_first: bool = _help("exclude position 0 (BOS/CLS, attention sink) from statistics", True)
-    moment_buckets: int = _help("groups of windows (window index mod B) whose d x d moments are kept apart for CIs", 10)
+    moment_buckets: int = _help(
+        "groups of windows (window index mod B) whose d x d moments are kept apart for CIs (jackknife, Student t "
+        "with B-1 df)",
+        5,
+    )
+    moment_dtype: MomentDtype = _help(
+        "storage of the per-bucket d x d moments (packed upper triangles; totals are formed in float64): "
+        "'float32' (4x less memory than the old float64 buckets; ~1e-7 relative error) or 'float64'",
+        "float32",
+    )
+    control_sites: tuple[str, ...] = _help(
+        "sites captured for the controls S (shuffled) and P (permuted positions), whose verdicts read only the "
+        "residual stream; 'same' = the trained model's sites",
+        ("embed", "resid_post.*", "final"),
+    )
     nonfinite: NonFinite = _help(
         "NaN/inf in an activation: 'fail' names the first site and window; 'exclude' drops such windows "
         "(costs one extra checking pass per batch) and reports how many",
         "fail",
     )
     backend: Backend = _help(
-        "'bridge' (TransformerLens hooks, every site and probe) or 'fast' (plain PyTorch hooks on the "
-        "Hugging Face modules with SDPA attention; residual sites, no attention-pattern probes)",
-        "bridge",
+        "'auto' (fast where it serves the architecture, else bridge), 'bridge' (TransformerLens hooks) or 'fast' "
+        "(plain PyTorch hooks on the Hugging Face modules with SDPA attention: every site and the head outputs for "
+        "Llama, Qwen2, Gemma3, GPT-2 and GPT-NeoX; residual sites only for other families)",
+        "auto",
     )
     checkpoint_every: int = _help(
         "save the capture state every N windows (and after each condition) so --resume can continue; 0 = "
@@ -159,7 +176,23 @@ class AnalysisSpec:
     sink_factor: float = _help("a token is a sink / massive activation when ‖h‖ > factor × median ‖h‖", 10.0)
     rogue_k: int = _help("top rogue dimensions removed in the robustness checks (prediction 3)", 3)
     max_types: int = _help("most frequent token types tracked for self-similarity", 500)
-    intervention_windows: int = _help("windows used for ΔNLL interventions (0 = skip them)", 16)
+    intervention_windows: int = _help("windows used for ΔNLL interventions (0 = skip them)", 8)
+    intervention_layers: int = _help(
+        "resid_post layers edited in the ΔNLL sweep, evenly spaced from the first to the last (0 = every layer); "
+        "each edit runs only the layers after its site",
+        6,
+    )
+    sublayer_spectra: bool = _help(
+        "also compute the eigen-spectrum metrics (eff_rank, participation_ratio, isoscore, carrier_energy_top_pc) "
+        "and the robust-carrier variants at attn_out / mlp_out / resid_mid (~0.3 s per site and condition on 2 "
+        "cores; no prediction reads them); false: only at embed, resid_pre/resid_post and final",
+        False,
+    )
+    lens_positions: int = _help(
+        "positions per window (a seeded sample, the same for every layer) read by the vocabulary-sized probes "
+        "(logit lens, band margin); 0 = every position",
+        8,
+    )
     layer_cosine: bool = _help(
         "corpus-level layer x layer cosine matrix of resid_post (holds one batch's unit vectors per layer)", True
     )
@@ -174,6 +207,8 @@ class AnalysisSpec:
         _check(self.rogue_k >= 1, "[analysis] rogue_k must be >= 1")
         _check(self.max_types >= 1, "[analysis] max_types must be >= 1")
         _check(self.intervention_windows >= 0, "[analysis] intervention_windows must be >= 0")
+        _check(self.intervention_layers >= 0, "[analysis] intervention_layers must be >= 0")
+        _check(self.lens_positions >= 0, "[analysis] lens_positions must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 import csv
 import io
+from dataclasses import dataclass
 
 import numpy as np
 import plotly.graph_objects as go
@@ -62,8 +63,49 @@ CAPTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class FigureData:
+    """What the figures need from one condition's statistics beyond metrics.csv (small: the d x d
+    moments can be dropped once this is taken, so a run holds one condition's moments at a time)."""
+
+    condition: str
+    spectra: list[Curve]
+    pcas: list[Curve]
+    transfer: list[Matrix]
+    cosine: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def figure_data(m: Measurement, K: int, level: float = 0.95) -> FigureData:
+    """Sequence and PCA spectra of resid_post, mean band-transfer matrices and the layer x layer cosine."""
+    spectra, pcas, mats = [], [], []
+    if m.condition != "permuted":
+        for s in m.bank.sites:
+            if not s.startswith("resid_post."):
+                continue
+            tot = m.bank[s].total()
+            if m.bank[s].spectrum is not None:
+                p = spectrum.power_spectrum(tot)
+                spectra.append(Curve(m.condition, s, np.arange(p.size, dtype=float), p / p.sum()))
+            if m.condition != "shuffled":
+                share = spectrum.pca_spectrum(tot)
+                share = share / share.sum()
+                keep = share > 1e-9  # drop directions that are zero up to round-off (e.g. LayerNorm's mean)
+                pcas.append(Curve(m.condition, s, np.arange(1, share.size + 1, dtype=float)[keep], share[keep]))
+    if m.condition in ("trained", "random_init") and K in m.bands:
+        for kind, label in (("attn_out", "attention writes"), ("mlp_out", "MLP writes")):
+            Ts = [
+                spectrum.band_transfer(m.bank[s].total(), m.bank[m.bank.inputs[s]].total(), m.bands[K])
+                for s in m.bank.sites
+                if s.startswith(kind + ".") and m.bank[s].cross is not None
+            ]
+            if Ts:
+                mats.append(Matrix(m.condition, label, np.mean(Ts, axis=0)))
+    cosine = m.cosines.matrix(level) if m.cosines is not None else None
+    return FigureData(m.condition, spectra, pcas, mats, cosine)
+
+
 def build_figures(
-    table: MetricTable, measurements: list[Measurement], K: int, title: str, level: float = 0.95
+    table: MetricTable, measurements: list[FigureData], K: int, title: str, level: float = 0.95
 ) -> tuple[dict[str, go.Figure], dict[str, str], dict[str, str]]:
     figs: dict[str, go.Figure] = {}
     data: dict[str, str] = {}
@@ -95,22 +137,8 @@ def build_figures(
         )
         data["carrier_robustness"] = _rows_csv(table, lambda r: r.metric.startswith("carrier_energy"))
 
-    spectra, pcas = [], []
-    for m in measurements:
-        if m.condition == "permuted":
-            continue
-        for s in m.bank.sites:
-            if not s.startswith("resid_post."):
-                continue
-            tot = m.bank[s].total()
-            if m.bank[s].spectrum is not None:
-                p = spectrum.power_spectrum(tot)
-                spectra.append(Curve(m.condition, s, np.arange(p.size, dtype=float), p / p.sum()))
-            if m.condition != "shuffled":
-                share = spectrum.pca_spectrum(tot)
-                share = share / share.sum()
-                keep = share > 1e-9  # drop directions that are zero up to round-off (e.g. LayerNorm's mean)
-                pcas.append(Curve(m.condition, s, np.arange(1, share.size + 1, dtype=float)[keep], share[keep]))
+    spectra = [c for fd in measurements for c in fd.spectra]
+    pcas = [c for fd in measurements for c in fd.pcas]
     if spectra:
         figs["sequence_spectrum"] = plotting.curves_by_layer(
             spectra, f"Sequence-axis power P(f) — {title}", "frequency (cycles per window)", "P(f) / Σ P"
@@ -126,18 +154,7 @@ def build_figures(
             table, f"band_energy_k{K}_b", K, "resid_post", f"Energy per W_U band (K={K}) — {title}", "energy share"
         )
         data["band_energy"] = _rows_csv(table, lambda r: r.metric.startswith(f"band_energy_k{K}_b"))
-        mats = []
-        for m in measurements:
-            if m.condition not in ("trained", "random_init") or K not in m.bands:
-                continue
-            for kind, label in (("attn_out", "attention writes"), ("mlp_out", "MLP writes")):
-                Ts = [
-                    spectrum.band_transfer(m.bank[s].total(), m.bank[m.bank.inputs[s]].total(), m.bands[K])
-                    for s in m.bank.sites
-                    if s.startswith(kind + ".") and m.bank[s].cross is not None
-                ]
-                if Ts:
-                    mats.append(Matrix(m.condition, label, np.mean(Ts, axis=0)))
+        mats = [mat for fd in measurements for mat in fd.transfer]
         if mats:
             figs["band_transfer"] = plotting.matrices(
                 mats, f"Band transfer (mean over layers, K={K}) — {title}", "input band", "output band"
@@ -161,13 +178,13 @@ def build_figures(
         )
         data["interventions"] = _rows_csv(table, lambda r: r.metric.startswith("dnll_"))
     cos_mats, cos_rows = [], ["condition,label,row,col,value,ci_low,ci_high"]
-    for m in measurements:
-        if m.cosines is None:
+    for fd in measurements:
+        if fd.cosine is None:
             continue
-        value, lo, hi = m.cosines.matrix(level)
-        cos_mats.append(Matrix(m.condition, "mean cos(h_l, h_m)", value))
+        value, lo, hi = fd.cosine
+        cos_mats.append(Matrix(fd.condition, "mean cos(h_l, h_m)", value))
         cos_rows += [
-            f"{m.condition},mean cos(h_l h_m),{i},{j},{v:.6g},{lo[i, j]:.6g},{hi[i, j]:.6g}"
+            f"{fd.condition},mean cos(h_l h_m),{i},{j},{v:.6g},{lo[i, j]:.6g},{hi[i, j]:.6g}"
             for (i, j), v in np.ndenumerate(value)
         ]
     if cos_mats:

@@ -23,22 +23,37 @@ import torch
 
 from spectral.analysis.battery import Measurement
 from spectral.analysis.controls import permuted_positions, shuffle_windows
-from spectral.analysis.interventions import InterventionResult, intervene, nll_per_window
+from spectral.analysis.interventions import InterventionResult, can_run_tails, intervene, nll_per_window, tail_sweep
 from spectral.analysis.spectrum import unembedding_bands
-from spectral.capture import Calibration, accumulate, calibrate, new_bank
+from spectral.capture import Calibration, accumulate, calibrate, new_bank, select_sites
 from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
 from spectral.models import LoadedModel
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.stats import StatsBank
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: packed float32 moments, stream aliases
 
 
 def shard_windows(windows: TokenWindows, shard: tuple[int, int]) -> TokenWindows:
     """The disjoint share ``i::n`` of the windows (shard ``i`` of ``n``)."""
     i, n = shard
     return dataclasses.replace(windows, ids=windows.ids[i::n], window_index=windows.window_index[i::n])
+
+
+def resolve_backend(model: LoadedModel, backend: str) -> str:
+    """'auto' -> 'fast' where the fast path serves the architecture completely, else 'bridge'."""
+    if backend != "auto":
+        return backend
+    from spectral.fastpath import supports
+
+    return "fast" if supports(model) is None else "bridge"
+
+
+def fast_heads(model: LoadedModel) -> bool:
+    from spectral.fastpath import supports
+
+    return supports(model) is None
 
 
 class ConditionCapture:
@@ -54,18 +69,24 @@ class ConditionCapture:
         calibration: Calibration | None = None,
     ) -> None:
         cap, an = cfg.capture, cfg.analysis
+        self.control = condition in ("shuffled", "permuted")  # S and P: the residual stream only, no probes
+        if self.control and tuple(cap.control_sites) != ("same",):
+            sites = select_sites(model.arch, cap.control_sites)
         self.model, self.cfg, self.condition, self.sites = model, cfg, condition, sites
         self.positions = permuted_positions(cfg.seed, windows.has_bos) if condition == "permuted" else None
         self.windows = shuffle_windows(windows, cfg.seed) if condition == "shuffled" else windows
-        if cap.backend == "fast":
+        self.backend = resolve_backend(model, cap.backend)
+        if self.backend == "fast":
             from spectral.fastpath import check_sites
 
             check_sites(model, sites)
         self.calib = calibration or calibrate(
-            model, self.windows, sites, cap.batch_size, cap.exclude_first, self.positions, cap.nonfinite, cap.backend
+            model, self.windows, sites, cap.batch_size, cap.exclude_first, self.positions, cap.nonfinite, self.backend
         )
         thresholds = {s: an.sink_factor * v for s, v in self.calib.median_norms.items()}
-        self.bank = new_bank(model, sites, cap.moment_buckets, self.calib.centers, thresholds)
+        self.bank = new_bank(
+            model, sites, cap.moment_buckets, self.calib.centers, thresholds, getattr(torch, cap.moment_dtype)
+        )
         self.bands: dict[int, list[torch.Tensor]] = {}
         self.lm = model.arch.has_unembedding and model.arch.is_causal
         if model.arch.has_unembedding:
@@ -73,15 +94,18 @@ class ConditionCapture:
             self.bands = {K: unembedding_bands(W_U, K) for K in an.bands if K <= model.arch.d_model}
         self.resid = tuple(s for s in sites if s.startswith("resid_post."))
         self.lens: LensProbe | None = None
-        if self.lm and self.bands:
+        if self.lm and self.bands and not self.control:
             dirs = {s: self.calib.centers[s] for s in self.resid}
-            self.lens = LensProbe(model, self.resid, dirs, self.bands[an.bands[0]])
+            self.lens = LensProbe(model, self.resid, dirs, self.bands[an.bands[0]], an.lens_positions, cfg.seed)
         tail = self.bands[an.bands[0]][-1] if self.bands else None
-        # attention patterns and per-head outputs exist only on the bridge
-        self.heads = HeadProbe(model, cap.moment_buckets, tail) if cap.backend == "bridge" else None
+        # attention patterns and per-head outputs: the bridge, or the fast path where it serves the family
+        heads_ok = self.backend == "bridge" or fast_heads(model)
+        self.heads = HeadProbe(model, cap.moment_buckets, tail) if heads_ok and not self.control else None
         self.types = TypeProbe(model, self.windows, self.resid, an.max_types)
         self.cosines = (
-            CosineProbe(model, self.resid, cap.moment_buckets) if an.layer_cosine and len(self.resid) > 1 else None
+            CosineProbe(model, self.resid, cap.moment_buckets)
+            if an.layer_cosine and len(self.resid) > 1 and not self.control
+            else None
         )
         self.batches_done = 0
         self.complete = False
@@ -124,15 +148,17 @@ class ConditionCapture:
             cap.nonfinite,
             after,
             start_batch=self.batches_done,
-            backend=cap.backend,
+            backend=self.backend,
         )
         self.complete = True
         if checkpoint is not None:
             checkpoint(self)
 
     def intervene(self) -> None:
-        """ΔNLL of projecting the carrier (full-corpus mean direction) or each W_U band out of each
-        resid_post site, on the first ``intervention_windows`` windows (trained and R only)."""
+        """ΔNLL of projecting the carrier (full-corpus mean direction) or each W_U band out of resid_post
+        at ``intervention_layers`` evenly spaced layers, on the first ``intervention_windows`` windows
+        (trained and R only); scored on ``lens_positions`` sampled positions per window where the edit
+        runs only the layers after its site."""
         cap, an = self.cfg.capture, self.cfg.analysis
         self.interventions = []
         if self.condition not in ("trained", "random_init") or not (self.lm and self.bands):
@@ -143,27 +169,33 @@ class ConditionCapture:
         sub = dataclasses.replace(
             w, ids=w.ids[: an.intervention_windows], window_index=w.window_index[: an.intervention_windows]
         )
-        clean = nll_per_window(self.model, sub, cap.batch_size, exclude_first=cap.exclude_first)
         K = an.bands[0]
-        for site in self.resid:
-            mu = self.bank[site].total().sum_h
-            bases = {"carrier": (mu / mu.norm()).float()[:, None]}
-            bases.update({f"band_k{K}_b{i}": U.float() for i, U in enumerate(self.bands[K])})
-            for target, basis in bases.items():
+        L = self.model.arch.n_layers
+        n = an.intervention_layers
+        chosen = list(range(L)) if n == 0 or n >= L else sorted({round(i * (L - 1) / (n - 1)) for i in range(n)})
+        chosen = [layer for layer in chosen if f"resid_post.{layer}" in self.resid]
+
+        def bases(layer: int) -> dict[str, torch.Tensor]:
+            mu = self.bank[f"resid_post.{layer}"].total().sum_h
+            out = {"carrier": (mu / mu.norm()).float()[:, None]}
+            out.update({f"band_k{K}_b{i}": U.float() for i, U in enumerate(self.bands[K])})
+            return out
+
+        if can_run_tails(self.model):  # each edit runs only the layers after its site
+            self.interventions = tail_sweep(
+                self.model, sub, chosen, bases, cap.batch_size, an.n_boot, self.cfg.seed, an.ci_level,
+                cap.exclude_first, an.lens_positions,
+            )  # fmt: skip
+            return
+        clean = nll_per_window(self.model, sub, cap.batch_size, exclude_first=cap.exclude_first)
+        for layer in chosen:
+            for target, basis in bases(layer).items():
                 self.interventions.append(
                     intervene(
-                        self.model,
-                        sub,
-                        site,
-                        basis,
-                        target,
-                        cap.batch_size,
-                        an.n_boot,
-                        self.cfg.seed,
-                        an.ci_level,
-                        clean,
+                        self.model, sub, f"resid_post.{layer}", basis, target, cap.batch_size, an.n_boot,
+                        self.cfg.seed, an.ci_level, clean,
                     )
-                )
+                )  # fmt: skip
 
     def measurement(self) -> Measurement:
         return Measurement(

@@ -17,13 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spectral.analysis.battery import Measurement
 from spectral.analysis.metrics import MetricRow, MetricTable
 from spectral.capture import Calibration
 from spectral.config import config_from_dict
 from spectral.errors import RunDirError
+from spectral.figureset import FigureData, figure_data
 from spectral.measure import ConditionCapture
-from spectral.runner import RunResult, analyse_condition, condition_models, finish_run, setup_run
+from spectral.runner import RunResult, analyse_condition, cfg_bands, condition_models, finish_run, setup_run
 from spectral.runs import failpoint, load_state, prepare_run_dir, read_manifest, state_path, write_manifest
 
 
@@ -92,7 +92,7 @@ def merge_runs(
     write_manifest(s.run_dir, manifest)
     try:
         rows: list[MetricRow] = []
-        measurements: list[Measurement] = []
+        measurements: list[FigureData] = []
         for cond, m in condition_models(s):
             paths = [state_path(r, cond, (i, n)) for i, (r, _) in enumerate(shards)]
             if not paths[0].is_file():
@@ -107,7 +107,8 @@ def merge_runs(
                 cc.merge_state(load_state(p))
             failpoint("merge-condition")
             rows += analyse_condition(s, cc, manifest, timings, log)
-            measurements.append(cc.measurement())
+            measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
+            del cc  # the d x d moments of this condition are no longer needed
         report = finish_run(s, rows, measurements, manifest, timings, t0, log)
     except BaseException as exc:
         manifest.update(status="failed", reason=f"{exc.__class__.__name__}: {exc}", timings=timings)

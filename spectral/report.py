@@ -128,6 +128,19 @@ def markdown_to_html(md: str, base: Path, title: str) -> str:
     return "\n".join(out)
 
 
+def _gguf_lines(g: dict | None) -> list[str]:
+    """Provenance of weights dequantized from a GGUF file (the numbers are about the quantized model)."""
+    if not g:
+        return []
+    types = ", ".join(f"{k} {v}" for k, v in sorted((g.get("tensor_types") or {}).items()))
+    return [
+        f"- Weights **dequantized to fp32 from a {g.get('quant_type')} GGUF** (4/5/6/8-bit blocks: {types}; "
+        f"GGUF sha256 `{g.get('sha256')}`): they are perturbed relative to the original bf16 model, so every "
+        f"number here is about the quantized model. Licence: {g.get('licence', 'see the source')}; credit: "
+        f"{g.get('credit', '-')}.",
+    ]
+
+
 def build_report(run_dir: Path) -> Path:
     """Write ``run_dir/report.md`` from the manifest and metrics; returns its path."""
     man = read_manifest(run_dir)
@@ -150,6 +163,7 @@ def build_report(run_dir: Path) -> Path:
         "## What was run",
         f"- Model: `{cfg['model']['name']}` ({arch['architecture']}, {n_layers} layers, d_model {arch['d_model']}, "
         f"vocabulary {arch['d_vocab']}, context {arch['n_ctx']}); weights sha256 `{man.get('weights_sha256')}`.",
+        *_gguf_lines(man.get("gguf")),
         f"- Normalisation: **{arch['norm_placement']}-LN** (measured: block 0 "
         f"{'satisfies' if arch['norm_placement'] == 'pre' else 'breaks'} resid_post = resid_pre + attn_out + mlp_out)"
         + (

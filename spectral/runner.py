@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spectral.analysis.battery import Measurement, battery_metrics
+from spectral.analysis.battery import battery_metrics
 from spectral.analysis.hypotheses import evaluate, verdicts_csv
 from spectral.analysis.metrics import MetricRow, MetricTable, compute_metrics
 from spectral.capture import Calibration, select_sites
@@ -31,7 +31,7 @@ from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows, make_windows
 from spectral.errors import RunDirError
 from spectral.export import save_figures
-from spectral.figureset import build_figures
+from spectral.figureset import FigureData, build_figures, figure_data
 from spectral.measure import ConditionCapture
 from spectral.models import LoadedModel, load_model
 from spectral.runs import (
@@ -92,6 +92,7 @@ def setup_run(cfg: ExperimentConfig, command: str | None) -> Setup:
         "model_label": label,
         "command": command or "spectral run --config " + shlex.quote(str(run_dir / "manifest.json")),
         "model_source": {"kind": model.source.kind, "path": str(model.source.path)},
+        **({"gguf": model.source.gguf} if model.source.gguf else {}),
         "weights_sha256": model.weights_sha256(),
         "arch": {k: getattr(model.arch, k) for k in model.arch.__dataclass_fields__},
         "sites": list(sites),
@@ -182,7 +183,7 @@ def run_experiment(
         write_manifest(s.run_dir, manifest)
     try:
         rows: list[MetricRow] = []
-        measurements: list[Measurement] = []
+        measurements: list[FigureData] = []
         for cond, m in condition_models(s):
             t = time.perf_counter()
             cc = _capture(s, m, cond, shard, resume, progress, log, on_batch)
@@ -194,7 +195,8 @@ def run_experiment(
             if not lead or shard[1] > 1 and dist is None:
                 continue  # a shard: its state is its result (spectral merge analyses)
             rows += analyse_condition(s, cc, manifest, timings, log)
-            measurements.append(cc.measurement())
+            measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
+            del cc  # the d x d moments of this condition are no longer needed
         if not lead:
             assert dist is not None
             dist.barrier()  # rank 0 analyses and writes; the others wait for it
@@ -214,6 +216,11 @@ def run_experiment(
     if dist is not None:
         dist.barrier()
     return RunResult(s.run_dir, report, MetricTable(tuple(rows)))
+
+
+def cfg_bands(s: Setup) -> int:
+    """K of the band figures (the first of [analysis] bands)."""
+    return s.cfg.analysis.bands[0]
 
 
 def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
@@ -280,7 +287,7 @@ def analyse_condition(
 def finish_run(
     s: Setup,
     rows: list[MetricRow],
-    measurements: list[Measurement],
+    measurements: list[FigureData],
     manifest: dict[str, Any],
     timings: dict[str, float],
     t0: float,

@@ -8,7 +8,13 @@ error), the uncentred second moment Σ h hᵀ and the sequence-axis power spectr
 count, Σ‖h‖, Σ‖h‖², and for a site with a predecessor on the residual chain Σcos and Σ norm
 ratio between the two sites for the same token) so per-window bootstraps stay possible.
 
-Everything accumulates in float64 on the CPU; memory is O(B·d²) per site and does not grow with
+Storage of the d x d moments (the memory that dominates): each bucket holds its Σ (h−c)(h−c)ᵀ in
+``moment_dtype`` (float32 by default, float64 on request), symmetric moments packed as their upper
+triangle (d(d+1)/2 numbers); totals and leave-one-out sums are formed from the buckets in float64
+when read. Per-window products are computed in float32 about the site's fixed centre c, so the
+large common component is removed before rounding; the float32 bucket sums then carry a relative
+error of about 1e-7·sqrt(windows per bucket) (benchmarks/RESULTS.md compares a run against
+float64 storage). Every other sum is float64. Memory is O(B·d²) per site and does not grow with
 the number of tokens except for a few floats per window. ``merge`` is exact (sums add, window
 rows concatenate), so shards combine into the identical result. The statistics take plain
 tensors: they work on activations from any source.
@@ -50,6 +56,39 @@ class Moments:
     cross: Float[torch.Tensor, "d d"] | None  # Σ w xᵀ of a write w and the stream x it read
 
 
+def packed_size(d: int) -> int:
+    """Numbers in the upper triangle (diagonal included) of a d x d matrix."""
+    return d * (d + 1) // 2
+
+
+_TRI: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def _triu_flat(d: int, device: torch.device | str) -> torch.Tensor:
+    """Flat indices (row-major) of the upper triangle of a d x d matrix, cached per device."""
+    key = (d, str(device))
+    if key not in _TRI:
+        i, j = torch.triu_indices(d, d)
+        _TRI[key] = (i * d + j).to(device)
+    return _TRI[key]
+
+
+_TRI_T: dict[tuple[int, str], torch.Tensor] = {}
+
+
+def unpack_symmetric(packed: torch.Tensor, d: int) -> torch.Tensor:
+    """(..., d(d+1)/2) upper triangles -> (..., d, d) symmetric matrices."""
+    key = (d, str(packed.device))
+    if key not in _TRI_T:
+        i, j = torch.triu_indices(d, d)
+        _TRI_T[key] = (j * d + i).to(packed.device)  # the mirrored (lower) positions
+    lead = packed.shape[:-1]
+    full = torch.empty(*lead, d * d, dtype=packed.dtype, device=packed.device)
+    full[..., _TRI_T[key]] = packed
+    full[..., _triu_flat(d, packed.device)] = packed
+    return full.reshape(*lead, d, d)
+
+
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.cpu()
 
@@ -76,10 +115,12 @@ class SiteStats:
         sink_threshold: float | None = None,
         cross: bool = False,
         device: torch.device | str | None = None,
+        moment_dtype: torch.dtype = torch.float32,
     ) -> None:
         B = n_buckets
         f64 = torch.float64
         self.d, self.n_buckets = d, B
+        self.moment_dtype = moment_dtype
         self.device = torch.device(device or "cpu")  # where the sums live (the model's device)
         self.center = None if center is None else center.detach().to("cpu", f64).clone()
         with torch.device(self.device):
@@ -101,15 +142,15 @@ class SiteStats:
         self.sum_cu = torch.zeros(B, d, dtype=f64)
         self.sum_norm = torch.zeros(B, dtype=f64)
         self.sum_norm2 = torch.zeros(B, dtype=f64)
-        self.second = torch.zeros(B, d, d, dtype=f64)
+        self.second = torch.zeros(B, packed_size(d), dtype=self.moment_dtype)  # upper triangles
         self.norm_hist = torch.zeros(B, HIST_BINS, dtype=torch.int64)
         # tokens with ‖h‖ above sink_threshold (massive activations / sinks): their own moments
         self.sink_threshold = sink_threshold
         track = sink_threshold is not None
         self.sink_count = torch.zeros(B if track else 0, dtype=f64)
         self.sink_sum_h = torch.zeros(B if track else 0, d, dtype=f64)
-        self.sink_second: torch.Tensor | None = None  # (B, d, d), allocated when the first sink token shows up
-        self.cross = torch.zeros(B, d, d, dtype=f64) if cross else None
+        self.sink_second: torch.Tensor | None = None  # (B, d(d+1)/2), allocated when the first sink shows up
+        self.cross = torch.zeros(B, d, d, dtype=self.moment_dtype) if cross else None
         self.spectrum_windows = torch.zeros(B, dtype=f64)
 
     # ---- accumulation -------------------------------------------------------------------
@@ -152,7 +193,9 @@ class SiteStats:
         bucket_d = bucket.to(dev)
 
         def add(acc: torch.Tensor, per_window: torch.Tensor) -> None:
-            acc.index_add_(0, bucket_d.to(acc.device), per_window.to(acc.device, f64))  # no-op moves on one device
+            acc.index_add_(
+                0, bucket_d.to(acc.device), per_window.to(acc.device, acc.dtype)
+            )  # no-op moves on one device
 
         add(self.count, count_w)
         add(self.sum_u, (unit * m).sum(1))
@@ -179,7 +222,8 @@ class SiteStats:
         # no device sync (on the H200 this beat per-bucket products gathered by index: 1.41x vs 1.70x of
         # the bare bf16 forward for GPT-2)
         xm = xc * m
-        add(self.second, torch.bmm(xm.transpose(1, 2), xm))
+        tri = _triu_flat(self.d, dev)
+        add(self.second, torch.bmm(xm.transpose(1, 2), xm).reshape(x.shape[0], -1)[:, tri])
         if inp is not None and self.cross is not None:
             add(self.cross, torch.bmm((x * m).transpose(1, 2), inp.detach().to(f32)))
         if self.sink_threshold is not None:
@@ -191,10 +235,13 @@ class SiteStats:
                 tb = tok_bucket[sel.reshape(-1)]
                 self.sink_sum_h.index_add_(0, tb.to(self.device), xs.to(self.device))
                 if self.sink_second is None:
-                    self.sink_second = torch.zeros(self.n_buckets, self.d, self.d, dtype=f64, device=self.device)
+                    self.sink_second = torch.zeros(
+                        self.n_buckets, packed_size(self.d), dtype=self.moment_dtype, device=self.device
+                    )
+                tri_s = _triu_flat(self.d, xs.device)
                 for b in torch.unique(tb).tolist():
                     xb = xs[tb == b]
-                    self.sink_second[b] += (xb.T @ xb).to(self.device)
+                    self.sink_second[b] += (xb.T @ xb).reshape(-1)[tri_s].to(self.device, self.moment_dtype)
 
         # per-window scalar sums
         nw = x.shape[0]
@@ -238,7 +285,13 @@ class SiteStats:
         """Per-bucket sums as CPU float64 tensors (analyses run on the CPU); cached until the next
         update or merge, so the jackknife's leave-one-out views do not copy them again."""
         if self._fields is None:
-            self._fields = {k: None if v is None else v.cpu() for k, v in self._device_fields().items()}
+            fields = {k: None if v is None else v.cpu() for k, v in self._device_fields().items()}
+            for k in ("second", "sink_second", "cross"):
+                v = fields[k]
+                if v is not None:
+                    v = v.double()
+                    fields[k] = unpack_symmetric(v, self.d) if k != "cross" else v
+            self._fields = fields
         return self._fields
 
     def _device_fields(self) -> dict[str, torch.Tensor | None]:
@@ -263,7 +316,7 @@ class SiteStats:
                 if not track
                 else self.sink_second
                 if self.sink_second is not None
-                else torch.zeros(self.n_buckets, self.d, self.d, dtype=torch.float64)
+                else torch.zeros(self.n_buckets, packed_size(self.d), dtype=torch.float64)
             ),
             "cross": self.cross,
         }
@@ -283,8 +336,9 @@ class SiteStats:
             out["sink_second"] = torch.zeros(d, d, dtype=f64)
         if self.center is not None:  # stored: Σ (h-c)(h-c)ᵀ; wanted: Σ h hᵀ
             c, n = self.center, float(out["n"])  # type: ignore[arg-type]
-            s = values["sum_h"] - n * c  # type: ignore[operator]
-            out["second"] = values["second"] + torch.outer(c, s) + torch.outer(s, c) + n * torch.outer(c, c)  # type: ignore[operator]
+            s = values["sum_h"] - n * c + 0.5 * n * c  # type: ignore[operator]
+            # Σ h hᵀ = Σ(h-c)(h-c)ᵀ + c sᵀ + s cᵀ + n c cᵀ with s = Σ(h-c), as two rank-1 updates
+            out["second"] = torch.addr(torch.addr(values["second"], c, s), s, c)  # type: ignore[arg-type]
         return Moments(**out)  # type: ignore[arg-type]
 
     def total(self) -> Moments:
@@ -336,6 +390,8 @@ class SiteStats:
             raise ValueError("cannot merge statistics centred on different points")
         if (self.sink_threshold, self.cross is None) != (other.sink_threshold, other.cross is None):
             raise ValueError("cannot merge statistics with different sink thresholds or cross moments")
+        if self.moment_dtype != other.moment_dtype:
+            raise ValueError(f"cannot merge {self.moment_dtype} moments with {other.moment_dtype} ones")
         self._total, self._fields, self._loo = None, None, {}
         for name in MOMENT_FIELDS + EXTRA_FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
@@ -366,6 +422,7 @@ class SiteStats:
             "n_buckets": self.n_buckets,
             "center": self.center,
             "sink_threshold": self.sink_threshold,
+            "moment_dtype": str(self.moment_dtype).removeprefix("torch."),
             **{name: _cpu(getattr(self, name)) for name in MOMENT_FIELDS + EXTRA_FIELDS},
             "spectrum": _cpu(self.spectrum),
             "spectrum_windows": self.spectrum_windows.cpu(),
@@ -385,6 +442,7 @@ class SiteStats:
             center if isinstance(center, torch.Tensor) else None,
             float(thr) if isinstance(thr, int | float) else None,  # type: ignore[arg-type]
             state.get("cross") is not None,
+            moment_dtype=getattr(torch, str(state.get("moment_dtype", "float64"))),
         )
         for name in MOMENT_FIELDS + EXTRA_FIELDS:
             value = state.get(name)
@@ -408,21 +466,32 @@ class StatsBank:
         predecessors: dict[str, str],
         stats: list[SiteStats],
         inputs: dict[str, str] | None = None,
+        aliases: dict[str, str] | None = None,
     ) -> None:
         self.sites = sites
         self.predecessors = predecessors  # site -> the residual-chain site before it
         self.inputs = inputs or {}  # write site -> the stream it read
+        # site -> the site that holds the very same tensor (resid_pre.l is resid_post.l-1): one statistics object
+        self.aliases = aliases or {}
         self.excluded: list[int] = []  # windows left out for NaN/inf (capture nonfinite = "exclude")
         self.nonfinite_counts: dict[str, int] = {}  # site -> tokens with NaN/inf seen there
-        self._stats = dict(zip(sites, stats, strict=True))
+        own = [s for s in sites if s not in self.aliases]
+        self._stats = dict(zip(own, stats, strict=True))
+        for alias, target in self.aliases.items():
+            self._stats[alias] = self._stats[target]
+
+    @property
+    def own_sites(self) -> tuple[str, ...]:
+        """The sites whose statistics are kept (not aliases), in forward order."""
+        return tuple(s for s in self.sites if s not in self.aliases)
 
     def __getitem__(self, site: str) -> "SiteStats":
         return self._stats[site]
 
     def merge(self, other: "StatsBank") -> "StatsBank":
-        if self.sites != other.sites:
+        if self.sites != other.sites or self.aliases != other.aliases:
             raise ValueError("cannot merge banks over different sites")
-        for s in self.sites:
+        for s in self.own_sites:
             self._stats[s].merge(other[s])
         self.excluded.extend(other.excluded)
         for k, v in other.nonfinite_counts.items():
@@ -434,7 +503,8 @@ class StatsBank:
             "sites": list(self.sites),
             "predecessors": dict(self.predecessors),
             "inputs": dict(self.inputs),
-            "stats": [self._stats[s].state_dict() for s in self.sites],
+            "aliases": dict(self.aliases),
+            "stats": [self._stats[s].state_dict() for s in self.own_sites],
             "excluded": list(self.excluded),
             "nonfinite_counts": dict(self.nonfinite_counts),
         }
@@ -443,7 +513,13 @@ class StatsBank:
     def from_state_dict(cls, state: dict[str, object]) -> "StatsBank":
         sites = tuple(state["sites"])  # type: ignore[arg-type]
         stats = [SiteStats.from_state_dict(s) for s in state["stats"]]  # type: ignore[union-attr]
-        bank = cls(sites, dict(state["predecessors"]), stats, dict(state.get("inputs", {})))  # type: ignore[arg-type]
+        bank = cls(
+            sites,
+            dict(state["predecessors"]),  # type: ignore[arg-type]
+            stats,
+            dict(state.get("inputs", {})),  # type: ignore[arg-type]
+            dict(state.get("aliases", {})),  # type: ignore[arg-type]
+        )
         bank.excluded = [int(w) for w in state.get("excluded", [])]  # type: ignore[union-attr]
         bank.nonfinite_counts = {str(k): int(v) for k, v in dict(state.get("nonfinite_counts", {})).items()}  # type: ignore[arg-type]
         return bank

@@ -69,6 +69,40 @@ def _tiny_config(family: str):
             vocab_size=v,
             max_position_embeddings=128,
         )
+    if family == "qwen2":
+        from transformers import Qwen2Config
+
+        return Qwen2Config(
+            num_hidden_layers=3,
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=64,
+            vocab_size=v,
+            max_position_embeddings=128,
+            initializer_range=0.2,  # attention patterns far from uniform
+        )
+    if family == "gemma3":  # Gemma3ForCausalLM: sandwich norms, scaled embedding, sliding + full layers
+        from transformers import Gemma3TextConfig
+
+        return Gemma3TextConfig(
+            num_hidden_layers=3,
+            hidden_size=32,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            query_pre_attn_scalar=8,
+            intermediate_size=64,
+            vocab_size=v,
+            max_position_embeddings=128,
+            sliding_window=6,  # shorter than the test windows
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+            initializer_range=0.2,
+        )
+    if family == "neox_seq":  # GPT-NeoX with sequential residual (it has a resid_mid)
+        cfg = _tiny_config("neox")
+        cfg.use_parallel_residual = False
+        return cfg
     if family == "bert":
         return BertConfig(
             num_hidden_layers=3,

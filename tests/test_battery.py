@@ -13,7 +13,7 @@ from spectral.stats import SiteStats
 
 def _stats(h: torch.Tensor, sink_threshold=None, cross_inp=None, buckets=2) -> SiteStats:
     """h: (windows, T, d); position 0 excluded."""
-    st = SiteStats(h.shape[-1], buckets, None, sink_threshold, cross=cross_inp is not None)
+    st = SiteStats(h.shape[-1], buckets, None, sink_threshold, cross=cross_inp is not None, moment_dtype=torch.float64)
     mask = torch.ones(h.shape[:2], dtype=torch.bool)
     mask[:, 0] = False
     st.update(h, mask, torch.arange(h.shape[0]), inp=cross_inp)

@@ -165,3 +165,27 @@ def test_llama2xs_top_band_removal_hurts():
         )
     top = res[0].delta_nll
     assert top.value > 0.1 and top.ci_low > 0
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "neox"])
+def test_tail_sweep_equals_full_forward_edits(family, tiny_model_dir, tmp_path, sample_text):
+    """Running only the layers after the edited site == a full forward with the edit hooked there."""
+    from spectral.analysis.interventions import can_run_tails, tail_sweep
+
+    model = load_model(ModelSpec(name=str(tiny_model_dir(family))))
+    assert can_run_tails(model)
+    p = tmp_path / "t.txt"
+    p.write_text(sample_text)
+    windows = make_windows(model.tokenizer, CorpusSpec(source=str(p), seq_len=20, max_seqs=6))
+    g = torch.Generator().manual_seed(0)
+    d, L = model.arch.d_model, model.arch.n_layers
+    basis = {"rand": torch.randn(d, 3, generator=g), "one": torch.randn(d, 1, generator=g)}
+    layers = [0, L - 1] if L > 1 else [0]
+    got = tail_sweep(model, windows, layers, lambda layer: basis, 4, 50, 0)
+    clean = nll_per_window(model, windows, 4)
+    for r in got:
+        ref = intervene(model, windows, r.site, basis[r.target], r.target, 4, 50, 0, clean=clean)
+        assert r.clean_nll == pytest.approx(ref.clean_nll, rel=1e-5)
+        assert r.edited_nll == pytest.approx(ref.edited_nll, rel=1e-5), (r.site, r.target)
+    sub = tail_sweep(model, windows, [0], lambda layer: basis, 4, 20, 0, positions=3)
+    assert all(np.isfinite(r.delta_nll.value) for r in sub)

@@ -19,7 +19,7 @@ def _data(n_win=12, T=17, d=8, seed=0):
 
 
 def _stream(h, batch, buckets=4, center=None, exclude_first=True):
-    st = SiteStats(h.shape[-1], buckets, center)
+    st = SiteStats(h.shape[-1], buckets, center, moment_dtype=torch.float64)
     for s in range(0, h.shape[0], batch):
         x = h[s : s + batch]
         mask = torch.ones(x.shape[:2], dtype=torch.bool)
@@ -93,8 +93,8 @@ def test_batch_size_invariance(batch):
 def test_merge_equals_one_pass_and_state_roundtrip():
     h = _data(n_win=10)
     one = _stream(h, batch=3)
-    a = SiteStats(8, 4)
-    b = SiteStats(8, 4)
+    a = SiteStats(8, 4, moment_dtype=torch.float64)
+    b = SiteStats(8, 4, moment_dtype=torch.float64)
     mask = torch.ones(h.shape[:2], dtype=torch.bool)
     mask[:, 0] = False
     a.update(h[:6], mask[:6], torch.arange(0, 6))
@@ -167,3 +167,33 @@ def test_spectrum_summary_matches_single_functions():
     eff, pr, iso = spectrum.spectrum_summary(m)
     assert eff == pytest.approx(spectrum.eff_rank(m)) and pr == pytest.approx(spectrum.participation_ratio(m))
     assert iso == pytest.approx(isoscore(m))
+
+
+def test_float32_packed_moments_agree_with_float64():
+    """The default storage (float32 buckets, packed upper triangles) against float64 storage on
+    activations with a large common component and norms ~3e4 (Gemma 3's scale)."""
+    g = torch.Generator().manual_seed(3)
+    d, n_w, T = 48, 24, 33
+    carrier = torch.randn(d, generator=g, dtype=torch.float64) * 3e4 / d**0.5
+    h = carrier + 300.0 * torch.randn(n_w, T, d, generator=g, dtype=torch.float64)
+    mask = torch.ones(n_w, T, dtype=torch.bool)
+    mask[:, 0] = False
+    center = h[:4].reshape(-1, d).mean(0)
+    out = {}
+    for dt in (torch.float32, torch.float64):
+        st = SiteStats(d, 5, center, sink_threshold=1e9, moment_dtype=dt)
+        for i in range(0, n_w, 8):
+            st.update(h[i : i + 8], mask[i : i + 8], torch.arange(i, i + 8))
+        out[dt] = st
+    assert out[torch.float32].second.dtype == torch.float32
+    assert out[torch.float32].second.shape == (5, d * (d + 1) // 2)
+    a, b = out[torch.float32].total(), out[torch.float64].total()
+    torch.testing.assert_close(a.second, a.second.T)  # unpacked symmetric
+    torch.testing.assert_close(a.second, b.second, rtol=1e-6, atol=1e-6 * float(b.second.diagonal().max()))
+    cov_a = a.second / a.n - torch.outer(a.sum_h, a.sum_h) / a.n**2
+    cov_b = b.second / b.n - torch.outer(b.sum_h, b.sum_h) / b.n**2
+    ev_a, ev_b = torch.linalg.eigvalsh(cov_a), torch.linalg.eigvalsh(cov_b)
+    # the centred spectrum survives float32 storage although ‖mean‖ / std ~ 100
+    torch.testing.assert_close(ev_a, ev_b, rtol=1e-4, atol=1e-5 * float(ev_b.max()))
+    loo_a, loo_b = out[torch.float32].leave_one_out(2), out[torch.float64].leave_one_out(2)
+    torch.testing.assert_close(loo_a.second, loo_b.second, rtol=1e-6, atol=1e-6 * float(b.second.diagonal().max()))

@@ -25,7 +25,7 @@ from spectral.analysis.intervals import (
     ratio_bootstrap,
 )
 from spectral.analysis.interventions import InterventionResult
-from spectral.analysis.metrics import MetricRow
+from spectral.analysis.metrics import SUBLAYER_KINDS, MetricRow, alias_rows
 from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
 from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
@@ -63,6 +63,9 @@ class Rows:
 def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.ndarray) -> None:
     level = spec.ci_level
     for site in m.bank.sites:
+        if site in m.bank.aliases:
+            out.rows += alias_rows(out.rows, site, m.bank.aliases[site])
+            continue
         st = m.bank[site]
         out.add(site, "rogue_top1_share", jackknife([st], carrier.rogue_top1_share, level))
         out.add(
@@ -70,11 +73,13 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
             f"anisotropy_norogue{spec.rogue_k}",
             jackknife([st], partial(carrier.anisotropy_without_rogue, k=spec.rogue_k), level),
         )
-        top_pc = jackknife_many([st], carrier.top_pc_summary, level)
-        out.add(site, "carrier_energy_top_pc", top_pc[0])
-        out.add(site, "carrier_pc_alignment", top_pc[1])
         kind = site.split(".")[0]
-        if st.sink_threshold is not None:
+        spectra = spec.sublayer_spectra or kind not in SUBLAYER_KINDS
+        if spectra:
+            top_pc = jackknife_many([st], carrier.top_pc_summary, level)
+            out.add(site, "carrier_energy_top_pc", top_pc[0])
+            out.add(site, "carrier_pc_alignment", top_pc[1])
+        if st.sink_threshold is not None and spectra:
             variants = {
                 "carrier_energy_zscored": {"zscore": True, "drop_dims": 0, "drop_sinks": False},
                 f"carrier_energy_norogue{spec.rogue_k}": {
@@ -98,12 +103,15 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
             energies = jackknife_many([st], partial(spectrum.band_energies, bands=bands), level)
             for i, est in enumerate(energies):
                 out.add(site, f"band_energy_k{K}_b{i}", est)
-            if kind in ("attn_out", "mlp_out") and st.cross is not None:
-                out.add(
-                    site,
-                    f"band_offdiag_k{K}",
-                    jackknife([st, m.bank[m.bank.inputs[site]]], partial(spectrum.offdiag_share, bands=bands), level),
-                )
+        if kind in ("attn_out", "mlp_out") and st.cross is not None and m.bands:
+            Ks = list(m.bands)
+            shares = jackknife_many(
+                [st, m.bank[m.bank.inputs[site]]],
+                partial(spectrum.offdiag_shares, band_sets=[m.bands[K] for K in Ks]),
+                level,
+            )
+            for K, est in zip(Ks, shares, strict=True):
+                out.add(site, f"band_offdiag_k{K}", est)
         if site in m.bank.inputs:
             m.bank[m.bank.inputs[site]].release()
         st.release()

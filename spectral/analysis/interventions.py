@@ -222,3 +222,124 @@ def band_bases(W_U: Float[torch.Tensor, "d V"], K: int) -> dict[str, torch.Tenso
     if not 1 <= K <= d:
         raise ConfigError(f"number of bands K must be in 1..{d} (d_model), got {K}")
     return {f"band_k{K}_b{i}": U.float().contiguous() for i, U in enumerate(unembedding_bands(W_U, K))}
+
+
+TAIL_FAMILIES = ("llama", "qwen2", "gemma3_text", "gpt_neox")  # inputs_embeds enter the first layer unchanged
+
+
+def can_run_tails(model: LoadedModel) -> bool:
+    """Whether edits at resid_post.l can run only the layers after l (the fast path's plain model)."""
+    from spectral import fastpath
+
+    return model.arch.model_type in TAIL_FAMILIES and fastpath.supports(model) is None
+
+
+def _keeper(kept: dict[int, torch.Tensor], layer: int) -> Callable[..., None]:
+    def fn(x: torch.Tensor, hook: Any = None) -> None:
+        kept[layer] = x.detach()
+
+    return fn
+
+
+@contextmanager
+def _tail(base: Any, start: int) -> Iterator[None]:
+    """Within the block, ``base`` runs only its layers ``start:`` (inputs_embeds = the stream entering them)."""
+    layers, cfg = base.layers, base.config
+    kinds = getattr(cfg, "layer_types", None)
+    try:
+        base.layers = torch.nn.ModuleList(list(layers)[start:])
+        if kinds is not None:
+            cfg.layer_types = list(kinds)[start:]
+        yield
+    finally:
+        base.layers = layers
+        if kinds is not None:
+            cfg.layer_types = kinds
+
+
+def _scored_nll(
+    final: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None
+) -> np.ndarray:
+    """Mean NLL per window over the scored positions (``mask`` marks positions whose next token is scored)."""
+    f = final[mask].float()
+    logits = f @ W if b is None else f @ W + b
+    target = torch.zeros_like(ids)
+    target[:, :-1] = ids[:, 1:]
+    nll = F.cross_entropy(logits, target[mask], reduction="none").double()
+    win = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(mask)[mask]
+    tot = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device).index_add_(0, win, nll)
+    cnt = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device).index_add_(0, win, torch.ones_like(nll))
+    return (tot / cnt.clamp_min(1)).cpu().numpy()
+
+
+def tail_sweep(
+    model: LoadedModel,
+    windows: TokenWindows,
+    layers: list[int],
+    bases: Callable[[int], dict[str, torch.Tensor]],
+    batch_size: int,
+    n_boot: int,
+    seed: int,
+    level: float = 0.95,
+    exclude_first: bool = True,
+    positions: int = 0,
+) -> list[InterventionResult]:
+    """ΔNLL of projecting each basis of ``bases(l)`` out of resid_post.l, for each l in ``layers``.
+
+    The clean pass runs once per batch and keeps resid_post.l; each edit then runs only layers l+1..L-1
+    (and the final norm and W_U) from the edited stream, which equals a full forward with the edit hooked
+    at resid_post.l (tests/test_interventions.py). ``positions`` > 0 scores a seeded sample of that many
+    positions per window (the same for the clean and every edited pass: paired)."""
+    from spectral import fastpath
+    from spectral.probes import sample_positions
+
+    _check_lm(model)
+    base: Any = fastpath.plain_model(model)
+    W, bias = model.unembedding()
+    W = W.float()
+    bias = None if bias is None else bias.float()
+    L = model.arch.n_layers
+    names = {hook_name(f"resid_post.{layer}", model.arch): layer for layer in layers}
+    clean: list[np.ndarray] = []
+    edited: dict[tuple[int, str], list[np.ndarray]] = {}
+    dev = model.device
+    basis_of = {layer: {t: project_out(B) for t, B in bases(layer).items()} for layer in layers}
+    for batch in iter_batches(windows, batch_size, exclude_first):
+        ids, att = batch.input_ids.to(dev), batch.attention_mask.to(dev)
+        mask = batch.stat_mask.clone()
+        mask[:, -1] = False
+        mask[:, :-1] &= batch.attention_mask[:, 1:].bool()
+        if positions > 0:
+            mask = sample_positions(mask, batch.window_index, positions, seed)
+        mask = mask.to(dev)
+        kept: dict[int, torch.Tensor] = {}
+        hooks = [(n, _keeper(kept, layer)) for n, layer in names.items()]
+        with torch.inference_mode():
+            with fastpath.hooks(model, hooks):
+                out = base(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
+            clean.append(_scored_nll(out, ids, mask, W.to(dev), None if bias is None else bias.to(dev)))
+            for layer in layers:
+                for target, fn in basis_of[layer].items():
+                    h = fn(kept[layer])
+                    if layer == L - 1:  # nothing after it: the final norm only
+                        final = fastpath.final_norm_module(base)(h)
+                    else:
+                        with _tail(base, layer + 1):
+                            final = base(inputs_embeds=h, attention_mask=att, use_cache=False).last_hidden_state
+                    nll = _scored_nll(final, ids, mask, W.to(dev), None if bias is None else bias.to(dev))
+                    edited.setdefault((layer, target), []).append(nll)
+    c = np.concatenate(clean)
+    out_rows = []
+    for layer in layers:
+        for target in basis_of[layer]:
+            e = np.concatenate(edited[(layer, target)])
+            out_rows.append(
+                InterventionResult(
+                    f"resid_post.{layer}",
+                    target,
+                    _mean_ci(e - c, n_boot, seed, level),
+                    float(c.mean()),
+                    float(e.mean()),
+                )
+            )
+    return out_rows

@@ -8,6 +8,7 @@ is reported at site ``resid_post`` with an empty layer (the fitted layers are in
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from dataclasses import astuple, dataclass, fields
 from functools import partial
@@ -85,6 +86,18 @@ class MetricTable:
         return cls(tuple(rows))
 
 
+SUBLAYER_KINDS = ("attn_out", "mlp_out", "resid_mid")  # eigen-spectra there only with [analysis] sublayer_spectra
+CHAIN_METRICS = ("layer_cos", "norm_ratio", "carrier_drift")  # need the site's residual predecessor
+
+
+def alias_rows(rows: list[MetricRow], alias: str, target: str, exclude: tuple[str, ...] = ()) -> list[MetricRow]:
+    """Copies of ``target``'s rows under the name ``alias`` (a site that holds the same tensor)."""
+    layer = int(alias.split(".")[1]) if "." in alias else None
+    return [
+        dataclasses.replace(r, site=alias, layer=layer) for r in rows if r.site == target and r.metric not in exclude
+    ]
+
+
 def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisSpec, seed: int) -> MetricTable:
     """Every metric of issue 2 for every captured site, with CIs."""
     rows: list[MetricRow] = []
@@ -96,6 +109,9 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
         rows.append(MetricRow(model, condition, site, site_layer(site), metric, est.value, est.ci_low, est.ci_high))
 
     for site in bank.sites:
+        if site in bank.aliases:  # the same tensor as another site: its rows, minus the chain metrics
+            rows += alias_rows(rows, site, bank.aliases[site], exclude=CHAIN_METRICS)
+            continue
         st = bank[site]
         _, table = st.window_table()
         add(site, "norm_mean", norms.window_mean(table, "sum_norm", "count", weights, level))
@@ -106,8 +122,9 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
         add(site, "carrier_energy", jackknife([st], carrier.carrier_energy, level))
         # one eigendecomposition per jackknife replicate serves all three spectrum summaries
         names = ("eff_rank", "participation_ratio", "isoscore")
-        for name, est in zip(names, jackknife_many([st], spectrum.spectrum_summary, level), strict=True):
-            add(site, name, est)
+        if spec.sublayer_spectra or site.split(".")[0] not in SUBLAYER_KINDS:
+            for name, est in zip(names, jackknife_many([st], spectrum.spectrum_summary, level), strict=True):
+                add(site, name, est)
         if st.spectrum is not None and float(st.spectrum_windows.sum()) > 0:
             add(site, "dc_fraction", jackknife([st], spectrum.dc_fraction, level))
             low = partial(spectrum.lowfreq_fraction, share=spec.lowfreq_share)

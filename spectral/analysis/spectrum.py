@@ -84,7 +84,10 @@ def unembedding_basis(W_U: torch.Tensor) -> torch.Tensor:
 def band_energies(m: Moments, bands: list[torch.Tensor]) -> np.ndarray:
     """Fraction of Σ‖h‖² in each band: tr(U_bᵀ M U_b) / tr(M)."""
     tr = float(torch.trace(m.second))
-    return np.array([float(torch.trace(U.T @ m.second @ U)) / tr for U in bands])
+    U = torch.cat(bands, dim=1).to(m.second.dtype)
+    diag = (U * (m.second @ U)).sum(0).numpy()  # uᵀ M u for every basis vector: one product for all bands
+    edges = np.cumsum([0] + [int(b.shape[1]) for b in bands])
+    return np.add.reduceat(diag, edges[:-1]) / tr
 
 
 def band_transfer(write: Moments, inp: Moments, bands: list[torch.Tensor]) -> np.ndarray:
@@ -92,14 +95,36 @@ def band_transfer(write: Moments, inp: Moments, bands: list[torch.Tensor]) -> np
     linear map from the stream x a sub-layer read to its write w: how much of the write's band i
     is driven by the input's band j (rows: output band, columns: input band). Using the map
     rather than the raw cross moment keeps correlations between input bands out of it."""
+    return band_transfers(write, inp, [bands])[0]
+
+
+def band_transfers(write: Moments, inp: Moments, band_sets: list[list[torch.Tensor]]) -> list[np.ndarray]:
+    """:func:`band_transfer` for several band splittings of the same basis (one solve for all)."""
     if write.cross is None:
         raise ValueError("no cross moment: band transfer needs the write's input stream")
     C = write.cross / write.n
     S = inp.second / inp.n
     ridge = 1e-8 * float(torch.trace(S)) / S.shape[0]
     A = torch.linalg.solve(S + ridge * torch.eye(S.shape[0], dtype=S.dtype), C.T).T  # C S⁻¹
-    T = np.array([[float(((Ui.T @ A @ Uj) ** 2).sum()) for Uj in bands] for Ui in bands])
-    return T / T.sum() if T.sum() > 0 else T
+    out = []
+    rotated: dict[int, np.ndarray] = {}
+    for bands in band_sets:
+        U = torch.cat(bands, dim=1).to(A.dtype)  # the bands side by side: one rotation instead of K² products
+        key = int(U.shape[1])
+        if key not in rotated or len(band_sets) == 1:
+            rotated[key] = (U.T @ A @ U).pow(2).numpy()
+        R2 = rotated[key]
+        edges = np.cumsum([0] + [int(b.shape[1]) for b in bands])[:-1]
+        T = np.add.reduceat(np.add.reduceat(R2, edges, axis=0), edges, axis=1)
+        out.append(T / T.sum() if T.sum() > 0 else T)
+    return out
+
+
+def offdiag_shares(write: Moments, inp: Moments, band_sets: list[list[torch.Tensor]]) -> np.ndarray:
+    """:func:`offdiag_share` for several band splittings (one least-squares map for all)."""
+    return np.array(
+        [float(1.0 - np.trace(T)) if T.sum() > 0 else float("nan") for T in band_transfers(write, inp, band_sets)]
+    )
 
 
 def offdiag_share(write: Moments, inp: Moments, bands: list[torch.Tensor]) -> float:
