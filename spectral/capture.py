@@ -393,23 +393,38 @@ def calibrate(
     nonfinite: str = "fail",
     backend: str = "bridge",
 ) -> Calibration:
-    """Site means and median norms over the first batch of windows."""
-    from spectral.analysis.norms import norm_quantile
+    """Site means and median norms over the first batch of windows.
 
+    Only Σh, the token count and the norms of each site are kept (no d x d moments: calibrating a
+    30-layer model used to allocate a second statistics bank). Windows with NaN/inf at any site fail
+    the run or, with ``nonfinite="exclude"``, are left out of the calibration."""
     first = dataclasses.replace(windows, ids=windows.ids[:batch_size], window_index=windows.window_index[:batch_size])
-    bank = accumulate(
-        model,
-        first,
-        new_bank(model, sites, 2),
-        batch_size,
-        exclude_first,
-        positions=positions,
-        nonfinite=nonfinite,
-        backend=backend,
-    )
+    batch = next(iter_batches(first, batch_size, exclude_first))
+    got: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    bad = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool)
+
+    def sink(site: str, x: torch.Tensor) -> None:
+        h = x.detach().to("cpu", torch.float32)
+        nonfin = ~torch.isfinite(h).all(dim=-1) & batch.attention_mask.bool()
+        if bool(nonfin.any()):
+            if nonfinite == "fail":
+                row, pos = (int(v) for v in torch.nonzero(nonfin)[0])
+                raise NumericsError(
+                    f"non-finite activations (NaN/inf) at site {site}, window {int(batch.window_index[row])}, "
+                    f"position {pos}; set [capture] nonfinite = 'exclude' to drop such windows"
+                )
+            bad.logical_or_(nonfin.any(dim=1))
+        m = batch.stat_mask[..., None].double()
+        h = torch.nan_to_num(h.double(), nan=0.0, posinf=0.0, neginf=0.0)
+        got[site] = ((h * m).sum(1), h.norm(dim=-1))  # per-window sums (B, d), norms (B, T): no activations kept
+
+    with capture(model, sites, sink, backend):
+        forward(model, batch, None if positions is None else positions(batch), backend)
+    keep = batch.stat_mask & ~bad[:, None]
+    n = max(int(keep.sum()), 1)
     centers, medians = {}, {}
     for s in sites:
-        m = bank[s].total()
-        centers[s] = m.sum_h / max(m.n, 1.0)
-        medians[s] = norm_quantile(m, 0.5)
+        sums, norms = got[s]
+        centers[s] = sums[~bad].sum(0) / n
+        medians[s] = float(norms[keep].median()) if bool(keep.any()) else float("nan")
     return Calibration(centers, medians)

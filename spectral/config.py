@@ -81,7 +81,10 @@ class CorpusSpec:
         "builtin",
     )
     seq_len: int = _help("tokens per window, not counting the BOS/CLS token put in front", 128)
-    max_seqs: int = _help("use at most this many windows (fewer if the corpus is shorter)", 128)
+    max_seqs: int = _help(
+        "use at most this many windows (fewer if the corpus is shorter); the experiments and canonical runs use 128",
+        32,
+    )
     sampling: Sampling = _help(
         "'consecutive' takes the first windows; 'random' a seeded sample of all windows",
         "consecutive",
@@ -180,7 +183,7 @@ class AnalysisSpec:
     intervention_layers: int = _help(
         "resid_post layers edited in the ΔNLL sweep, evenly spaced from the first to the last (0 = every layer); "
         "each edit runs only the layers after its site",
-        6,
+        4,
     )
     sublayer_spectra: bool = _help(
         "also compute the eigen-spectrum metrics (eff_rank, participation_ratio, isoscore, carrier_energy_top_pc) "

@@ -3,8 +3,9 @@
 The window rule is binding (ARCHITECTURE.md, "Corpus windows"): text is read as UTF-8 with a
 leading BOM dropped and universal newlines; it is tokenized whole without special tokens and
 cut into consecutive, non-overlapping windows of ``seq_len`` tokens from its start (a trailing
-partial window is dropped); each window gets the tokenizer's BOS (or CLS) token in front when it
-has one; the first ``max_seqs`` windows are used, or a seeded random sample of them.
+partial window is dropped); each window gets in front the token the model was trained to see first
+(:func:`bos_id`: CLS for encoders, the declared BOS for decoders, each only when its id round-trips
+through the vocabulary); the first ``max_seqs`` windows are used, or a seeded random sample of them.
 
 Multi-document sources (the built-in set, a directory, JSONL) are joined into one text with a
 blank line ("\\n\\n") between documents, in file / line order, so that every implementation
@@ -120,12 +121,50 @@ def load_corpus_text(spec: CorpusSpec) -> CorpusText:
     return CorpusText(name, text, len(docs), hashlib.sha256(text.encode("utf-8")).hexdigest())
 
 
+def _vocab_size(tokenizer: Any) -> int | None:
+    """Ids the tokenizer can produce: added tokens included (``len``), else ``vocab_size``."""
+    try:
+        return len(tokenizer)
+    except TypeError:
+        size = getattr(tokenizer, "vocab_size", None)
+        return None if size is None else int(size)
+
+
+def _round_trip(tokenizer: Any, kind: str) -> int | None:
+    """The id of the ``kind`` special token (``"bos"``, ``"cls"``, ``"sep"``) when it names that token, else None.
+
+    A tokenizer may declare a special token that its vocabulary lacks; its id is then another token
+    (transformers 5 gives all-MiniLM-L6-v2 ``bos_token='<|endoftext|>'`` with id 100, which is ``[UNK]``).
+    """
+    token, tid = getattr(tokenizer, f"{kind}_token", None), getattr(tokenizer, f"{kind}_token_id", None)
+    if token is None or tid is None or isinstance(tid, list):
+        return None
+    tid = int(tid)
+    size = _vocab_size(tokenizer)
+    if tid < 0 or (size is not None and tid >= size):
+        return None
+    try:
+        back = tokenizer.convert_ids_to_tokens(tid)
+    except (IndexError, KeyError, OverflowError, TypeError, ValueError):
+        return None
+    return tid if back is not None and str(back) == str(token) else None
+
+
+def is_encoder_tokenizer(tokenizer: Any) -> bool:
+    """BERT-style: a CLS token and a SEP token that both name themselves in the vocabulary."""
+    return _round_trip(tokenizer, "cls") is not None and _round_trip(tokenizer, "sep") is not None
+
+
 def bos_id(tokenizer: Any) -> int | None:
-    for attr in ("bos_token_id", "cls_token_id"):
-        v = getattr(tokenizer, attr, None)
-        if v is not None:
-            return int(v)
-    return None
+    """The token every window gets in front, or None: the rule of ARCHITECTURE.md, "Corpus windows".
+
+    Encoders (:func:`is_encoder_tokenizer`) get CLS; decoders get the declared BOS when its id
+    round-trips (``convert_ids_to_tokens(bos_token_id) == bos_token`` and the id is inside the
+    vocabulary), else nothing: a BOS whose id is another token would put that token in front.
+    """
+    if is_encoder_tokenizer(tokenizer):
+        return _round_trip(tokenizer, "cls")
+    return _round_trip(tokenizer, "bos")
 
 
 def tokenize(tokenizer: Any, text: str) -> list[int]:
@@ -148,7 +187,8 @@ def make_windows(
     if bos is None and spec.require_bos:
         raise CorpusError(
             f"the tokenizer ({type(tokenizer).__name__}) has no BOS or CLS token, and corpus.require_bos is set: "
-            "give a tokenizer with one, or set require_bos = false (position 0 is then a real token)"
+            "give a tokenizer with one, or set require_bos = false (position 0 is then a real token); a declared BOS "
+            "whose id is another token in the vocabulary does not count"
         )
     width = spec.seq_len + (1 if bos is not None else 0)
     if n_ctx is not None and width > n_ctx:

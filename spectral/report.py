@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spectral.analysis.hypotheses import read_verdicts
-from spectral.analysis.metrics import MetricTable
+from spectral.analysis.metrics import MetricTable, degenerate_sites
 from spectral.errors import RunDirError
 from spectral.runs import atomic_write_text, read_manifest
 
@@ -200,6 +200,15 @@ def build_report(run_dir: Path) -> Path:
             f"(windows {info['excluded_windows'][:10]}{'…' if len(info['excluded_windows']) > 10 else ''}; "
             f"tokens per site {info['tokens_per_site']}).",
         )
+    for cond in table.conditions():
+        if bad := degenerate_sites(table, cond):
+            lines.insert(
+                -2,
+                f"- **{cond}: degenerate moments at {len(bad)} site(s)**: "
+                + ", ".join(f"{s} ({why})" for s, why in bad.items())
+                + " (zero: every token exactly zero; constant: no variance): their direction- and variance-based "
+                "metrics are NaN (–).",
+            )
     for cond in table.conditions():
         g = table.get(cond, "resid_post", "growth_rate")
         lines.append(

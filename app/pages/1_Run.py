@@ -16,19 +16,11 @@ from spectral.runs import slug  # noqa: E402
 
 common.page_header("Start a run", "Model + corpus → streamed statistics → metrics, figures, verdicts, report.")
 
-MODEL_KINDS = ["embedded default (minilm)", "local directory", "llama2.c checkpoint", "hub id"]
 CORPUS_KINDS = ["built-in", "path", "pasted text", "upload"]
 
 st.subheader("Model")
-kind = st.radio("model source", MODEL_KINDS, horizontal=True, key="model_kind")
-model_name, tokenizer = "minilm", None
-if kind == "local directory":
-    model_name = st.text_input("model directory", key="model_dir")
-elif kind == "llama2.c checkpoint":
-    model_name = st.text_input("llama2.c .bin checkpoint", key="model_bin")
-    tokenizer = st.text_input("tokenizer directory or file", key="model_tok") or None
-elif kind == "hub id":
-    model_name = st.text_input("Hugging Face hub id (needs the hub or the local cache)", value="gpt2", key="model_hub")
+choice = common.model_picker("model", st.query_params.get("model"))
+model_name, tokenizer = choice.name, choice.tokenizer
 device = st.selectbox("device", ["cpu", "cuda", "mps"], key="device")
 s1, s2 = st.columns(2)
 allow_pickle = s1.checkbox(
@@ -87,20 +79,32 @@ controls = tuple(
     )
     if col.checkbox(label, value=c == "random_init", key=f"ctl_{c}")
 )
-c4, c5 = st.columns(2)
+c4, c5, c6 = st.columns(3)
 n_boot = c4.number_input("bootstrap resamples", 10, 100_000, 200, key="n_boot")
-formats = tuple(c5.multiselect("static figure formats (kaleido)", ["png", "pdf", "svg"], default=[], key="formats"))
+interventions = c5.number_input(
+    "intervention windows (ΔNLL; 0 = skip)",
+    0,
+    100_000,
+    AnalysisSpec().intervention_windows,
+    key="intervention_windows",
+    help="windows for the carrier / band ablations (prediction 4 and the ΔNLL metrics); each costs forward passes",
+)
+formats = tuple(c6.multiselect("static figure formats (kaleido)", ["png", "pdf", "svg"], default=[], key="formats"))
 default_out = str(common.RUNS_DIR / f"app-{slug(str(model_name or 'model'))[-40:]}-{time.strftime('%Y%m%d-%H%M%S')}")
 out = st.text_input("run directory (within the allowed roots)", value=default_out, key="out")
 overwrite = st.checkbox("overwrite an earlier run in this directory", key="overwrite")
 
 b1, b2 = st.columns(2)
-start = b1.button("Start run", type="primary", key="start")
+start = b1.button(
+    "Start run", type="primary", key="start", disabled=choice.pip_command is not None, help=choice.blocked
+)
 cancel = b2.button("Cancel", key="cancel", help="Stops the running job after its current batch.")
 
 
 def build_config() -> ExperimentConfig:
-    name = common.checked_model_name(model_name or "")
+    if model_name is None:
+        raise common.AppPathError(choice.blocked or "no model given")
+    name = common.checked_model_name(model_name)
     tok = str(common.safe_path(tokenizer)) if tokenizer else None
     if ckind == "built-in":
         source = "builtin"
@@ -119,7 +123,7 @@ def build_config() -> ExperimentConfig:
         ),
         corpus=CorpusSpec(source=source, seq_len=int(seq_len), max_seqs=int(max_seqs)),
         capture=CaptureSpec(sites=tuple(s.strip() for s in sites.split(",") if s.strip())),
-        analysis=AnalysisSpec(n_boot=int(n_boot)),
+        analysis=AnalysisSpec(n_boot=int(n_boot), intervention_windows=int(interventions)),
         controls=controls,
         seed=int(seed),
         formats=formats,

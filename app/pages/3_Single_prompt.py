@@ -24,13 +24,7 @@ common.page_header(
     "Carrier share of a token = ⟨h, μ̂⟩² / ‖h‖², with μ̂ the mean direction of this prompt's tokens at that layer "
     "(position 0 excluded). Display only; the run's statistics live on the Explore page.",
 )
-c1, c2 = st.columns([2, 1])
-model_name = c1.text_input(
-    "model ('minilm', a local directory, a .bin checkpoint or a hub id)",
-    st.query_params.get("model", "minilm"),
-    key="pm",
-)
-tok_name = c2.text_input("tokenizer (for a llama2.c .bin)", "", key="ptok")
+choice = common.model_picker("pm", st.query_params.get("model"))
 text = st.text_area("prompt", "The quick brown fox jumps over the lazy dog.", key="prompt", height=80)
 max_tokens = 64
 
@@ -72,10 +66,12 @@ def lens_top(name: str, tok: str, text: str) -> list[list[str]] | None:
     return out
 
 
-if text.strip():
+if choice.name is None:
+    st.info(f"Choose a model to capture the prompt ({choice.blocked}).")
+elif text.strip():
     with common.errors_shown():
-        name = common.checked_model_name(model_name)
-        tok = str(common.safe_path(tok_name)) if tok_name.strip() else ""
+        name = common.checked_model_name(choice.name)
+        tok = str(common.safe_path(choice.tokenizer)) if choice.tokenizer else ""
         tokens, h = activations(name, tok, text)
         n_layers, n_tok, _ = h.shape
         labels = [f"{i}:{t!r}" for i, t in enumerate(tokens)]

@@ -93,7 +93,8 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
             for name, kw in variants.items():
                 out.add(site, name, jackknife([st], partial(carrier.carrier_energy_robust, **kw), level))
             m_tot = st.total()
-            out.add(site, "sink_fraction", Estimate(m_tot.sink_count / m_tot.n, float("nan"), float("nan")))
+            share = m_tot.sink_count / m_tot.n if m_tot.n > 0 else float("nan")
+            out.add(site, "sink_fraction", Estimate(share, float("nan"), float("nan")))
         _, table = st.window_table()
         col = {n: i for i, n in enumerate(WINDOW_COLUMNS)}
         intra = ratio_bootstrap(table[:, col["sum_intra"]], table[:, col["count"]], weights, level)
@@ -180,9 +181,11 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int) -> No
             loo.append(mean_rank_frac(keep))
         out.add(site, "head_eff_rank_frac", jackknife_interval(value, np.array(loo), level))
         sec, zs, n = hp.z_second[layer].sum(0), hp.z_sum[layer].sum(0), float(hp.z_count[layer].sum())
-        r = max(1, int(round(value * hp.dh)))
-        subs = [heads.head_subspace(sec[h].numpy(), zs[h].numpy(), n, W_O[h], r) for h in range(hp.H)]
-        overl = [heads.subspace_overlap(subs[a], subs[b]) for a in range(hp.H) for b in range(a + 1, hp.H)]
+        overl = []
+        if np.isfinite(value):  # NaN: a head with a zero output covariance has no subspace to compare
+            r = max(1, int(round(value * hp.dh)))
+            subs = [heads.head_subspace(sec[h].numpy(), zs[h].numpy(), n, W_O[h], r) for h in range(hp.H)]
+            overl = [heads.subspace_overlap(subs[a], subs[b]) for a in range(hp.H) for b in range(a + 1, hp.H)]
         if overl:
             rng = np.random.default_rng(seed + layer)
             boot = np.array([rng.choice(overl, len(overl)).mean() for _ in range(spec.n_boot)])
@@ -221,7 +224,7 @@ def battery_metrics(model: str, m: Measurement, spec: AnalysisSpec, seed: int, r
 
         def dc_slope(*ms: object) -> float:
             ys = [spectrum.dc_fraction(mm) for mm in ms]  # type: ignore[arg-type]
-            return float(np.polyfit(xs, ys, 1)[0])
+            return float(np.polyfit(xs, ys, 1)[0]) if np.isfinite(ys).all() else float("nan")
 
         out.add("resid_post", "dc_fraction_slope", jackknife([m.bank[s] for s in resid], dc_slope, spec.ci_level))
     _self_similarity(out, m, spec, seed)

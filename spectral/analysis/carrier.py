@@ -3,28 +3,56 @@
 All exact functions of the streaming moments: anisotropy is the mean cosine over distinct token
 pairs, (‖Σû‖² − N)/(N(N−1)); the centred variant uses unit vectors of h − c with c the site
 mean over the first batch of windows (a fixed centre, so that the sum can stream and merge).
+
+Degenerate moments (a pruned or zero-initialised sub-layer writes exact zeros; a bias-only write is
+constant) give NaN, never an exception or a number of round-off: a direction is undefined when its
+defining sum is exactly zero, a cosine is taken over the tokens that have a direction (``Σ‖û‖²`` counts
+them: 1 per non-zero token), and z-scoring is undefined for a dimension that carries energy but no
+variance.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import scipy.sparse.linalg
 import torch
 
+from spectral.analysis import spectrum
 from spectral.stats import Moments
+
+ZSCORE_RTOL = 1e-10  # a dimension whose variance is below this share of its mean square has none (round-off)
+
+
+def _nan_vector(like: torch.Tensor) -> torch.Tensor:
+    return torch.full_like(like, float("nan"))
 
 
 def carrier_direction(m: Moments) -> torch.Tensor:
-    """μ̂ = mean(h)/‖mean(h)‖."""
-    return m.sum_h / m.sum_h.norm().clamp_min(1e-300)
+    """μ̂ = mean(h)/‖mean(h)‖; NaN when the mean is exactly zero (no tokens, or all of them zero)."""
+    norm = float(m.sum_h.norm())
+    if not norm > 0 or not math.isfinite(norm):
+        return _nan_vector(m.sum_h)
+    return m.sum_h / norm
 
 
 def top_direction(m: Moments) -> torch.Tensor:
-    """Top principal direction of the uncentred second moment (sign: along the mean)."""
+    """Top principal direction of the uncentred second moment (sign: along the mean); NaN when the
+    second moment is zero (every token zero: there is no direction)."""
+    tr = float(torch.trace(m.second))
+    if not tr > 0 or not math.isfinite(tr):
+        return _nan_vector(m.sum_h)
     M = m.second.numpy()
     start = m.sum_h.numpy() if float(m.sum_h.norm()) > 0 else None
-    _, vec = scipy.sparse.linalg.eigsh(M, k=1, which="LA", v0=start, tol=0)  # Lanczos (tol 0: machine precision)
-    v = torch.from_numpy(vec[:, 0]).to(m.second.dtype)
+    try:
+        if M.shape[0] < 3:
+            raise ValueError("Lanczos needs d >= 3")
+        _, vec = scipy.sparse.linalg.eigsh(M, k=1, which="LA", v0=start, tol=0)  # Lanczos (tol 0: machine precision)
+    except (ValueError, scipy.sparse.linalg.ArpackError, scipy.sparse.linalg.ArpackNoConvergence):
+        _, vecs = np.linalg.eigh(M)  # dense fallback (rank-deficient or tiny moments): ascending eigenvalues
+        vec = vecs[:, -1:]
+    v = torch.from_numpy(np.ascontiguousarray(vec[:, 0])).to(m.second.dtype)
     return v if float(v @ m.sum_h) >= 0 else -v
 
 
@@ -44,23 +72,36 @@ def carrier_drift(prev: Moments, cur: Moments) -> float:
     return float(carrier_direction(prev) @ carrier_direction(cur))
 
 
+def unit_count(m: Moments) -> float:
+    """Tokens that have a direction (non-zero h): Σ‖û‖² counts 1 per such token and 0 per zero token
+    (rounded: the float32 unit vectors carry ~1e-7 of round-off each)."""
+    return float(min(m.n, round(float(m.sum_u2.sum()))))
+
+
 def anisotropy(m: Moments) -> float:
-    n = m.n
+    """Mean cosine over distinct pairs of tokens with a direction (NaN with fewer than two)."""
+    n = unit_count(m)
     return (float(m.sum_u @ m.sum_u) - n) / (n * (n - 1)) if n > 1 else float("nan")
 
 
 def centered_anisotropy(m: Moments) -> float:
+    """The same for h − c; NaN when no token differs from the centre beyond round-off (a zero or constant
+    site: :func:`spectral.analysis.spectrum.degenerate`; or Σ of the unit vectors exactly zero: no centre)."""
     n = m.n
-    return (float(m.sum_cu @ m.sum_cu) - n) / (n * (n - 1)) if n > 1 else float("nan")
+    if n <= 1 or not bool(m.sum_cu.any()) or spectrum.degenerate(m) is not None:
+        return float("nan")
+    return (float(m.sum_cu @ m.sum_cu) - n) / (n * (n - 1))
 
 
 def rogue_contributions(m: Moments) -> torch.Tensor:
     """CC_i: each dimension's share of the mean pairwise cosine (Timkey & van Schijndel 2021).
 
-    Exact over all distinct token pairs: CC_i = ((Σ û_i)² − Σ û_i²) / (N(N−1)); Σ_i CC_i is the
-    anisotropy.
+    Exact over all distinct pairs of tokens with a direction: CC_i = ((Σ û_i)² − Σ û_i²) / (N(N−1));
+    Σ_i CC_i is the anisotropy (NaN everywhere with fewer than two such tokens).
     """
-    n = m.n
+    n = unit_count(m)
+    if n <= 1:
+        return _nan_vector(m.sum_u)
     return (m.sum_u**2 - m.sum_u2) / (n * (n - 1))
 
 
@@ -68,7 +109,7 @@ def rogue_top1_share(m: Moments) -> float:
     """Share of the anisotropy carried by the single largest-contributing dimension."""
     cc = rogue_contributions(m)
     total = float(cc.sum())
-    return float(cc.max()) / total if total > 0 else float("nan")
+    return float(cc.max()) / total if total > 0 else float("nan")  # NaN > 0 is False
 
 
 def anisotropy_without_rogue(m: Moments, k: int) -> float:
@@ -82,22 +123,36 @@ def carrier_energy_robust(m: Moments, *, zscore: bool, drop_dims: int, drop_sink
     unit standard deviation (scale only: centring would delete the carrier by construction).
 
     Exact from the moments: every step is linear in h or a subtraction of the sinks' moments.
+    NaN when no token is left, when the mean is exactly zero (no carrier direction), or, with
+    ``zscore``, when a dimension carries energy but no variance (its scale would be infinite).
     """
     second, sum_h, n = m.second, m.sum_h, m.n
     if drop_sinks:
         second, sum_h, n = second - m.sink_second, sum_h - m.sink_sum_h, n - m.sink_count
+    if n <= 0:
+        return float("nan")
     keep = torch.ones(second.shape[0], dtype=torch.bool)
     if drop_dims > 0:
-        keep[rogue_contributions(m).argsort(descending=True)[:drop_dims]] = False
+        cc = rogue_contributions(m)
+        if bool(torch.isnan(cc).any()):  # no pairwise cosine: no rogue dimensions to name
+            return float("nan")
+        keep[cc.argsort(descending=True)[:drop_dims]] = False
     second, sum_h = second[keep][:, keep], sum_h[keep]
     if zscore:
         mu = sum_h / n
-        std = (torch.diagonal(second) / n - mu**2).clamp_min(1e-300).sqrt()
+        energy = torch.diagonal(second) / n
+        var = energy - mu**2
+        if bool(((energy > 0) & (var <= ZSCORE_RTOL * energy)).any()):
+            return float("nan")
+        std = var.clamp_min(1e-300).sqrt()  # dimensions without energy stay zero
         second = second / torch.outer(std, std)
         sum_h = sum_h / std
-    direction = sum_h / sum_h.norm().clamp_min(1e-300)
+    norm = float(sum_h.norm())
     tr = float(torch.trace(second))
-    return float(direction @ second @ direction) / tr if tr > 0 else float("nan")
+    if not norm > 0 or not tr > 0:
+        return float("nan")
+    direction = sum_h / norm
+    return float(direction @ second @ direction) / tr
 
 
 def top_pc_energy(m: Moments) -> float:
@@ -105,7 +160,7 @@ def top_pc_energy(m: Moments) -> float:
     return energy_ratio(m, top_direction(m))
 
 
-def carrier_pc_alignment(m: Moments) -> float:
+def carrier_pc_alignment(m: Moments) -> float:  # NaN when either direction is undefined
     """|cos| between the mean direction μ̂ and the top uncentred principal direction."""
     return abs(float(carrier_direction(m) @ top_direction(m)))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 from dataclasses import astuple, dataclass, fields
 from functools import partial
 
@@ -96,6 +97,25 @@ def alias_rows(rows: list[MetricRow], alias: str, target: str, exclude: tuple[st
     return [
         dataclasses.replace(r, site=alias, layer=layer) for r in rows if r.site == target and r.metric not in exclude
     ]
+
+
+def degenerate_sites(table: MetricTable, condition: str) -> dict[str, str]:
+    """Sites of ``condition`` whose moments are degenerate, with why (read back from the metric rows):
+    "zero" (every token exactly zero: a pruned or zero-initialised sub-layer; ``norm_mean`` 0) or
+    "constant" (tokens have a direction but no variance about the centre, e.g. a bias-only write:
+    ``centered_anisotropy`` NaN while ``anisotropy`` is finite). Their direction- and variance-based
+    metrics are NaN."""
+    out: dict[str, str] = {}
+    for r in table.rows:
+        if r.condition != condition or r.metric != "norm_mean":
+            continue
+        if r.value == 0:
+            out[r.site] = "zero"
+            continue
+        cen, ani = table.get(condition, r.site, "centered_anisotropy"), table.get(condition, r.site, "anisotropy")
+        if cen is not None and ani is not None and math.isnan(cen.value) and math.isfinite(ani.value):
+            out[r.site] = "constant"
+    return out
 
 
 def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisSpec, seed: int) -> MetricTable:

@@ -15,14 +15,15 @@ def norm_mean(m: Moments) -> float:
 
 
 def norm_quantile(m: Moments, q: float) -> float:
-    """Quantile of ‖h‖ from the log-spaced histogram (≤0.5 % relative error)."""
+    """Quantile of ‖h‖ from the log-spaced histogram (≤0.5 % relative error); 0 in the bottom bin
+    (norms below the histogram's range, exact zeros of a pruned sub-layer among them)."""
     hist = m.norm_hist.numpy()
     total = hist.sum()
     if total == 0:
         return float("nan")
     cum = np.cumsum(hist)
     b = int(np.searchsorted(cum, q * total, side="left"))
-    return float(hist_value(np.array(min(b, HIST_BINS - 1))))
+    return 0.0 if b == 0 else float(hist_value(np.array(min(b, HIST_BINS - 1))))
 
 
 def window_mean(rows: np.ndarray, num: str, den: str, weights: np.ndarray, level: float) -> Estimate:
@@ -40,7 +41,10 @@ def growth_rate(layers: list[int], tables: list[np.ndarray], weights: np.ndarray
     x = np.asarray(layers, dtype=float)
     counts = np.stack([t[:, COL["count"]] for t in tables], axis=1)  # (W, k)
     sums = np.stack([t[:, COL["sum_norm"]] for t in tables], axis=1)
-    point = np.log(sums.sum(0) / counts.sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = np.log(sums.sum(0) / counts.sum(0))
+    if not np.isfinite(point).all():  # a layer with zero norm (or no tokens): no log-linear fit
+        return Estimate(float("nan"), float("nan"), float("nan"))
     slope = float(np.polyfit(x, point, 1)[0])
     with np.errstate(invalid="ignore", divide="ignore"):
         logs = np.log((weights @ sums) / (weights @ counts))  # (n_boot, k)

@@ -1,4 +1,10 @@
-"""PCA spectrum, effective rank, participation ratio and the sequence-axis power spectrum."""
+"""PCA spectrum, effective rank, participation ratio and the sequence-axis power spectrum.
+
+Degenerate moments give NaN without a warning: a zero second moment (a site that writes exact
+zeros), a covariance that is zero up to round-off (a constant site: total variance below
+``VARIANCE_RTOL`` of the mean square norm), a zero stream read by a write (no least-squares map).
+A covariance of low rank is not degenerate: rank 1 has effective rank 1.
+"""
 
 from __future__ import annotations
 
@@ -16,36 +22,57 @@ def covariance(m: Moments) -> torch.Tensor:
     return m.second / m.n - torch.outer(mu, mu)
 
 
+VARIANCE_RTOL = 1e-10  # total variance below this share of E‖h‖² is round-off (float64 cancellation ~1e-16·d)
+
+
 def pca_spectrum(m: Moments) -> np.ndarray:
-    """Eigenvalues of the centred covariance, descending, negatives (round-off) clipped to 0."""
+    """Eigenvalues of the centred covariance, descending, negatives (round-off) clipped to 0;
+    all NaN for a degenerate site (no tokens, zero or constant activations: :func:`degenerate`)."""
+    if degenerate(m) is not None:
+        return np.full(m.sum_h.shape[0], np.nan)
     ev = torch.linalg.eigvalsh(covariance(m)).flip(0).clamp_min(0.0)
     return ev.numpy()
 
 
+def degenerate(m: Moments) -> str | None:
+    """Why the covariance of ``m`` has no spectrum ("no tokens", "zero", "constant"), or None."""
+    if m.n <= 0:
+        return "no tokens"
+    energy = float(torch.trace(m.second)) / m.n  # E‖h‖²
+    if not energy > 0:
+        return "zero"
+    mu = m.sum_h / m.n
+    if energy - float(mu @ mu) <= VARIANCE_RTOL * energy:  # total variance tr(Σ) = E‖h‖² − ‖μ‖²
+        return "constant"
+    return None
+
+
+def _spectrum_stats(ev: np.ndarray) -> tuple[float, float]:
+    """(eff_rank, participation_ratio) of an eigenvalue vector; NaN for an all-zero one."""
+    total = float(ev.sum())
+    if not total > 0:  # NaN (degenerate) or an all-zero spectrum
+        return float("nan"), float("nan")
+    p = ev / total
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum())), float(total**2 / (ev**2).sum())
+
+
 def eff_rank(m: Moments) -> float:
     """exp of the Shannon entropy of the normalised eigenvalues (Roy & Vetterli)."""
-    ev = pca_spectrum(m)
-    p = ev / ev.sum()
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum()))
+    return _spectrum_stats(pca_spectrum(m))[0]
 
 
 def participation_ratio(m: Moments) -> float:
     """(Σλ)² / Σλ²."""
-    ev = pca_spectrum(m)
-    return float(ev.sum() ** 2 / (ev**2).sum())
+    return _spectrum_stats(pca_spectrum(m))[1]
 
 
 def spectrum_summary(m: Moments) -> np.ndarray:
-    """[eff_rank, participation_ratio, isoscore] from one eigendecomposition."""
+    """[eff_rank, participation_ratio, isoscore] from one eigendecomposition (NaN when degenerate)."""
     from spectral.analysis.isoscore import isoscore_from_eigenvalues
 
     ev = pca_spectrum(m)
-    p = ev / ev.sum()
-    p = p[p > 0]
-    return np.array(
-        [float(np.exp(-(p * np.log(p)).sum())), float(ev.sum() ** 2 / (ev**2).sum()), isoscore_from_eigenvalues(ev)]
-    )
+    return np.array([*_spectrum_stats(ev), isoscore_from_eigenvalues(ev)])
 
 
 def power_spectrum(m: Moments) -> np.ndarray:
@@ -84,6 +111,8 @@ def unembedding_basis(W_U: torch.Tensor) -> torch.Tensor:
 def band_energies(m: Moments, bands: list[torch.Tensor]) -> np.ndarray:
     """Fraction of Σ‖h‖² in each band: tr(U_bᵀ M U_b) / tr(M)."""
     tr = float(torch.trace(m.second))
+    if not tr > 0:  # a zero site has no energy to share out
+        return np.full(len(bands), np.nan)
     U = torch.cat(bands, dim=1).to(m.second.dtype)
     diag = (U * (m.second @ U)).sum(0).numpy()  # uᵀ M u for every basis vector: one product for all bands
     edges = np.cumsum([0] + [int(b.shape[1]) for b in bands])
@@ -102,6 +131,8 @@ def band_transfers(write: Moments, inp: Moments, band_sets: list[list[torch.Tens
     """:func:`band_transfer` for several band splittings of the same basis (one solve for all)."""
     if write.cross is None:
         raise ValueError("no cross moment: band transfer needs the write's input stream")
+    if write.n <= 0 or inp.n <= 0 or not float(torch.trace(inp.second)) > 0:  # no input energy: no map
+        return [np.full((len(bands), len(bands)), np.nan) for bands in band_sets]
     C = write.cross / write.n
     S = inp.second / inp.n
     ridge = 1e-8 * float(torch.trace(S)) / S.shape[0]
