@@ -122,10 +122,17 @@ DEFAULT_MODEL = "smollm2-135m"
 SMALL_SITES = "embed, resid_post.0, resid_post.14, resid_post.29, final"
 
 
-def _default_installed() -> bool:
+NAMED_LABEL = "named model (installs from PyPI, no hub)"
+
+
+def _statuses() -> list:
     from spectral import zoo
 
-    return any(m.name == DEFAULT_MODEL and m.installed for m in zoo.list_models())
+    return zoo.list_models()
+
+
+def _default_installed() -> bool:
+    return any(m.name == DEFAULT_MODEL and m.installed for m in _statuses())
 
 
 def test_every_page_in_a_real_browser(server, browser, tmp_path):
@@ -146,8 +153,14 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
     page.wait_for_selector("text=Start a run", timeout=60_000)
     settle(page)
     assert page.get_by_label("named model", exact=True).is_checked()
-    page.wait_for_selector(f"text={DEFAULT_MODEL} — ", timeout=10_000)
-    assert "Apache-2.0 · installed" in page.inner_text("body")
+    picker = page.get_by_label(NAMED_LABEL, exact=True)
+    assert picker.input_value() == f"{DEFAULT_MODEL} — SmolLM2-135M-Instruct (Q4_1 GGUF) · Apache-2.0 · installed"
+    picker.click()  # the list: every named model with its licence, installed ones first
+    page.wait_for_selector('[role="option"]', timeout=10_000)
+    options = page.get_by_role("option").all_inner_texts()
+    page.keyboard.press("Escape")
+    settle(page)
+    assert [o.split(" — ")[0] for o in options] == [m.name for m in _statuses()], options
     page.get_by_text("built-in", exact=True).click()
     settle(page)
     small = (
@@ -158,7 +171,7 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
         ("sites (comma-separated names or patterns)", SMALL_SITES),
     )
     for label, value in small:
-        box = page.get_by_label(label)
+        box = page.get_by_label(label, exact=True)  # exact: a help button carries "Help for LABEL"
         box.fill(value)
         box.press("Enter")
         settle(page)
@@ -202,7 +215,7 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
 
     page.goto(f"{url}/Single_prompt")  # the default model, preselected
     page.wait_for_selector("text=Trajectory in the top-2 principal components", timeout=300_000)
-    assert f"{DEFAULT_MODEL} — " in page.inner_text("body")
+    assert page.get_by_label(NAMED_LABEL, exact=True).input_value().startswith(f"{DEFAULT_MODEL} — ")
     check_and_shoot(page, tmp_path, "4_single_prompt", 2)
 
     page.goto(f"{url}/Verdicts?run={root / 'saved'}")
