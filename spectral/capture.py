@@ -247,6 +247,14 @@ def release_free_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def nonfinite_error(site: str, window: int, position: int, n_tokens: int) -> NumericsError:
+    """The one-line error for NaN/inf activations (capture and calibration)."""
+    return NumericsError(
+        f"non-finite activations (NaN/inf) at site {site}, window {window}, position {position} ({n_tokens} tokens "
+        "in this batch); set [capture] nonfinite = 'exclude' to drop such windows"
+    )
+
+
 def accumulate(
     model: LoadedModel,
     windows: TokenWindows,
@@ -291,11 +299,7 @@ def accumulate(
         bad = ~torch.isfinite(x.detach()).all(dim=-1) & b.attention_mask.bool().to(x.device)
         if bool(bad.any()):
             row, pos = (int(v) for v in torch.nonzero(bad)[0])
-            raise NumericsError(
-                f"non-finite activations (NaN/inf) at site {site}, window {int(b.window_index[row])}, position "
-                f"{pos} ({int(bad.sum())} tokens in this batch); set [capture] nonfinite = 'exclude' to drop "
-                "such windows"
-            )
+            raise nonfinite_error(site, int(b.window_index[row]), pos, int(bad.sum()))
         prev = take(bank.predecessors.get(site))
         inp = take(bank.inputs.get(site))
         if site not in bank.aliases:  # an alias's statistics were added under the site it repeats
@@ -409,10 +413,7 @@ def calibrate(
         if bool(nonfin.any()):
             if nonfinite == "fail":
                 row, pos = (int(v) for v in torch.nonzero(nonfin)[0])
-                raise NumericsError(
-                    f"non-finite activations (NaN/inf) at site {site}, window {int(batch.window_index[row])}, "
-                    f"position {pos}; set [capture] nonfinite = 'exclude' to drop such windows"
-                )
+                raise nonfinite_error(site, int(batch.window_index[row]), pos, int(nonfin.sum()))
             bad.logical_or_(nonfin.any(dim=1))
         m = batch.stat_mask[..., None].double()
         h = torch.nan_to_num(h.double(), nan=0.0, posinf=0.0, neginf=0.0)

@@ -336,8 +336,9 @@ class SiteStats:
             out["sink_second"] = torch.zeros(d, d, dtype=f64)
         if self.center is not None:  # stored: Σ (h-c)(h-c)ᵀ; wanted: Σ h hᵀ
             c, n = self.center, float(out["n"])  # type: ignore[arg-type]
-            s = values["sum_h"] - n * c + 0.5 * n * c  # type: ignore[operator]
-            # Σ h hᵀ = Σ(h-c)(h-c)ᵀ + c sᵀ + s cᵀ + n c cᵀ with s = Σ(h-c), as two rank-1 updates
+            # Σ h hᵀ = Σ(h-c)(h-c)ᵀ + c sᵀ + s cᵀ + n c cᵀ with s = Σ(h-c) = Σh - n c: two rank-1 updates with
+            # s + n c / 2 = Σh - n c / 2
+            s = values["sum_h"] - 0.5 * n * c  # type: ignore[operator]
             out["second"] = torch.addr(torch.addr(values["second"], c, s), s, c)  # type: ignore[arg-type]
         return Moments(**out)  # type: ignore[arg-type]
 

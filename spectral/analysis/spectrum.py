@@ -138,13 +138,11 @@ def band_transfers(write: Moments, inp: Moments, band_sets: list[list[torch.Tens
     ridge = 1e-8 * float(torch.trace(S)) / S.shape[0]
     A = torch.linalg.solve(S + ridge * torch.eye(S.shape[0], dtype=S.dtype), C.T).T  # C S⁻¹
     out = []
-    rotated: dict[int, np.ndarray] = {}
+    U_prev, R2 = None, np.zeros(0)
     for bands in band_sets:
         U = torch.cat(bands, dim=1).to(A.dtype)  # the bands side by side: one rotation instead of K² products
-        key = int(U.shape[1])
-        if key not in rotated or len(band_sets) == 1:
-            rotated[key] = (U.T @ A @ U).pow(2).numpy()
-        R2 = rotated[key]
+        if U_prev is None or not torch.equal(U, U_prev):  # K = 10 and K = 20 split the same basis: rotate once
+            R2, U_prev = (U.T @ A @ U).pow(2).numpy(), U
         edges = np.cumsum([0] + [int(b.shape[1]) for b in bands])[:-1]
         T = np.add.reduceat(np.add.reduceat(R2, edges, axis=0), edges, axis=1)
         out.append(T / T.sum() if T.sum() > 0 else T)
