@@ -31,6 +31,7 @@ RUN_FLAGS: dict[str, tuple[str | None, str]] = {
     "--sampling": ("corpus", "sampling"),
     "--batch-size": ("capture", "batch_size"),
     "--moment-buckets": ("capture", "moment_buckets"),
+    "--moment-dtype": ("capture", "moment_dtype"),
     "--backend": ("capture", "backend"),
     "--checkpoint-every": ("capture", "checkpoint_every"),
     "--shard": ("capture", "shard"),

@@ -34,7 +34,9 @@ def base(tiny_model_dir, tmp_path_factory, sample_text):
     corpus.write_text(sample_text)
     args = ["run", "--model", str(tiny_model_dir("llama")), "--corpus", str(corpus), "--seq-len", "16"]
     args += ["--max-seqs", "12", "--batch-size", "2", "--checkpoint-every", "4", "--n-boot", "50"]
-    args += ["--formats", "none", "--quiet"]
+    # float64 moments: shards sum their buckets in another order than the single run, and the merge is
+    # checked to 1e-7 (float32 storage is checked against float64 in test_stats)
+    args += ["--moment-dtype", "float64", "--formats", "none", "--quiet"]
     ref = root / "ref"
     assert main([*args, "--out", str(ref)]) == 0
     return {"root": root, "args": args, "ref": ref}
@@ -92,12 +94,14 @@ def test_resume_refuses_what_it_cannot_continue(base, capsys):
 
 
 def _close(a: MetricTable, b: MetricTable) -> None:
+    # atol 1e-7: the shards' float32 forwards batch other windows together, which moves an NLL (~3 nats)
+    # by float32 rounding, ~1e-7; a bootstrap bound of a difference of NLLs inherits that
     ka = {(r.condition, r.site, r.metric): r for r in a.rows}
     kb = {(r.condition, r.site, r.metric): r for r in b.rows}
     assert ka.keys() == kb.keys()
     for k, r in ka.items():
         got = np.array([kb[k].value, kb[k].ci_low, kb[k].ci_high])
-        np.testing.assert_allclose(got, [r.value, r.ci_low, r.ci_high], rtol=1e-7, atol=1e-9, err_msg=str(k))
+        np.testing.assert_allclose(got, [r.value, r.ci_low, r.ci_high], rtol=1e-7, atol=1e-7, err_msg=str(k))
 
 
 def test_shards_merge_to_the_single_run(base, capsys):
