@@ -72,16 +72,54 @@ class LensProbe:
         self._top1: dict[str, torch.Tensor] = {}
         self._mod_top1: dict[str, torch.Tensor] = {}
         self._acc: dict[str, torch.Tensor] = {}
+        self._pending: list[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        self.rows_per_product = 512
+        self._mod_basis: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per site: norm(u), norm(0); their logits
 
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
         out = f @ self.W.to(f.device)
         return out if self.bias is None else out + self.bias.to(f.device)
 
+    def _span(self, site: str, f: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """Coefficients that give the carrier-removed lens, ``norm(h - (h·u)u) @ W + b``, from the lens logits.
+
+        A final norm that rescales each token by a scalar and then applies a fixed affine map (RMSNorm,
+        LayerNorm, Gemma's (1 + w) RMSNorm, none) sends ``h - (h·u)u`` into the span of ``norm(h)``,
+        ``norm(u)`` and ``norm(0)``, so its logits are the same combination of ``logits - b``,
+        ``norm(u) @ W`` and ``norm(0) @ W``: no second vocabulary product. The coefficients are a per-token
+        least squares in d (normal equations in float64); None where the span does not reproduce
+        ``g = norm(h - (h·u)u)`` to 1e-5 (another kind of norm): then the full product is taken.
+        """
+        vecs = (self._mod_basis.get(site) or self._basis(site, f.device, dtype))[0]
+        A = torch.cat([f[:, None, :], vecs[None].expand(len(f), -1, -1)], 1).double()  # (n, 1+k, d)
+        gd = g.double()
+        G = A @ A.transpose(1, 2)  # (n, 1+k, 1+k)
+        G = G + torch.eye(G.shape[-1], dtype=G.dtype, device=G.device) * 1e-300
+        coef = torch.linalg.solve(G, (A @ gd[..., None]))[..., 0]  # (n, 1+k)
+        err = (torch.einsum("nk,nkd->nd", coef, A) - gd).norm(dim=-1) / gd.norm(dim=-1).clamp_min(1e-30)
+        if not bool(torch.isfinite(coef).all()) or (len(err) and float(err.max()) > 1e-5):
+            return None
+        return coef.float()
+
+    def _mod_logits(self, site: str, logits: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        base = logits if self.bias is None else logits - self.bias.to(logits.device)
+        out = coef[:, :1] * base + coef[:, 1:] @ self._mod_basis[site][1]
+        return out if self.bias is None else out + self.bias.to(out.device)
+
+    @torch.no_grad()
+    def _basis(self, site: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.dirs[site].to(device, dtype)[None]
+        vecs = torch.cat([self.norm(z), self.norm(torch.zeros_like(z))]).float()
+        size = vecs.norm(dim=-1)
+        vecs = vecs[size > 1e-12 * max(float(size.max()), 1e-30)]  # norm(0) = 0 without a bias
+        self._mod_basis[site] = (vecs, vecs @ self.W.to(device))  # (k, d), (k, V)
+        return self._mod_basis[site]
+
     def hooks(self) -> list[Hook]:
         return [(hook_name(s, self.model.arch), self._make(s)) for s in self.sites]
 
     def begin_batch(self, batch: Batch) -> None:
-        self._batch, self._sel = batch, None
+        self._batch, self._sel, self._pending = batch, None, []
         self._top1, self._mod_top1, self._acc = {}, {}, {}
 
     def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,25 +139,47 @@ class LensProbe:
 
     def _make(self, site: str) -> Callable[..., torch.Tensor]:
         def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
-            mask, target = self._tokens()
+            mask, _ = self._tokens()
             raw = x.detach()[mask.to(x.device)]  # (n, d) in the model's dtype (the norm's weights match it)
             h = raw.float()
             f = h if site == "final" else self.norm(raw).float()
-            logits = self._logits(f)
-            tgt = target.to(logits.device)
+            g = coef = None
+            if site in self.dirs and site != "final":
+                u = self.dirs[site].to(h.device)
+                g = self.norm((h - (h @ u)[:, None] * u).to(raw.dtype)).float()
+                coef = self._span(site, f, g, raw.dtype)
+            self._pending.append((site, f, None if coef is not None else g, coef))
+            if sum(len(p[1]) for p in self._pending) >= self.rows_per_product:
+                self._flush()
+            return x
+
+        return fn
+
+    def _flush(self) -> None:
+        """One vocabulary product for the pending sites (a product of a few rows is bound by writing the
+        logits, not by the flops: batching 512 rows instead of 64 is ~1.4x faster per row on 2 cores)."""
+        if not self._pending:
+            return
+        _, target = self._tokens()
+        parts = [t for p in self._pending for t in (p[1], p[2]) if t is not None]
+        logits_all = self._logits(torch.cat(parts))
+        at = 0
+        tgt = target.to(logits_all.device)
+        for site, f, g, coef in self._pending:
+            logits = logits_all[at : at + len(f)]
+            at += len(f)
             t_logit = logits.gather(1, tgt[:, None])
             self._top1[site] = logits.argmax(-1).cpu()
             rank = (logits > t_logit).sum(-1).cpu().double()
             self._acc[site] = torch.stack([(self._top1[site] == target).double(), rank], 1)
-            if site in self.dirs and site != "final":
-                u = self.dirs[site].to(h.device)
-                mod = h - (h @ u)[:, None] * u
-                self._mod_top1[site] = self._logits(self.norm(mod.to(raw.dtype)).float()).argmax(-1).cpu()
+            if coef is not None:
+                self._mod_top1[site] = self._mod_logits(site, logits, coef).argmax(-1).cpu()
+            elif g is not None:
+                self._mod_top1[site] = logits_all[at : at + len(g)].argmax(-1).cpu()
+                at += len(g)
             if site == "final":
                 self._margin(f, logits)
-            return x
-
-        return fn
+        self._pending = []
 
     def _margin(self, f: torch.Tensor, logits: torch.Tensor) -> None:
         top2 = logits.topk(2, dim=-1).indices  # (n, 2)
@@ -136,6 +196,7 @@ class LensProbe:
     def end_batch(self) -> None:
         b = self._batch
         assert b is not None
+        self._flush()
         mask, target = self._tokens()
         nw = b.input_ids.shape[0]
         tok_window = torch.arange(nw)[:, None].expand_as(mask)[mask]

@@ -116,3 +116,51 @@ def test_corpus_layer_cosine_equals_direct(setup):
     np.testing.assert_allclose(np.diag(value), 1.0, atol=1e-6)
     off = ~np.eye(len(sites), dtype=bool)
     assert np.all(lo[off] <= value[off]) and np.all(value[off] <= hi[off]) and np.all(hi[off] > lo[off])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3", "neox"])
+def test_carrier_removed_lens_span_equals_the_full_product(tiny_model_dir, family):
+    """The carrier-removed lens reuses the lens logits (span of norm(h), norm(u), norm(0)); it equals
+    norm(h - (h·u)u) @ W + b computed directly, for RMSNorm, LayerNorm with bias, and Gemma's (1 + w)."""
+    model = load_model(ModelSpec(name=str(tiny_model_dir(family))))
+    W_U, _ = model.unembedding()
+    torch.manual_seed(1)
+    d = model.arch.d_model
+    u = torch.randn(d)
+    lens = LensProbe(model, ("resid_post.0",), {"resid_post.0": u}, unembedding_bands(W_U, 4))
+    h = torch.randn(50, d) * 3 + 5 * torch.randn(d)  # a common component, as in a real stream
+    f = lens.norm(h).float()
+    logits = lens._logits(f)
+    un = u / u.norm()
+    g = lens.norm(h - (h @ un)[:, None] * un).float()
+    coef = lens._span("resid_post.0", f, g, h.dtype)
+    assert coef is not None
+    got = lens._mod_logits("resid_post.0", logits, coef)
+    want = lens._logits(g)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    # a norm outside the span (a per-dimension nonlinearity) is detected: the full product is taken
+    lens.norm = torch.tanh
+    lens._mod_basis.clear()
+    assert lens._span("resid_post.0", torch.tanh(h), torch.tanh(h - (h @ un)[:, None] * un), h.dtype) is None
+
+
+def test_lens_batched_products_and_the_fallback_give_the_same_table(setup, monkeypatch):
+    _, model, windows = setup
+    W_U, _ = model.unembedding()
+    mu = torch.randn(model.arch.d_model)
+    sites = ("resid_post.0", "resid_post.1", "resid_post.2")
+
+    def table(rows_per_product: int):
+        lens = LensProbe(model, sites, dict.fromkeys(sites, mu), unembedding_bands(W_U, 4))
+        lens.rows_per_product = rows_per_product
+        _run(model, windows, [lens])
+        return lens.table()
+
+    ref = table(1)  # one product per site
+    for got in (table(10_000), table(50)):
+        for a, b in zip(ref, got, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+    monkeypatch.setattr(LensProbe, "_span", lambda *a: None)  # every site takes the full carrier-removed product
+    for a, b in zip(ref, table(50), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)

@@ -190,7 +190,7 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int) -> No
             rng = np.random.default_rng(seed + layer)
             boot = np.array([rng.choice(overl, len(overl)).mean() for _ in range(spec.n_boot)])
             out.add(site, "head_overlap", percentile_ci(float(np.mean(overl)), boot, level))
-            null = heads.random_heads_null(d, r, hp.H, 100, seed + layer)
+            null = heads.random_heads_null(d, r, hp.H, 100, seed)  # cached: layers of equal r share it
             out.add(site, "head_overlap_null", percentile_ci(r / d, null, level))
         pairs = hp.pairs[layer]
         if pairs:
