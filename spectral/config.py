@@ -179,7 +179,11 @@ class AnalysisSpec:
     sink_factor: float = _help("a token is a sink / massive activation when ‖h‖ > factor × median ‖h‖", 10.0)
     rogue_k: int = _help("top rogue dimensions removed in the robustness checks (prediction 3)", 3)
     max_types: int = _help("most frequent token types tracked for self-similarity", 500)
-    intervention_windows: int = _help("windows used for ΔNLL interventions (0 = skip them)", 8)
+    intervention_windows: int = _help(
+        "windows used for ΔNLL interventions (0 = skip them); the experiments use 8, the default main job 4 "
+        "to keep its time budget",
+        4,
+    )
     intervention_layers: int = _help(
         "resid_post layers edited in the ΔNLL sweep, evenly spaced from the first to the last (0 = every layer); "
         "each edit runs only the layers after its site",
@@ -195,6 +199,12 @@ class AnalysisSpec:
         "positions per window (a seeded sample, the same for every layer) read by the vocabulary-sized probes "
         "(logit lens, band margin); 0 = every position",
         8,
+    )
+    sink_positions: int = _help(
+        "positions per window (a seeded sample, the same for every layer) whose (attention received, tail-band "
+        "energy) pair is kept for the attention-sink Spearman: memory stays flat in the corpus size; 0 = every "
+        "position",
+        16,
     )
     layer_cosine: bool = _help(
         "corpus-level layer x layer cosine matrix of resid_post (holds one batch's unit vectors per layer)", True
@@ -212,6 +222,7 @@ class AnalysisSpec:
         _check(self.intervention_windows >= 0, "[analysis] intervention_windows must be >= 0")
         _check(self.intervention_layers >= 0, "[analysis] intervention_layers must be >= 0")
         _check(self.lens_positions >= 0, "[analysis] lens_positions must be >= 0")
+        _check(self.sink_positions >= 0, "[analysis] sink_positions must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,11 @@ class ConditionCapture:
         tail = self.bands[an.bands[0]][-1] if self.bands else None
         # attention patterns and per-head outputs: the bridge, or the fast path where it serves the family
         heads_ok = self.backend == "bridge" or fast_heads(model)
-        self.heads = HeadProbe(model, cap.moment_buckets, tail) if heads_ok and not self.control else None
+        self.heads = (
+            HeadProbe(model, cap.moment_buckets, tail, an.sink_positions, cfg.seed)
+            if heads_ok and not self.control
+            else None
+        )
         self.types = TypeProbe(model, self.windows, self.resid, an.max_types)
         self.cosines = (
             CosineProbe(model, self.resid, cap.moment_buckets)

@@ -246,9 +246,12 @@ class LensProbe:
 class HeadProbe:
     """Per-head z moments (bucketed) and attention received vs tail-band energy per token."""
 
-    def __init__(self, model: LoadedModel, n_buckets: int, tail_band: torch.Tensor | None) -> None:
+    def __init__(
+        self, model: LoadedModel, n_buckets: int, tail_band: torch.Tensor | None, positions: int = 0, seed: int = 0
+    ) -> None:
         cfg = model.bridge.cfg
         self.model, self.n_buckets = model, n_buckets
+        self.positions, self.seed = positions, seed  # (received, tail) pairs kept per window (0 = all), seeded
         self.L, self.H, self.dh = model.arch.n_layers, int(cfg.n_heads), int(cfg.d_head)
         f64 = torch.float64
         self.z_second = torch.zeros(self.L, n_buckets, self.H, self.dh, self.dh, dtype=f64)
@@ -339,6 +342,8 @@ class HeadProbe:
                 n_q = valid_q.double().sum(1, keepdim=True).expand_as(valid_q)
             received = A.sum(1).double() / n_q.clamp_min(1)  # (batch, k)
             mask = b.stat_mask
+            if self.positions > 0:
+                mask = sample_positions(mask, b.window_index, self.positions, self.seed)
             win = b.window_index[:, None].expand_as(mask)[mask].double()
             tail = self._tail_energy[layer][mask].double()
             self.pairs[layer].append(torch.stack([win, received[mask], tail], 1).numpy())

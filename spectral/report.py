@@ -190,6 +190,11 @@ def build_report(run_dir: Path) -> Path:
         "attention/tail-band Spearman by bootstrap over windows. Centred anisotropy is centred on the site "
         "mean of the first batch of windows; sinks are tokens with ‖h‖ above "
         f"{cfg['analysis'].get('sink_factor', 10)}× the site's median norm in that batch.",
+        f"- Position samples (seeded per window, the same at every layer): the logit lens, the carrier-removed "
+        f"lens and the band margin read {_positions(cfg['analysis'].get('lens_positions', 0))} per window; "
+        f"the attention/tail-band Spearman keeps {_positions(cfg['analysis'].get('sink_positions', 0))}; "
+        f"interventions edit {cfg['analysis'].get('intervention_layers', 0) or 'all'} layers on the first "
+        f"{cfg['analysis'].get('intervention_windows', 0)} windows.",
         "",
         "## Headline numbers",
     ]
@@ -265,3 +270,7 @@ def build_report(run_dir: Path) -> Path:
     atomic_write_text(out, text)
     atomic_write_text(run_dir / "report.html", markdown_to_html(text, run_dir, f"spectral: {man['model_label']}"))
     return out
+
+
+def _positions(k: int) -> str:
+    return "every position" if not k else f"{k} sampled positions"

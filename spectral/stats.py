@@ -21,6 +21,8 @@ tensors: they work on activations from any source.
 """
 
 import math
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +104,10 @@ def hist_bin(norms: torch.Tensor) -> torch.Tensor:
 def hist_value(bins: np.ndarray) -> np.ndarray:
     """Representative value (geometric bin centre) of histogram bins."""
     return HIST_GAMMA ** (bins + HIST_MIN_EXP + 0.5)
+
+
+CACHED_SITES = 6  # sites whose float64 views stay cached at once (least recently used dropped)
+_CACHE: "OrderedDict[int, weakref.ref[SiteStats]]" = OrderedDict()
 
 
 class SiteStats:
@@ -290,9 +296,23 @@ class SiteStats:
         self.spectrum_windows.index_add_(0, idx, torch.ones(sel.numel(), dtype=torch.float64, device=self.device))
 
     # ---- views ----------------------------------------------------------------------------
+    def _touch(self) -> None:
+        """Mark this site's cached views as recently used; drop those of the least recently used sites
+        beyond :data:`CACHED_SITES` (a d x d float64 view is B + 6 matrices per site: keeping every
+        site's would cost GBs on a real model; analyses read a few sites at a time)."""
+        key = id(self)
+        _CACHE.pop(key, None)
+        _CACHE[key] = weakref.ref(self)
+        while len(_CACHE) > CACHED_SITES:
+            _, ref = _CACHE.popitem(last=False)
+            old = ref()
+            if old is not None:
+                old._fields, old._total, old._loo = None, None, {}
+
     def _bucket_fields(self) -> dict[str, torch.Tensor | None]:
         """Per-bucket sums as CPU float64 tensors (analyses run on the CPU); cached until the next
         update or merge, so the jackknife's leave-one-out views do not copy them again."""
+        self._touch()
         if self._fields is None:
             fields = {k: None if v is None else v.cpu() for k, v in self._device_fields().items()}
             for k in ("second", "sink_second", "cross"):
@@ -353,12 +373,14 @@ class SiteStats:
 
     def total(self) -> Moments:
         """Sums over all buckets (cached until the next update or merge)."""
+        self._touch()
         if self._total is None:
             self._total = {k: None if v is None else v.sum(0) for k, v in self._bucket_fields().items()}
         return self._make(self._total)
 
     def leave_one_out(self, bucket: int) -> Moments:
         """Sums over all buckets but one (for the jackknife; cached until :meth:`release`)."""
+        self._touch()
         if bucket in self._loo:
             return self._loo[bucket]
         self._loo[bucket] = self._leave_one_out(bucket)
