@@ -1,8 +1,8 @@
 """Per-head output spectra and subspace overlaps == direct computations; random-subspace null."""
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from spectral.analysis.heads import (
     head_eff_rank,
