@@ -164,3 +164,19 @@ def test_lens_batched_products_and_the_fallback_give_the_same_table(setup, monke
     monkeypatch.setattr(LensProbe, "_span", lambda *a: None)  # every site takes the full carrier-removed product
     for a, b in zip(ref, table(50), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_head_probe_keeps_the_sampled_pairs_only(setup):
+    """sink_positions: a seeded subset of each window's (received, tail) pairs, the same rows as the full probe."""
+    _, model, windows = setup
+    W_U, _ = model.unembedding()
+    tail = unembedding_bands(W_U, 4)[-1]
+    full, some = HeadProbe(model, 2, tail), HeadProbe(model, 2, tail, positions=3, seed=5)
+    _run(model, windows, [full, some])
+    for layer in range(model.arch.n_layers):
+        a, b = np.concatenate(full.pairs[layer]), np.concatenate(some.pairs[layer])
+        assert len(b) == 3 * len(windows)
+        assert np.bincount(b[:, 0].astype(int)).max() == 3
+        rows = {tuple(r) for r in a.round(12)}
+        assert all(tuple(r) in rows for r in b.round(12))
+    torch.testing.assert_close(full.z_second, some.z_second)  # the head moments use every token

@@ -197,3 +197,20 @@ def test_float32_packed_moments_agree_with_float64():
     torch.testing.assert_close(ev_a, ev_b, rtol=1e-4, atol=1e-5 * float(ev_b.max()))
     loo_a, loo_b = out[torch.float32].leave_one_out(2), out[torch.float64].leave_one_out(2)
     torch.testing.assert_close(loo_a.second, loo_b.second, rtol=1e-6, atol=1e-6 * float(b.second.diagonal().max()))
+
+
+def test_float64_views_are_cached_for_a_few_sites_only():
+    """The float64 views (bucket sums, total, leave-one-out) are an LRU over sites: reading many sites
+    keeps at most CACHED_SITES of them, and an evicted site gives the same numbers when read again."""
+    from spectral import stats
+
+    h = _data()
+    sites = [_stream(h * (i + 1), 4) for i in range(stats.CACHED_SITES + 3)]
+    first = sites[0].total().second.clone(), sites[0].leave_one_out(1).second.clone()
+    for st in sites[1:]:
+        st.total()
+        st.leave_one_out(0)
+    cached = [st for st in sites if st._fields is not None or st._total is not None or st._loo]
+    assert len(cached) == stats.CACHED_SITES and sites[0] not in cached and sites[-1] in cached
+    assert torch.equal(sites[0].total().second, first[0])
+    assert torch.equal(sites[0].leave_one_out(1).second, first[1])
