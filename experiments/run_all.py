@@ -27,6 +27,10 @@ def canonical(run_dir, model) -> None:
         if f.suffix in (".png", ".txt"):
             shutil.copy2(f, dest / "figures" / f.name)
     shutil.copy2(run_dir / "verdicts.csv", dest / "verdicts.csv")
+    from readme_example import layer_table, verdict_table
+
+    example = f"{layer_table(run_dir)}\n\n{verdict_table(run_dir)}\n"
+    atomic_write_text(dest / "example.md", example)  # README's example tables (pasted from here)
     report = (run_dir / "report.md").read_text()
     report += (
         f"\n## Credits\n\n{model['credit']}.\n\nRegenerate: `python experiments/run_all.py --models {model['key']}`.\n"

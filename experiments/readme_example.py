@@ -1,0 +1,59 @@
+"""Print README's example tables (per-layer numbers and the verdicts) from a run directory.
+
+    python experiments/readme_example.py reports/runs/smollm2-135m-tinystories-full
+
+The README's example is pasted from this output, so every number in it comes from a run;
+``tests/test_readme.py`` checks the pasted tables against the committed canonical verdicts.
+"""
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+COLUMNS = ("norm_mean", "layer_cos", "carrier_energy", "carrier_energy_robust", "anisotropy", "eff_rank")
+
+
+def _fmt(x: float) -> str:
+    if x != x:
+        return "n/a"
+    return f"{x:.1f}" if abs(x) >= 10 else f"{x:.3f}"
+
+
+def layer_table(run: Path) -> str:
+    n_layers = int(json.loads((run / "manifest.json").read_text())["arch"]["n_layers"])
+    layers = sorted({0, n_layers // 4, n_layers // 2, (3 * n_layers) // 4, n_layers - 1})
+    values: dict[tuple[str, str], float] = {}
+    with (run / "metrics.csv").open() as f:
+        for r in csv.DictReader(f):
+            if r["condition"] == "trained":
+                values[(r["site"], r["metric"])] = float(r["value"])
+    lines = ["| resid_post | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for layer in layers:
+        cells = [_fmt(values.get((f"resid_post.{layer}", c), float("nan"))) for c in COLUMNS]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def verdict_table(run: Path) -> str:
+    lines = ["| prediction | status | statistic [CI] | control R |", "|---|---|---|---|"]
+    with (run / "verdicts.csv").open() as f:
+        for r in csv.DictReader(f):
+            stat = r["statistic"].split(" mean over")[0]
+            est = f"{_fmt(float(r['value']))} [{_fmt(float(r['ci_low']))}, {_fmt(float(r['ci_high']))}]"
+            ctrl = _fmt(float(r["control_value"])) if r["control_value"] else "n/a"
+            lines.append(f"| {r['prediction']} | {r['status']} | {stat} = {est} | {ctrl} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path)
+    a = p.parse_args()
+    print(layer_table(a.run) + "\n\n" + verdict_table(a.run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
