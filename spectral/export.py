@@ -41,10 +41,14 @@ def save_figures(
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
+    from spectral.plotting import declutter_ticks
+
     fig_dir = out_dir / prefix
     fig_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(fig_dir / "plotly.min.js", get_plotlyjs())  # shared by the HTML figures, offline
     written: dict[str, list[str]] = {}
+    for fig in figures.values():
+        declutter_ticks(fig)
     for name, fig in figures.items():
         atomic_write_text(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
         atomic_write_text(fig_dir / f"{name}.csv", data[name])

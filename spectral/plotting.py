@@ -7,6 +7,7 @@ controls are dashed in fixed colours (random-weight twin: grey).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -275,4 +276,32 @@ def overlay(series: list[Series], panels: tuple[tuple[str, str, str], ...], titl
     fig.update_xaxes(title_text="relative depth" if relative else "layer", dtick=0.25 if relative else 1)
     if panels and panels[0][1] == "norm_mean":
         fig.update_yaxes(type="log", row=1, col=1)
+    return fig
+
+
+def _nice_step(span: float, target: int = 10) -> float:
+    raw = span / target
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 5, 10) if m * mag >= raw)
+
+
+def declutter_ticks(fig: go.Figure, max_ticks: int = 16) -> go.Figure:
+    """Thin the one-per-layer ticks (``dtick = 1``) of axes that span more than ``max_ticks`` values
+    (30 layers of labels overlap) to a step of 1, 2, 5, ... giving about ten ticks."""
+    for letter in ("x", "y"):
+        spans: dict[str, list[float]] = {}
+        for tr in fig.data:
+            ref = getattr(tr, f"{letter}axis", None) or letter
+            vals = getattr(tr, letter, None)
+            z: Any = getattr(tr, "z", None)
+            if vals is None and z is not None:
+                vals = range(len(z[0]) if letter == "x" and len(z) else len(z))
+            nums = [float(v) for v in (vals or ()) if isinstance(v, int | float) and math.isfinite(v)]
+            if nums:
+                spans.setdefault(ref, []).extend((min(nums), max(nums)))
+        for ref, ends in spans.items():
+            axis = fig.layout[f"{letter}axis{ref[1:]}"]
+            span = max(ends) - min(ends)
+            if axis.dtick == 1 and span > max_ticks:
+                axis.dtick = _nice_step(span)
     return fig

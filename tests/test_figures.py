@@ -48,3 +48,22 @@ def test_static_export_writes_png_pdf_svg(tmp_path):
     for ext in ("png", "pdf", "svg"):
         assert (tmp_path / "figures" / f"norm_profile.{ext}").stat().st_size > 1000
     assert (tmp_path / "figures" / "norm_profile.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_layer_ticks_are_thinned_on_deep_models_only():
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from spectral.plotting import apply_theme, declutter_ticks
+
+    fig = make_subplots(rows=1, cols=2)
+    fig.add_trace(go.Scatter(x=list(range(31)), y=list(range(31))), row=1, col=1)  # 30 layers: every 5th
+    fig.add_trace(go.Scatter(x=list(range(6)), y=list(range(6))), row=1, col=2)  # 5 layers: every layer
+    apply_theme(fig, "t")
+    declutter_ticks(fig)
+    assert (fig.layout.xaxis.dtick, fig.layout.xaxis2.dtick) == (5, 1)
+    heat = go.Figure(go.Heatmap(z=[[0.0] * 10] * 30))
+    heat.update_xaxes(dtick=1)
+    heat.update_yaxes(dtick=1)
+    declutter_ticks(heat)
+    assert (heat.layout.xaxis.dtick, heat.layout.yaxis.dtick) == (1, 5)
