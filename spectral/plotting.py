@@ -296,7 +296,8 @@ def declutter_ticks(fig: go.Figure, max_ticks: int = 16) -> go.Figure:
             z: Any = getattr(tr, "z", None)
             if vals is None and z is not None:
                 vals = range(len(z[0]) if letter == "x" and len(z) else len(z))
-            nums = [float(v) for v in (vals or ()) if isinstance(v, int | float) and math.isfinite(v)]
+            seq = () if vals is None else vals.tolist() if hasattr(vals, "tolist") else list(vals)
+            nums = [float(v) for v in seq if isinstance(v, int | float) and math.isfinite(v)]
             if nums:
                 spans.setdefault(ref, []).extend((min(nums), max(nums)))
         for ref, ends in spans.items():

@@ -1,5 +1,7 @@
 """Figures: PNG export through kaleido when a browser exists, a one-line note when none does."""
 
+import numpy as np
+
 from spectral import export, plotting
 from spectral.analysis.metrics import MetricRow, MetricTable
 
@@ -57,7 +59,7 @@ def test_layer_ticks_are_thinned_on_deep_models_only():
     from spectral.plotting import apply_theme, declutter_ticks
 
     fig = make_subplots(rows=1, cols=2)
-    fig.add_trace(go.Scatter(x=list(range(31)), y=list(range(31))), row=1, col=1)  # 30 layers: every 5th
+    fig.add_trace(go.Scatter(x=np.arange(31), y=np.arange(31.0)), row=1, col=1)  # 30 layers: every 5th
     fig.add_trace(go.Scatter(x=list(range(6)), y=list(range(6))), row=1, col=2)  # 5 layers: every layer
     apply_theme(fig, "t")
     declutter_ticks(fig)
