@@ -233,8 +233,11 @@ class SiteStats:
         # no device sync (on the H200 this beat per-bucket products gathered by index: 1.41x vs 1.70x of
         # the bare bf16 forward for GPT-2)
         tri = _triu_flat(self.d, dev)
-        if dev.type == "cpu":  # on the CPU one product per bucket (tokens of its windows stacked) is cheaper:
-            # the upper-triangle gather is paid once per bucket, not once per window (4.6 vs 6.0 ms at d 576)
+        if dev.type == "cpu" and self.second.dtype == torch.float32:
+            # float32 storage on the CPU: one product per bucket (tokens of its windows stacked) is cheaper, the
+            # upper-triangle gather is paid once per bucket, not per window (4.6 vs 6.0 ms at d 576). Its float32
+            # sum then depends on which windows share a batch (~1e-7); float64 storage keeps per-window
+            # products, so shards and batch sizes agree to float64 rounding
             for b in torch.unique(bucket).tolist():
                 rows = xm[bucket == b].reshape(-1, self.d)
                 self.second[b] += (rows.T @ rows).reshape(-1)[tri].to(self.second.dtype)
