@@ -296,7 +296,7 @@ def declutter_ticks(fig: go.Figure, max_ticks: int = 16) -> go.Figure:
             z: Any = getattr(tr, "z", None)
             if vals is None and z is not None:
                 vals = range(len(z[0]) if letter == "x" and len(z) else len(z))
-            seq = () if vals is None else vals.tolist() if hasattr(vals, "tolist") else list(vals)
+            seq = [] if vals is None else np.asarray(vals, dtype=object).ravel().tolist()
             nums = [float(v) for v in seq if isinstance(v, int | float) and math.isfinite(v)]
             if nums:
                 spans.setdefault(ref, []).extend((min(nums), max(nums)))
