@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import peak_mib, timed
 
 MODELS = ("gpt2", "minilm", "llama")
 
@@ -73,23 +74,6 @@ def windows_for(n_tokens: int, seq_len: int, vocab: int):
     ids = torch.randint(3, min(vocab, 30000), (n, seq_len + 1), generator=g)
     ids[:, 0] = 2 if vocab > 2 else 0
     return TokenWindows(ids, torch.arange(n), True, seq_len, n * seq_len, n, None)  # type: ignore[arg-type]
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def timed(fn, device: str, repeat: int) -> float:
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def variants(name: str, device: str, dtype: str, windows, batch_size: int):
@@ -193,11 +177,7 @@ def child(args: argparse.Namespace) -> None:
     accumulate(
         model, windows, new_bank(model, sites, 10), args.batch_size, backend="fast" if variant == "d" else "bridge"
     )
-    if args.device.startswith("cuda"):
-        print(torch.cuda.max_memory_allocated() / 2**20)
-    else:  # VmHWM: this process's own peak RSS (ru_maxrss would carry the parent's peak over the exec)
-        hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM"))
-        print(int(hwm.split()[1]) / 1024)
+    print(peak_mib(args.device))
 
 
 def main() -> None:

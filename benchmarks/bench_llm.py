@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import peak_mib, timed
 
 
 def windows(model, n: int, seq_len: int):
@@ -43,20 +44,6 @@ def repeat_windows(w, n: int):
     reps = -(-n // len(w))
     ids = w.ids.repeat(reps, 1)[:n]
     return dataclasses.replace(w, ids=ids, window_index=torch.arange(n))
-
-
-def timed(fn, device: str, repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def config(args: argparse.Namespace, **capture):
@@ -88,11 +75,7 @@ def child(args: argparse.Namespace) -> None:
         accumulate(model, w, new_bank(model, resid, 5), args.batch_size, backend="fast")
     else:
         ConditionCapture(model, w, all_sites(model.arch), config(args), "trained").run()
-    if args.device.startswith("cuda"):
-        print(torch.cuda.max_memory_allocated() / 2**20)
-    else:
-        hwm = next(ln for ln in Path("/proc/self/status").read_text().splitlines() if ln.startswith("VmHWM"))
-        print(int(hwm.split()[1]) / 1024)
+    print(peak_mib(args.device))
 
 
 def main() -> None:
