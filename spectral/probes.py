@@ -93,11 +93,12 @@ class LensProbe:
         vecs = (self._mod_basis.get(site) or self._basis(site, f.device, dtype))[0]
         A = torch.cat([f[:, None, :], vecs[None].expand(len(f), -1, -1)], 1).double()  # (n, 1+k, d)
         gd = g.double()
-        G = A @ A.transpose(1, 2)  # (n, 1+k, 1+k)
-        G = G + torch.eye(G.shape[-1], dtype=G.dtype, device=G.device) * 1e-300
-        coef = torch.linalg.solve(G, (A @ gd[..., None]))[..., 0]  # (n, 1+k)
+        coef, info = torch.linalg.solve_ex(A @ A.transpose(1, 2), A @ gd[..., None])  # (n, 1+k, 1)
+        coef = coef[..., 0]
+        if bool(info.any()) or not bool(torch.isfinite(coef).all()):  # a singular span: take the full product
+            return None
         err = (torch.einsum("nk,nkd->nd", coef, A) - gd).norm(dim=-1) / gd.norm(dim=-1).clamp_min(1e-30)
-        if not bool(torch.isfinite(coef).all()) or (len(err) and float(err.max()) > 1e-5):
+        if len(err) and float(err.max()) > 1e-5:
             return None
         return coef.float()
 
