@@ -178,7 +178,7 @@ class SiteStats:
         (c: the site's fixed centre) so that float32 loses nothing to a large common component;
         :meth:`_make` shifts it back exactly in float64.
         """
-        self._total, self._fields, self._loo = None, None, {}
+        self._drop_views()
         f64 = torch.float64
         f32 = f64 if h.dtype == f64 else torch.float32  # the working precision: float64 input stays float64
         x = h.detach().to(f32)
@@ -299,6 +299,11 @@ class SiteStats:
         self.spectrum_windows.index_add_(0, idx, torch.ones(sel.numel(), dtype=torch.float64, device=self.device))
 
     # ---- views ----------------------------------------------------------------------------
+    def _drop_views(self) -> None:
+        """Forget the cached float64 views (bucket sums, total, leave-one-out sums): after an update or a
+        merge they are stale, and on eviction from the LRU they are recomputed when read again."""
+        self._total, self._fields, self._loo = None, None, {}
+
     def _touch(self) -> None:
         """Mark this site's cached views as recently used; drop those of the least recently used sites
         beyond :data:`CACHED_SITES` (a d x d float64 view is B + 6 matrices per site: keeping every
@@ -310,7 +315,7 @@ class SiteStats:
             _, ref = _CACHE.popitem(last=False)
             old = ref()
             if old is not None:
-                old._fields, old._total, old._loo = None, None, {}
+                old._drop_views()
 
     def _bucket_fields(self) -> dict[str, torch.Tensor | None]:
         """Per-bucket sums as CPU float64 tensors (analyses run on the CPU); cached until the next
@@ -427,7 +432,7 @@ class SiteStats:
             raise ValueError("cannot merge statistics with different sink thresholds or cross moments")
         if self.moment_dtype != other.moment_dtype:
             raise ValueError(f"cannot merge {self.moment_dtype} moments with {other.moment_dtype} ones")
-        self._total, self._fields, self._loo = None, None, {}
+        self._drop_views()
         for name in MOMENT_FIELDS + EXTRA_FIELDS:
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine is not None and theirs is not None:
