@@ -296,7 +296,9 @@ def accumulate(
 
     def sink(site: str, x: torch.Tensor) -> None:
         b = current[0]
-        bad = ~torch.isfinite(x.detach()).all(dim=-1) & b.attention_mask.bool().to(x.device)
+        # a NaN/inf anywhere in a vector makes its sum non-finite (one reduction, no full-size boolean tensor);
+        # a finite vector whose sum overflows float32 (|sum| > 3e38) is flagged too, where the moments would overflow
+        bad = ~torch.isfinite(x.detach().sum(dim=-1)) & b.attention_mask.bool().to(x.device)
         if bool(bad.any()):
             row, pos = (int(v) for v in torch.nonzero(bad)[0])
             raise nonfinite_error(site, int(b.window_index[row]), pos, int(bad.sum()))

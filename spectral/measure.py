@@ -1,5 +1,5 @@
 """One condition of a run: calibrate, stream the windows through the model with every probe,
-and (for the trained model and its random twin) run the interventions. Gives a battery
+and (for the trained model) run the interventions. Gives a battery
 ``Measurement``.
 
 Conditions: ``trained``; controls ``random_init`` (R: the seeded random-weight twin),
@@ -161,11 +161,12 @@ class ConditionCapture:
     def intervene(self) -> None:
         """ΔNLL of projecting the carrier (full-corpus mean direction) or each W_U band out of resid_post
         at ``intervention_layers`` evenly spaced layers, on the first ``intervention_windows`` windows
-        (trained and R only); scored on ``lens_positions`` sampled positions per window where the edit
+        (the trained model only: no verdict reads a random twin's ΔNLL, and the sweep is the costliest analysis);
+        scored on ``lens_positions`` sampled positions per window where the edit
         runs only the layers after its site."""
         cap, an = self.cfg.capture, self.cfg.analysis
         self.interventions = []
-        if self.condition not in ("trained", "random_init") or not (self.lm and self.bands):
+        if self.condition != "trained" or not (self.lm and self.bands):
             return
         if an.intervention_windows <= 0:
             return

@@ -76,6 +76,16 @@ class LoadedModel:
     seed: int | None
     device: torch.device
 
+    def release_weights(self) -> None:
+        """Drop the network (bridge and Hugging Face modules) and keep ``arch``, ``source`` and the
+        tokenizer: what a run still needs for its report once every condition of these weights is done."""
+        self.bridge = None
+        if hasattr(self, "_plain"):
+            del self._plain  # type: ignore[attr-defined]
+        import gc
+
+        gc.collect()
+
     @property
     def hf_model(self) -> torch.nn.Module:
         return self.bridge.original_model

@@ -224,12 +224,15 @@ def cfg_bands(s: Setup) -> int:
 
 
 def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
-    """(condition, model) for the trained model and each control; R's twin is loaded when reached."""
-    for cond in ("trained", *s.cfg.controls):
-        if cond == "random_init":
-            yield cond, load_model(s.cfg.model, random_init=True, seed=s.cfg.seed)
-        else:
-            yield cond, s.model
+    """(condition, model) for the trained model and each control. The controls that run the trained
+    weights (S, P) come first and R's twin last: its weights are loaded only after the trained ones are
+    released (``s.model`` keeps its ``arch`` and tokenizer), so a run never holds two models at once."""
+    controls = [c for c in s.cfg.controls if c != "random_init"]
+    for cond in ("trained", *controls):
+        yield cond, s.model
+    if "random_init" in s.cfg.controls:
+        s.model.release_weights()
+        yield "random_init", load_model(s.cfg.model, random_init=True, seed=s.cfg.seed)
 
 
 def _capture(

@@ -192,7 +192,7 @@ class SiteStats:
 
         m = mask_c.to(dev, f32).unsqueeze(-1)  # (B, T, 1)
         norms = x.norm(dim=-1)  # (B, T)
-        unit = x / norms.clamp_min(1e-30).unsqueeze(-1)
+        inv = m[..., 0] / norms.clamp_min(1e-30)  # (B, T): 1/‖h‖ on counted tokens, 0 elsewhere
         count_w = m.sum((1, 2))  # (B,)
         norm_w = (norms * m[..., 0]).sum(1)
         norm2_w = (norms.pow(2) * m[..., 0]).sum(1)
@@ -204,14 +204,15 @@ class SiteStats:
             )  # no-op moves on one device
 
         add(self.count, count_w)
-        um = unit * m
-        add(self.sum_u, um.sum(1))
-        add(self.sum_u2, (unit * um).sum(1))
+        # weighted sums over positions as batched products (one pass each, no full-size temporaries but x²)
+        add(self.sum_u, torch.bmm(inv[:, None, :], x)[:, 0])  # Σ û
+        add(self.sum_u2, torch.bmm((inv * inv)[:, None, :], x * x)[:, 0])  # Σ û_i²
         if self.center is not None:
             c = self.center.to(dev, f32)
             xc = x - c
             xm = xc * m  # masked tokens are zero rows
-            add(self.sum_cu, (xm / xc.norm(dim=-1, keepdim=True).clamp_min(1e-30)).sum(1))
+            cinv = m[..., 0] / xc.norm(dim=-1).clamp_min(1e-30)
+            add(self.sum_cu, torch.bmm(cinv[:, None, :], xc)[:, 0])
             # Σh = Σ(h - c) + n c: the shifted sum is small, so float32 loses nothing to the common part
             xm_sum = xm.sum(1)
             add(self.sum_h, xm_sum.to(f64) + count_w.to(f64)[:, None] * self.center.to(dev))
@@ -244,7 +245,14 @@ class SiteStats:
         else:
             add(self.second, torch.bmm(xm.transpose(1, 2), xm).reshape(x.shape[0], -1)[:, tri])
         if inp is not None and self.cross is not None:
-            add(self.cross, torch.bmm((x * m).transpose(1, 2), inp.detach().to(f32)))
+            xin = inp.detach().to(f32)
+            if dev.type == "cpu" and self.cross.dtype == torch.float32:  # one product per bucket, as above
+                xw = x * m
+                for b in torch.unique(bucket).tolist():
+                    sel = bucket == b
+                    self.cross[b] += xw[sel].reshape(-1, self.d).T @ xin[sel].reshape(-1, self.d)
+            else:
+                add(self.cross, torch.bmm((x * m).transpose(1, 2), xin))
         if self.sink_threshold is not None:
             sm = (norms > self.sink_threshold).to(f32) * m[..., 0]  # (B, T)
             if bool(sm.any()):  # sinks are rare: one device sync to look, then only the sink tokens
@@ -293,7 +301,9 @@ class SiteStats:
         if self.spectrum.shape[1] != n_freq:
             self.spectrum_skipped += int(sel.numel())
             return
-        power = torch.view_as_real(torch.fft.rfft(x, dim=1)).pow(2).sum(dim=(2, 3))  # (w, F)
+        # positions made the contiguous (last) axis first: the transform along a strided axis is ~10x slower on the CPU
+        spec = torch.fft.rfft(x.transpose(1, 2).contiguous(), dim=-1)  # (w, d, F)
+        power = torch.view_as_real(spec).pow(2).sum(dim=(1, 3))  # (w, F)
         idx = bucket[sel].to(self.device)
         self.spectrum.index_add_(0, idx, power.to(self.device, torch.float64))
         self.spectrum_windows.index_add_(0, idx, torch.ones(sel.numel(), dtype=torch.float64, device=self.device))
@@ -378,6 +388,23 @@ class SiteStats:
             s = values["sum_h"] - 0.5 * n * c  # type: ignore[operator]
             out["second"] = torch.addr(torch.addr(values["second"], c, s), s, c)  # type: ignore[arg-type]
         return Moments(**out)  # type: ignore[arg-type]
+
+    def bucket_quadratic(self, U: Float[torch.Tensor, "d k"]) -> Float[torch.Tensor, "buckets k"]:
+        """uᵀ (Σ h hᵀ) u per bucket for each column u of ``U``, in float64, without forming the float64
+        moments: the stored centred part Σ(h−c)(h−c)ᵀ is read in its storage precision, the shift back
+        (2 (uᵀc)(uᵀs), s = Σh − n c / 2) is float64. Linear in the data, so totals and leave-one-out
+        values are sums of the rows (one product per bucket serves the whole jackknife)."""
+        second = self.second.to("cpu")
+        dt = second.dtype
+        Uw = U.to("cpu", dt)
+        S = unpack_symmetric(second, self.d)  # (B, d, d) in the storage dtype
+        q = ((S @ Uw) * Uw).sum(1).double()  # (B, k)
+        if self.center is not None:
+            c = self.center
+            s = self.sum_h.to("cpu") - 0.5 * self.count.to("cpu")[:, None] * c
+            Ud = U.to("cpu", torch.float64)
+            q += 2.0 * (c @ Ud)[None, :] * (s @ Ud)
+        return q
 
     def total(self) -> Moments:
         """Sums over all buckets (cached until the next update or merge)."""

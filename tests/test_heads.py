@@ -87,4 +87,4 @@ def test_random_heads_null_mean_is_r_over_d():
     q = np.linalg.qr(g)[0].transpose(0, 2, 1, 3).reshape(400, 24, 18)
     ov = np.sum(((q.transpose(0, 2, 1) @ q).reshape(400, 6, 3, 6, 3)) ** 2, axis=(2, 4)) / 3
     iu = np.triu_indices(6, 1)
-    np.testing.assert_allclose(null, ov[:, iu[0], iu[1]].mean(axis=1), rtol=1e-10)
+    np.testing.assert_allclose(null, ov[:, iu[0], iu[1]].mean(axis=1), rtol=1e-4)  # float32 orthonormalisation

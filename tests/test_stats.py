@@ -48,6 +48,8 @@ def test_streaming_equals_batch_computation():
     cu = c / c.norm(dim=1, keepdim=True)
     direct_c = ((cu @ cu.T).sum() - n) / (n * (n - 1))
     assert carrier.centered_anisotropy(m) == pytest.approx(float(direct_c), rel=1e-10)
+    assert torch.allclose(m.sum_u, u.sum(0)) and torch.allclose(m.sum_u2, (u * u).sum(0))
+    assert torch.allclose(m.sum_cu, cu.sum(0))
     # carrier energy
     mu_hat = flat.mean(0) / flat.mean(0).norm()
     rho = float(((flat @ mu_hat) ** 2).sum() / (flat**2).sum())
@@ -214,3 +216,43 @@ def test_float64_views_are_cached_for_a_few_sites_only():
     assert len(cached) == stats.CACHED_SITES and sites[0] not in cached and sites[-1] in cached
     assert torch.equal(sites[0].total().second, first[0])
     assert torch.equal(sites[0].leave_one_out(1).second, first[1])
+
+
+@pytest.mark.parametrize("moment_dtype", [torch.float32, torch.float64])
+def test_cross_moment_of_a_write_equals_direct(moment_dtype):
+    """Σ w xᵀ of a write and the stream it read (per-bucket float32 products on the CPU, per-window in float64)."""
+    h = _data(n_win=7).float()
+    w = torch.randn_like(h)
+    st = SiteStats(8, 3, cross=True, moment_dtype=moment_dtype)
+    mask = torch.ones(h.shape[:2], dtype=torch.bool)
+    mask[:, 0] = False
+    for s in range(0, 7, 3):
+        st.update(w[s : s + 3], mask[s : s + 3], torch.arange(s, min(7, s + 3)), inp=h[s : s + 3])
+    direct = w[:, 1:].reshape(-1, 8).double().T @ h[:, 1:].reshape(-1, 8).double()
+    assert st.cross is not None
+    torch.testing.assert_close(st.cross.double().sum(0), direct, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("moment_dtype", [torch.float32, torch.float64])
+def test_band_energy_jackknife_equals_the_generic_jackknife(moment_dtype):
+    """Per-bucket linear energies give the same values and intervals as re-evaluating band_energies per bucket."""
+    from functools import partial
+
+    from spectral.analysis.intervals import jackknife_many
+
+    h = _data(n_win=10, d=8).float() * 5
+    center = h[:2, 1:].reshape(-1, 8).mean(0)
+    st = SiteStats(8, 4, center, moment_dtype=moment_dtype)
+    mask = torch.ones(h.shape[:2], dtype=torch.bool)
+    mask[:, 0] = False
+    for s in range(0, 10, 3):
+        st.update(h[s : s + 3], mask[s : s + 3], torch.arange(s, min(10, s + 3)))
+    W = torch.randn(8, 50, generator=torch.Generator().manual_seed(3))
+    sets = {2: spectrum.unembedding_bands(W, 2), 4: spectrum.unembedding_bands(W, 4)}
+    got = spectrum.band_energy_jackknife(st, sets, 0.95)
+    for K, bands in sets.items():
+        want = jackknife_many([st], partial(spectrum.band_energies, bands=bands), 0.95)
+        for a, b in zip(got[K], want, strict=True):
+            assert a.value == pytest.approx(b.value, rel=1e-5)
+            assert a.ci_low == pytest.approx(b.ci_low, rel=1e-4, abs=1e-6)
+            assert a.ci_high == pytest.approx(b.ci_high, rel=1e-4, abs=1e-6)

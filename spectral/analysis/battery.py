@@ -100,8 +100,7 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
         intra = ratio_bootstrap(table[:, col["sum_intra"]], table[:, col["count"]], weights, level)
         base = carrier.anisotropy(st.total())
         out.add(site, "intra_similarity", Estimate(intra.value - base, intra.ci_low - base, intra.ci_high - base))
-        for K, bands in m.bands.items():
-            energies = jackknife_many([st], partial(spectrum.band_energies, bands=bands), level)
+        for K, energies in spectrum.band_energy_jackknife(st, m.bands, level).items():
             for i, est in enumerate(energies):
                 out.add(site, f"band_energy_k{K}_b{i}", est)
         if kind in ("attn_out", "mlp_out") and st.cross is not None and m.bands:

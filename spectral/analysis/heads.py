@@ -51,8 +51,19 @@ def head_output_spectrum(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O:
 
     Returns min(d_head, d_model) values: the remaining d_model − d_head eigenvalues are exactly 0.
     """
-    s = np.linalg.svd(_output_factor(z_second, z_sum, n, W_O), compute_uv=False)
-    return np.clip(np.sort(s**2)[::-1], 0.0, None)
+    cov = _z_covariance(z_second, z_sum, n)
+    W = np.asarray(W_O, dtype=np.float64)
+    if W.ndim != 2 or W.shape[0] != cov.shape[0]:
+        raise ValueError(f"W_O must be (d_head={cov.shape[0]}, d_model), got {W.shape}")
+    if W.shape[0] > W.shape[1]:  # more head dims than model dims (not seen in practice): the d_model side
+        s = np.linalg.svd(_output_factor(z_second, z_sum, n, W_O), compute_uv=False)
+        return np.clip(np.sort(s**2)[::-1], 0.0, None)
+    # the nonzero eigenvalues of Wᵀ C W are those of the d_head x d_head C^{1/2} (W Wᵀ) C^{1/2}: no d_model-sized
+    # decomposition
+    w, v = np.linalg.eigh(cov)
+    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    ev = np.linalg.eigvalsh(root @ (W @ W.T) @ root)
+    return np.clip(np.sort(ev)[::-1], 0.0, None)
 
 
 def head_eff_rank(eigenvalues: np.ndarray) -> float:
@@ -129,13 +140,13 @@ def random_heads_null(d: int, r: int, n_heads: int, n_draws: int, seed: int) -> 
     gives, at a fraction of the cost.
     """
     gen = torch.Generator().manual_seed(seed)
-    g = torch.randn((n_draws, n_heads, d, r), generator=gen).double()  # float32 draws: 2x faster, same law
+    g = torch.randn((n_draws, n_heads, d, r), generator=gen)  # float32 throughout: overlaps to ~1e-6, 2x faster
     chol = torch.linalg.cholesky(g.transpose(-1, -2) @ g)  # (draws, heads, r, r)
     q = torch.linalg.solve_triangular(chol, g.transpose(-1, -2), upper=False).transpose(-1, -2)  # G L^-T
     flat = q.permute(0, 2, 1, 3).reshape(n_draws, d, n_heads * r)
     gram = (flat.transpose(1, 2) @ flat).reshape(n_draws, n_heads, r, n_heads, r)
     ov = gram.pow(2).sum((2, 4)) / r  # (draws, heads, heads)
     iu = torch.triu_indices(n_heads, n_heads, 1)
-    out = ov[:, iu[0], iu[1]].mean(1).numpy()
+    out = ov[:, iu[0], iu[1]].mean(1).double().numpy()
     out.flags.writeable = False  # shared by the cache
     return out

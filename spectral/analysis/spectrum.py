@@ -13,7 +13,8 @@ import math
 import numpy as np
 import torch
 
-from spectral.stats import Moments
+from spectral.analysis.intervals import Estimate, jackknife_interval
+from spectral.stats import Moments, SiteStats
 
 
 def covariance(m: Moments) -> torch.Tensor:
@@ -117,6 +118,39 @@ def band_energies(m: Moments, bands: list[torch.Tensor]) -> np.ndarray:
     diag = (U * (m.second @ U)).sum(0).numpy()  # uᵀ M u for every basis vector: one product for all bands
     edges = np.cumsum([0] + [int(b.shape[1]) for b in bands])
     return np.add.reduceat(diag, edges[:-1]) / tr
+
+
+def band_energy_jackknife(
+    st: SiteStats, band_sets: dict[int, list[torch.Tensor]], level: float
+) -> dict[int, list[Estimate]]:
+    """:func:`band_energies` of a site with its jackknife interval, for several splittings of one basis.
+
+    Band energy is linear in the second moment, so the per-bucket energies of every basis direction
+    (:meth:`SiteStats.bucket_quadratic`, one product per bucket) give the total and every leave-one-out
+    value by sums: the same numbers as ``jackknife_many(band_energies)`` at a fraction of the cost."""
+    out: dict[int, list[Estimate]] = {}
+    cache: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
+    buckets = st.nonempty_buckets()
+    for K, bands in band_sets.items():
+        U = torch.cat(bands, dim=1)
+        key = next((k for k, (V, _) in cache.items() if torch.equal(V, U)), None)
+        if key is None:
+            cache[K] = (U, st.bucket_quadratic(U).numpy())
+            key = K
+        q = cache[key][1]  # (B, d): energy of each basis direction per bucket
+        edges = np.cumsum([0] + [int(b.shape[1]) for b in bands])[:-1]
+        per = np.add.reduceat(q, edges, axis=1)  # (B, K)
+        tot_e, tot_tr = per.sum(0), q.sum()
+        value = tot_e / tot_tr if tot_tr > 0 else np.full(len(bands), np.nan)
+        if len(buckets) < 2:
+            out[K] = [Estimate(float(v), float("nan"), float("nan")) for v in value]
+            continue
+        loo = np.stack(
+            [(tot_e - per[b]) / (tot_tr - q[b].sum()) if tot_tr - q[b].sum() > 0 else np.full(len(bands), np.nan)
+             for b in buckets]
+        )  # fmt: skip
+        out[K] = [jackknife_interval(float(v), loo[:, i], level) for i, v in enumerate(value)]
+    return out
 
 
 def band_transfer(write: Moments, inp: Moments, bands: list[torch.Tensor]) -> np.ndarray:
