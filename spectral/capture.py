@@ -296,9 +296,12 @@ def accumulate(
 
     def sink(site: str, x: torch.Tensor) -> None:
         b = current[0]
-        # a NaN/inf anywhere in a vector makes its sum non-finite (one reduction, no full-size boolean tensor);
-        # a finite vector whose sum overflows float32 (|sum| > 3e38) is flagged too, where the moments would overflow
-        bad = ~torch.isfinite(x.detach().sum(dim=-1)) & b.attention_mask.bool().to(x.device)
+        # a NaN/inf anywhere in a vector makes its sum non-finite (one reduction, no full-size boolean tensor); the
+        # sum is taken in float32 at least (a float16 sum of finite values overflows at 65504), so only a vector
+        # whose float32 sum overflows (|sum| > 3e38, where the statistics would overflow too) is flagged wrongly
+        xs = x.detach()
+        bad = ~torch.isfinite(xs.sum(dim=-1, dtype=torch.promote_types(xs.dtype, torch.float32)))
+        bad &= b.attention_mask.bool().to(x.device)
         if bool(bad.any()):
             row, pos = (int(v) for v in torch.nonzero(bad)[0])
             raise nonfinite_error(site, int(b.window_index[row]), pos, int(bad.sum()))

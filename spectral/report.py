@@ -194,7 +194,7 @@ def build_report(run_dir: Path) -> Path:
         f"lens and the band margin read {_positions(cfg['analysis'].get('lens_positions', 0))} per window; "
         f"the attention/tail-band Spearman keeps {_positions(cfg['analysis'].get('sink_positions', 0))}; "
         f"interventions edit {cfg['analysis'].get('intervention_layers', 0) or 'all'} layers on the first "
-        f"{cfg['analysis'].get('intervention_windows', 0)} windows.",
+        f"{cfg['analysis'].get('intervention_windows', 0)} windows of the trained model (not of the controls).",
         "",
         "## Headline numbers",
     ]

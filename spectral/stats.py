@@ -192,7 +192,9 @@ class SiteStats:
 
         m = mask_c.to(dev, f32).unsqueeze(-1)  # (B, T, 1)
         norms = x.norm(dim=-1)  # (B, T)
-        inv = m[..., 0] / norms.clamp_min(1e-30)  # (B, T): 1/‖h‖ on counted tokens, 0 elsewhere
+        # (B, T): 1/‖h‖ on counted non-zero tokens, 0 elsewhere (a zero vector has no direction); the clamp keeps
+        # 1/‖h‖² finite in float32 (norms below 1e-18 are round-off, not activations)
+        inv = torch.where(norms > 0, m[..., 0] / norms.clamp_min(1e-18), 0.0)
         count_w = m.sum((1, 2))  # (B,)
         norm_w = (norms * m[..., 0]).sum(1)
         norm2_w = (norms.pow(2) * m[..., 0]).sum(1)
@@ -211,7 +213,8 @@ class SiteStats:
             c = self.center.to(dev, f32)
             xc = x - c
             xm = xc * m  # masked tokens are zero rows
-            cinv = m[..., 0] / xc.norm(dim=-1).clamp_min(1e-30)
+            cn = xc.norm(dim=-1)
+            cinv = torch.where(cn > 0, m[..., 0] / cn.clamp_min(1e-18), 0.0)
             add(self.sum_cu, torch.bmm(cinv[:, None, :], xc)[:, 0])
             # Σh = Σ(h - c) + n c: the shifted sum is small, so float32 loses nothing to the common part
             xm_sum = xm.sum(1)
