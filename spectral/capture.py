@@ -247,6 +247,17 @@ def release_free_memory() -> None:
         _LIBC.malloc_trim(0)
 
 
+def nonfinite_tokens(x: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, seq) real tokens whose vector holds a NaN/inf, on ``x``'s device.
+
+    A NaN/inf anywhere in a vector makes its sum non-finite: one reduction, no full-size boolean tensor. The sum
+    is taken in float32 at least (a float16 sum of finite values overflows at 65504), so only a vector whose
+    float32 sum overflows (|sum| > 3e38, where the statistics would overflow too) is flagged wrongly."""
+    xs = x.detach()
+    bad = ~torch.isfinite(xs.sum(dim=-1, dtype=torch.promote_types(xs.dtype, torch.float32)))
+    return bad & attention_mask.bool().to(x.device)
+
+
 def nonfinite_error(site: str, window: int, position: int, n_tokens: int) -> NumericsError:
     """The one-line error for NaN/inf activations (capture and calibration)."""
     return NumericsError(
@@ -296,12 +307,7 @@ def accumulate(
 
     def sink(site: str, x: torch.Tensor) -> None:
         b = current[0]
-        # a NaN/inf anywhere in a vector makes its sum non-finite (one reduction, no full-size boolean tensor); the
-        # sum is taken in float32 at least (a float16 sum of finite values overflows at 65504), so only a vector
-        # whose float32 sum overflows (|sum| > 3e38, where the statistics would overflow too) is flagged wrongly
-        xs = x.detach()
-        bad = ~torch.isfinite(xs.sum(dim=-1, dtype=torch.promote_types(xs.dtype, torch.float32)))
-        bad &= b.attention_mask.bool().to(x.device)
+        bad = nonfinite_tokens(x, b.attention_mask)
         if bool(bad.any()):
             row, pos = (int(v) for v in torch.nonzero(bad)[0])
             raise nonfinite_error(site, int(b.window_index[row]), pos, int(bad.sum()))
@@ -351,7 +357,7 @@ def _drop_nonfinite(
 
     def check(site: str) -> Callable[..., torch.Tensor]:
         def fn(x: torch.Tensor, hook: object) -> torch.Tensor:
-            bad = (~torch.isfinite(x.detach()).all(dim=-1)).cpu() & batch.attention_mask.bool()
+            bad = nonfinite_tokens(x, batch.attention_mask).cpu()
             if bool(bad.any()):
                 bank.nonfinite_counts[site] = bank.nonfinite_counts.get(site, 0) + int(bad.sum())
                 bad_rows.logical_or_(bad.any(dim=1))
@@ -414,7 +420,7 @@ def calibrate(
 
     def sink(site: str, x: torch.Tensor) -> None:
         h = x.detach().to("cpu", torch.float32)
-        nonfin = ~torch.isfinite(h).all(dim=-1) & batch.attention_mask.bool()
+        nonfin = nonfinite_tokens(h, batch.attention_mask)
         if bool(nonfin.any()):
             if nonfinite == "fail":
                 row, pos = (int(v) for v in torch.nonzero(nonfin)[0])

@@ -16,6 +16,7 @@ checkpoint's own weight names (a BERT encoder booted as ``*ForMaskedLM`` gets a 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
@@ -82,8 +83,6 @@ class LoadedModel:
         self.bridge = None
         if hasattr(self, "_plain"):
             del self._plain  # type: ignore[attr-defined]
-        import gc
-
         gc.collect()
 
     @property

@@ -23,7 +23,7 @@ import torch
 from spectral.capture import hook_name
 from spectral.corpus import Batch, TokenWindows
 from spectral.models import LoadedModel
-from spectral.vocab import ModSegment, scan
+from spectral.vocab import ModSegment, carrier_removed_logits, scan
 
 Hook = tuple[str, Callable[..., Any]]
 LENS_COLUMNS = ("count", "agree", "correct", "rank_sum", "mod_agree", "mod_correct")
@@ -104,9 +104,8 @@ class LensProbe:
         return coef.float()
 
     def _mod_logits(self, site: str, logits: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        base = logits if self.bias is None else logits - self.bias.to(logits.device)
-        out = coef[:, :1] * base + coef[:, 1:] @ self._mod_basis[site][1]
-        return out if self.bias is None else out + self.bias.to(out.device)
+        bias = None if self.bias is None else self.bias.to(logits.device)
+        return carrier_removed_logits(logits, coef, self._mod_basis[site][1], bias)
 
     @torch.no_grad()
     def _basis(self, site: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,38 +164,37 @@ class LensProbe:
         _, target = self._tokens()
         parts: list[torch.Tensor] = []
         mods: list[ModSegment] = []
-        where: list[tuple[str, int, int, int | None]] = []  # site, lens rows start, stop, fallback rows start
+        # per site: (site, first and last lens row, its ModSegment's index or None, first row of its own
+        # carrier-removed product where the span failed, or None)
+        where: list[tuple[str, int, int, int | None, int | None]] = []
         at = 0
-        for site, f, _g, coef in self._pending:
+        for site, f, g, coef in self._pending:
             parts.append(f)
-            where.append((site, at, at + len(f), None))
+            a, at = at, at + len(f)
+            mod = fb = None
             if coef is not None:
-                mods.append(ModSegment(at, at + len(f), coef, self._mod_basis[site][1]))
-            at += len(f)
-        for i, (site, _f, g, _coef) in enumerate(self._pending):
-            if g is not None:  # the span failed: the carrier-removed rows take their own product
+                mod = len(mods)
+                mods.append(ModSegment(a, at, coef, self._mod_basis[site][1]))
+            elif g is not None:  # the span failed: the carrier-removed rows take their own product
                 parts.append(g)
-                where[i] = (site, where[i][1], where[i][2], at)
-                at += len(g)
+                fb, at = at, at + len(g)
+            where.append((site, a, a + len(f), mod, fb))
         F = torch.cat(parts)
         dev = F.device
         tgt = target.to(dev)
-        n_lens = where[-1][2]
-        reps = len(where)
-        full_tgt = torch.cat([tgt.repeat(reps)[:n_lens], torch.zeros(len(F) - n_lens, dtype=torch.long, device=dev)])
-        final = next(((a, b) for s, a, b, _ in where if s == "final"), None)
+        # every row is one of the selected tokens (lens rows and fallback rows alike) in the same order
+        full_tgt = tgt.repeat(len(parts))
+        final = next(((a, b) for s, a, b, _, _ in where if s == "final"), None)
         bias = None if self.bias is None else self.bias.to(dev)
         res = scan(F, self.W.to(dev), bias, full_tgt, mods, final)
-        k = 0
-        for site, a, b, fb in where:
+        for site, a, b, mod, fb in where:
             self._top1[site] = res.top1[a:b].cpu()
             rank = res.rank[a:b].cpu().double()
             self._acc[site] = torch.stack([(self._top1[site] == target).double(), rank], 1)
-            if fb is not None:
+            if mod is not None:
+                self._mod_top1[site] = res.mod_top1[mod].cpu()
+            elif fb is not None:
                 self._mod_top1[site] = res.top1[fb : fb + (b - a)].cpu()
-            elif k < len(mods) and mods[k].start == a:
-                self._mod_top1[site] = res.mod_top1[k].cpu()
-                k += 1
             if site == "final":
                 assert res.top2 is not None
                 self._margin(F[a:b], res.top2)

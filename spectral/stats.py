@@ -106,6 +106,17 @@ def hist_value(bins: np.ndarray) -> np.ndarray:
     return HIST_GAMMA ** (bins + HIST_MIN_EXP + 0.5)
 
 
+def _bucket_products(
+    bucket: Int[torch.Tensor, " batch"], a: Float[torch.Tensor, "batch seq d"], b: Float[torch.Tensor, "batch seq e"]
+) -> list[tuple[int, torch.Tensor]]:
+    """(bucket, Σ aᵀ b over the tokens of the batch's windows in that bucket): one product per bucket."""
+    out = []
+    for k in torch.unique(bucket).tolist():
+        sel = bucket == k
+        out.append((k, a[sel].reshape(-1, a.shape[-1]).T @ b[sel].reshape(-1, b.shape[-1])))
+    return out
+
+
 CACHED_SITES = 6  # sites whose float64 views stay cached at once (least recently used dropped)
 _CACHE: "OrderedDict[int, weakref.ref[SiteStats]]" = OrderedDict()
 
@@ -242,20 +253,17 @@ class SiteStats:
             # upper-triangle gather is paid once per bucket, not per window (4.6 vs 6.0 ms at d 576). Its float32
             # sum then depends on which windows share a batch (~1e-7); float64 storage keeps per-window
             # products, so shards and batch sizes agree to float64 rounding
-            for b in torch.unique(bucket).tolist():
-                rows = xm[bucket == b].reshape(-1, self.d)
-                self.second[b] += (rows.T @ rows).reshape(-1)[tri].to(self.second.dtype)
+            for b, prod in _bucket_products(bucket, xm, xm):
+                self.second[b] += prod.reshape(-1)[tri].to(self.second.dtype)
         else:
             add(self.second, torch.bmm(xm.transpose(1, 2), xm).reshape(x.shape[0], -1)[:, tri])
         if inp is not None and self.cross is not None:
-            xin = inp.detach().to(f32)
+            xw, xin = x * m, inp.detach().to(f32)
             if dev.type == "cpu" and self.cross.dtype == torch.float32:  # one product per bucket, as above
-                xw = x * m
-                for b in torch.unique(bucket).tolist():
-                    sel = bucket == b
-                    self.cross[b] += xw[sel].reshape(-1, self.d).T @ xin[sel].reshape(-1, self.d)
+                for b, prod in _bucket_products(bucket, xw, xin):
+                    self.cross[b] += prod
             else:
-                add(self.cross, torch.bmm((x * m).transpose(1, 2), xin))
+                add(self.cross, torch.bmm(xw.transpose(1, 2), xin))
         if self.sink_threshold is not None:
             sm = (norms > self.sink_threshold).to(f32) * m[..., 0]  # (B, T)
             if bool(sm.any()):  # sinks are rare: one device sync to look, then only the sink tokens

@@ -13,6 +13,7 @@ logit from the same tile, and the carrier-removed logits are the same combinatio
 and fixed basis logits that :class:`spectral.probes.LensProbe` uses.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,6 +38,19 @@ class ScanResult:
     mod_top1: list[Int[torch.Tensor, " rows"]]  # per ModSegment
 
 
+def carrier_removed_logits(
+    logits: Float[torch.Tensor, "n C"],
+    coef: Float[torch.Tensor, "n k1"],
+    basis: Float[torch.Tensor, "k C"],
+    bias: Float[torch.Tensor, " C"] | None,
+) -> Float[torch.Tensor, "n C"]:
+    """``coef[:, :1] * (logits - b) + coef[:, 1:] @ basis + b``: the carrier-removed lens from the lens logits and
+    the logits of the norm's fixed vectors (:meth:`spectral.probes.LensProbe._span`), over any vocabulary slice."""
+    base = logits if bias is None else logits - bias
+    out = coef[:, :1] * base + coef[:, 1:] @ basis
+    return out if bias is None else out + bias
+
+
 def _fold_max(best: torch.Tensor, arg: torch.Tensor, tile: torch.Tensor, offset: int) -> None:
     """Running (max, first argmax) of ``tile`` columns offset by ``offset``, in place."""
     i = tile.argmax(-1)
@@ -52,7 +66,7 @@ def scan(
     W: Float[torch.Tensor, "d V"],
     bias: Float[torch.Tensor, " V"] | None,
     target: Int[torch.Tensor, " n"],
-    mods: list[ModSegment] = (),  # type: ignore[assignment]
+    mods: Sequence[ModSegment] = (),
     top2: tuple[int, int] | None = None,
     chunk: int = 2048,
     rows: int = 512,
@@ -85,17 +99,13 @@ def scan(
             inside = (target[r0:r1] >= c0) & (target[r0:r1] < c1)  # the target's own column is not "above"
             own = L.gather(1, (target[r0:r1] - c0).clamp(0, c1 - c0 - 1)[:, None])[:, 0]
             self_above[r0:r1] += (inside & (own > tr[:, 0])).long()
+            b_tile = None if bias is None else bias[c0:c1]
             for k, s in enumerate(mods):
                 a, b = max(s.start, r0), min(s.stop, r1)
                 if a >= b:
                     continue
-                base = L[a - r0 : b - r0]
-                if bias is not None:
-                    base = base - bias[c0:c1]
                 c = s.coef[a - s.start : b - s.start]
-                M = c[:, :1] * base + c[:, 1:] @ s.basis[:, c0:c1]
-                if bias is not None:
-                    M += bias[c0:c1]
+                M = carrier_removed_logits(L[a - r0 : b - r0], c, s.basis[:, c0:c1], b_tile)
                 _fold_max(mbest[k][a - s.start : b - s.start], marg[k][a - s.start : b - s.start], M, c0)
             if top2 is not None and t2v is not None and t2i is not None:
                 a, b = max(top2[0], r0), min(top2[1], r1)

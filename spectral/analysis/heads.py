@@ -35,35 +35,34 @@ def _z_covariance(z_second: np.ndarray, z_sum: np.ndarray, n: float) -> np.ndarr
     return 0.5 * (cov + cov.T)
 
 
-def _output_factor(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O: np.ndarray) -> np.ndarray:
-    """B = C_z^{1/2} W_O (d_head × d_model), so that the output covariance is BᵀB."""
+def _root_and_weights(
+    z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(C_z^{1/2}, W_O) as float64, W_O checked to be (d_head, d_model)."""
     cov = _z_covariance(z_second, z_sum, n)
     W = np.asarray(W_O, dtype=np.float64)
     if W.ndim != 2 or W.shape[0] != cov.shape[0]:
         raise ValueError(f"W_O must be (d_head={cov.shape[0]}, d_model), got {W.shape}")
     w, v = np.linalg.eigh(cov)
-    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T  # symmetric PSD square root
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T, W  # symmetric PSD square root
+
+
+def _output_factor(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O: np.ndarray) -> np.ndarray:
+    """B = C_z^{1/2} W_O (d_head × d_model), so that the output covariance is BᵀB."""
+    root, W = _root_and_weights(z_second, z_sum, n, W_O)
     return root @ W
 
 
 def head_output_spectrum(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O: np.ndarray) -> np.ndarray:
     """Eigenvalues of the centred covariance of o = z W_O, descending, clipped at 0.
 
-    Returns min(d_head, d_model) values: the remaining d_model − d_head eigenvalues are exactly 0.
+    Returns min(d_head, d_model) values: the remaining d_model − d_head eigenvalues are exactly 0. They are
+    the eigenvalues of the d_head × d_head matrix B Bᵀ = C^{1/2} (W Wᵀ) C^{1/2} (the nonzero ones of BᵀB):
+    no d_model-sized decomposition.
     """
-    cov = _z_covariance(z_second, z_sum, n)
-    W = np.asarray(W_O, dtype=np.float64)
-    if W.ndim != 2 or W.shape[0] != cov.shape[0]:
-        raise ValueError(f"W_O must be (d_head={cov.shape[0]}, d_model), got {W.shape}")
-    if W.shape[0] > W.shape[1]:  # more head dims than model dims (not seen in practice): the d_model side
-        s = np.linalg.svd(_output_factor(z_second, z_sum, n, W_O), compute_uv=False)
-        return np.clip(np.sort(s**2)[::-1], 0.0, None)
-    # the nonzero eigenvalues of Wᵀ C W are those of the d_head x d_head C^{1/2} (W Wᵀ) C^{1/2}: no d_model-sized
-    # decomposition
-    w, v = np.linalg.eigh(cov)
-    root = (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+    root, W = _root_and_weights(z_second, z_sum, n, W_O)
     ev = np.linalg.eigvalsh(root @ (W @ W.T) @ root)
-    return np.clip(np.sort(ev)[::-1], 0.0, None)
+    return np.clip(np.sort(ev)[::-1][: min(W.shape)], 0.0, None)
 
 
 def head_eff_rank(eigenvalues: np.ndarray) -> float:

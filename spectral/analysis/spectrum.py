@@ -129,15 +129,12 @@ def band_energy_jackknife(
     (:meth:`SiteStats.bucket_quadratic`, one product per bucket) give the total and every leave-one-out
     value by sums: the same numbers as ``jackknife_many(band_energies)`` at a fraction of the cost."""
     out: dict[int, list[Estimate]] = {}
-    cache: dict[int, tuple[torch.Tensor, np.ndarray]] = {}
     buckets = st.nonempty_buckets()
+    U_prev, q = None, np.zeros(0)
     for K, bands in band_sets.items():
         U = torch.cat(bands, dim=1)
-        key = next((k for k, (V, _) in cache.items() if torch.equal(V, U)), None)
-        if key is None:
-            cache[K] = (U, st.bucket_quadratic(U).numpy())
-            key = K
-        q = cache[key][1]  # (B, d): energy of each basis direction per bucket
+        if U_prev is None or not torch.equal(U, U_prev):  # K = 10 and K = 20 split the same basis: once
+            q, U_prev = st.bucket_quadratic(U).numpy(), U  # (B, d): energy of each basis direction per bucket
         edges = np.cumsum([0] + [int(b.shape[1]) for b in bands])[:-1]
         per = np.add.reduceat(q, edges, axis=1)  # (B, K)
         tot_e, tot_tr = per.sum(0), q.sum()
