@@ -146,7 +146,8 @@ class SiteStats:
         self.spectrum_skipped = 0  # full windows of another length than the first one
         self._win_index: list[np.ndarray] = []
         self._win_rows: list[torch.Tensor] = []
-        self._total: dict[str, torch.Tensor | None] | None = None
+        self._total: dict[str, torch.Tensor | None] | None = None  # packed sums over all buckets
+        self._total_m: Moments | None = None  # their Moments view (unpacked, shifted back)
         self._fields: dict[str, torch.Tensor | None] | None = None
         self._loo: dict[int, Moments] = {}
 
@@ -323,7 +324,7 @@ class SiteStats:
     def _drop_views(self) -> None:
         """Forget the cached float64 views (bucket sums, total, leave-one-out sums): after an update or a
         merge they are stale, and on eviction from the LRU they are recomputed when read again."""
-        self._total, self._fields, self._loo = None, None, {}
+        self._total, self._total_m, self._fields, self._loo = None, None, None, {}
 
     def _touch(self) -> None:
         """Mark this site's cached views as recently used; drop those of the least recently used sites
@@ -340,15 +341,16 @@ class SiteStats:
 
     def _bucket_fields(self) -> dict[str, torch.Tensor | None]:
         """Per-bucket sums as CPU float64 tensors (analyses run on the CPU); cached until the next
-        update or merge, so the jackknife's leave-one-out views do not copy them again."""
+        update or merge, so the jackknife's leave-one-out views do not copy them again. The symmetric
+        moments stay packed here: sums over buckets are taken packed and :meth:`_make` unpacks the one
+        d x d matrix a view needs (B times less unpacking than unpacking every bucket)."""
         self._touch()
         if self._fields is None:
             fields = {k: None if v is None else v.cpu() for k, v in self._device_fields().items()}
             for k in ("second", "sink_second", "cross"):
                 v = fields[k]
                 if v is not None:
-                    v = v.double()
-                    fields[k] = unpack_symmetric(v, self.d) if k != "cross" else v
+                    fields[k] = v.double()
             self._fields = fields
         return self._fields
 
@@ -387,6 +389,8 @@ class SiteStats:
         for k, v in values.items():
             if k in scalars:
                 out[k] = float(v) if v is not None else 0.0
+            elif k in ("second", "sink_second") and v is not None:
+                out[k] = unpack_symmetric(v, d)  # summed packed (see _bucket_fields)
             else:
                 out[k] = v
         if values["sink_sum_h"] is None:
@@ -397,7 +401,7 @@ class SiteStats:
             # Σ h hᵀ = Σ(h-c)(h-c)ᵀ + c sᵀ + s cᵀ + n c cᵀ with s = Σ(h-c) = Σh - n c: two rank-1 updates with
             # s + n c / 2 = Σh - n c / 2
             s = values["sum_h"] - 0.5 * n * c  # type: ignore[operator]
-            out["second"] = torch.addr(torch.addr(values["second"], c, s), s, c)  # type: ignore[arg-type]
+            out["second"] = torch.addr(torch.addr(out["second"], c, s), s, c)  # type: ignore[arg-type]
         return Moments(**out)  # type: ignore[arg-type]
 
     def bucket_quadratic(self, U: Float[torch.Tensor, "d k"]) -> Float[torch.Tensor, "buckets k"]:
@@ -422,7 +426,9 @@ class SiteStats:
         self._touch()
         if self._total is None:
             self._total = {k: None if v is None else v.sum(0) for k, v in self._bucket_fields().items()}
-        return self._make(self._total)
+        if self._total_m is None:
+            self._total_m = self._make(self._total)
+        return self._total_m
 
     def leave_one_out(self, bucket: int) -> Moments:
         """Sums over all buckets but one (for the jackknife; cached until :meth:`release`)."""

@@ -128,6 +128,7 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
     def add(site: str, metric: str, est: Estimate) -> None:
         rows.append(MetricRow(model, condition, site, site_layer(site), metric, est.value, est.ci_low, est.ci_high))
 
+    preds = set(bank.predecessors.values())
     for site in bank.sites:
         if site in bank.aliases:  # the same tensor as another site: its rows, minus the chain metrics
             rows += alias_rows(rows, site, bank.aliases[site], exclude=CHAIN_METRICS)
@@ -155,7 +156,8 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
             add(site, "norm_ratio", norms.window_mean(table, "sum_ratio", "pair_count", weights, level))
             add(site, "carrier_drift", jackknife([bank[prev], st], carrier.carrier_drift, level))
             bank[prev].release()
-        st.release()
+        if site not in preds:  # a predecessor keeps its views until its successor's drift has read them
+            st.release()
 
     resid_layers = sorted(int(s.split(".")[1]) for s in bank.sites if s.startswith("resid_post."))
     layers_i = [layer for layer in resid_layers if layer >= spec.growth_first_layer]
