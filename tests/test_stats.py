@@ -256,3 +256,20 @@ def test_band_energy_jackknife_equals_the_generic_jackknife(moment_dtype):
             assert a.value == pytest.approx(b.value, rel=1e-5)
             assert a.ci_low == pytest.approx(b.ci_low, rel=1e-4, abs=1e-6)
             assert a.ci_high == pytest.approx(b.ci_high, rel=1e-4, abs=1e-6)
+
+
+def test_dc_fraction_slope_equals_the_generic_jackknife():
+    """The per-bucket-spectrum jackknife of the DC-share slope == jackknife over the sites' Moments views."""
+    from spectral.analysis.battery import dc_fraction_slope
+    from spectral.analysis.intervals import jackknife
+
+    sts = [_stream(_data(n_win=10, T=17, seed=s) * (1 + s), batch=3) for s in range(4)]
+    xs = np.arange(4.0)
+
+    def slope(*ms):
+        return float(np.polyfit(xs, [spectrum.dc_fraction(m) for m in ms], 1)[0])
+
+    want = jackknife(sts, slope, 0.9)
+    got = dc_fraction_slope(sts, list(xs), 0.9)
+    assert got.value == pytest.approx(want.value, rel=1e-12)
+    assert got.ci_low == pytest.approx(want.ci_low, rel=1e-10) and got.ci_high == pytest.approx(want.ci_high, rel=1e-10)

@@ -82,7 +82,11 @@ def power_spectrum(m: Moments) -> np.ndarray:
 
 
 def dc_fraction(m: Moments) -> float:
-    p = power_spectrum(m)
+    return dc_share(power_spectrum(m))
+
+
+def dc_share(p: np.ndarray) -> float:
+    """P(0) / Σ P of a power spectrum (NaN when it holds no power)."""
     return float(p[0] / p.sum()) if p.sum() > 0 else float("nan")
 
 
