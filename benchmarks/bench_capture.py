@@ -73,7 +73,7 @@ def windows_for(n_tokens: int, seq_len: int, vocab: int):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, min(vocab, 30000), (n, seq_len + 1), generator=g)
     ids[:, 0] = 2 if vocab > 2 else 0
-    return TokenWindows(ids, torch.arange(n), True, seq_len, n * seq_len, n, None)  # type: ignore[arg-type]
+    return TokenWindows(ids, torch.arange(n), True, seq_len, n * seq_len, n, None, torch.arange(n), n)  # type: ignore[arg-type]
 
 
 def variants(name: str, device: str, dtype: str, windows, batch_size: int):

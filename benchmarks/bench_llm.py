@@ -43,7 +43,7 @@ def repeat_windows(w, n: int):
 
     reps = -(-n // len(w))
     ids = w.ids.repeat(reps, 1)[:n]
-    return dataclasses.replace(w, ids=ids, window_index=torch.arange(n))
+    return dataclasses.replace(w, ids=ids, window_index=torch.arange(n), position=torch.arange(n), n_run=n)
 
 
 def config(args: argparse.Namespace, **capture):

@@ -17,7 +17,6 @@ Site names are architecture independent: ``embed``, ``resid_pre.l``, ``attn_out.
 Hooks exist only inside :func:`capture` (a context manager, removed in ``finally``).
 """
 
-import dataclasses
 import fnmatch
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -314,7 +313,7 @@ def accumulate(
         prev = take(bank.predecessors.get(site))
         inp = take(bank.inputs.get(site))
         if site not in bank.aliases:  # an alias's statistics were added under the site it repeats
-            bank[site].update(x, b.stat_mask, b.window_index, b.full, prev, inp)
+            bank[site].update(x, b.stat_mask, b.window_index, b.buckets(bank[site].n_buckets), b.full, prev, inp)
         if site in consumers:
             held[site] = x.detach()
             left[site] = consumers[site]
@@ -374,18 +373,12 @@ def _drop_nonfinite(
     keep = ~bad_rows
     if not bool(keep.any()):
         return None
-    return Batch(
-        batch.input_ids[keep],
-        batch.attention_mask[keep],
-        batch.stat_mask[keep],
-        batch.window_index[keep],
-        batch.full[keep],
-    )
+    return batch.select(keep)
 
 
 @dataclass(frozen=True)
 class Calibration:
-    """Per-site facts from the first batch of windows, fixed for the rest of the run."""
+    """Per-site facts from the calibration set (the run's first windows), fixed for the rest of the run."""
 
     centers: dict[str, torch.Tensor]  # site means: centre of the centred cosine, carrier for the lens
     median_norms: dict[str, float]
@@ -407,36 +400,42 @@ def calibrate(
     positions: Callable[[Batch], torch.Tensor] | None = None,
     nonfinite: str = "fail",
     backend: str = "bridge",
+    n_windows: int = 4,
 ) -> Calibration:
-    """Site means and median norms over the first batch of windows.
+    """Site means and median norms over the calibration set: the first ``n_windows`` windows of the
+    run (fixed by the config, so the centres do not depend on ``batch_size``), ``batch_size`` at a time.
 
     Only Σh, the token count and the norms of each site are kept (no d x d moments: calibrating a
     30-layer model used to allocate a second statistics bank). Windows with NaN/inf at any site fail
     the run or, with ``nonfinite="exclude"``, are left out of the calibration."""
-    first = dataclasses.replace(windows, ids=windows.ids[:batch_size], window_index=windows.window_index[:batch_size])
-    batch = next(iter_batches(first, batch_size, exclude_first))
-    got: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    bad = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool)
+    sums: dict[str, torch.Tensor] = {}
+    norms: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    count = 0
+    for batch in iter_batches(windows.select(slice(0, max(1, n_windows))), batch_size, exclude_first):
+        got: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        bad = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool)
 
-    def sink(site: str, x: torch.Tensor) -> None:
-        h = x.detach().to("cpu", torch.float32)
-        nonfin = nonfinite_tokens(h, batch.attention_mask)
-        if bool(nonfin.any()):
-            if nonfinite == "fail":
-                row, pos = (int(v) for v in torch.nonzero(nonfin)[0])
-                raise nonfinite_error(site, int(batch.window_index[row]), pos, int(nonfin.sum()))
-            bad.logical_or_(nonfin.any(dim=1))
-        m = batch.stat_mask[..., None].double()
-        h = torch.nan_to_num(h.double(), nan=0.0, posinf=0.0, neginf=0.0)
-        got[site] = ((h * m).sum(1), h.norm(dim=-1))  # per-window sums (B, d), norms (B, T): no activations kept
+        def sink(site: str, x: torch.Tensor, batch: Batch = batch, got=got, bad=bad) -> None:
+            h = x.detach().to("cpu", torch.float32)
+            nonfin = nonfinite_tokens(h, batch.attention_mask)
+            if bool(nonfin.any()):
+                if nonfinite == "fail":
+                    row, pos = (int(v) for v in torch.nonzero(nonfin)[0])
+                    raise nonfinite_error(site, int(batch.window_index[row]), pos, int(nonfin.sum()))
+                bad.logical_or_(nonfin.any(dim=1))
+            m = batch.stat_mask[..., None].double()
+            h = torch.nan_to_num(h.double(), nan=0.0, posinf=0.0, neginf=0.0)
+            got[site] = ((h * m).sum(1), h.norm(dim=-1))  # per-window sums (B, d), norms (B, T): no activations
 
-    with capture(model, sites, sink, backend):
-        forward(model, batch, None if positions is None else positions(batch), backend)
-    keep = batch.stat_mask & ~bad[:, None]
-    n = max(int(keep.sum()), 1)
-    centers, medians = {}, {}
-    for s in sites:
-        sums, norms = got[s]
-        centers[s] = sums[~bad].sum(0) / n
-        medians[s] = float(norms[keep].median()) if bool(keep.any()) else float("nan")
+        with capture(model, sites, sink, backend):
+            forward(model, batch, None if positions is None else positions(batch), backend)
+        keep = batch.stat_mask & ~bad[:, None]
+        count += int(keep.sum())
+        for s in sites:
+            win_sums, win_norms = got[s]
+            sums[s] = sums.get(s, 0) + win_sums[~bad].sum(0)
+            norms[s].append(win_norms[keep])
+    n = max(count, 1)
+    centers = {s: sums[s] / n for s in sites}
+    medians = {s: float(torch.cat(norms[s]).median()) if count else float("nan") for s in sites}
     return Calibration(centers, medians)

@@ -112,9 +112,15 @@ class CaptureSpec:
     batch_size: int = _help("windows per forward pass", 8)
     exclude_first: bool = _help("exclude position 0 (BOS/CLS, attention sink) from statistics", True)
     moment_buckets: int = _help(
-        "groups of windows (window index mod B) whose d x d moments are kept apart for CIs (jackknife, Student t "
-        "with B-1 df)",
+        "contiguous blocks of the run's windows (neighbouring windows are correlated) whose d x d moments are "
+        "kept apart for CIs (jackknife, Student t with B-1 df)",
         5,
+    )
+    calibration_windows: int = _help(
+        "the calibration set: the first N windows of the run (the same for every batch size), one extra forward "
+        "pass that fixes each site's centre (centred cosine, centred moments, the lens carrier) and median norm "
+        "(sink threshold)",
+        4,
     )
     moment_dtype: MomentDtype = _help(
         "storage of the per-bucket d x d moments (packed upper triangles; totals are formed in float64): "
@@ -165,6 +171,7 @@ class CaptureSpec:
             2 <= self.moment_buckets <= 1000,
             f"[capture] moment_buckets must be in 2..1000, got {self.moment_buckets}",
         )
+        _check(self.calibration_windows >= 1, "[capture] calibration_windows must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ blank line ("\\n\\n") between documents, in file / line order, so that every imp
 sees the same tokens.
 """
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -52,9 +53,21 @@ class TokenWindows:
     n_tokens: int  # tokens in the whole corpus
     n_available: int  # full windows the corpus holds
     corpus: CorpusText
+    # place of each window in the run (0 .. n_run - 1) and the run's window count: buckets for CIs are
+    # contiguous blocks of this order (neighbouring windows of one text are correlated), the same in
+    # every shard, resumed run or subset
+    position: Int[torch.Tensor, " n_windows"]
+    n_run: int
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def select(self, rows: slice | torch.Tensor) -> "TokenWindows":
+        """A subset of the windows (a shard, the calibration set, the intervention windows), keeping each
+        window's corpus index and place in the run."""
+        return dataclasses.replace(
+            self, ids=self.ids[rows], window_index=self.window_index[rows], position=self.position[rows]
+        )
 
 
 @dataclass(frozen=True)
@@ -66,6 +79,24 @@ class Batch:
     stat_mask: Bool[torch.Tensor, "batch seq"]  # tokens that enter statistics
     window_index: Int[torch.Tensor, " batch"]
     full: Bool[torch.Tensor, " batch"]  # window has no padding (sequence spectra use only these)
+    position: Int[torch.Tensor, " batch"]  # place of each window in the run (see TokenWindows)
+    n_run: int
+
+    def buckets(self, n_buckets: int) -> Int[torch.Tensor, " batch"]:
+        """Bucket of each window: ``n_buckets`` contiguous blocks of the run's windows, as equal as they come."""
+        return self.position * n_buckets // self.n_run
+
+    def select(self, rows: torch.Tensor) -> "Batch":
+        """The batch restricted to some of its windows."""
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids[rows],
+            attention_mask=self.attention_mask[rows],
+            stat_mask=self.stat_mask[rows],
+            window_index=self.window_index[rows],
+            full=self.full[rows],
+            position=self.position[rows],
+        )
 
 
 def read_text(path: Path) -> str:
@@ -216,6 +247,8 @@ def make_windows(
         n_tokens=len(ids),
         n_available=n_avail,
         corpus=corpus,
+        position=torch.arange(len(chosen)),
+        n_run=len(chosen),
     )
 
 
@@ -238,6 +271,8 @@ def iter_batches(windows: TokenWindows, batch_size: int, exclude_first: bool = T
             stat_mask(att, exclude_first),
             windows.window_index[start : start + batch_size],
             torch.ones(ids.shape[0], dtype=torch.bool),
+            windows.position[start : start + batch_size],
+            windows.n_run,
         )
 
 
@@ -250,4 +285,5 @@ def pad_batch(sequences: list[list[int]], pad_id: int, window_index: list[int], 
         ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
         att[i, : len(s)] = 1
     full = torch.tensor([len(s) == width for s in sequences])
-    return Batch(ids, att, stat_mask(att, exclude_first), torch.tensor(window_index), full)
+    n = len(sequences)
+    return Batch(ids, att, stat_mask(att, exclude_first), torch.tensor(window_index), full, torch.arange(n), n)

@@ -14,7 +14,6 @@ Interventions need the full-corpus carrier, so they run once the capture is comp
 merge for sharded runs).
 """
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from spectral.analysis.battery import Measurement
 from spectral.analysis.controls import permuted_positions, shuffle_windows
 from spectral.analysis.interventions import InterventionResult, can_run_tails, intervene, nll_per_window, tail_sweep
-from spectral.analysis.spectrum import unembedding_bands
+from spectral.analysis.spectrum import split_bands
 from spectral.capture import Calibration, accumulate, calibrate, new_bank, select_sites
 from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
@@ -32,13 +31,13 @@ from spectral.models import LoadedModel
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.stats import StatsBank
 
-STATE_VERSION = 2  # 2: packed float32 moments, stream aliases
+STATE_VERSION = 3  # 2: packed float32 moments, stream aliases; 3: contiguous-block buckets
 
 
 def shard_windows(windows: TokenWindows, shard: tuple[int, int]) -> TokenWindows:
     """The disjoint share ``i::n`` of the windows (shard ``i`` of ``n``)."""
     i, n = shard
-    return dataclasses.replace(windows, ids=windows.ids[i::n], window_index=windows.window_index[i::n])
+    return windows.select(slice(i, None, n))
 
 
 def resolve_backend(model: LoadedModel, backend: str) -> str:
@@ -81,7 +80,15 @@ class ConditionCapture:
 
             check_sites(model, sites)
         self.calib = calibration or calibrate(
-            model, self.windows, sites, cap.batch_size, cap.exclude_first, self.positions, cap.nonfinite, self.backend
+            model,
+            self.windows,
+            sites,
+            cap.batch_size,
+            cap.exclude_first,
+            self.positions,
+            cap.nonfinite,
+            self.backend,
+            cap.calibration_windows,
         )
         thresholds = {s: an.sink_factor * v for s, v in self.calib.median_norms.items()}
         self.bank = new_bank(
@@ -90,8 +97,8 @@ class ConditionCapture:
         self.bands: dict[int, list[torch.Tensor]] = {}
         self.lm = model.arch.has_unembedding and model.arch.is_causal
         if model.arch.has_unembedding:
-            W_U, _ = model.unembedding()
-            self.bands = {K: unembedding_bands(W_U, K) for K in an.bands if K <= model.arch.d_model}
+            U = model.unembedding_basis()
+            self.bands = {K: split_bands(U, K) for K in an.bands if K <= model.arch.d_model}
         self.resid = tuple(s for s in sites if s.startswith("resid_post."))
         self.lens: LensProbe | None = None
         if self.lm and self.bands and not self.control:
@@ -171,9 +178,7 @@ class ConditionCapture:
         if an.intervention_windows <= 0:
             return
         w = self.windows
-        sub = dataclasses.replace(
-            w, ids=w.ids[: an.intervention_windows], window_index=w.window_index[: an.intervention_windows]
-        )
+        sub = w.select(slice(0, an.intervention_windows))
         K = an.bands[0]
         L = self.model.arch.n_layers
         n = an.intervention_layers

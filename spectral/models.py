@@ -23,7 +23,7 @@ import re
 import socket
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,11 +76,13 @@ class LoadedModel:
     random_init: bool
     seed: int | None
     device: torch.device
+    _basis: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def release_weights(self) -> None:
         """Drop the network (bridge and Hugging Face modules) and keep ``arch``, ``source`` and the
         tokenizer: what a run still needs for its report once every condition of these weights is done."""
         self.bridge = None
+        self._basis = None
         if hasattr(self, "_plain"):
             del self._plain  # type: ignore[attr-defined]
         gc.collect()
@@ -109,6 +111,16 @@ class LoadedModel:
         head = self.bridge.unembed
         head = getattr(head, "original_component", head)
         return head.weight.detach().T, (None if head.bias is None else head.bias.detach())
+
+    def unembedding_basis(self) -> torch.Tensor:
+        """(d, d) float64 left singular vectors of W_U by decreasing singular value
+        (:func:`spectral.analysis.spectrum.unembedding_basis`), computed once per loaded model: the
+        band splittings, probes and interventions of a run share it."""
+        if self._basis is None:
+            from spectral.analysis.spectrum import unembedding_basis
+
+            self._basis = unembedding_basis(self.unembedding()[0])
+        return self._basis
 
     def weight_files(self) -> list[Path]:
         p = self.source.path

@@ -327,7 +327,7 @@ class HeadProbe:
             assert b is not None
             mask = b.stat_mask
             zz = z.detach().to("cpu", torch.float32)[mask]  # (n, H, dh)
-            bucket = (b.window_index % self.n_buckets)[torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]]
+            bucket = b.buckets(self.n_buckets)[torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]]
             for k in torch.unique(bucket).tolist():
                 sel = zz[bucket == k]
                 # Σ z zᵀ = Σ (z - m)(z - m)ᵀ + n m mᵀ with m the bucket's batch mean: the product in float32 about
@@ -465,7 +465,7 @@ class CosineProbe:
 
     The unit vectors of the batch's sites are held until the batch ends (sites × tokens × d
     float32 on the model's device, the only probe that holds activations, for one batch); the
-    per-pair sums are kept per bucket of windows (window index mod B) for a jackknife interval.
+    per-pair sums are kept per bucket of windows (contiguous blocks) for a jackknife interval.
     """
 
     def __init__(self, model: LoadedModel, sites: tuple[str, ...], n_buckets: int) -> None:
@@ -497,7 +497,7 @@ class CosineProbe:
         assert b is not None
         U = torch.stack([self._units[s] for s in self.sites])  # (sites, n, d)
         mask = b.stat_mask
-        bucket = (b.window_index % self.n_buckets)[torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]]
+        bucket = b.buckets(self.n_buckets)[torch.arange(mask.shape[0])[:, None].expand_as(mask)[mask]]
         for k in torch.unique(bucket).tolist():
             sel = (bucket == k).to(U.device)
             Uk = U[:, sel].reshape(len(self.sites), -1)  # (sites, n d): one float32 product, summed in float64

@@ -184,12 +184,14 @@ def build_report(run_dir: Path) -> Path:
         f"- Intervals ({cfg['analysis']['ci_level']:.0%}): per-window statistics (norm_mean, layer_cos, norm_ratio, "
         f"growth_rate) by percentile bootstrap over windows ({cfg['analysis']['n_boot']} resamples, seed "
         f"{cfg['seed']}); moment statistics (quantiles, anisotropy, carrier, eff_rank, spectra) by delete-one "
-        f"jackknife over {cfg['capture']['moment_buckets']} buckets of windows (window index mod "
-        f"{cfg['capture']['moment_buckets']}), Student-t interval; self-similarity by bootstrap over token "
+        f"jackknife over {cfg['capture']['moment_buckets']} buckets of windows (the run's windows split into "
+        f"{cfg['capture']['moment_buckets']} contiguous near-equal blocks), Student-t interval; self-similarity by "
+        "bootstrap over token "
         "types, head-subspace overlap by bootstrap over head pairs against 100 draws of random subspaces, "
         "attention/tail-band Spearman by bootstrap over windows. Centred anisotropy is centred on the site "
-        "mean of the first batch of windows; sinks are tokens with ‖h‖ above "
-        f"{cfg['analysis'].get('sink_factor', 10)}× the site's median norm in that batch.",
+        f"mean over the calibration set (the first {cfg['capture'].get('calibration_windows', 4)} windows of the "
+        f"run); sinks are tokens with ‖h‖ above {cfg['analysis'].get('sink_factor', 10)}× the site's median norm "
+        "there.",
         f"- Position samples (seeded per window, the same at every layer): the logit lens, the carrier-removed "
         f"lens and the band margin read {_positions(cfg['analysis'].get('lens_positions', 0))} per window; "
         f"the attention/tail-band Spearman keeps {_positions(cfg['analysis'].get('sink_positions', 0))}; "

@@ -16,7 +16,7 @@ def _stats(h: torch.Tensor, sink_threshold=None, cross_inp=None, buckets=2) -> S
     st = SiteStats(h.shape[-1], buckets, None, sink_threshold, cross=cross_inp is not None, moment_dtype=torch.float64)
     mask = torch.ones(h.shape[:2], dtype=torch.bool)
     mask[:, 0] = False
-    st.update(h, mask, torch.arange(h.shape[0]), inp=cross_inp)
+    st.update(h, mask, torch.arange(h.shape[0]), torch.arange(h.shape[0]) % buckets, inp=cross_inp)
     return st
 
 

@@ -130,3 +130,24 @@ def test_site_selection_errors_list_valid_sites(tiny_model_dir):
         select_sites(model.arch, ("resid_mid.0",))  # parallel residual: no resid_mid
     with pytest.raises(ConfigError, match="does not exist"):
         select_sites(model.arch, ("resid_post.7",))
+
+
+def test_calibration_set_does_not_depend_on_batch_size(tiny_model_dir, tmp_path):
+    """The centres and median norms come from the first ``calibration_windows`` windows of the run,
+    whatever the batch size (they used to come from "the first batch")."""
+    from spectral.capture import calibrate
+    from spectral.config import CorpusSpec
+    from spectral.corpus import make_windows
+
+    model = load_model(ModelSpec(name=str(tiny_model_dir("llama"))))
+    p = tmp_path / "t.txt"
+    p.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+    w = make_windows(model.tokenizer, CorpusSpec(source=str(p), seq_len=16, max_seqs=8))
+    sites = ("embed", "resid_post.0", "final")
+    a = calibrate(model, w, sites, batch_size=1, n_windows=5)
+    b = calibrate(model, w, sites, batch_size=8, n_windows=5)
+    c = calibrate(model, w, sites, batch_size=8, n_windows=2)
+    for s in sites:
+        assert torch.allclose(a.centers[s], b.centers[s], atol=1e-6)
+        assert a.median_norms[s] == pytest.approx(b.median_norms[s], rel=1e-6)
+        assert not torch.allclose(a.centers[s], c.centers[s], atol=1e-6)

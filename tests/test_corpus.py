@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from conftest import LLAMA2XS, SHARED, char_tokenizer, needs_shared
 
 from spectral import zoo
@@ -49,6 +50,27 @@ def test_batches_exclude_position_zero(tmp_path, sample_text):
     batches = list(iter_batches(w, 2))
     assert [b.input_ids.shape[0] for b in batches] == [2, 2, 1]
     assert not batches[0].stat_mask[:, 0].any() and batches[0].stat_mask[:, 1:].all()
+
+
+def test_buckets_are_contiguous_blocks_in_every_shard(tmp_path, sample_text):
+    """CI buckets are contiguous runs of the run's windows (neighbouring windows are correlated), of
+    near-equal size, and a shard, subset or batch keeps each window's bucket."""
+    tok = char_tokenizer()
+    p = tmp_path / "s.txt"
+    p.write_text(sample_text * 4)
+    w = make_windows(tok, CorpusSpec(source=str(p), seq_len=8, max_seqs=23, sampling="random"), seed=3)
+    assert len(w) == 23 and w.n_run == 23
+    whole = torch.cat([b.buckets(5) for b in iter_batches(w, 4)])
+    assert whole.tolist() == sorted(whole.tolist())  # contiguous blocks in run order
+    sizes = torch.bincount(whole, minlength=5)
+    assert int(sizes.min()) >= 4 and int(sizes.max()) <= 5
+    assert whole.tolist() != (w.window_index % 5).tolist()  # not the old interleaving
+    for i in range(3):  # shard i of 3 sees the same bucket for each of its windows
+        shard = w.select(slice(i, None, 3))
+        got = torch.cat([b.buckets(5) for b in iter_batches(shard, 4)])
+        assert got.tolist() == whole[i::3].tolist()
+    b = next(iter(iter_batches(w, 4)))
+    assert b.select(torch.tensor([False, True, False, True])).buckets(5).tolist() == b.buckets(5)[[1, 3]].tolist()
 
 
 def test_sources_directory_jsonl_and_builtin(tmp_path):

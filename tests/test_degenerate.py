@@ -46,7 +46,9 @@ def _stats(h: torch.Tensor, inp: torch.Tensor | None = None) -> SiteStats:
     st = SiteStats(D, BUCKETS, center=center, sink_threshold=10 * med, cross=inp is not None)
     for i in range(0, W, 4):  # a few batches, as a capture sends them
         sl = slice(i, i + 4)
-        st.update(h[sl], mask[sl], torch.arange(W)[sl], inp=None if inp is None else inp[sl])
+        st.update(
+            h[sl], mask[sl], torch.arange(W)[sl], torch.arange(W)[sl] % BUCKETS, inp=None if inp is None else inp[sl]
+        )
     return st
 
 

@@ -14,7 +14,7 @@ def _moments(X: np.ndarray) -> Moments:
     """Moments of the rows of X (one window, every token kept)."""
     h = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64)).unsqueeze(0)
     st = SiteStats(X.shape[1], 1, moment_dtype=torch.float64)
-    st.update(h, torch.ones(h.shape[:2], dtype=torch.bool), torch.arange(1))
+    st.update(h, torch.ones(h.shape[:2], dtype=torch.bool), torch.arange(1), torch.zeros(1, dtype=torch.long))
     return st.total()
 
 

@@ -135,7 +135,9 @@ def _chunk(seed: int, n_windows: int, offset: int, d: int = 5, T: int = 7) -> Si
     )
     mask = torch.ones(n_windows, T, dtype=torch.bool)
     mask[:, 0] = False
-    st_.update(h, mask, torch.arange(offset, offset + n_windows), prev=h.flip(-1))
+    st_.update(
+        h, mask, torch.arange(offset, offset + n_windows), torch.arange(offset, offset + n_windows) % 3, prev=h.flip(-1)
+    )
     return st_
 
 
@@ -181,7 +183,7 @@ def test_statistics_invariant_to_batch_size_and_window_order(batch, seed):
         s = SiteStats(d, 3, center=torch.zeros(d, dtype=torch.float64), sink_threshold=8.0, moment_dtype=torch.float64)
         for i in range(0, n, bs):
             sel = order[i : i + bs]
-            s.update(h[sel], mask[sel], idx[sel])
+            s.update(h[sel], mask[sel], idx[sel], idx[sel] % 3)
         return s
 
     ref = run(idx, n)

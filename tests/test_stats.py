@@ -25,7 +25,7 @@ def _stream(h, batch, buckets=4, center=None, exclude_first=True):
         mask = torch.ones(x.shape[:2], dtype=torch.bool)
         if exclude_first:
             mask[:, 0] = False
-        st.update(x, mask, torch.arange(s, s + x.shape[0]))
+        st.update(x, mask, torch.arange(s, s + x.shape[0]), torch.arange(s, s + x.shape[0]) % buckets)
     return st
 
 
@@ -99,8 +99,8 @@ def test_merge_equals_one_pass_and_state_roundtrip():
     b = SiteStats(8, 4, moment_dtype=torch.float64)
     mask = torch.ones(h.shape[:2], dtype=torch.bool)
     mask[:, 0] = False
-    a.update(h[:6], mask[:6], torch.arange(0, 6))
-    b.update(h[6:], mask[6:], torch.arange(6, 10))
+    a.update(h[:6], mask[:6], torch.arange(0, 6), torch.arange(0, 6) % 4)
+    b.update(h[6:], mask[6:], torch.arange(6, 10), torch.arange(6, 10) % 4)
     b2 = SiteStats.from_state_dict(b.state_dict())
     merged = a.merge(b2)
     for name in ("count", "sum_h", "sum_u", "second", "norm_hist", "spectrum"):
@@ -129,7 +129,7 @@ def test_planted_carrier_share():
     a = 2.0 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
     h = a[:, None] * mu + math.sqrt(s2) * torch.randn(n, d, generator=g, dtype=torch.float64)
     st = SiteStats(d, 2)
-    st.update(h[None], torch.ones(1, n, dtype=torch.bool), torch.tensor([0]))
+    st.update(h[None], torch.ones(1, n, dtype=torch.bool), torch.tensor([0]), torch.tensor([0]))
     ea2 = 4.0 + 0.25
     expected = (ea2 + s2) / (ea2 + d * s2)
     assert carrier.carrier_energy(st.total()) == pytest.approx(expected, rel=0.02)
@@ -145,7 +145,7 @@ def test_planted_growth_rate_and_dominant_frequency():
         direction = direction / direction.norm(dim=-1, keepdim=True)
         h = 10 * g_true**layer * direction
         st = SiteStats(d, 4)
-        st.update(h, torch.ones(W, T, dtype=torch.bool), torch.arange(W))
+        st.update(h, torch.ones(W, T, dtype=torch.bool), torch.arange(W), torch.arange(W) % 4)
         tables.append(st.window_table()[1])
     est = norms.growth_rate(layers, tables, bootstrap_weights(W, 200, 0), 0.95)
     assert est.value == pytest.approx(g_true, rel=1e-9)
@@ -158,6 +158,7 @@ def test_planted_growth_rate_and_dominant_frequency():
         sig + 0.01 * torch.randn(W, T, d, generator=gen, dtype=torch.float64),
         torch.ones(W, T, dtype=torch.bool),
         torch.arange(W),
+        torch.arange(W) % 4,
     )
     assert int(np.argmax(spectrum.power_spectrum(st.total()))) == 5
 
@@ -185,7 +186,7 @@ def test_float32_packed_moments_agree_with_float64():
     for dt in (torch.float32, torch.float64):
         st = SiteStats(d, 5, center, sink_threshold=1e9, moment_dtype=dt)
         for i in range(0, n_w, 8):
-            st.update(h[i : i + 8], mask[i : i + 8], torch.arange(i, i + 8))
+            st.update(h[i : i + 8], mask[i : i + 8], torch.arange(i, i + 8), torch.arange(i, i + 8) % 5)
         out[dt] = st
     assert out[torch.float32].second.dtype == torch.float32
     assert out[torch.float32].second.shape == (5, d * (d + 1) // 2)
@@ -227,7 +228,13 @@ def test_cross_moment_of_a_write_equals_direct(moment_dtype):
     mask = torch.ones(h.shape[:2], dtype=torch.bool)
     mask[:, 0] = False
     for s in range(0, 7, 3):
-        st.update(w[s : s + 3], mask[s : s + 3], torch.arange(s, min(7, s + 3)), inp=h[s : s + 3])
+        st.update(
+            w[s : s + 3],
+            mask[s : s + 3],
+            torch.arange(s, min(7, s + 3)),
+            torch.arange(s, min(7, s + 3)) % 3,
+            inp=h[s : s + 3],
+        )
     direct = w[:, 1:].reshape(-1, 8).double().T @ h[:, 1:].reshape(-1, 8).double()
     assert st.cross is not None
     torch.testing.assert_close(st.cross.double().sum(0), direct, rtol=1e-5, atol=1e-4)
@@ -246,7 +253,7 @@ def test_band_energy_jackknife_equals_the_generic_jackknife(moment_dtype):
     mask = torch.ones(h.shape[:2], dtype=torch.bool)
     mask[:, 0] = False
     for s in range(0, 10, 3):
-        st.update(h[s : s + 3], mask[s : s + 3], torch.arange(s, min(10, s + 3)))
+        st.update(h[s : s + 3], mask[s : s + 3], torch.arange(s, min(10, s + 3)), torch.arange(s, min(10, s + 3)) % 4)
     W = torch.randn(8, 50, generator=torch.Generator().manual_seed(3))
     sets = {2: spectrum.unembedding_bands(W, 2), 4: spectrum.unembedding_bands(W, 4)}
     got = spectrum.band_energy_jackknife(st, sets, 0.95)

@@ -2,7 +2,7 @@
 
 All exact functions of the streaming moments: anisotropy is the mean cosine over distinct token
 pairs, (‖Σû‖² − N)/(N(N−1)); the centred variant uses unit vectors of h − c with c the site
-mean over the first batch of windows (a fixed centre, so that the sum can stream and merge).
+mean over the calibration set of windows (a fixed centre, so that the sum can stream and merge).
 
 Degenerate moments (a pruned or zero-initialised sub-layer writes exact zeros; a bias-only write is
 constant) give NaN, never an exception or a number of round-off: a direction is undefined when its

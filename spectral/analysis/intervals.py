@@ -3,7 +3,7 @@
 Two kinds of statistic need two methods. Per-window scalar sums (norms, layer cosines, norm
 ratios, the growth fit) are resampled window by window (percentile bootstrap, seeded).
 Statistics of the d x d moments (carrier, anisotropy, spectra, quantiles) are kept per bucket
-of windows (window index mod B); their interval is the grouped jackknife over buckets with a
+of windows (B contiguous blocks of the run's windows); their interval is the grouped jackknife over buckets with a
 Student-t quantile on B - 1 degrees of freedom. Both are stated in every report.
 """
 

@@ -100,7 +100,11 @@ def lowfreq_fraction(m: Moments, share: float = 0.1) -> float:
 def unembedding_bands(W_U: torch.Tensor, K: int) -> list[torch.Tensor]:
     """Left singular vectors of W_U (d × V) by decreasing singular value, cut into K equal bands
     (numpy.array_split sizes); band 0 is the top band, band K−1 the tail ("dark") band."""
-    U = unembedding_basis(W_U)
+    return split_bands(unembedding_basis(W_U), K)
+
+
+def split_bands(U: torch.Tensor, K: int) -> list[torch.Tensor]:
+    """The columns of a sorted basis cut into K equal bands (numpy.array_split sizes), top band first."""
     return [U[:, idx] for idx in np.array_split(np.arange(U.shape[1]), K)]
 
 
