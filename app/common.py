@@ -19,9 +19,9 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from spectral.analysis.hypotheses import Verdict, read_verdicts
 from spectral.analysis.metrics import MetricTable
 from spectral.errors import RunDirError, SpectralError
+from spectral.predictions import Verdict, read_verdicts
 from spectral.runs import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +121,11 @@ class RunData:
     def band_k(self) -> int:
         bands = self.manifest.get("config", {}).get("analysis", {}).get("bands", [10])
         return int(bands[0]) if bands else 10
+
+
+def ci_level(run: RunData) -> float:
+    """The run's interval level (``[analysis] ci_level``)."""
+    return float(run.manifest.get("config", {}).get("analysis", {}).get("ci_level", 0.95))
 
 
 def _stamp(run_dir: Path) -> str:

@@ -69,7 +69,7 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
 
 def export_family(name: str, run_dir: Path, model: dict[str, Any], reports: Path | None = None) -> Path:
     """Copy the family's figures and verdicts out of a run, with the resolved config."""
-    from spectral.analysis.hypotheses import read_verdicts
+    from spectral.predictions import read_verdicts
     from spectral.runs import atomic_write_text, read_manifest
 
     fam = family(name)
@@ -98,11 +98,15 @@ def export_family(name: str, run_dir: Path, model: dict[str, Any], reports: Path
         "verdicts": [
             {
                 "prediction": v.prediction,
-                "status": v.status,
+                "outcome": v.outcome,
                 "value": v.value,
                 "ci_low": v.ci_low,
                 "ci_high": v.ci_high,
-                "control": v.control_value,
+                "null": v.null,
+                "effect": v.effect,
+                "effect_ci_low": v.effect_ci_low,
+                "effect_ci_high": v.effect_ci_high,
+                "p_holm": v.p_holm,
                 "note": v.note,
             }
             for v in chosen

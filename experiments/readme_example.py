@@ -37,13 +37,14 @@ def layer_table(run: Path) -> str:
 
 
 def verdict_table(run: Path) -> str:
-    lines = ["| prediction | status | statistic [CI] | control R |", "|---|---|---|---|"]
+    lines = ["| prediction | outcome | statistic | effect [CI] vs null | p (Holm) |", "|---|---|---|---|---|"]
     with (run / "verdicts.csv").open() as f:
         for r in csv.DictReader(f):
-            stat = r["statistic"].split(" mean over")[0]
-            est = f"{_fmt(float(r['value']))} [{_fmt(float(r['ci_low']))}, {_fmt(float(r['ci_high']))}]"
-            ctrl = _fmt(float(r["control_value"])) if r["control_value"] else "n/a"
-            lines.append(f"| {r['prediction']} | {r['status']} | {stat} = {est} | {ctrl} |")
+            num = {k: float(r[k]) if r[k] else float("nan") for k in ("effect", "effect_ci_low", "effect_ci_high")}
+            eff = f"{_fmt(num['effect'])} [{_fmt(num['effect_ci_low'])}, {_fmt(num['effect_ci_high'])}]"
+            null = r["note"].split("; ")[0].removeprefix("null: ") if r["note"].startswith("null: ") else ""
+            p = _fmt(float(r["p_holm"])) if r["p_holm"] else "–"
+            lines.append(f"| {r['prediction']} | {r['outcome']} | {r['statistic']} | {eff} vs {null} | {p} |")
     return "\n".join(lines)
 
 

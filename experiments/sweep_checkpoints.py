@@ -51,7 +51,7 @@ STATS = (
     ("carrier_energy", "carrier energy ρ"),
     ("anisotropy", "anisotropy"),
     ("eff_rank", "effective rank"),
-    ("dc_fraction", "DC fraction"),
+    ("seq_ac_lowfreq_share", "low-frequency share (sequence)"),
     *((f"band_energy_k{K}_b{i}", f"W_U band {i} of {K} energy") for i in range(K)),
     ("logit_lens_top1", "logit-lens agreement (top-1 = final top-1)"),
 )
@@ -168,10 +168,21 @@ def collect(runs: list[tuple[Checkpoint, Path]]) -> tuple[list[Point], int]:
     for ck, run in runs:
         n_layers = int(read_manifest(run)["arch"]["n_layers"])
         table = MetricTable.from_csv((run / "metrics.csv").read_text())
+        ensemble: dict[tuple[str, str], list[float]] = {}
         for r in table.rows:
             if r.metric in LABELS and r.site.split(".")[0] == "resid_post":
+                if r.condition.startswith("random_init.s"):  # R ensemble members: pooled below
+                    ensemble.setdefault((r.site, r.metric), []).append(r.value)
+                    continue
                 p = Point(ck.step, ck.label, r.condition, r.site, r.layer, r.metric, r.value, r.ci_low, r.ci_high)
                 points.append(p)
+        for (site, metric), vals in ensemble.items():  # R: the seeds' mean, the interval their range
+            layer = int(site.split(".")[1]) if "." in site else None
+            points.append(
+                Point(
+                    ck.step, ck.label, "random_init", site, layer, metric, sum(vals) / len(vals), min(vals), max(vals)
+                )
+            )
     return points, n_layers
 
 
@@ -380,8 +391,10 @@ def stat_figure(
         for i, layer in enumerate(layers)
     ]
     ctrl = pick(points, metric, mid, "random_init")
-    ref = ("random weights (R)" + ("" if metric == "growth_rate" else f", resid_post.{mid}"), ctrl[-1].value)
-    return steps_figure(lines, ref if ctrl else None, loss, unigram, title, LABELS[metric])
+    # R's mean over its seeds (a null member measures only what the predictions read: not every statistic)
+    label = "random weights (R)" + ("" if metric == "growth_rate" else f", resid_post.{mid}")
+    ref = (label, ctrl[-1].value) if ctrl else None
+    return steps_figure(lines, ref, loss, unigram, title, LABELS[metric])
 
 
 def band_figure(points: list[Point], mid: int, loss: Loss, unigram: float | None, title: str) -> Any:
@@ -398,7 +411,7 @@ OVERVIEW = (
     "carrier_energy",
     "anisotropy",
     "eff_rank",
-    "dc_fraction",
+    "seq_ac_lowfreq_share",
     "band_energy_k10_b0",
     f"band_energy_k10_b{K - 1}",
     "logit_lens_top1",
@@ -480,7 +493,7 @@ def measure(ckpts: list[Checkpoint], settings: dict[str, Any], corpus: Path, bas
     return runs, loss, notes
 
 
-PER_LAYER = ("norm_mean", "carrier_energy", "anisotropy", "eff_rank", "dc_fraction", "logit_lens_top1")
+PER_LAYER = ("norm_mean", "carrier_energy", "anisotropy", "eff_rank", "seq_ac_lowfreq_share", "logit_lens_top1")
 
 
 def figures(points: list[Point], n_layers: int, loss: Loss, unigram: float | None, name: str, context: str):

@@ -194,7 +194,13 @@ def new_bank(
         for s in sites
         if s not in aliases
     ]
-    return StatsBank(sites, residual_predecessors(sites, model.arch), stats, inputs, aliases)
+    preds = residual_predecessors(sites, model.arch)
+    bank = StatsBank(sites, preds, stats, inputs, aliases)
+    if centers is not None:
+        for site, prev in preds.items():
+            if site not in aliases:
+                bank[site].prev_center = centers[prev].detach().to("cpu", torch.float64).clone()
+    return bank
 
 
 def stream_aliases(sites: tuple[str, ...]) -> dict[str, str]:

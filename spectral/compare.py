@@ -10,11 +10,11 @@ import math
 from pathlib import Path
 
 from spectral import plotting
-from spectral.analysis.hypotheses import middle_layers, read_verdicts
 from spectral.analysis.metrics import MetricTable
 from spectral.config import VerdictSpec
 from spectral.errors import RunDirError
 from spectral.export import save_figures
+from spectral.predictions import middle_layers, read_verdicts
 from spectral.report import fmt, markdown_to_html
 from spectral.runs import atomic_write_text, prepare_run_dir, read_manifest
 
@@ -58,7 +58,7 @@ def compare_runs(
     prepare_run_dir(out, {"compare": {"runs": [str(r) for r in runs], "conditions": list(conditions)}}, overwrite)
     series: list[plotting.Series] = []
     for _run, man, table, _ in loaded:
-        for cond in conditions:
+        for cond in plotting.pick_conditions(conditions, list(table.conditions())):  # random_init: R's first seed
             if cond in table.conditions():
                 label = f"{man['model_label']} · {Path(man['corpus']['name']).name}" + (
                     "" if cond == "trained" else f" · {cond}"
@@ -85,12 +85,12 @@ def compare_runs(
         "## Key statistics",
         "",
         "| series | growth_rate g [CI] | ρ middle | anisotropy middle | layer_cos middle | eff_rank middle | "
-        "dc_fraction_slope |",
+        "seq_ac_lowfreq_slope |",
         "|---|---|---|---|---|---|---|",
     ]
     for s in series:
         g = s.table.get(s.condition, "resid_post", "growth_rate")
-        dc = s.table.get(s.condition, "resid_post", "dc_fraction_slope")
+        dc = s.table.get(s.condition, "resid_post", "seq_ac_lowfreq_slope")
         gtxt = f"{fmt(g.value)} [{fmt(g.ci_low)}, {fmt(g.ci_high)}]" if g else "–"
         cells = [
             fmt(_mean_middle(s.table, s.condition, m, s.n_layers))
@@ -109,7 +109,9 @@ def compare_runs(
         cells = []
         for _, _, _, verdicts in loaded:
             v = verdicts[i] if i < len(verdicts) else None
-            cells.append(f"{v.status} ({fmt(v.value)})" if v else "–")
+            cells.append(
+                f"{v.outcome} (effect {fmt(v.effect)} [{fmt(v.effect_ci_low)}, {fmt(v.effect_ci_high)}])" if v else "–"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",

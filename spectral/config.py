@@ -26,7 +26,7 @@ NonFinite = Literal["fail", "exclude"]
 Backend = Literal["auto", "bridge", "fast"]
 MomentDtype = Literal["float32", "float64"]
 Sampling = Literal["consecutive", "random"]
-Control = Literal["random_init", "shuffled", "permuted"]
+Control = Literal["random_init", "permuted_weights", "shuffled", "permuted"]
 ImageFormat = Literal["png", "pdf", "svg"]
 
 
@@ -181,7 +181,9 @@ class AnalysisSpec:
     n_boot: int = _help("bootstrap resamples over windows for per-window statistics", 1000)
     ci_level: float = _help("confidence level of every interval", 0.95)
     growth_first_layer: int = _help("first resid_post layer included in the log-linear growth fit", 1)
-    lowfreq_share: float = _help("share of the lowest frequency bins (incl. DC) in lowfreq_fraction", 0.1)
+    lowfreq_share: float = _help(
+        "share of the lowest non-zero frequency bins (at least one) in seq_ac_lowfreq_share", 0.1
+    )
     bands: tuple[int, ...] = _help("numbers K of equal W_U singular-vector bands (band_energy_k{K}_b{i})", (10, 20))
     sink_factor: float = _help("a token is a sink / massive activation when ‖h‖ > factor × median ‖h‖", 10.0)
     rogue_k: int = _help("top rogue dimensions removed in the robustness checks (prediction 3)", 3)
@@ -234,23 +236,41 @@ class AnalysisSpec:
 
 @dataclass(frozen=True)
 class VerdictSpec:
-    """Thresholds of the ten predictions (ARCHITECTURE.md section 1). A verdict is computed, never typed."""
+    """Margins of the eleven predictions (ARCHITECTURE.md section 1): a prediction is supported when its
+    effect's interval lies above its margin δ (and survives Holm), contradicted when it lies below."""
 
     middle_from: float = _help("middle layers start at this fraction of depth", 0.25)
     middle_to: float = _help("middle layers end at this fraction of depth (inclusive)", 0.75)
-    carrier_min: float = _help("P2: carrier energy rho must exceed this over the middle layers", 0.5)
-    carrier_spread_max: float = _help("P2: max - min of rho over the middle layers ('stable')", 0.2)
-    robust_carrier_min: float = _help("P3: rho after z-scoring, rogue-dimension and sink removal", 0.5)
-    modulation_keep: float = _help("P4: lens accuracy of h - proj(h) kept relative to the full lens", 0.9)
-    layer_cos_min: float = _help("P5: layer cosine threshold", 0.9)
-    norm_ratio_min: float = _help("P5: norm ratio threshold", 1.03)
-    head_rank_frac_max: float = _help("P6: head output effective rank / d_head must stay below this", 0.5)
+    alpha: float = _help("family-wise error rate of the run's predictions (Holm)", 0.05)
+    growth_margin: float = _help("P1: δ of g(trained) − g(null), growth rate per layer", 0.005)
+    growth_r2_min: float = _help("P1: steady growth needs the log-linear fit's R² at least this", 0.8)
+    growth_layer_share_max: float = _help(
+        "P1: steady growth has no single layer holding more than this share of the positive log growth", 0.5
+    )
+    carrier_margin: float = _help("P2: δ of ρ(trained) − ρ(null) over the middle layers", 0.05)
+    drift_margin: float = _help("P2: δ of carrier_drift(trained) − carrier_drift(null) over the middle layers", 0.0)
+    robust_margin: float = _help(
+        "P3: the carrier may lose at most this much ρ beyond its null to z-scoring, rogue dimensions or sinks "
+        "(the margin is −robust_margin)",
+        0.1,
+    )
+    modulation_margin: float = _help(
+        "P4: the lens may lose at most this much accuracy when the carrier is removed (margin −modulation_margin)",
+        0.05,
+    )
+    alignment_margin: float = _help("P5: δ of the update/stream cosine over its random-direction null", 0.05)
+    head_margin: float = _help("P6: δ of head_eff_rank_frac(R) − head_eff_rank_frac(trained)", 0.02)
+    mixing_margin: float = _help("P7: δ of the MLP's off-diagonal band transfer over chance and attention", 0.02)
+    sink_margin: float = _help("P8: minimum effect of the attention / tail-band Spearman over R", 0.1)
+    lowpass_margin: float = _help("P9: δ of seq_ac_lowfreq_share over its permutation null (middle layers)", 0.02)
     resonance_top_bands: int = _help("P10: number of top W_U bands (of K = first of [analysis] bands)", 2)
-    resonance_share_min: float = _help("P10: share of the final top-1 margin those bands must explain", 0.5)
+    resonance_margin: float = _help("P10: δ of the top bands' margin share over the isotropic share", 0.05)
+    carrier_growth_margin: float = _help("P11: δ of carrier − modulation growth rate, over 0 and over R", 0.0)
 
     def __post_init__(self) -> None:
         _check(0 <= self.middle_from <= self.middle_to <= 1, "[verdicts] need 0 <= middle_from <= middle_to <= 1")
         _check(self.resonance_top_bands >= 1, "[verdicts] resonance_top_bands must be >= 1")
+        _check(0 < self.alpha < 1, f"[verdicts] alpha must be in (0, 1), got {self.alpha}")
 
 
 @dataclass(frozen=True)
@@ -263,9 +283,22 @@ class ExperimentConfig:
     analysis: AnalysisSpec = field(default_factory=AnalysisSpec)
     verdicts: VerdictSpec = field(default_factory=VerdictSpec)
     controls: tuple[Control, ...] = _help(
-        "control conditions run beside the trained model", ("random_init", "shuffled", "permuted")
+        "conditions run beside the trained model: the nulls random_init (R, an ensemble of random-weight twins, "
+        "one per random_seeds entry) and permuted_weights (W, every weight matrix's entries permuted), and the "
+        "controls shuffled (S, tokens shuffled within windows) and permuted (P, permuted position ids)",
+        ("random_init", "permuted_weights", "shuffled", "permuted"),
     )
-    seed: int = _help("seed of the random twin, window sampling and bootstrap", 0)
+    random_seeds: tuple[int, ...] = _help(
+        "seeds of the R ensemble (each a random-weight twin at the library's init; at least 2 give a "
+        "between-seed spread, 5 or more a usable one)",
+        (1, 2, 3, 4, 5),
+    )
+    null_windows: int = _help(
+        "windows per null member (each R seed and W): the first N of the run's windows (0 = all); their "
+        "between-seed spread, not their windows, limits the null's interval",
+        8,
+    )
+    seed: int = _help("seed of window sampling, W's permutation, the bootstrap and the in-run nulls", 0)
     formats: tuple[ImageFormat, ...] = _help("static figure formats exported through kaleido", ("png", "pdf", "svg"))
     out: str | None = _help("run directory (default: reports/runs/<model>-<corpus>-...)", None)
 
@@ -274,7 +307,11 @@ class ExperimentConfig:
         bad = [f for f in self.formats if f not in get_args(ImageFormat)]
         _check(not bad, f"formats {bad} not supported; choose from png, pdf, svg (or none)")
         bad = [c for c in self.controls if c not in get_args(Control)]
-        _check(not bad, f"controls {bad} unknown; choose from random_init, shuffled, permuted")
+        _check(not bad, f"controls {bad} unknown; choose from {', '.join(get_args(Control))}")
+        _check(len(self.random_seeds) >= 1, "random_seeds must list at least one seed")
+        _check(len(set(self.random_seeds)) == len(self.random_seeds), f"random_seeds repeat: {self.random_seeds}")
+        _check(all(x >= 0 for x in self.random_seeds), f"random_seeds must be >= 0, got {self.random_seeds}")
+        _check(self.null_windows >= 0, f"null_windows must be >= 0, got {self.null_windows}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -62,6 +62,13 @@ class TokenWindows:
     def __len__(self) -> int:
         return int(self.ids.shape[0])
 
+    def head(self, n: int) -> "TokenWindows":
+        """The first ``n`` windows as a run of their own (their buckets split them, not the whole run);
+        ``n`` = 0 or beyond the count keeps every window."""
+        if n <= 0 or n >= len(self):
+            return self
+        return dataclasses.replace(self.select(slice(0, n)), position=torch.arange(n), n_run=n)
+
     def select(self, rows: slice | torch.Tensor) -> "TokenWindows":
         """A subset of the windows (a shard, the calibration set, the intervention windows), keeping each
         window's corpus index and place in the run."""

@@ -91,7 +91,7 @@ def figure_data(m: Measurement, K: int, level: float = 0.95) -> FigureData:
                 share = share / share.sum()
                 keep = share > 1e-9  # drop directions that are zero up to round-off (e.g. LayerNorm's mean)
                 pcas.append(Curve(m.condition, s, np.arange(1, share.size + 1, dtype=float)[keep], share[keep]))
-    if m.condition in ("trained", "random_init") and K in m.bands:
+    if (m.condition == "trained" or m.condition.startswith("random_init")) and K in m.bands:
         for kind, label in (("attn_out", "attention writes"), ("mlp_out", "MLP writes")):
             Ts = [
                 spectrum.band_transfer(m.bank[s].total(), m.bank[m.bank.inputs[s]].total(), m.bands[K])

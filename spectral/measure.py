@@ -2,8 +2,10 @@
 and (for the trained model) run the interventions. Gives a battery
 ``Measurement``.
 
-Conditions: ``trained``; controls ``random_init`` (R: the seeded random-weight twin),
-``shuffled`` (S: tokens permuted within each window) and ``permuted`` (P: position ids permuted).
+Conditions: ``trained``; the nulls ``random_init.s<seed>`` (a member of the R ensemble of seeded
+random-weight twins) and ``permuted_weights`` (W), each on the first ``null_windows`` windows with the
+residual stream and the heads only; the controls ``shuffled`` (S: tokens permuted within each window)
+and ``permuted`` (P: position ids permuted).
 
 A :class:`ConditionCapture` is resumable and mergeable: its whole state (calibration, the
 statistics bank, every probe, the number of batches done) is a dict of tensors and plain values
@@ -31,7 +33,12 @@ from spectral.models import LoadedModel
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.stats import StatsBank
 
-STATE_VERSION = 3  # 2: packed float32 moments, stream aliases; 3: contiguous-block buckets
+STATE_VERSION = 4  # 2: packed float32 moments, stream aliases; 3: contiguous-block buckets; 4: window columns
+
+
+def is_null_condition(condition: str) -> bool:
+    """An R ensemble member (``random_init.s<seed>``) or W (``permuted_weights``)."""
+    return condition.startswith("random_init") or condition == "permuted_weights"
 
 
 def shard_windows(windows: TokenWindows, shard: tuple[int, int]) -> TokenWindows:
@@ -68,7 +75,11 @@ class ConditionCapture:
         calibration: Calibration | None = None,
     ) -> None:
         cap, an = cfg.capture, cfg.analysis
-        self.control = condition in ("shuffled", "permuted")  # S and P: the residual stream only, no probes
+        # null members (each R seed, W): the residual stream and the heads on the first null_windows windows
+        self.null = is_null_condition(condition)
+        if self.null:
+            windows = windows.head(cfg.null_windows)
+        self.control = condition in ("shuffled", "permuted") or self.null  # no lens, cosine or intervention probes
         if self.control and tuple(cap.control_sites) != ("same",):
             sites = select_sites(model.arch, cap.control_sites)
         self.model, self.cfg, self.condition, self.sites = model, cfg, condition, sites
@@ -109,7 +120,7 @@ class ConditionCapture:
         heads_ok = self.backend == "bridge" or fast_heads(model)
         self.heads = (
             HeadProbe(model, cap.moment_buckets, tail, an.sink_positions, cfg.seed)
-            if heads_ok and not self.control
+            if heads_ok and (self.null or not self.control)
             else None
         )
         self.types = TypeProbe(model, self.windows, self.resid, an.max_types)

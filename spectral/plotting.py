@@ -24,7 +24,28 @@ CONDITION_STYLE = {
     "random_init": {"color": "#7F7F7F", "dash": "dash", "label": "random weights (R)"},
     "shuffled": {"color": OKABE_ITO[1], "dash": "dot", "label": "shuffled tokens (S)"},
     "permuted": {"color": OKABE_ITO[2], "dash": "dashdot", "label": "permuted positions (P)"},
+    "permuted_weights": {"color": OKABE_ITO[4], "dash": "longdash", "label": "permuted weights (W)"},
 }
+
+
+def condition_style(condition: str) -> dict[str, str]:
+    """Colour, dash and label of a condition; R ensemble members (``random_init.s<seed>``) share R's."""
+    if condition.startswith("random_init.s"):
+        return {**CONDITION_STYLE["random_init"], "label": f"random weights (R, seed {condition[13:]})"}
+    return CONDITION_STYLE.get(condition, {"color": "#000000", "dash": "solid", "label": condition})
+
+
+def pick_conditions(wanted: tuple[str, ...], present: list[str]) -> list[str]:
+    """``wanted`` conditions that the table holds; ``random_init`` stands for R's first seed."""
+    out = []
+    for c in wanted:
+        if c == "random_init" and c not in present:
+            c = next((p for p in present if p.startswith("random_init.s")), c)
+        if c in present:
+            out.append(c)
+    return out
+
+
 FONT = {"family": "Arial, Helvetica, sans-serif", "size": 13, "color": "#222222"}
 
 
@@ -58,7 +79,7 @@ def _add_series(
 ) -> None:
     if not rows:
         return
-    style = CONDITION_STYLE.get(condition, {"color": "#000000", "dash": "solid", "label": condition})
+    style = condition_style(condition)
     x = [float(r.layer or 0) for r in rows]
     kw = {} if row is None else {"row": row, "col": col}
     _band_and_line(fig, x, rows, style["color"], style["dash"], style["label"], condition, show_legend, kw)
@@ -157,7 +178,7 @@ def curves_by_layer(curves: list[Curve], title: str, x_title: str, y_title: str,
     fig = make_subplots(
         rows=1,
         cols=len(conds),
-        subplot_titles=[CONDITION_STYLE.get(c, {}).get("label", c) for c in conds],
+        subplot_titles=[condition_style(c)["label"] for c in conds],
         shared_yaxes=True,
     )
     for j, cond in enumerate(conds, 1):
@@ -194,9 +215,9 @@ def metric_heatmap(
     conditions: tuple[str, ...] = ("trained", "random_init"),
 ) -> go.Figure:
     """Heatmap of metric_prefix{i} (i < n) over sites ``kind.l`` (rows) for each condition."""
-    conds = [c for c in conditions if c in table.conditions()]
+    conds = pick_conditions(conditions, list(table.conditions()))
     fig = make_subplots(
-        rows=1, cols=len(conds), subplot_titles=[CONDITION_STYLE[c]["label"] for c in conds], horizontal_spacing=0.12
+        rows=1, cols=len(conds), subplot_titles=[condition_style(c)["label"] for c in conds], horizontal_spacing=0.12
     )
     for j, cond in enumerate(conds, 1):
         rows = table.series(cond, kind, f"{metric_prefix}0")
@@ -216,7 +237,7 @@ def matrices(mats: list[Matrix], title: str, x_title: str, y_title: str) -> go.F
     """A grid of matrices (rows: conditions, columns: labels) on one shared colour scale."""
     conds = list(dict.fromkeys(m.condition for m in mats))
     labels = list(dict.fromkeys(m.label for m in mats))
-    titles = [f"{CONDITION_STYLE.get(c, {}).get('label', c)} — {lab}" for c in conds for lab in labels]
+    titles = [f"{condition_style(c)['label']} — {lab}" for c in conds for lab in labels]
     fig = make_subplots(rows=len(conds), cols=len(labels), subplot_titles=titles, vertical_spacing=0.14)
     for m in mats:
         fig.add_trace(
@@ -264,7 +285,7 @@ def overlay(series: list[Series], panels: tuple[tuple[str, str, str], ...], titl
     )
     for i, s in enumerate(series):
         color = OKABE_ITO[i % len(OKABE_ITO)]
-        dash = "dash" if s.condition == "random_init" else "solid"
+        dash = "dash" if s.condition.startswith("random_init") else "solid"
         for j, (kind, metric, _) in enumerate(panels, 1):
             rows = [r for r in s.table.series(s.condition, kind, metric) if r.layer is not None]
             if not rows:

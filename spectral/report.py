@@ -13,23 +13,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-from spectral.analysis.hypotheses import read_verdicts
 from spectral.analysis.metrics import MetricTable, degenerate_sites
 from spectral.errors import RunDirError
+from spectral.predictions import PREDICTIONS, read_verdicts
 from spectral.runs import atomic_write_text, read_manifest
-
-EXPLAIN = {
-    "1": "g (trained) must exceed the random-weight twin's CI: growth that training put there, not the init.",
-    "2": "mean carrier energy ρ over the middle layers above the threshold, stable across them, above R.",
-    "3": "ρ after scaling dims to unit std, dropping the top rogue dims and the sink tokens stays high.",
-    "4": "next-token accuracy of the lens on h − ⟨h, μ̂⟩μ̂ keeps most of the full lens's accuracy.",
-    "5": "layer cosine > threshold while the norm ratio > threshold, with the cosine above R's.",
-    "6": "head outputs use few of their d_head directions, and different heads overlap less than chance.",
-    "7": "MLP writes move energy across W_U bands more than attention writes do (cross-moment transfer).",
-    "8": "tokens that receive attention carry more tail-band ('dark') energy (Spearman > 0).",
-    "9": "the DC share of the sequence-axis spectrum rises with depth, faster than under R and S.",
-    "10": "the top W_U bands carry most of the final top-1 logit margin.",
-}
 
 LAYER_METRICS = (
     "norm_mean",
@@ -40,8 +27,15 @@ LAYER_METRICS = (
     "carrier_energy",
     "carrier_drift",
     "eff_rank",
-    "dc_fraction",
+    "seq_ac_lowfreq_share",
 )
+
+
+def _iv(v: float, lo: float, hi: float) -> str:
+    """A value with its interval, or the value alone when the interval is unknown or a point."""
+    if math.isnan(lo) or math.isnan(hi) or lo == hi:
+        return fmt(v)
+    return f"{fmt(v)} [{fmt(lo)}, {fmt(hi)}]"
 
 
 def fmt(v: float) -> str:
@@ -223,25 +217,31 @@ def build_report(run_dir: Path) -> Path:
             f"layers ≥ {cfg['analysis']['growth_first_layer']})."
         )
     vpath = run_dir / "verdicts.csv"
+    level = float(cfg["analysis"]["ci_level"])
     if vpath.is_file():
         lines += [
             "",
             "## Verdicts",
             "",
-            "Thresholds come from `[verdicts]` in the config; controls: R random weights, S shuffled tokens, "
-            "P permuted positions. Layer averages carry the average of the per-layer CI bounds.",
+            f"Each prediction compares its statistic on the trained model with a null (R: the random-weight "
+            f"ensemble, W: the weight-permuted twin, or the in-run / exact null it names); effect = trained − null "
+            f"with its {level:.0%} interval; supported when the interval lies above the margin δ and the "
+            f"one-sided p-value survives Holm's correction across the run's predictions (α "
+            f"{cfg['verdicts'].get('alpha', 0.05)}), contradicted when it lies below δ, inconclusive otherwise. "
+            "Layer averages carry the average of the per-layer interval bounds.",
             "",
-            "| prediction | status | statistic | value [95% CI] | control | threshold | reason |",
-            "|---|---|---|---|---|---|---|",
+            f"| prediction | outcome | statistic | trained [{level:.0%} CI] | null [interval] | effect [CI] | δ | "
+            "p (Holm) | note |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for v in read_verdicts(vpath.read_text(encoding="utf-8")):
-            ci = f"{fmt(v.value)} [{fmt(v.ci_low)}, {fmt(v.ci_high)}]" if not math.isnan(v.ci_low) else fmt(v.value)
             lines.append(
-                f"| {v.prediction} | **{v.status}** | {v.statistic} | {ci} | {fmt(v.control_value)} | "
-                f"{fmt(v.threshold)} | {v.note} |"
+                f"| {v.prediction} | **{v.outcome}** | {v.statistic} | {_iv(v.value, v.ci_low, v.ci_high)} | "
+                f"{_iv(v.null, v.null_ci_low, v.null_ci_high)} | {_iv(v.effect, v.effect_ci_low, v.effect_ci_high)} | "
+                f"{fmt(v.margin)} | {fmt(v.p_holm)} | {v.note} |"
             )
         lines += ["", "What each prediction tests:", ""]
-        lines += [f"{k}. {t}" for k, t in EXPLAIN.items()]
+        lines += [f"- **{p.key}**: {p.explanation}" for p in PREDICTIONS]
     figs = man.get("figures", {})
     for cond in table.conditions():
         lines += ["", f"## Per layer: {cond}", "", *layer_table(table, cond, n_layers)]

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from spectral.analysis.battery import battery_metrics
-from spectral.analysis.hypotheses import evaluate, verdicts_csv
 from spectral.analysis.metrics import MetricRow, MetricTable, compute_metrics
 from spectral.capture import Calibration, select_sites
 from spectral.config import ExperimentConfig
@@ -32,8 +31,9 @@ from spectral.corpus import TokenWindows, make_windows
 from spectral.errors import RunDirError
 from spectral.export import save_figures
 from spectral.figureset import FigureData, build_figures, figure_data
-from spectral.measure import ConditionCapture
+from spectral.measure import ConditionCapture, is_null_condition
 from spectral.models import LoadedModel, load_model
+from spectral.predictions import evaluate, verdicts_csv
 from spectral.runs import (
     STATE_DIR,
     atomic_write_text,
@@ -195,7 +195,11 @@ def run_experiment(
             if not lead or shard[1] > 1 and dist is None:
                 continue  # a shard: its state is its result (spectral merge analyses)
             rows += analyse_condition(s, cc, manifest, timings, log)
-            measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
+            if not (
+                cond.startswith("random_init.s") and any(m.condition.startswith("random_init") for m in measurements)
+            ):
+                # figures show R's first seed; the ensemble's spread is in the verdicts
+                measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
             del cc  # the d x d moments of this condition are no longer needed
         if not lead:
             assert dist is not None
@@ -224,15 +228,29 @@ def cfg_bands(s: Setup) -> int:
 
 
 def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
-    """(condition, model) for the trained model and each control. The controls that run the trained
-    weights (S, P) come first and R's twin last: its weights are loaded only after the trained ones are
-    released (``s.model`` keeps its ``arch`` and tokenizer), so a run never holds two models at once."""
-    controls = [c for c in s.cfg.controls if c != "random_init"]
-    for cond in ("trained", *controls):
+    """(condition, model) for the trained model, the controls and the nulls, in an order that never holds
+    two models at once: the conditions that run the trained weights (S, P) first, then W (the trained
+    weights permuted in place), then the R ensemble (one random-weight twin, given each next seed's init
+    in place). ``s.model`` keeps its ``arch`` and tokenizer for the report."""
+    from spectral.analysis.controls import permute_weights, reinitialise
+
+    cfg = s.cfg
+    for cond in ("trained", *(c for c in ("shuffled", "permuted") if c in cfg.controls)):
         yield cond, s.model
-    if "random_init" in s.cfg.controls:
+    if "permuted_weights" in cfg.controls:
+        permute_weights(s.model.hf_model, cfg.seed)
+        s.model._basis = None  # W's unembedding is permuted too
+        yield "permuted_weights", s.model
+    if "random_init" in cfg.controls:
         s.model.release_weights()
-        yield "random_init", load_model(s.cfg.model, random_init=True, seed=s.cfg.seed)
+        twin: LoadedModel | None = None
+        for seed in cfg.random_seeds:
+            if twin is None:
+                twin = load_model(cfg.model, random_init=True, seed=seed)
+            else:
+                reinitialise(twin.hf_model, seed)
+                twin.seed, twin._basis = seed, None
+            yield f"random_init.s{seed}", twin
 
 
 def _capture(
@@ -281,8 +299,9 @@ def analyse_condition(
             "tokens_per_site": meas.bank.nonfinite_counts,
         }
         log(f"{cond}: {len(set(meas.bank.excluded))} windows with NaN/inf excluded")
-    rows = list(compute_metrics(meas.bank, s.label, cond, cfg.analysis, cfg.seed).rows)
-    rows += battery_metrics(s.label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands)
+    light = is_null_condition(cond)  # a null member: what the predictions read of a null, nothing more
+    rows = list(compute_metrics(meas.bank, s.label, cond, cfg.analysis, cfg.seed, light).rows)
+    rows += battery_metrics(s.label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands, light)
     timings[f"analysis_{cond}"] = time.perf_counter() - t
     return rows
 

@@ -4,7 +4,8 @@ Per site, :class:`SiteStats` keeps, for each of ``B`` buckets of windows (contig
 run's windows, chosen by the caller: see ``Batch.buckets``):
 the token count, Σh, Σ unit vectors û, Σ unit vectors of h − c (c: a fixed centre, for the
 centred cosine), Σ‖h‖, Σ‖h‖², a log-spaced histogram of ‖h‖ (quantile sketch, ≤0.5 % relative
-error), the uncentred second moment Σ h hᵀ and the sequence-axis power spectrum Σ |rfft_t h|²
+error), the uncentred second moment Σ h hᵀ and the sequence-axis power spectrum (Parseval-weighted one-sided
+P(k) = w_k |rfft_t h|² / T, w = 1 at DC and Nyquist, 2 between, so Σ_k P(k) = Σ_t ‖h_t‖²)
 (summed over dimensions, full-length windows only). Per window it keeps small scalar sums (token
 count, Σ‖h‖, Σ‖h‖², and for a site with a predecessor on the residual chain Σcos and Σ norm
 ratio between the two sites for the same token) so per-window bootstraps stay possible.
@@ -33,7 +34,18 @@ from jaxtyping import Bool, Float, Int
 HIST_GAMMA = 1.01  # bin width ratio of the norm histogram
 HIST_MIN_EXP = -1852  # 1.01 ** -1852 ~ 1e-8
 HIST_BINS = 3704  # covers 1e-8 .. 1e8; values outside are clamped into the end bins
-WINDOW_COLUMNS = ("count", "sum_norm", "sum_norm2", "pair_count", "sum_cos", "sum_ratio", "sum_intra")
+WINDOW_COLUMNS = (
+    "count",
+    "sum_norm",
+    "sum_norm2",
+    "pair_count",
+    "sum_cos",
+    "sum_ratio",
+    "sum_intra",
+    "sum_carrier2",  # Σ⟨h, ĉ⟩², ĉ = the site's calibration centre direction (carrier amplitude growth)
+    "sum_upd_cos_stream",  # Σ cos(Δ, h_prev), Δ = h − h_prev (update alignment; with a predecessor)
+    "sum_upd_cos_carrier",  # Σ cos(Δ, ĉ_prev), ĉ_prev = the predecessor's centre direction
+)
 MOMENT_FIELDS = ("count", "sum_h", "sum_u", "sum_u2", "sum_cu", "sum_norm", "sum_norm2", "second", "norm_hist")
 EXTRA_FIELDS = ("sink_count", "sink_sum_h", "sink_second", "cross")
 
@@ -157,10 +169,12 @@ class SiteStats:
         self.moment_dtype = moment_dtype
         self.device = torch.device(device or "cpu")  # where the sums live (the model's device)
         self.center = None if center is None else center.detach().to("cpu", f64).clone()
+        self.prev_center: torch.Tensor | None = None  # the predecessor's centre (update alignment), set by the bank
         with torch.device(self.device):
             self._alloc(B, d, sink_threshold, cross)
         self.spectrum: torch.Tensor | None = None  # (B, F), sized by the first full window
         self.spectrum_skipped = 0  # full windows of another length than the first one
+        self.spectrum_len = 0  # positions T of the windows in the spectrum (0 until the first full window)
         self._win_index: list[np.ndarray] = []
         self._win_rows: list[torch.Tensor] = []
         self._total: dict[str, torch.Tensor | None] | None = None  # packed sums over all buckets
@@ -315,6 +329,20 @@ class SiteStats:
             rows[:, 3] = count_w.double()
             rows[:, 4] = (cos * m[..., 0]).sum(1).double()
             rows[:, 5] = (norms / pn.clamp_min(1e-30) * m[..., 0]).sum(1).double()
+            delta = x - p  # the update this site adds to its predecessor
+            dn = delta.norm(dim=-1)
+            dinv = torch.where(dn > 0, m[..., 0] / dn.clamp_min(1e-30), 0.0)  # a zero update has no direction
+            rows[:, 8] = ((delta * p).sum(-1) / pn.clamp_min(1e-30) * dinv).sum(1).double()
+            if self.prev_center is not None and float(self.prev_center.norm()) > 0:
+                cp = (self.prev_center / self.prev_center.norm()).to(dev, f32)
+                rows[:, 9] = ((delta @ cp) * dinv).sum(1).double()
+            else:
+                rows[:, 9] = float("nan")
+        if self.center is not None and float(self.center.norm()) > 0:
+            chat = (self.center / self.center.norm()).to(dev, f32)
+            rows[:, 7] = ((x @ chat).pow(2) * m[..., 0]).sum(1).double()
+        else:
+            rows[:, 7] = float("nan")
         # intra-sentence similarity (Ethayarajh): cos of each token with its window's mean
         intra = (x * wsum).sum(-1) / (norms * wsum.norm(dim=-1)).clamp_min(1e-30)
         rows[:, 6] = (intra * m[..., 0]).sum(1).double()
@@ -330,12 +358,19 @@ class SiteStats:
         n_freq = x.shape[1] // 2 + 1
         if self.spectrum is None:
             self.spectrum = torch.zeros(self.n_buckets, n_freq, dtype=torch.float64, device=self.device)
-        if self.spectrum.shape[1] != n_freq:
+            self.spectrum_len = x.shape[1]
+        if x.shape[1] != self.spectrum_len:
             self.spectrum_skipped += int(sel.numel())
             return
         # positions made the contiguous (last) axis first: the transform along a strided axis is ~10x slower on the CPU
         spec = torch.fft.rfft(x.transpose(1, 2).contiguous(), dim=-1)  # (w, d, F)
-        power = torch.view_as_real(spec).pow(2).sum(dim=(1, 3))  # (w, F)
+        power = torch.view_as_real(spec).pow(2).sum(dim=(1, 3))  # (w, F) |X_k|² summed over dimensions
+        T = x.shape[1]
+        weight = torch.full((n_freq,), 2.0 / T, dtype=power.dtype, device=power.device)
+        weight[0] = 1.0 / T
+        if T % 2 == 0:
+            weight[-1] = 1.0 / T  # the Nyquist bin has no mirror image
+        power = power * weight  # Parseval-weighted one-sided power: Σ_k P(k) = Σ_t ‖h_t‖²
         idx = bucket[sel].to(self.device)
         self.spectrum.index_add_(0, idx, power.to(self.device, torch.float64))
         self.spectrum_windows.index_add_(0, idx, torch.ones(sel.numel(), dtype=torch.float64, device=self.device))
@@ -506,7 +541,7 @@ class SiteStats:
         if other.spectrum is not None:
             if self.spectrum is None:
                 self.spectrum = other.spectrum.to(self.device, copy=True)
-            elif self.spectrum.shape != other.spectrum.shape:
+            elif self.spectrum.shape != other.spectrum.shape or self.spectrum_len != other.spectrum_len:
                 raise ValueError("cannot merge sequence spectra of different window lengths")
             else:
                 if self.spectrum.is_inference():  # made inside a forward's inference_mode
@@ -514,6 +549,7 @@ class SiteStats:
                 self.spectrum.add_(other.spectrum.to(self.device))
         self.spectrum_windows.add_(other.spectrum_windows.to(self.device))
         self.spectrum_skipped += other.spectrum_skipped
+        self.spectrum_len = self.spectrum_len or other.spectrum_len
         idx, rows = other.window_table()
         self._win_index.append(idx)
         self._win_rows.append(torch.from_numpy(rows).to(self.device))
@@ -531,8 +567,10 @@ class SiteStats:
             "spectrum": _cpu(self.spectrum),
             "spectrum_windows": self.spectrum_windows.cpu(),
             "spectrum_skipped": self.spectrum_skipped,
+            "spectrum_len": self.spectrum_len,
             "window_index": torch.from_numpy(idx),
             "window_rows": torch.from_numpy(rows),
+            "prev_center": self.prev_center,
         }
 
     @classmethod
@@ -556,8 +594,11 @@ class SiteStats:
         out.spectrum = spec.clone() if isinstance(spec, torch.Tensor) else None
         out.spectrum_windows = state["spectrum_windows"].clone()  # type: ignore[union-attr]
         out.spectrum_skipped = int(state["spectrum_skipped"])  # type: ignore[arg-type]
+        out.spectrum_len = int(state.get("spectrum_len", 0))  # type: ignore[arg-type]
         out._win_index = [state["window_index"].numpy().copy()]  # type: ignore[union-attr]
         out._win_rows = [state["window_rows"].clone()]  # type: ignore[union-attr]
+        pc = state.get("prev_center")
+        out.prev_center = pc.clone() if isinstance(pc, torch.Tensor) else None
         return out
 
 

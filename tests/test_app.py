@@ -124,12 +124,16 @@ def test_verdicts_table_and_reasons(small_run):
     df = at.dataframe[0].value
     text = (small_run["run"] / "verdicts.csv").read_text()
     n = len(text.strip().splitlines()) - 1
-    assert len(df) == n and n >= 10
-    assert {"prediction", "status", "reason"} <= set(df.columns)
-    assert all(isinstance(r, str) and r for r in df["reason"])
+    assert len(df) == n and n == 11
+    assert {"prediction", "outcome", "effect", "effect CI", "null", "p (Holm)", "note"} <= set(df.columns)
+    assert all(isinstance(r, str) and r for r in df["note"])
     counts = {m.label: int(m.value) for m in at.metric}
     assert sum(counts.values()) == n
-    assert counts["pass"] == sum(df["status"] == "pass")
+    for outcome in ("supported", "contradicted", "inconclusive", "n/a"):
+        assert counts[outcome] == sum(df["outcome"] == outcome)
+    # no controls were run: the predictions that need R or W say so
+    notes = dict(zip(df["prediction"], df["note"], strict=True))
+    assert "none was run" in notes["1 norm growth is learned"]
 
 
 def test_compare_overlays_runs(small_run):

@@ -71,8 +71,8 @@ def _metric_funcs(bands: list[torch.Tensor]) -> dict:
         "eff_rank": spectrum.eff_rank,
         "participation_ratio": spectrum.participation_ratio,
         "isoscore": isoscore.isoscore,
-        "dc_fraction": spectrum.dc_fraction,
-        "lowfreq_fraction": partial(spectrum.lowfreq_fraction, share=0.1),
+        "seq_dc_share": lambda m: spectrum.seq_dc_share(m.spectrum.numpy()),
+        "seq_ac_lowfreq_share": lambda m: spectrum.seq_ac_lowfreq_share(m.spectrum.numpy(), 0.1),
         "carrier_drift": lambda m: carrier.carrier_drift(m, m),
         "rogue_top1_share": carrier.rogue_top1_share,
         "anisotropy_norogue": partial(carrier.anisotropy_without_rogue, k=3),
@@ -118,7 +118,7 @@ def test_constant_site_has_a_direction_but_no_variance():
     for name in ("anisotropy", "carrier_energy", "top_pc_energy", "carrier_pc_alignment", "carrier_drift"):
         assert got[name][0] == pytest.approx(1.0, abs=1e-6), name
     assert got["norm_mean"][0] == pytest.approx(3.0, rel=1e-6)
-    assert got["dc_fraction"][0] == pytest.approx(1.0, abs=1e-6)
+    assert got["seq_dc_share"][0] == pytest.approx(1.0, abs=1e-6)
     expected_bands = np.array([float(((v.double() @ b) ** 2).sum()) for b in _bands(4)])
     np.testing.assert_allclose(got["band_energies"], expected_bands, atol=1e-6)
     for name in ("centered_anisotropy", "spectrum_summary", "eff_rank", "participation_ratio", "isoscore"):
@@ -153,7 +153,8 @@ def test_rank_one_site_gives_the_right_values():
     # the sequence spectrum needs no variance: DC share from the amplitudes directly
     amp = h[:, 1:].double() @ v64
     P = (np.abs(np.fft.rfft(amp.numpy(), axis=1)) ** 2).sum(0)
-    assert got["dc_fraction"][0] == pytest.approx(P[0] / P.sum(), rel=1e-5)
+    P[1 : P.size - (amp.shape[1] % 2 == 0)] *= 2  # one-sided Parseval weights (the Nyquist bin counts once)
+    assert got["seq_dc_share"][0] == pytest.approx(P[0] / P.sum(), rel=1e-5)
 
 
 def _bank(h_write: torch.Tensor, h_in: torch.Tensor) -> StatsBank:
@@ -179,7 +180,8 @@ def test_compute_metrics_and_battery_site_metrics_on_degenerate_writes(kind):
     assert set(rows) >= {"anisotropy", "eff_rank", "carrier_energy_top_pc", "band_energy_k4_b0", "band_offdiag_k4"}
     finite = {k for k, r in rows.items() if math.isfinite(r.value)}
     if kind == "zero":
-        assert finite == {"norm_mean", "norm_median", "norm_p05", "norm_p95", "sink_fraction"}
+        # the permutation null depends on the window length alone
+        assert finite == {"norm_mean", "norm_median", "norm_p05", "norm_p95", "sink_fraction", "seq_ac_lowfreq_null"}
         assert rows["norm_mean"].value == 0 and rows["norm_p95"].value == 0
         assert degenerate_sites(table, "trained") == {"mlp_out.0": "zero"}
     elif kind == "constant":
@@ -249,7 +251,7 @@ def test_run_with_a_zeroed_mlp_completes_with_nan_and_says_why(tiny_model_dir, t
         "rogue_top1_share",
         "band_energy_k10_b0",
         "band_offdiag_k10",
-        "dc_fraction",
+        "seq_dc_share",
     ):
         assert math.isnan(zero[metric]), metric
     healthy = {r.metric: r.value for r in table.rows if r.site == "mlp_out.0"}

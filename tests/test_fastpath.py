@@ -46,7 +46,9 @@ def _compare(model, windows, sites=None):
         ia, ra = banks["bridge"][s].window_table()
         ib, rb = banks["fast"][s].window_table()
         np.testing.assert_array_equal(ia, ib)
-        np.testing.assert_allclose(rb, ra, rtol=1e-4, atol=1e-6)
+        # per-window sums; the update-alignment cosine of a post-LN stream takes the difference of two
+        # nearly equal vectors, so it gets an absolute tolerance (its sums are O(1) per window)
+        np.testing.assert_allclose(rb, ra, rtol=1e-4, atol=1e-4)
 
 
 def _shares_weights(model: LoadedModel) -> None:

@@ -92,7 +92,8 @@ def test_progress_callback_and_cancel(tiny_model_dir, tmp_path, sample_text):
     )
     calls = []
     run_experiment(cfg, progress=False, log=lambda s: None, on_batch=lambda c, d, t: calls.append((c, d, t)))
-    assert calls == [("trained", 1, 1), ("random_init", 1, 1)]  # 6 windows, batches of 8
+    # 6 windows, batches of 8; the R ensemble's five seeds (8 null windows: all 6)
+    assert calls == [("trained", 1, 1)] + [(f"random_init.s{k}", 1, 1) for k in range(1, 6)]
 
     class Cancelled(Exception):
         pass

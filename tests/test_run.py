@@ -11,6 +11,7 @@ from conftest import BABYLLAMA, LLAMA2XS, TINYSTORIES, needs_shared
 
 from spectral.analysis.metrics import MetricTable
 from spectral.cli import main
+from spectral.predictions import VERDICT_COLUMNS
 
 
 def _independent(model_dir, corpus, seq_len, max_seqs):
@@ -44,14 +45,20 @@ def _independent(model_dir, corpus, seq_len, max_seqs):
         ev = np.clip(ev, 0, None)
         pr = ev / ev.sum()
         pr = pr[pr > 0]
+        T = h.shape[1]
         P = (np.abs(np.fft.rfft(h, axis=1)) ** 2).sum(axis=(0, 2))
+        P[1 : P.size - (T % 2 == 0)] *= 2  # one-sided Parseval weights
+        upd = flat - pflat
         out[f"resid_post.{layer}"] = {
             "norm_mean": nrm.mean(),
             "anisotropy": ((u @ u.T).sum() - n) / (n * (n - 1)),
             "carrier_energy": ((flat @ mu) ** 2).sum() / (flat**2).sum(),
             "layer_cos": np.mean((flat * pflat).sum(1) / (nrm * np.linalg.norm(pflat, axis=1))),
             "eff_rank": math.exp(-(pr * np.log(pr)).sum()),
-            "dc_fraction": P[0] / P.sum(),
+            "seq_dc_share": P[0] / P.sum(),
+            "update_cos_stream": np.mean(
+                (upd * pflat).sum(1) / (np.linalg.norm(upd, axis=1) * np.linalg.norm(pflat, axis=1))
+            ),
         }
     return out
 
@@ -91,13 +98,14 @@ def test_llama2xs_run_matches_independent_computation(tmp_path, capsys):
     man = json.loads((out / "manifest.json").read_text())
     assert man["status"] == "complete" and man["corpus"]["n_windows"] == 64
     assert man["weights_sha256"] and man["packages"]["torch"]
-    assert {"trained", "random_init", "shuffled", "permuted"} == set(table.conditions())
+    members = {f"random_init.s{k}" for k in range(1, 6)}
+    assert {"trained", "permuted_weights", "shuffled", "permuted"} | members == set(table.conditions())
     verdicts = (out / "verdicts.csv").read_text().splitlines()
-    assert len(verdicts) == 11 and verdicts[0].startswith("prediction,status,statistic,value,ci_low,ci_high")
-    assert table.get("random_init", "resid_post", "growth_rate") is not None
+    assert len(verdicts) == 12 and verdicts[0] == ",".join(VERDICT_COLUMNS)
+    assert all(table.get(c, "resid_post", "growth_rate") is not None for c in members)
     for name in ("norm_profile", "carrier_anisotropy"):
         assert (out / "figures" / f"{name}.html").is_file() and (out / "figures" / f"{name}.csv").is_file()
-    assert "## Per layer: random_init" in (out / "report.md").read_text()
+    assert "## Per layer: random_init.s1" in (out / "report.md").read_text()
 
 
 def test_default_model_run_and_run_dir_rules(tmp_path, capsys):
@@ -159,7 +167,7 @@ def test_battery_end_to_end_on_babyllama(tmp_path):
     args = ["run", "--model", str(BABYLLAMA), "--corpus", str(TINYSTORIES), "--seq-len", "48", "--max-seqs", "12"]
     assert main([*args, "--out", str(out), "--quiet", "--n-boot", "100", "--formats", "none"]) == 0
     verdicts = (out / "verdicts.csv").read_text()
-    assert verdicts.count("\n") == 11 and ",n/a," not in verdicts.split("\n")[1]  # a pre-LN LM: P1 applies
+    assert verdicts.count("\n") == 12 and ",n/a," not in verdicts.split("\n")[1]  # a pre-LN LM: P1 applies
     for name in ("band_energy", "band_transfer", "logit_lens", "interventions", "carrier_robustness"):
         assert (out / "figures" / f"{name}.html").is_file(), name
     assert "## Verdicts" in (out / "report.md").read_text()

@@ -64,12 +64,20 @@ def test_streaming_equals_batch_computation():
     assert norms.norm_mean(m) == pytest.approx(nrm.mean(), rel=1e-12)
     for q in (0.05, 0.5, 0.95):
         assert norms.norm_quantile(m, q) == pytest.approx(np.quantile(nrm, q), rel=0.01)
-    # sequence spectrum: |rfft|^2 along positions 1..T-1, summed over windows and dims
-    P = (np.abs(np.fft.rfft(h[:, 1:].numpy(), axis=1)) ** 2).sum(axis=(0, 2))
+    # sequence spectrum: Parseval-weighted one-sided |rfft|^2 / T along positions 1..T-1, summed over
+    # windows and dims (numpy's rfft as the reference)
+    x = h[:, 1:].numpy()
+    T = x.shape[1]
+    X2 = (np.abs(np.fft.rfft(x, axis=1)) ** 2).sum(axis=(0, 2))
+    w = np.full(X2.size, 2.0)
+    w[0] = 1.0
+    if T % 2 == 0:
+        w[-1] = 1.0
+    P = w * X2 / T
     assert np.allclose(spectrum.power_spectrum(m), P)
-    assert spectrum.dc_fraction(m) == pytest.approx(P[0] / P.sum())
-    k = math.ceil(0.1 * P.size)
-    assert spectrum.lowfreq_fraction(m, 0.1) == pytest.approx(P[:k].sum() / P.sum())
+    assert spectrum.seq_dc_share(m.spectrum.numpy()) == pytest.approx(P[0] / P.sum())
+    k = max(1, int(0.1 * (P.size - 1)))
+    assert spectrum.seq_ac_lowfreq_share(m.spectrum.numpy(), 0.1) == pytest.approx(P[1 : k + 1].sum() / P[1:].sum())
 
 
 def test_parseval():
@@ -77,9 +85,43 @@ def test_parseval():
     m = _stream(h, batch=3).total()
     x = h[:, 1:].numpy()  # T' = 32 (even): DC and Nyquist once, others twice
     T = x.shape[1]
-    P = spectrum.power_spectrum(m)
-    energy = (P[0] + 2 * P[1:-1].sum() + P[-1]) / T
-    assert energy == pytest.approx(float((x**2).sum()), rel=1e-10)
+    P = spectrum.power_spectrum(m)  # Parseval-weighted: the bins sum to the energy
+    assert T % 2 == 0 and P.sum() == pytest.approx(float((x**2).sum()), rel=1e-10)
+    h = _data(n_win=3, T=34)  # T' = 33 (odd): no Nyquist bin
+    P = spectrum.power_spectrum(_stream(h, batch=3).total())
+    assert P.sum() == pytest.approx(float((h[:, 1:].numpy() ** 2).sum()), rel=1e-10)
+
+
+def test_seq_dc_share_is_the_energy_share_of_the_window_mean():
+    """seq_dc_share = Σ_windows T‖mean_t h‖² / Σ‖h‖², computed directly; it does not depend on the order
+    of positions (a carrier measure), while the low-frequency share does."""
+    h = _data(n_win=4, T=29) + torch.linspace(0, 3, 29, dtype=torch.float64)[None, :, None]  # a slow trend
+    st = _stream(h, batch=2)
+    x = h[:, 1:]
+    direct = float((x.shape[1] * x.mean(1).pow(2).sum(-1)).sum() / x.pow(2).sum())
+    assert spectrum.seq_dc_share(st.total().spectrum.numpy()) == pytest.approx(direct, rel=1e-10)
+    perm = torch.cat([h[:, :1], h[:, 1:][:, torch.randperm(28, generator=torch.Generator().manual_seed(0))]], 1)
+    shuffled = _stream(perm, batch=2).total().spectrum.numpy()
+    assert spectrum.seq_dc_share(shuffled) == pytest.approx(direct, rel=1e-10)
+    low = spectrum.seq_ac_lowfreq_share(st.total().spectrum.numpy())
+    assert low > spectrum.seq_ac_lowfreq_share(shuffled) + 0.2
+
+
+@pytest.mark.parametrize("T", [64, 65])
+def test_iid_positions_match_the_permutation_null(T):
+    """For i.i.d. positions the low-frequency share matches its exact permutation null within its CI."""
+    g = torch.Generator().manual_seed(T)
+    W, d = 40, 6
+    h = torch.randn(W, T + 1, d, generator=g, dtype=torch.float64) + 2.0  # a carrier (DC) plus white noise
+    st = SiteStats(d, 8, moment_dtype=torch.float64)
+    mask = torch.ones(W, T + 1, dtype=torch.bool)
+    mask[:, 0] = False
+    st.update(h, mask, torch.arange(W), torch.arange(W) * 8 // W)
+    est = spectrum.spectrum_jackknife(st, spectrum.seq_ac_lowfreq_share, 0.95)
+    null = spectrum.seq_ac_lowfreq_null(T)
+    assert est.ci_low <= null <= est.ci_high
+    assert est.ci_high - est.ci_low < 0.05
+    assert null == pytest.approx(6 / (T - 1), rel=1e-12)  # 3 low bins of weight 2 over a total weight of T - 1
 
 
 @pytest.mark.parametrize("batch", [1, 3, 12])
@@ -107,7 +149,7 @@ def test_merge_equals_one_pass_and_state_roundtrip():
         assert torch.allclose(getattr(merged, name).double(), getattr(one, name).double()), name
     i1, r1 = merged.window_table()
     i2, r2 = one.window_table()
-    assert np.array_equal(i1, i2) and np.allclose(r1, r2)
+    assert np.array_equal(i1, i2) and np.allclose(r1, r2, equal_nan=True)  # NaN: no centre, no carrier columns
     bank = StatsBank(("x",), {}, [merged])
     again = StatsBank.from_state_dict(bank.state_dict())
     assert torch.allclose(again["x"].second, one.second)
@@ -265,18 +307,17 @@ def test_band_energy_jackknife_equals_the_generic_jackknife(moment_dtype):
             assert a.ci_high == pytest.approx(b.ci_high, rel=1e-4, abs=1e-6)
 
 
-def test_dc_fraction_slope_equals_the_generic_jackknife():
-    """The per-bucket-spectrum jackknife of the DC-share slope == jackknife over the sites' Moments views."""
-    from spectral.analysis.battery import dc_fraction_slope
+def test_spectrum_slope_equals_the_generic_jackknife():
+    """The per-bucket-spectrum jackknife of a spectral share's slope == jackknife over the sites' Moments views."""
     from spectral.analysis.intervals import jackknife
 
     sts = [_stream(_data(n_win=10, T=17, seed=s) * (1 + s), batch=3) for s in range(4)]
     xs = np.arange(4.0)
 
     def slope(*ms):
-        return float(np.polyfit(xs, [spectrum.dc_fraction(m) for m in ms], 1)[0])
+        return float(np.polyfit(xs, [spectrum.seq_ac_lowfreq_share(m.spectrum.numpy()) for m in ms], 1)[0])
 
     want = jackknife(sts, slope, 0.9)
-    got = dc_fraction_slope(sts, list(xs), 0.9)
+    got = spectrum.spectrum_slope_jackknife(sts, list(xs), spectrum.seq_ac_lowfreq_share, 0.9)
     assert got.value == pytest.approx(want.value, rel=1e-12)
     assert got.ci_low == pytest.approx(want.ci_low, rel=1e-10) and got.ci_high == pytest.approx(want.ci_high, rel=1e-10)

@@ -121,8 +121,8 @@ if run is not None:
         panels = (
             ("resid_post", "eff_rank", "effective rank"),
             ("resid_post", "participation_ratio", "participation ratio"),
-            ("resid_post", "dc_fraction", "DC fraction"),
-            ("resid_post", "lowfreq_fraction", "low-frequency fraction"),
+            ("resid_post", "seq_dc_share", "DC share (sequence)"),
+            ("resid_post", "seq_ac_lowfreq_share", "low-frequency share (sequence)"),
         )
         panels_block("rank_lowpass", panels, "Effective rank and sequence low-pass")
         for name, fig_title, xt, yt, logx in (

@@ -1,4 +1,4 @@
-"""Verdicts page: the ten predictions, their statistics, CIs, controls, thresholds and reasons."""
+"""Verdicts page: the eleven predictions, each with its outcome, effect and CI, null and Holm-adjusted p."""
 
 import math
 import sys
@@ -9,40 +9,55 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from spectral.analysis.hypotheses import verdicts_csv  # noqa: E402
+from spectral.predictions import verdicts_csv  # noqa: E402
+from spectral.predictions.decision import OUTCOMES  # noqa: E402
 
-common.page_header("Verdicts", "pass / fail / n/a for each prediction, computed from the run's metrics — never typed.")
+common.page_header(
+    "Verdicts",
+    "supported / contradicted / inconclusive / n/a for each prediction: its effect against a null, with a CI and a "
+    "Holm-adjusted p-value, computed from the run's metrics — never typed.",
+)
 run = common.choose_run("verdicts")
 if run is not None:
     if not run.verdicts:
         st.warning(f"{run.path} has no verdicts.csv")
     else:
-        counts = {s: sum(v.status == s for v in run.verdicts) for s in ("pass", "fail", "n/a")}
-        c = st.columns(3)
+        counts = {s: sum(v.outcome == s for v in run.verdicts) for s in OUTCOMES}
+        c = st.columns(len(OUTCOMES))
         for col, (s, n) in zip(c, counts.items(), strict=True):
             col.metric(s, n)
 
         def f(x: float) -> str:
             return "" if not math.isfinite(x) else f"{x:.4g}"
 
+        level = common.ci_level(run)
+
+        def iv(lo: float, hi: float) -> str:
+            return "" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{f(lo)}, {f(hi)}]"
+
         rows = [
             {
                 "prediction": v.prediction,
-                "status": v.status,
+                "outcome": v.outcome,
                 "statistic": v.statistic,
-                "value": f(v.value),
-                "95% CI": "" if not math.isfinite(v.ci_low) else f"[{f(v.ci_low)}, {f(v.ci_high)}]",
-                "control": f(v.control_value),
-                "threshold": f(v.threshold),
-                "reason": v.note,
+                "trained": f(v.value),
+                f"{level:.0%} CI": iv(v.ci_low, v.ci_high),
+                "null": f(v.null),
+                "null interval": iv(v.null_ci_low, v.null_ci_high),
+                "effect": f(v.effect),
+                "effect CI": iv(v.effect_ci_low, v.effect_ci_high),
+                "margin δ": f(v.margin),
+                "p": f(v.p_value),
+                "p (Holm)": f(v.p_holm),
+                "note": v.note,
             }
             for v in run.verdicts
         ]
         st.dataframe(rows, hide_index=True, key="verdicts_table", width="stretch")
         st.subheader("Reasons")
         for v in run.verdicts:
-            color = {"pass": "green", "fail": "red"}.get(v.status, "gray")
-            st.markdown(f":{color}-badge[{v.status}] **{v.prediction}** — {v.note}")
+            color = {"supported": "green", "contradicted": "red", "inconclusive": "orange"}.get(v.outcome, "gray")
+            st.markdown(f":{color}-badge[{v.outcome}] **{v.prediction}** — {v.note}")
         st.download_button(
             "verdicts.csv",
             verdicts_csv(list(run.verdicts)),

@@ -29,7 +29,7 @@ from spectral.analysis.metrics import SUBLAYER_KINDS, MetricRow, alias_rows
 from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
 from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
-from spectral.stats import WINDOW_COLUMNS, SiteStats, StatsBank
+from spectral.stats import WINDOW_COLUMNS, StatsBank
 
 NAN = Estimate(float("nan"), float("nan"), float("nan"))
 
@@ -92,6 +92,13 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
             }
             for name, kw in variants.items():
                 out.add(site, name, jackknife([st], partial(carrier.carrier_energy_robust, **kw), level))
+            keep = jackknife_many([st], partial(carrier.carrier_keep, k=spec.rogue_k), level)
+            for name, est in zip(
+                ("carrier_keep_zscored", f"carrier_keep_norogue{spec.rogue_k}", "carrier_keep_nosink"),
+                keep,
+                strict=True,
+            ):
+                out.add(site, name, est)
             m_tot = st.total()
             share = m_tot.sink_count / m_tot.n if m_tot.n > 0 else float("nan")
             out.add(site, "sink_fraction", Estimate(share, float("nan"), float("nan")))
@@ -151,37 +158,41 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
     out.add("final", f"band_margin_top{resonance_k}_share_k{K}", ratio_bootstrap(top, total, w, level))
 
 
-def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int) -> None:
+def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_battery: bool = True) -> None:
+    """Head effective rank and sink correlation per layer; with ``full_battery`` also their intervals and
+    the head-subspace overlap (a null member needs point values only: its spread is the ensemble's)."""
     level = spec.ci_level
     d = hp.model.arch.d_model
     for layer in range(hp.L):
         W_O = hp.W_O(layer)
         site = f"attn_out.{layer}"
+        roots = heads.gram_roots(W_O)  # fixed per layer: one batched eigensolve per jackknife evaluation
 
-        def mean_rank_frac(keep: np.ndarray, layer: int = layer, W_O: np.ndarray = W_O) -> float:
+        def mean_rank_frac(keep: np.ndarray, layer: int = layer, roots: np.ndarray = roots) -> float:
             sec, zs, n = (
-                hp.z_second[layer][keep].sum(0),
-                hp.z_sum[layer][keep].sum(0),
+                hp.z_second[layer][keep].sum(0).numpy(),
+                hp.z_sum[layer][keep].sum(0).numpy(),
                 float(hp.z_count[layer][keep].sum()),
             )
-            ranks = [
-                heads.head_eff_rank(heads.head_output_spectrum(sec[h].numpy(), zs[h].numpy(), n, W_O[h]))
-                for h in range(hp.H)
-            ]
-            return float(np.mean(ranks)) / hp.dh
+            spectra = heads.head_output_spectra(sec, zs, n, roots)
+            return float(np.mean([heads.head_eff_rank(ev) for ev in spectra])) / hp.dh
 
         buckets = [b for b in range(hp.n_buckets) if hp.z_count[layer, b] > 0]
         full = np.ones(hp.n_buckets, dtype=bool)
         value = mean_rank_frac(full)
         loo = []
-        for b in buckets:
+        for b in buckets if full_battery else []:
             keep = full.copy()
             keep[b] = False
             loo.append(mean_rank_frac(keep))
-        out.add(site, "head_eff_rank_frac", jackknife_interval(value, np.array(loo), level))
+        out.add(
+            site,
+            "head_eff_rank_frac",
+            jackknife_interval(value, np.array(loo), level) if loo else Estimate(value, NAN.value, NAN.value),
+        )
         sec, zs, n = hp.z_second[layer].sum(0), hp.z_sum[layer].sum(0), float(hp.z_count[layer].sum())
         overl = []
-        if np.isfinite(value):  # NaN: a head with a zero output covariance has no subspace to compare
+        if full_battery and np.isfinite(value):  # NaN: a head with a zero output covariance has no subspace to compare
             r = max(1, int(round(value * hp.dh)))
             subs = [heads.head_subspace(sec[h].numpy(), zs[h].numpy(), n, W_O[h], r) for h in range(hp.H)]
             overl = [heads.subspace_overlap(subs[a], subs[b]) for a in range(hp.H) for b in range(a + 1, hp.H)]
@@ -194,56 +205,63 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int) -> No
         pairs = hp.pairs[layer]
         if pairs:
             arr = np.concatenate(pairs)
-            out.add(f"resid_pre.{layer}", "attn_tail_spearman", _spearman_boot(arr, spec, seed + layer))
+            out.add(f"resid_pre.{layer}", "attn_tail_spearman", _spearman_boot(arr, spec, seed + layer, full_battery))
 
 
-def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int) -> Estimate:
-    """Spearman of (attention received, tail-band energy) over tokens; bootstrap over windows."""
+def _ranks(a: np.ndarray) -> np.ndarray:
+    """Ranks along the last axis (ties broken by order: the bootstrap's duplicated rows aside, attention
+    and band energies are continuous)."""
+    r = np.empty_like(a, dtype=float)
+    np.put_along_axis(r, np.argsort(a, axis=-1, kind="stable"), np.arange(a.shape[-1], dtype=float), axis=-1)
+    return r
+
+
+def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    xc, yc = x - x.mean(-1, keepdims=True), y - y.mean(-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
+
+
+def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int, ci: bool = True) -> Estimate:
+    """Spearman of (attention received, tail-band energy) over tokens; bootstrap over windows (the
+    resampled tokens re-ranked, all resamples at once)."""
     win, recv, tail = arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2]
     value = float(sps.spearmanr(recv, tail).statistic)  # type: ignore[attr-defined]
+    if not ci:
+        return Estimate(value, float("nan"), float("nan"))
     ids = np.unique(win)
     groups = [np.nonzero(win == w)[0] for w in ids]
     rng = np.random.default_rng(seed)
+    picks = [np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))]) for _ in range(200)]
     boot = []
-    for _ in range(min(spec.n_boot, 200)):
-        pick = np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))])
-        boot.append(float(sps.spearmanr(recv[pick], tail[pick]).statistic))  # type: ignore[attr-defined]
-    return percentile_ci(value, np.array(boot), spec.ci_level)
+    for size in sorted({len(p) for p in picks}):  # windows may differ in length: stack resamples of one size
+        idx = np.stack([p for p in picks if len(p) == size])
+        boot.append(_pearson_rows(_ranks(recv[idx]), _ranks(tail[idx])))
+    return percentile_ci(value, np.concatenate(boot), spec.ci_level)
 
 
-def dc_fraction_slope(stats: list[SiteStats], layers: list[float], level: float) -> Estimate:
-    """Slope over layers of the DC share of the sequence spectrum, with its jackknife interval. The spectra
-    alone, per bucket (linear in the data): the numbers of ``jackknife(stats, slope of dc_fraction)`` without
-    building every layer's d x d moment views once per bucket."""
-    xs = np.asarray(layers, dtype=float)
-
-    def slope(ps: list[np.ndarray]) -> float:
-        ys = [spectrum.dc_share(p) for p in ps]
-        return float(np.polyfit(xs, ys, 1)[0]) if np.isfinite(ys).all() else float("nan")
-
-    specs = [st.spectrum.cpu().double().numpy() for st in stats if st.spectrum is not None]
-    value = slope([p.sum(0) for p in specs])
-    buckets = stats[0].nonempty_buckets()
-    if len(buckets) < 2 or not np.isfinite(value):
-        return Estimate(value, float("nan"), float("nan"))
-    return jackknife_interval(value, np.array([slope([p.sum(0) - p[b] for p in specs]) for b in buckets]), level)
-
-
-def battery_metrics(model: str, m: Measurement, spec: AnalysisSpec, seed: int, resonance_k: int) -> list[MetricRow]:
-    """All battery metrics of one condition."""
+def battery_metrics(
+    model: str, m: Measurement, spec: AnalysisSpec, seed: int, resonance_k: int, light: bool = False
+) -> list[MetricRow]:
+    """All battery metrics of one condition; ``light`` (a null member): the sequence-spectrum slope and
+    the heads' effective rank and sink correlation only."""
     out = Rows(model, m.condition)
     idx, _ = m.bank[m.bank.sites[0]].window_table()
     weights = bootstrap_weights(len(idx), spec.n_boot, seed)
-    _site_metrics(out, m, spec, weights)
+    if not light:
+        _site_metrics(out, m, spec, weights)
     resid = [s for s in m.bank.sites if s.startswith("resid_post.") and m.bank[s].spectrum is not None]
     if len(resid) >= 2:
-        est = dc_fraction_slope([m.bank[s] for s in resid], [float(site_layer(s) or 0) for s in resid], spec.ci_level)
-        out.add("resid_post", "dc_fraction_slope", est)
-    _self_similarity(out, m, spec, seed)
+        low = partial(spectrum.seq_ac_lowfreq_share, share=spec.lowfreq_share)
+        layers = [float(site_layer(s) or 0) for s in resid]
+        est = spectrum.spectrum_slope_jackknife([m.bank[s] for s in resid], layers, low, spec.ci_level)
+        out.add("resid_post", "seq_ac_lowfreq_slope", est)
+    if not light:
+        _self_similarity(out, m, spec, seed)
     if m.lens is not None:
         _lens_metrics(out, m.lens, spec, seed, resonance_k)
     if m.heads is not None:
-        _head_metrics(out, m.heads, spec, seed)
+        _head_metrics(out, m.heads, spec, seed, full_battery=not light)
     for res in m.interventions:
         out.add(res.site, f"dnll_{res.target}", res.delta_nll)
     return out.rows

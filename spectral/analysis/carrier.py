@@ -155,6 +155,39 @@ def carrier_energy_robust(m: Moments, *, zscore: bool, drop_dims: int, drop_sink
     return float(direction @ second @ direction) / tr
 
 
+def _rho_without(second: torch.Tensor, sum_h: torch.Tensor, drop: torch.Tensor) -> float:
+    keep = torch.ones(second.shape[0], dtype=torch.bool)
+    keep[drop] = False
+    s, mu = second[keep][:, keep], sum_h[keep]
+    norm, tr = float(mu.norm()), float(torch.trace(s))
+    if not norm > 0 or not tr > 0:
+        return float("nan")
+    u = mu / norm
+    return float(u @ s @ u) / tr
+
+
+def carrier_energy_drop_random(m: Moments, k: int, draws: int = 10, seed: int = 0) -> float:
+    """ρ after dropping ``k`` dimensions chosen at random (mean over ``draws`` seeded draws): the null of
+    dropping the top-k rogue dimensions (a carrier spread over many dimensions loses about k/d of itself
+    either way; one living in the rogue dimensions loses far more to them)."""
+    d = m.second.shape[0]
+    if k <= 0 or k >= d:
+        return float("nan")
+    g = torch.Generator().manual_seed(seed)
+    vals = [_rho_without(m.second, m.sum_h, torch.randperm(d, generator=g)[:k]) for _ in range(draws)]
+    return float(np.mean(vals))
+
+
+def carrier_keep(m: Moments, k: int) -> np.ndarray:
+    """[ρ_zscored − ρ, ρ_norogue_k − ρ_random_k, ρ_nosink − ρ]: what each robustness step costs the
+    carrier energy beyond its null (prediction 3; 0 = nothing lost, −ρ = everything)."""
+    rho = carrier_energy(m)
+    z = carrier_energy_robust(m, zscore=True, drop_dims=0, drop_sinks=False)
+    rogue = carrier_energy_robust(m, zscore=False, drop_dims=k, drop_sinks=False)
+    nosink = carrier_energy_robust(m, zscore=False, drop_dims=0, drop_sinks=True)
+    return np.array([z - rho, rogue - carrier_energy_drop_random(m, k), nosink - rho])
+
+
 def top_pc_energy(m: Moments) -> float:
     """Energy share along the top principal direction of the uncentred second moment."""
     return energy_ratio(m, top_direction(m))

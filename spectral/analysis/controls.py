@@ -1,4 +1,8 @@
-"""Controls S and P (control R, the random-weight twin, comes from spectral.models).
+"""Controls S and P, and the weight-level nulls W and R's ensemble members.
+
+* R, ``random_init.s<seed>``: the architecture at its library's init (spectral.models builds the
+  first twin; :func:`reinitialise` gives it the next seed in place).
+* W, ``permuted_weights``: :func:`permute_weights` permutes each weight matrix's entries.
 
 * S, ``shuffled``: the tokens of each window are permuted (BOS/CLS stays in front), seeded by the
   run seed and the window index, so sequence order is destroyed while the bag of tokens is kept.
@@ -8,6 +12,7 @@
 """
 
 import dataclasses
+import zlib
 
 import numpy as np
 import torch
@@ -41,3 +46,32 @@ def permuted_positions(seed: int, has_bos: bool):
         return torch.from_numpy(np.stack(rows)).long()
 
     return positions
+
+
+@torch.no_grad()
+def permute_weights(model: torch.nn.Module, seed: int) -> int:
+    """Control W, in place: the entries of every weight matrix (every parameter with two or more
+    dimensions, embeddings included) permuted at random, seeded per parameter name. Each matrix keeps
+    its distribution of values and its norm; the learned structure is gone. Vectors (norm gains, biases)
+    stay. A matrix shared by two modules (tied embeddings) is permuted once. Returns the count."""
+    seen: set[int] = set()
+    n = 0
+    for name, p in model.named_parameters(remove_duplicate=True):
+        if p.ndim < 2 or id(p) in seen:
+            continue
+        seen.add(id(p))
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        flat = p.data.reshape(-1)
+        flat.copy_(flat[torch.randperm(flat.numel(), generator=g).to(flat.device)])
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def reinitialise(model: torch.nn.Module, seed: int) -> None:
+    """Give a random-weight twin a fresh library init with ``seed`` (the next member of the R ensemble
+    without building the model again): every module's ``_init_weights`` under ``torch.manual_seed``."""
+    torch.manual_seed(seed)
+    model.apply(model._init_weights)  # type: ignore[attr-defined,operator]
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()  # type: ignore[operator]

@@ -65,6 +65,27 @@ def head_output_spectrum(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O:
     return np.clip(np.sort(ev)[::-1][: min(W.shape)], 0.0, None)
 
 
+def gram_roots(W_O: np.ndarray) -> np.ndarray:
+    """(H, d_head, d_head) symmetric square roots of W_O,h W_O,hᵀ for a stack of heads' W_O (H, d_head, d)."""
+    W = np.asarray(W_O, dtype=np.float64)
+    w, v = np.linalg.eigh(W @ W.transpose(0, 2, 1))
+    return (v * np.sqrt(np.clip(w, 0.0, None))[:, None, :]) @ v.transpose(0, 2, 1)
+
+
+def head_output_spectra(z_second: np.ndarray, z_sum: np.ndarray, n: float, roots: np.ndarray) -> np.ndarray:
+    """:func:`head_output_spectrum` of every head of a layer at once: (H, d_head) eigenvalues, descending.
+
+    The nonzero eigenvalues of C^{1/2} G C^{1/2} equal those of G^{1/2} C G^{1/2} (G = W_O W_Oᵀ): with
+    G^{1/2} fixed per head (``gram_roots``) one batched symmetric eigensolve per evaluation serves a layer."""
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    mu = np.asarray(z_sum, dtype=np.float64) / n
+    cov = np.asarray(z_second, dtype=np.float64) / n - mu[:, :, None] * mu[:, None, :]
+    cov = 0.5 * (cov + cov.transpose(0, 2, 1))
+    ev = np.linalg.eigvalsh(roots @ cov @ roots)
+    return np.clip(ev[:, ::-1], 0.0, None)
+
+
 def head_eff_rank(eigenvalues: np.ndarray) -> float:
     """exp of the Shannon entropy of the normalised eigenvalues (NaN for an all-zero spectrum)."""
     ev = np.clip(np.asarray(eigenvalues, dtype=np.float64).ravel(), 0.0, None)

@@ -14,12 +14,15 @@ import math
 from dataclasses import astuple, dataclass, fields
 from functools import partial
 
+import numpy as np
+
 from spectral.analysis import carrier, norms, spectrum
-from spectral.analysis.intervals import Estimate, bootstrap_weights, jackknife, jackknife_many
+from spectral.analysis.intervals import Estimate, bootstrap_weights, jackknife, jackknife_many, percentile_ci
 from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
 from spectral.stats import StatsBank
 
+NAN = float("nan")
 COLUMNS = ("model", "condition", "site", "layer", "metric", "value", "ci_low", "ci_high")
 
 
@@ -118,8 +121,41 @@ def degenerate_sites(table: MetricTable, condition: str) -> dict[str, str]:
     return out
 
 
-def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisSpec, seed: int) -> MetricTable:
-    """Every metric of issue 2 for every captured site, with CIs."""
+def _growth_rows(
+    model: str, condition: str, layers: list[int], tables: list[np.ndarray], weights: np.ndarray, level: float
+) -> list[MetricRow]:
+    """Steadiness of the norm growth and the carrier / modulation amplitude growth rates (prediction 11):
+    the RMS of ⟨h, ĉ_l⟩ (ĉ_l: the site's calibration centre direction) and of the rest of h, each fitted
+    like ``growth_rate``, their difference with a paired bootstrap over windows."""
+    col = norms.COL
+    r2, share = norms.growth_steadiness(layers, tables)
+    out = [
+        MetricRow(model, condition, "resid_post", None, "growth_r2", r2, NAN, NAN),
+        MetricRow(model, condition, "resid_post", None, "growth_max_layer_share", share, NAN, NAN),
+    ]
+    counts = np.stack([t[:, col["count"]] for t in tables], axis=1)
+    car = np.stack([t[:, col["sum_carrier2"]] for t in tables], axis=1)
+    if not np.isfinite(car).all():
+        return out
+    mod = np.stack([t[:, col["sum_norm2"]] for t in tables], axis=1) - car
+    gc, bc = norms.amplitude_growth(layers, car, counts, weights, 0.5)
+    gm, bm = norms.amplitude_growth(layers, np.clip(mod, 0, None), counts, weights, 0.5)
+    for name, value, boot in (
+        ("carrier_growth_rate", gc, bc),
+        ("modulation_growth_rate", gm, bm),
+        ("carrier_minus_modulation_growth", gc - gm, bc - bm),
+    ):
+        est = percentile_ci(value, boot, level) if np.isfinite(value) else Estimate(NAN, NAN, NAN)
+        out.append(MetricRow(model, condition, "resid_post", None, name, est.value, est.ci_low, est.ci_high))
+    return out
+
+
+def compute_metrics(
+    bank: StatsBank, model: str, condition: str, spec: AnalysisSpec, seed: int, light: bool = False
+) -> MetricTable:
+    """Every metric of issue 2 for every captured site, with CIs. ``light`` (the null members: each R seed
+    and W): only what the predictions read of a null (norms, carrier energy and drift, layer cosine,
+    update alignment, sequence spectrum, growth), without quantiles, anisotropies or eigen-spectra."""
     rows: list[MetricRow] = []
     level = spec.ci_level
     idx0, _ = bank[bank.sites[0]].window_table()
@@ -136,25 +172,35 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
         st = bank[site]
         _, table = st.window_table()
         add(site, "norm_mean", norms.window_mean(table, "sum_norm", "count", weights, level))
-        for q, name in ((0.5, "norm_median"), (0.05, "norm_p05"), (0.95, "norm_p95")):
-            add(site, name, jackknife([st], lambda m, q=q: norms.norm_quantile(m, q), level))
-        add(site, "anisotropy", jackknife([st], carrier.anisotropy, level))
-        add(site, "centered_anisotropy", jackknife([st], carrier.centered_anisotropy, level))
+        if not light:
+            for q, name in ((0.5, "norm_median"), (0.05, "norm_p05"), (0.95, "norm_p95")):
+                add(site, name, jackknife([st], lambda m, q=q: norms.norm_quantile(m, q), level))
+            add(site, "anisotropy", jackknife([st], carrier.anisotropy, level))
+            add(site, "centered_anisotropy", jackknife([st], carrier.centered_anisotropy, level))
         add(site, "carrier_energy", jackknife([st], carrier.carrier_energy, level))
         # one eigendecomposition per jackknife replicate serves all three spectrum summaries
         names = ("eff_rank", "participation_ratio", "isoscore")
-        if spec.sublayer_spectra or site.split(".")[0] not in SUBLAYER_KINDS:
+        if not light and (spec.sublayer_spectra or site.split(".")[0] not in SUBLAYER_KINDS):
             for name, est in zip(names, jackknife_many([st], spectrum.spectrum_summary, level), strict=True):
                 add(site, name, est)
         if st.spectrum is not None and float(st.spectrum_windows.sum()) > 0:
-            add(site, "dc_fraction", jackknife([st], spectrum.dc_fraction, level))
-            low = partial(spectrum.lowfreq_fraction, share=spec.lowfreq_share)
-            add(site, "lowfreq_fraction", jackknife([st], low, level))
+            add(site, "seq_dc_share", spectrum.spectrum_jackknife(st, spectrum.seq_dc_share, level))
+            low = partial(spectrum.seq_ac_lowfreq_share, share=spec.lowfreq_share)
+            add(site, "seq_ac_lowfreq_share", spectrum.spectrum_jackknife(st, low, level))
+            null = spectrum.seq_ac_lowfreq_null(st.spectrum_len, spec.lowfreq_share)
+            add(site, "seq_ac_lowfreq_null", Estimate(null, null, null))  # exact: no sampling error
         prev = bank.predecessors.get(site)
         if prev is not None:
             add(site, "layer_cos", norms.window_mean(table, "sum_cos", "pair_count", weights, level))
             add(site, "norm_ratio", norms.window_mean(table, "sum_ratio", "pair_count", weights, level))
             add(site, "carrier_drift", jackknife([bank[prev], st], carrier.carrier_drift, level))
+            add(site, "update_cos_stream", norms.window_mean(table, "sum_upd_cos_stream", "pair_count", weights, level))
+            if np.isfinite(table[:, norms.COL["sum_upd_cos_carrier"]]).all():
+                add(
+                    site,
+                    "update_cos_carrier",
+                    norms.window_mean(table, "sum_upd_cos_carrier", "pair_count", weights, level),
+                )
             bank[prev].release()
         if site not in preds:  # a predecessor keeps its views until its successor's drift has read them
             st.release()
@@ -165,4 +211,5 @@ def compute_metrics(bank: StatsBank, model: str, condition: str, spec: AnalysisS
     if len(layers_i) >= 2:
         g = norms.growth_rate(layers_i, tables, weights, level)
         rows.append(MetricRow(model, condition, "resid_post", None, "growth_rate", g.value, g.ci_low, g.ci_high))
+        rows += _growth_rows(model, condition, layers_i, tables, weights, level)
     return MetricTable(tuple(rows))

@@ -51,3 +51,46 @@ def growth_rate(layers: list[int], tables: list[np.ndarray], weights: np.ndarray
     xc = x - x.mean()
     slopes = (logs - logs.mean(1, keepdims=True)) @ xc / (xc @ xc)
     return percentile_ci(float(np.exp(slope)), np.exp(slopes), level)
+
+
+def _log_slope(x: np.ndarray, logs: np.ndarray) -> np.ndarray:
+    """Least-squares slope of ``logs`` (…, k) over ``x`` (k,)."""
+    xc = x - x.mean()
+    return (logs - logs.mean(-1, keepdims=True)) @ xc / (xc @ xc)
+
+
+def amplitude_growth(
+    layers: list[int], sums: np.ndarray, counts: np.ndarray, weights: np.ndarray, power: float = 1.0
+) -> tuple[float, np.ndarray]:
+    """(g, bootstrap draws of g) of the fit log((Σ sums / Σ counts)^power) = a + l·log g over ``layers``.
+
+    ``sums`` / ``counts``: (windows, layers); power 1 for a mean norm, 1/2 for an RMS amplitude from
+    summed squares. NaN when a layer has no amplitude."""
+    x = np.asarray(layers, dtype=float)
+    nan = (float("nan"), np.full(weights.shape[0], np.nan))
+    if len(layers) < 2:
+        return nan
+    with np.errstate(invalid="ignore", divide="ignore"):
+        point = power * np.log(sums.sum(0) / counts.sum(0))
+        if not np.isfinite(point).all():
+            return nan
+        logs = power * np.log((weights @ sums) / (weights @ counts))
+    return float(np.exp(_log_slope(x, point))), np.exp(_log_slope(x, logs))
+
+
+def growth_steadiness(layers: list[int], tables: list[np.ndarray]) -> tuple[float, float]:
+    """(R² of the log-linear norm fit, largest single-layer share of the positive log growth) over
+    ``layers``: steady growth has R² near 1 and no layer holding most of it (one jump is not growth)."""
+    if len(layers) < 3:
+        return float("nan"), float("nan")
+    x = np.asarray(layers, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y = np.log(np.array([t[:, COL["sum_norm"]].sum() / t[:, COL["count"]].sum() for t in tables]))
+    if not np.isfinite(y).all():
+        return float("nan"), float("nan")
+    fit = np.polyval(np.polyfit(x, y, 1), x)
+    ss = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float(((y - fit) ** 2).sum()) / ss if ss > 0 else float("nan")
+    steps = np.clip(np.diff(y), 0, None)
+    share = float(steps.max() / steps.sum()) if steps.sum() > 0 else float("nan")
+    return r2, share

@@ -8,8 +8,6 @@ A covariance of low rank is not degenerate: rank 1 has effective rank 1.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 
@@ -77,24 +75,68 @@ def spectrum_summary(m: Moments) -> np.ndarray:
 
 
 def power_spectrum(m: Moments) -> np.ndarray:
-    """P(f) summed over windows and dimensions (rfft bins 0..F-1, in cycles per window)."""
+    """Parseval-weighted one-sided power P(k) summed over windows and dimensions (k in cycles per window):
+    Σ_k P(k) = Σ_t ‖h_t‖² over the spectrum's windows (see spectral.stats)."""
     return m.spectrum.numpy()
 
 
-def dc_fraction(m: Moments) -> float:
-    return dc_share(power_spectrum(m))
+def seq_dc_share(p: np.ndarray) -> float:
+    """P(0) / Σ P: the energy share of the window mean (order-free: a carrier measure, not a low-pass one)."""
+    total = float(p.sum())
+    return float(p[0] / total) if total > 0 else float("nan")
 
 
-def dc_share(p: np.ndarray) -> float:
-    """P(0) / Σ P of a power spectrum (NaN when it holds no power)."""
-    return float(p[0] / p.sum()) if p.sum() > 0 else float("nan")
+def lowfreq_bins(n_freq: int, share: float) -> int:
+    """k_lo: the lowest ``share`` of the non-zero frequencies 1..F-1, at least 1."""
+    return max(1, int(share * (n_freq - 1)))
 
 
-def lowfreq_fraction(m: Moments, share: float = 0.1) -> float:
-    """Share of power in the lowest ``ceil(share·F)`` bins, DC included."""
-    p = power_spectrum(m)
-    k = max(1, math.ceil(share * p.size))
-    return float(p[:k].sum() / p.sum()) if p.sum() > 0 else float("nan")
+def seq_ac_lowfreq_share(p: np.ndarray, share: float = 0.1) -> float:
+    """Σ_{0<k≤k_lo} P(k) / Σ_{k>0} P(k): the low-frequency share of the mean-removed signal."""
+    ac = float(p[1:].sum())
+    return float(p[1 : lowfreq_bins(p.size, share) + 1].sum() / ac) if ac > 0 else float("nan")
+
+
+def seq_ac_lowfreq_null(T: int, share: float = 0.1) -> float:
+    """The exact permutation null of :func:`seq_ac_lowfreq_share` for windows of T positions: under a
+    uniformly random order of positions E|X_k|² is the same for every k ≠ 0, so the expected share is the
+    Parseval weight of the low bins over that of all non-zero bins (2 per bin, 1 for the Nyquist bin)."""
+    F = T // 2 + 1
+    w = np.full(F, 2.0)
+    if T % 2 == 0:
+        w[-1] = 1.0
+    k = lowfreq_bins(F, share)
+    return float(w[1 : k + 1].sum() / w[1:].sum()) if F > 1 else float("nan")
+
+
+def spectrum_jackknife(st: SiteStats, fn, level: float) -> Estimate:
+    """``fn(P)`` of a site's total spectrum with its jackknife interval from the per-bucket spectra alone."""
+    if st.spectrum is None:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+    per = st.spectrum.cpu().double().numpy()
+    value = fn(per.sum(0))
+    buckets = [b for b in st.nonempty_buckets() if st.spectrum_windows[b] > 0]
+    if len(buckets) < 2 or not np.isfinite(value):
+        return Estimate(value, float("nan"), float("nan"))
+    return jackknife_interval(value, np.array([fn(per.sum(0) - per[b]) for b in buckets]), level)
+
+
+def spectrum_slope_jackknife(stats: list[SiteStats], layers: list[float], fn, level: float) -> Estimate:
+    """Slope over layers of ``fn(P_l)``, with its jackknife interval (buckets aligned across the sites)."""
+    xs = np.asarray(layers, dtype=float)
+    specs = [st.spectrum.cpu().double().numpy() for st in stats if st.spectrum is not None]
+    if len(specs) != len(stats) or len(specs) < 2:
+        return Estimate(float("nan"), float("nan"), float("nan"))
+
+    def slope(ps: list[np.ndarray]) -> float:
+        ys = [fn(p) for p in ps]
+        return float(np.polyfit(xs, ys, 1)[0]) if np.isfinite(ys).all() else float("nan")
+
+    value = slope([p.sum(0) for p in specs])
+    buckets = stats[0].nonempty_buckets()
+    if len(buckets) < 2 or not np.isfinite(value):
+        return Estimate(value, float("nan"), float("nan"))
+    return jackknife_interval(value, np.array([slope([p.sum(0) - p[b] for p in specs]) for b in buckets]), level)
 
 
 def unembedding_bands(W_U: torch.Tensor, K: int) -> list[torch.Tensor]:

@@ -1,0 +1,195 @@
+"""The evidence a prediction reads (metric rows of every condition) and the prediction object.
+
+:class:`Context` turns metrics.csv rows into intervals: one site's value, a mean over layers (its
+interval is the mean of the per-layer bounds, conservative for positively correlated layers), the
+R ensemble's null (one point per seed, ``random_init.s<seed>`` conditions) and W's. A
+:class:`Prediction` names the metrics it needs, says when it cannot apply and why, and builds its
+:class:`Test` list; :meth:`Prediction.verdict` combines them as an intersection-union test: supported
+only if every test is, contradicted if any is, the p-value the largest of the tests'.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from spectral.analysis.metrics import MetricTable
+from spectral.config import AnalysisSpec, VerdictSpec
+from spectral.predictions.decision import (
+    NAN,
+    Interval,
+    Null,
+    Verdict,
+    effect_against,
+    ensemble_null,
+    outcome_of,
+    p_above,
+)
+
+
+def middle_layers(n_layers: int, spec: VerdictSpec) -> list[int]:
+    lo, hi = spec.middle_from * (n_layers - 1), spec.middle_to * (n_layers - 1)
+    layers = [layer for layer in range(n_layers) if lo - 1e-9 <= layer <= hi + 1e-9]
+    return layers or [n_layers // 2]
+
+
+def is_random_member(condition: str) -> bool:
+    return condition == "random_init" or condition.startswith("random_init.s")
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the predictions read: the run's metrics, architecture facts and settings."""
+
+    table: MetricTable
+    arch: dict
+    spec: VerdictSpec
+    analysis: AnalysisSpec
+
+    @property
+    def conditions(self) -> list[str]:
+        return list(self.table.conditions())
+
+    @property
+    def random_members(self) -> list[str]:
+        return [c for c in self.conditions if is_random_member(c)]
+
+    @property
+    def has_w(self) -> bool:
+        return "permuted_weights" in self.conditions
+
+    @property
+    def mid(self) -> list[int]:
+        return middle_layers(int(self.arch["n_layers"]), self.spec)
+
+    @property
+    def post_ln(self) -> bool:
+        return self.arch.get("norm_placement") == "post"
+
+    @property
+    def causal_lm(self) -> bool:
+        return bool(self.arch.get("has_unembedding")) and bool(self.arch.get("is_causal", True))
+
+    def stat(self, condition: str, where: str, metric: str, layers: list[int] | None = None) -> Interval:
+        """One site's value (``where`` a site name) or the mean over ``layers`` of a site kind (``where``
+        a kind such as ``resid_post``, all its layers when ``layers`` is None)."""
+        r = self.table.get(condition, where, metric)
+        if r is not None and (layers is None or r.layer is None):
+            return Interval(r.value, r.ci_low, r.ci_high)
+        rows = [
+            r
+            for r in self.table.series(condition, where, metric)
+            if (layers is None or r.layer in layers) and math.isfinite(r.value)
+        ]
+        if not rows:
+            return Interval(NAN)
+        return Interval(*(float(np.mean([getattr(r, a) for r in rows])) for a in ("value", "ci_low", "ci_high")))
+
+    def null_r(self, where: str, metric: str, layers: list[int] | None = None) -> Null:
+        """The R ensemble's null of a statistic: one point per seed."""
+        members = self.random_members
+        vals = [self.stat(c, where, metric, layers).value for c in members]
+        if len(members) == 1:  # one twin: its own interval is all there is
+            iv = self.stat(members[0], where, metric, layers)
+            return Null(iv, "R (1 seed: between-seed spread unknown)", (iv.value,))
+        return ensemble_null(vals, self.analysis.ci_level, "R ensemble")
+
+    def null_w(self, where: str, metric: str, layers: list[int] | None = None) -> Null:
+        return Null(self.stat("permuted_weights", where, metric, layers), "W (weight-permuted twin)")
+
+    def nulls(self, where: str, metric: str, layers: list[int] | None = None) -> list[Null]:
+        """R's and W's nulls of a statistic, those that were run and measured it."""
+        out = []
+        if self.random_members:
+            out.append(self.null_r(where, metric, layers))
+        if self.has_w:
+            out.append(self.null_w(where, metric, layers))
+        return [n for n in out if n.interval.finite]
+
+
+@dataclass(frozen=True)
+class Test:
+    """One comparison: a statistic against its null, with the effect's interval and the margin."""
+
+    statistic: str
+    value: Interval
+    null: Null
+    effect: Interval
+    margin: float
+    note: str = ""
+
+    @staticmethod
+    def against(statistic: str, value: Interval, null: Null, margin: float, note: str = "") -> Test:
+        """Effect = value − null (independent samples; see :func:`effect_against`)."""
+        return Test(statistic, value, null, effect_against(value, null), margin, note)
+
+    @staticmethod
+    def paired(statistic: str, value: Interval, effect: Interval, null: Null, margin: float, note: str = "") -> Test:
+        """An effect measured as a paired difference on the same windows (its own interval)."""
+        return Test(statistic, value, null, effect, margin, note)
+
+    def outcome(self) -> str:
+        return outcome_of(self.effect, self.margin)
+
+
+class Prediction(ABC):
+    """One prediction of the carrier-signal hypothesis (ARCHITECTURE.md section 1)."""
+
+    key: str  # "1 norm growth is learned"
+    statistic: str  # what verdicts.csv names when the prediction is n/a
+    needs: tuple[str, ...]  # the metrics it reads
+    explanation: str  # for the report: the claim, the statistic, its null
+
+    def not_applicable(self, ctx: Context) -> str | None:
+        """Why the model or run cannot answer (None: it can)."""
+        return None
+
+    @abstractmethod
+    def tests(self, ctx: Context) -> list[Test]: ...
+
+    def verdict(self, ctx: Context) -> Verdict:
+        why = self.not_applicable(ctx)
+        tests = [] if why else [t for t in self.tests(ctx) if t.value.finite]
+        if why or not tests:
+            reason = why or f"the run did not measure {', '.join(self.needs)}"
+            return Verdict(self.key, "n/a", self.statistic, *([NAN] * 12), reason)  # type: ignore[arg-type]
+        lvl = ctx.analysis.ci_level
+        p = [p_above(t.effect, t.margin, lvl) for t in tests]
+        outs = [t.outcome() for t in tests]
+        if "contradicted" in outs:
+            i = outs.index("contradicted")
+        elif all(o == "supported" for o in outs):
+            i = int(np.nanargmax(p)) if np.isfinite(p).any() else 0
+        else:
+            i = outs.index("inconclusive")
+        outcome = "contradicted" if "contradicted" in outs else ("supported" if outs[i] == "supported" else outs[i])
+        lead = tests[i]
+        others = [
+            f"{t.statistic}: {o} (effect {t.effect.value:.4g})"
+            for j, (t, o) in enumerate(zip(tests, outs, strict=True))
+            if j != i
+        ]
+        note = "; ".join(x for x in (f"null: {lead.null.name}", lead.note, *others) if x)
+        p_all = max((x for x in p if math.isfinite(x)), default=NAN)  # intersection-union test
+        ni, e = lead.null.interval, lead.effect
+        return Verdict(
+            self.key,
+            outcome,
+            lead.statistic,
+            lead.value.value,
+            lead.value.low,
+            lead.value.high,
+            ni.value,
+            ni.low,
+            ni.high,
+            e.value,
+            e.low,
+            e.high,
+            lead.margin,
+            p_all,
+            NAN,
+            note,
+        )

@@ -1,0 +1,191 @@
+"""How a prediction is decided (ARCHITECTURE.md section 1, "Controls, nulls and decisions").
+
+A prediction's **effect** is its statistic on the trained model minus its null. The null is one of:
+an ensemble of random-weight twins (R, ``n`` seeds: the null interval is the prediction interval of a
+new seed, mean ± t_{n-1}·sd·sqrt(1 + 1/n), so the between-seed spread is in it), one twin (W) with
+its own interval, an in-run null measured on the same windows (paired: the effect's interval is the
+interval of the paired difference, computed where the data are), or an exact analytic value.
+
+Outcome, for margin δ (config): **supported** when the effect's interval lies above δ and the
+one-sided p-value of "effect ≤ δ" survives Holm's correction across the run's predictions;
+**contradicted** when the interval lies below δ (the effect is reliably absent or reversed);
+**inconclusive** otherwise; **n/a** with the reason when the model cannot answer. p-values come
+from the normal approximation to the effect's interval (se = half-width / z).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import astuple, dataclass, replace
+
+import numpy as np
+from scipy import stats as sps
+
+NAN = float("nan")
+OUTCOMES = ("supported", "contradicted", "inconclusive", "n/a")
+VERDICT_COLUMNS = (
+    "prediction",
+    "outcome",
+    "statistic",
+    "value",
+    "ci_low",
+    "ci_high",
+    "null",
+    "null_ci_low",
+    "null_ci_high",
+    "effect",
+    "effect_ci_low",
+    "effect_ci_high",
+    "margin",
+    "p_value",
+    "p_holm",
+    "note",
+)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A value with its interval (NaN bounds: unknown)."""
+
+    value: float
+    low: float = NAN
+    high: float = NAN
+
+    @property
+    def half_width(self) -> float:
+        return (self.high - self.low) / 2
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.value)
+
+    @staticmethod
+    def exact(value: float) -> Interval:
+        return Interval(value, value, value)
+
+
+@dataclass(frozen=True)
+class Null:
+    """A null value with its interval and what it is (for verdicts.csv and the report)."""
+
+    interval: Interval
+    name: str
+    members: tuple[float, ...] = ()  # an ensemble's per-seed values
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of verdicts.csv."""
+
+    prediction: str
+    outcome: str  # supported | contradicted | inconclusive | n/a
+    statistic: str
+    value: float
+    ci_low: float
+    ci_high: float
+    null: float
+    null_ci_low: float
+    null_ci_high: float
+    effect: float
+    effect_ci_low: float
+    effect_ci_high: float
+    margin: float
+    p_value: float
+    p_holm: float
+    note: str
+
+    @property
+    def null_name(self) -> str:
+        return self.note.split("; ")[0].removeprefix("null: ") if self.note.startswith("null: ") else ""
+
+
+def ensemble_null(values: list[float], level: float, name: str) -> Null:
+    """The null of an ensemble of seeds: its mean, with the prediction interval of a new seed."""
+    v = np.asarray([x for x in values if math.isfinite(x)], dtype=float)
+    if v.size == 0:
+        return Null(Interval(NAN), name)
+    m = float(v.mean())
+    if v.size < 2:
+        return Null(Interval(m), f"{name} (1 seed: between-seed spread unknown)", tuple(v.tolist()))
+    t = float(sps.t.ppf(0.5 + level / 2, v.size - 1))
+    hw = t * float(v.std(ddof=1)) * math.sqrt(1 + 1 / v.size)
+    return Null(Interval(m, m - hw, m + hw), f"{name} ({v.size} seeds)", tuple(v.tolist()))
+
+
+def effect_against(value: Interval, null: Null) -> Interval:
+    """trained − null for independent samples: half-widths add in quadrature (an unknown null
+    interval counts as exact; an unknown trained interval makes the effect's unknown)."""
+    e = value.value - null.interval.value
+    hw_t = value.half_width
+    hw_n = null.interval.half_width if math.isfinite(null.interval.half_width) else 0.0
+    if not math.isfinite(hw_t):
+        return Interval(e)
+    hw = math.hypot(hw_t, hw_n)
+    return Interval(e, e - hw, e + hw)
+
+
+def p_above(effect: Interval, margin: float, level: float) -> float:
+    """One-sided p-value of "effect ≤ margin" from the effect's interval (normal approximation)."""
+    if not (effect.finite and math.isfinite(effect.low) and math.isfinite(effect.high)):
+        return NAN
+    hw = effect.half_width
+    if hw <= 0:
+        return 0.0 if effect.value > margin else 1.0
+    se = hw / float(sps.norm.ppf(0.5 + level / 2))
+    return float(sps.norm.sf((effect.value - margin) / se))
+
+
+def outcome_of(effect: Interval, margin: float) -> str:
+    """supported / contradicted / inconclusive from the effect's interval alone (Holm comes after)."""
+    if not (math.isfinite(effect.low) and math.isfinite(effect.high)):
+        return "inconclusive"
+    if effect.low > margin:
+        return "supported"
+    if effect.high < margin:
+        return "contradicted"
+    return "inconclusive"
+
+
+def holm(p: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (NaN entries are not tests and stay NaN)."""
+    idx = [i for i, x in enumerate(p) if math.isfinite(x)]
+    out = [NAN] * len(p)
+    m = len(idx)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda j: p[j])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
+
+
+def apply_holm(verdicts: list[Verdict], alpha: float) -> list[Verdict]:
+    """Fill ``p_holm`` across the run's predictions; a CI-supported outcome whose adjusted p-value is
+    not below ``alpha`` becomes inconclusive (said in the note)."""
+    adj = holm([v.p_value for v in verdicts])
+    out = []
+    for v, p in zip(verdicts, adj, strict=True):
+        v = replace(v, p_holm=p)
+        if v.outcome == "supported" and not p < alpha:
+            v = replace(v, outcome="inconclusive", note=f"{v.note}; not significant after Holm (p_holm {p:.3g})")
+        out.append(v)
+    return out
+
+
+def verdicts_csv(verdicts: list[Verdict]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(VERDICT_COLUMNS)
+    for v in verdicts:
+        w.writerow([f"{x:.6g}" if isinstance(x, float) else x for x in astuple(v)])
+    return buf.getvalue()
+
+
+def read_verdicts(text: str) -> list[Verdict]:
+    """verdicts.csv back into :class:`Verdict` objects (NaN for empty numbers)."""
+    out = []
+    for d in csv.DictReader(io.StringIO(text)):
+        nums = [float(d[k]) if d.get(k) not in (None, "", "nan") else NAN for k in VERDICT_COLUMNS[3:15]]
+        out.append(Verdict(d["prediction"], d["outcome"], d["statistic"], *nums, d["note"]))  # type: ignore[arg-type]
+    return out

@@ -1,0 +1,63 @@
+"""Predictions about filtering: 9 (low-pass along the sequence) and 10 (resonance with the unembedding)."""
+
+from __future__ import annotations
+
+from spectral.predictions.base import Context, Prediction, Test
+from spectral.predictions.decision import Interval, Null
+
+
+class LowPass(Prediction):
+    key = "9 low-pass along the sequence"
+    statistic = "seq_ac_lowfreq_share"
+    needs = ("seq_ac_lowfreq_share", "seq_ac_lowfreq_null", "seq_ac_lowfreq_slope")
+    explanation = (
+        "Along the positions of a window the mean-removed residual is smooth: the Parseval-weighted "
+        "low-frequency share seq_ac_lowfreq_share over the middle layers exceeds its exact permutation null "
+        "(the same share for positions in random order) by the margin, and it rises with depth more than "
+        "in the random-weight ensemble R (slope over layers). Control S (shuffled tokens) is reported "
+        "beside it: it tells whether the smoothness comes from the text or from the model."
+    )
+
+    def tests(self, ctx: Context) -> list[Test]:
+        mid = ctx.mid
+        share = ctx.stat("trained", "resid_post", "seq_ac_lowfreq_share", mid)
+        null = ctx.stat("trained", "resid_post", "seq_ac_lowfreq_null", mid)
+        s = ctx.stat("shuffled", "resid_post", "seq_ac_lowfreq_share", mid)
+        note = f"shuffled tokens (S): {s.value:.4f}" if s.finite else "control S not run"
+        out = [
+            Test.against(
+                "seq_ac_lowfreq_share (middle layers)",
+                share,
+                Null(Interval.exact(null.value), "permutation null (exact)"),
+                ctx.spec.lowpass_margin,
+                note,
+            )
+        ]
+        slope = ctx.stat("trained", "resid_post", "seq_ac_lowfreq_slope")
+        if ctx.random_members:
+            out.append(
+                Test.against("seq_ac_lowfreq_slope", slope, ctx.null_r("resid_post", "seq_ac_lowfreq_slope"), 0.0)
+            )
+        return out
+
+
+class Resonance(Prediction):
+    key = "10 resonance"
+    statistic = "band_margin_top_share"
+    needs = ("band_margin_top{n}_share_k{K}",)
+    explanation = (
+        "Next-token prediction filters for the channel that resonates with the unembedding: the top n of "
+        "K W_U bands carry more of the final top-1 vs top-2 logit margin than their share of the "
+        "dimensions (n/K, what an isotropic h would give on average), by the margin. The issue's null "
+        "(rotating h at random with the same W_U) and the centred bands are not measured yet."
+    )
+
+    def not_applicable(self, ctx: Context) -> str | None:
+        return None if ctx.causal_lm else "no trained causal LM head in the checkpoint"
+
+    def tests(self, ctx: Context) -> list[Test]:
+        n, K = ctx.spec.resonance_top_bands, ctx.analysis.bands[0]
+        m = f"band_margin_top{n}_share_k{K}"
+        share = ctx.stat("trained", "final", m)
+        null = Null(Interval.exact(n / K), f"dimension share of {n} of {K} bands (isotropic h)")
+        return [Test.against(m, share, null, ctx.spec.resonance_margin)]

@@ -1,0 +1,175 @@
+"""The eleven predictions decided from planted evidence: each driven to supported, to contradicted and
+(with a signal too weak for its interval) to inconclusive, every n/a reason checked, Holm's correction
+and the verdicts.csv round trip. The evidence is planted as metric rows of every condition (trained,
+five R seeds, W, S): the decision logic is tested apart from the measurements that feed it."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from spectral.analysis.metrics import MetricRow, MetricTable
+from spectral.config import AnalysisSpec, VerdictSpec
+from spectral.predictions import PREDICTIONS, VERDICT_COLUMNS, evaluate, middle_layers, read_verdicts, verdicts_csv
+from spectral.predictions.channels import isotropic_offdiag
+from spectral.predictions.decision import Interval, apply_holm, ensemble_null, holm, outcome_of, p_above
+
+L, D = 8, 64
+ARCH = {"n_layers": L, "d_model": D, "norm_placement": "pre", "has_unembedding": True, "is_causal": True}
+SEEDS = range(1, 6)
+CHANCE = isotropic_offdiag(D, 10)
+
+# per statistic: (where, per-layer?, trained value if the effect is there, null value, sign of the effect)
+# "null" is what the R seeds and W show (or, for in-run nulls, the quantity the effect is measured against)
+PLANT = {
+    "growth_rate": ("resid_post", False, 1.10, 1.02),
+    "carrier_energy": ("resid_post", True, 0.80, 0.30),
+    "carrier_drift": ("resid_post", True, 0.99, 0.60),
+    "head_eff_rank_frac": ("attn_out", True, 0.20, 0.60),  # lower is more selective
+    "attn_tail_spearman": ("resid_pre", True, 0.60, 0.0),
+    "seq_ac_lowfreq_slope": ("resid_post", False, 0.02, 0.0),
+    "carrier_minus_modulation_growth": ("resid_post", False, 0.05, 0.0),
+}
+
+
+def _row(cond, site, metric, v, hw):
+    layer = int(site.split(".")[1]) if "." in site else None
+    return MetricRow("m", cond, site, layer, metric, v, v - hw, v + hw)
+
+
+def _put(rows, cond, where, per_layer, metric, v, hw):
+    sites = [f"{where}.{layer}" for layer in range(L)] if per_layer else [where]
+    rows += [_row(cond, s, metric, v, hw) for s in sites]
+
+
+def world(mode: str, skip: tuple[str, ...] = ()) -> MetricTable:
+    """Evidence where every prediction holds ("strong"), is reversed ("reversed"), or is there but too
+    weak for its interval ("weak": half the effect, intervals ten times wider than it)."""
+    k = {"strong": 1.0, "reversed": -1.0, "weak": 0.5}[mode]
+    hw = 0.002 if mode != "weak" else 5.0
+    rows: list[MetricRow] = []
+    for metric, (where, per_layer, t, n) in PLANT.items():
+        _put(rows, "trained", where, per_layer, metric, n + k * (t - n), hw)
+        for s in SEEDS:  # the R ensemble: a small between-seed spread
+            _put(rows, f"random_init.s{s}", where, per_layer, metric, n + 0.001 * (s - 3), 0.002)
+        _put(rows, "permuted_weights", where, per_layer, metric, n, 0.002)
+    _put(rows, "trained", "resid_post", False, "growth_r2", 0.97, 0)
+    _put(rows, "trained", "resid_post", False, "growth_max_layer_share", 0.2, 0)
+    _put(rows, "trained", "resid_post", False, "carrier_growth_rate", 1.1, 0)
+    _put(rows, "trained", "resid_post", False, "modulation_growth_rate", 1.05, 0)
+    # in-run nulls: the planted effect is the paired difference or the distance from an exact null
+    keep = 0.0 if k > 0 else -0.5  # what the robustness steps cost the carrier
+    for m in ("carrier_keep_zscored", "carrier_keep_norogue3", "carrier_keep_nosink"):
+        _put(rows, "trained", "resid_post", True, m, keep if mode != "weak" else -0.1, hw)
+    _put(rows, "trained", "resid_post", True, "logit_lens_acc", 0.40, hw)
+    _put(rows, "trained", "resid_post", True, "modulation_lens_acc", 0.40 if k > 0 else 0.1, hw)
+    _put(rows, "trained", "resid_post", True, "update_cos_stream", 0.3 * k, hw)
+    _put(rows, "trained", "resid_post", True, "update_cos_carrier", 0.2 * k, hw)
+    _put(rows, "trained", "resid_post", True, "norm_ratio", 1.0 + 0.1 * k, hw)
+    _put(rows, "trained", "mlp_out", True, "band_offdiag_k10", CHANCE + 0.05 * k, hw)
+    _put(rows, "trained", "attn_out", True, "band_offdiag_k10", CHANCE - 0.05 * k, hw)
+    _put(rows, "trained", "resid_post", True, "seq_ac_lowfreq_null", 0.1, 0)
+    _put(rows, "trained", "resid_post", True, "seq_ac_lowfreq_share", 0.1 + 0.3 * k, hw)
+    _put(rows, "shuffled", "resid_post", True, "seq_ac_lowfreq_share", 0.12, hw)
+    _put(rows, "trained", "final", False, "band_margin_top2_share_k10", 0.2 + 0.5 * k, hw)
+    return MetricTable(tuple(r for r in rows if r.metric not in skip and r.condition not in skip))
+
+
+def outcomes(table: MetricTable, arch=ARCH, spec: VerdictSpec | None = None) -> dict[str, object]:
+    return {v.prediction.split()[0]: v for v in evaluate(table, arch, spec or VerdictSpec(), AnalysisSpec())}
+
+
+@pytest.mark.parametrize(
+    "mode,expected", [("strong", "supported"), ("reversed", "contradicted"), ("weak", "inconclusive")]
+)
+def test_every_prediction_reaches_each_outcome(mode, expected):
+    got = outcomes(world(mode))
+    assert len(got) == 11 == len(PREDICTIONS)
+    wrong = {k: (v.outcome, v.note) for k, v in got.items() if v.outcome != expected}  # type: ignore[attr-defined]
+    assert not wrong, wrong
+    for v in got.values():
+        assert math.isfinite(v.effect) and v.effect_ci_low <= v.effect <= v.effect_ci_high  # type: ignore[attr-defined]
+        assert v.note.startswith("null: ")  # type: ignore[attr-defined]
+        if expected == "supported":
+            assert v.effect_ci_low > v.margin and v.p_holm < 0.05  # type: ignore[attr-defined]
+
+
+def test_not_applicable_reasons():
+    post = outcomes(world("strong"), dict(ARCH, norm_placement="post"))
+    for k in ("1", "5", "11"):
+        assert post[k].outcome == "n/a" and "post-LN" in post[k].note  # type: ignore[attr-defined]
+    assert post["2"].outcome == "supported"  # type: ignore[attr-defined]
+    no_head = outcomes(world("strong"), dict(ARCH, has_unembedding=False, is_causal=True))
+    for k, why in (("4", "LM head"), ("7", "unembedding"), ("8", "tail band"), ("10", "LM head")):
+        assert no_head[k].outcome == "n/a" and why in no_head[k].note, k  # type: ignore[attr-defined]
+    nulls = tuple(f"random_init.s{s}" for s in SEEDS) + ("permuted_weights",)
+    bare = outcomes(world("strong", skip=nulls))
+    assert bare["1"].outcome == "n/a" and "none was run" in bare["1"].note  # type: ignore[attr-defined]
+    assert bare["2"].outcome == "n/a" and "none was run" in bare["2"].note  # type: ignore[attr-defined]
+    for k in ("6", "8"):
+        assert bare[k].outcome == "n/a" and "random-weight ensemble R" in bare[k].note  # type: ignore[attr-defined]
+    missing = outcomes(world("strong", skip=("band_margin_top2_share_k10",)))
+    assert missing["10"].outcome == "n/a" and "did not measure" in missing["10"].note  # type: ignore[attr-defined]
+
+
+def test_unsteady_growth_is_contradicted_even_when_g_beats_the_nulls():
+    rows = [r for r in world("strong").rows if r.metric != "growth_max_layer_share"]
+    rows.append(MetricRow("m", "trained", "resid_post", None, "growth_max_layer_share", 0.9, 0.9, 0.9))
+    v = outcomes(MetricTable(tuple(rows)))["1"]
+    assert v.outcome == "contradicted" and "largest layer share 0.900" in v.note  # type: ignore[attr-defined]
+
+
+def test_one_seed_uses_its_own_interval_and_says_so():
+    drop = tuple(f"random_init.s{s}" for s in (2, 3, 4, 5)) + ("permuted_weights",)
+    v = outcomes(world("strong", skip=drop))["1"]
+    assert v.outcome == "supported" and "1 seed" in v.note  # type: ignore[attr-defined]
+
+
+def test_margins_live_in_the_config():
+    strict = VerdictSpec(carrier_margin=0.6)  # the planted ρ effect is 0.5
+    v = outcomes(world("strong"), spec=strict)["2"]
+    assert v.outcome == "contradicted" and v.margin == 0.6  # type: ignore[attr-defined]
+
+
+def test_ensemble_null_is_a_prediction_interval_and_effects_add_in_quadrature():
+    null = ensemble_null([1.0, 1.1, 0.9, 1.05, 0.95], 0.95, "R")
+    sd = float(np.std([1.0, 1.1, 0.9, 1.05, 0.95], ddof=1))
+    from scipy import stats
+
+    hw = stats.t.ppf(0.975, 4) * sd * math.sqrt(1 + 1 / 5)
+    assert null.interval.value == pytest.approx(1.0) and null.interval.high - 1.0 == pytest.approx(hw)
+    assert "5 seeds" in null.name
+    assert outcome_of(Interval(0.5, 0.1, 0.9), 0.0) == "supported"
+    assert outcome_of(Interval(0.5, -0.1, 0.9), 0.0) == "inconclusive"
+    assert outcome_of(Interval(0.02, -0.03, 0.04), 0.05) == "contradicted"  # inside the equivalence band
+    assert p_above(Interval(0.0, -1.96, 1.96), 0.0, 0.95) == pytest.approx(0.5)
+    assert p_above(Interval(1.96, 0.0, 3.92), 0.0, 0.95) == pytest.approx(0.025, rel=1e-3)
+
+
+def test_holm():
+    adj = holm([0.01, 0.04, float("nan"), 0.03])
+    assert adj[0] == pytest.approx(0.03) and adj[3] == pytest.approx(0.06) and adj[1] == pytest.approx(0.06)
+    assert math.isnan(adj[2])
+
+
+def test_holm_turns_a_lone_ci_pass_into_inconclusive():
+    """Eleven supported outcomes at p = 0.02 each: every interval clears its margin, Holm does not."""
+    verdicts = evaluate(world("strong"), ARCH, VerdictSpec(), AnalysisSpec())
+    planted = [dataclasses.replace(v, p_value=0.02, p_holm=float("nan")) for v in verdicts]
+    adjusted = apply_holm(planted, 0.05)
+    assert all(v.outcome == "inconclusive" and "not significant after Holm" in v.note for v in adjusted)
+    assert all(v.p_holm == pytest.approx(0.22) for v in adjusted)
+    one = apply_holm([planted[0]], 0.05)[0]  # a single test keeps its outcome
+    assert one.outcome == "supported" and one.p_holm == pytest.approx(0.02)
+
+
+def test_csv_roundtrip_and_middle_layers():
+    verdicts = evaluate(world("strong"), ARCH, VerdictSpec(), AnalysisSpec())
+    text = verdicts_csv(verdicts)
+    assert text.splitlines()[0] == ",".join(VERDICT_COLUMNS)
+    back = read_verdicts(text)
+    assert [b.outcome for b in back] == [v.outcome for v in verdicts]
+    assert [b.effect for b in back] == pytest.approx([v.effect for v in verdicts], rel=1e-5)
+    assert middle_layers(5, VerdictSpec()) == [1, 2, 3]
+    assert middle_layers(6, VerdictSpec()) == [2, 3]
