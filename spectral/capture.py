@@ -20,7 +20,7 @@ Hooks exist only inside :func:`capture` (a context manager, removed in ``finally
 import fnmatch
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -388,13 +388,15 @@ class Calibration:
 
     centers: dict[str, torch.Tensor]  # site means: centre of the centred cosine, carrier for the lens
     median_norms: dict[str, float]
+    top_pcs: dict[str, torch.Tensor] = field(default_factory=dict)  # top principal directions
 
     def state_dict(self) -> dict[str, Any]:
-        return {"centers": dict(self.centers), "median_norms": dict(self.median_norms)}
+        return {"centers": dict(self.centers), "median_norms": dict(self.median_norms), "top_pcs": dict(self.top_pcs)}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> "Calibration":
-        return cls(dict(state["centers"]), {k: float(v) for k, v in state["median_norms"].items()})
+        medians = {k: float(v) for k, v in state["median_norms"].items()}
+        return cls(dict(state["centers"]), medians, dict(state.get("top_pcs", {})))
 
 
 def calibrate(
@@ -407,14 +409,18 @@ def calibrate(
     nonfinite: str = "fail",
     backend: str = "bridge",
     n_windows: int = 4,
+    pc_sites: tuple[str, ...] = (),
 ) -> Calibration:
     """Site means and median norms over the calibration set: the first ``n_windows`` windows of the
     run (fixed by the config, so the centres do not depend on ``batch_size``), ``batch_size`` at a time.
 
     Only Σh, the token count and the norms of each site are kept (no d x d moments: calibrating a
     30-layer model used to allocate a second statistics bank). Windows with NaN/inf at any site fail
-    the run or, with ``nonfinite="exclude"``, are left out of the calibration."""
+    the run or, with ``nonfinite="exclude"``, are left out of the calibration. ``pc_sites`` also get the
+    top principal direction of their centred covariance over the calibration set (the null direction of
+    prediction 4's ablations)."""
     sums: dict[str, torch.Tensor] = {}
+    seconds: dict[str, torch.Tensor] = {}
     norms: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
     count = 0
     for batch in iter_batches(windows.select(slice(0, max(1, n_windows))), batch_size, exclude_first):
@@ -432,6 +438,9 @@ def calibrate(
             m = batch.stat_mask[..., None].double()
             h = torch.nan_to_num(h.double(), nan=0.0, posinf=0.0, neginf=0.0)
             got[site] = ((h * m).sum(1), h.norm(dim=-1))  # per-window sums (B, d), norms (B, T): no activations
+            if site in pc_sites:
+                hm = (h * m).reshape(-1, h.shape[-1])
+                seconds[site] = seconds.get(site, 0) + hm.T @ hm  # Σ h hᵀ over the counted tokens
 
         with capture(model, sites, sink, backend):
             forward(model, batch, None if positions is None else positions(batch), backend)
@@ -444,4 +453,10 @@ def calibrate(
     n = max(count, 1)
     centers = {s: sums[s] / n for s in sites}
     medians = {s: float(torch.cat(norms[s]).median()) if count else float("nan") for s in sites}
-    return Calibration(centers, medians)
+    top_pcs = {}
+    for s in pc_sites:
+        if s in seconds and count > 1:
+            cov = seconds[s] / n - torch.outer(centers[s], centers[s])
+            _, vecs = torch.linalg.eigh(cov.float())
+            top_pcs[s] = vecs[:, -1].double()
+    return Calibration(centers, medians, top_pcs)

@@ -255,8 +255,9 @@ class VerdictSpec:
         0.1,
     )
     modulation_margin: float = _help(
-        "P4: the lens may lose at most this much accuracy when the carrier is removed (margin −modulation_margin)",
-        0.05,
+        "P4: ablating the carrier must keep this much more lens accuracy than ablating the top principal "
+        "direction, and may lose at most this much more than ablating a random direction",
+        0.02,
     )
     alignment_margin: float = _help("P5: δ of the update/stream cosine over its random-direction null", 0.05)
     head_margin: float = _help("P6: δ of head_eff_rank_frac(R) − head_eff_rank_frac(trained)", 0.02)
@@ -264,7 +265,7 @@ class VerdictSpec:
     sink_margin: float = _help("P8: minimum effect of the attention / tail-band Spearman over R", 0.1)
     lowpass_margin: float = _help("P9: δ of seq_ac_lowfreq_share over its permutation null (middle layers)", 0.02)
     resonance_top_bands: int = _help("P10: number of top W_U bands (of K = first of [analysis] bands)", 2)
-    resonance_margin: float = _help("P10: δ of the top bands' margin share over the isotropic share", 0.05)
+    resonance_margin: float = _help("P10: δ of the top centred bands' margin share over the rotated-h null", 0.05)
     carrier_growth_margin: float = _help("P11: δ of carrier − modulation growth rate, over 0 and over R", 0.0)
 
     def __post_init__(self) -> None:

@@ -100,6 +100,7 @@ class ConditionCapture:
             cap.nonfinite,
             self.backend,
             cap.calibration_windows,
+            self._ablation_sites(model, sites) if self._wants_lens(model) else (),
         )
         thresholds = {s: an.sink_factor * v for s, v in self.calib.median_norms.items()}
         self.bank = new_bank(
@@ -114,7 +115,16 @@ class ConditionCapture:
         self.lens: LensProbe | None = None
         if self.lm and self.bands and not self.control:
             dirs = {s: self.calib.centers[s] for s in self.resid}
-            self.lens = LensProbe(model, self.resid, dirs, self.bands[an.bands[0]], an.lens_positions, cfg.seed)
+            self.lens = LensProbe(
+                model,
+                self.resid,
+                dirs,
+                split_bands(model.unembedding_basis(centred=True), an.bands[0]),  # the margin's centred bands
+                an.lens_positions,
+                cfg.seed,
+                self.calib.top_pcs,
+                self.calib.centers,
+            )
         tail = self.bands[an.bands[0]][-1] if self.bands else None
         # attention patterns and per-head outputs: the bridge, or the fast path where it serves the family
         heads_ok = self.backend == "bridge" or fast_heads(model)
@@ -132,6 +142,17 @@ class ConditionCapture:
         self.batches_done = 0
         self.complete = False
         self.interventions: list[InterventionResult] = []
+
+    def _ablation_sites(self, model: LoadedModel, sites: tuple[str, ...]) -> tuple[str, ...]:
+        """resid_post sites of the middle layers: where prediction 4's mean ablations are read."""
+        from spectral.predictions.base import middle_layers
+
+        mid = set(middle_layers(model.arch.n_layers, self.cfg.verdicts))
+        return tuple(x for x in sites if x.startswith("resid_post.") and int(x.split(".")[1]) in mid)
+
+    def _wants_lens(self, model: LoadedModel) -> bool:
+        """The logit lens runs on a causal LM with an unembedding, outside the controls and nulls."""
+        return model.arch.has_unembedding and model.arch.is_causal and not self.control
 
     def _probes(self) -> dict[str, Any]:
         named = {"lens": self.lens, "heads": self.heads, "types": self.types, "cosines": self.cosines}

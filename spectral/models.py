@@ -77,12 +77,13 @@ class LoadedModel:
     seed: int | None
     device: torch.device
     _basis: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _cbasis: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def release_weights(self) -> None:
         """Drop the network (bridge and Hugging Face modules) and keep ``arch``, ``source`` and the
         tokenizer: what a run still needs for its report once every condition of these weights is done."""
         self.bridge = None
-        self._basis = None
+        self._basis = self._cbasis = None
         if hasattr(self, "_plain"):
             del self._plain  # type: ignore[attr-defined]
         gc.collect()
@@ -112,15 +113,26 @@ class LoadedModel:
         head = getattr(head, "original_component", head)
         return head.weight.detach().T, (None if head.bias is None else head.bias.detach())
 
-    def unembedding_basis(self) -> torch.Tensor:
+    def unembedding_basis(self, centred: bool = False) -> torch.Tensor:
         """(d, d) float64 left singular vectors of W_U by decreasing singular value
         (:func:`spectral.analysis.spectrum.unembedding_basis`), computed once per loaded model: the
-        band splittings, probes and interventions of a run share it."""
-        if self._basis is None:
-            from spectral.analysis.spectrum import unembedding_basis
+        band splittings, probes and interventions of a run share it. ``centred``: of W_U with its mean
+        column removed (a component along the mean unembedding shifts every logit equally and cannot
+        change a prediction: the bands that can)."""
+        from spectral.analysis.spectrum import unembedding_basis
 
+        if centred:
+            if self._cbasis is None:
+                W = self.unembedding()[0].double()
+                self._cbasis = unembedding_basis(W - W.mean(1, keepdim=True))
+            return self._cbasis
+        if self._basis is None:
             self._basis = unembedding_basis(self.unembedding()[0])
         return self._basis
+
+    def forget_unembedding_basis(self) -> None:
+        """Drop the cached bases (after the weights changed in place: W's permutation, R's next seed)."""
+        self._basis = self._cbasis = None
 
     def weight_files(self) -> list[Path]:
         p = self.source.path

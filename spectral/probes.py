@@ -26,7 +26,18 @@ from spectral.models import LoadedModel
 from spectral.vocab import ModSegment, carrier_removed_logits, scan
 
 Hook = tuple[str, Callable[..., Any]]
-LENS_COLUMNS = ("count", "agree", "correct", "rank_sum", "mod_agree", "mod_correct")
+LENS_COLUMNS = (
+    "count",
+    "agree",
+    "correct",
+    "rank_sum",
+    "mod_agree",  # carrier projected out: agrees with the model's top-1
+    "mod_correct",  # carrier projected out: the true next token
+    "abl_carrier_correct",  # carrier mean-ablated (its amplitude set to the calibration mean)
+    "abl_toppc_correct",  # top principal direction mean-ablated (the null of prediction 4)
+    "abl_random_correct",  # a seeded random direction mean-ablated (the null of prediction 4)
+)
+ABLATIONS = ("carrier", "toppc", "random")
 
 
 def sample_positions(mask: torch.Tensor, window_index: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -54,6 +65,8 @@ class LensProbe:
         bands: list[torch.Tensor],
         positions: int = 0,
         seed: int = 0,
+        top_pcs: dict[str, torch.Tensor] | None = None,
+        centers: dict[str, torch.Tensor] | None = None,
     ) -> None:
         W, b = model.unembedding()
         self.model = model
@@ -64,24 +77,57 @@ class LensProbe:
         norm = model.final_norm()
         self.norm: Callable[[torch.Tensor], torch.Tensor] = norm if norm is not None else (lambda x: x)
         self.dirs = {s: (v / v.norm()).float().to(model.device) for s, v in carrier_dirs.items()}
-        self.bands = [U.float().to(model.device) for U in bands]
+        self.bands = [U.float().to(model.device) for U in bands]  # the margin's bands (centred W_U)
         self.rows: list[np.ndarray] = []  # per batch (windows, sites, columns)
-        self.margins: list[np.ndarray] = []  # per batch (windows, K + 1): per-band margin, bias part
+        # per batch (windows, 2 (K + 1)): per-band margin and bias part, then the same for the rotated-h null
+        self.margins: list[np.ndarray] = []
+        d = W.shape[0]
+        q, r = torch.linalg.qr(
+            torch.randn(d, d, generator=torch.Generator().manual_seed(seed + 4242), dtype=torch.float64)
+        )
+        self.rotation = (q * torch.sign(torch.diagonal(r))).float().to(model.device)  # Haar-distributed
         self.index: list[np.ndarray] = []
         self._batch: Batch | None = None
         self._sel: tuple[torch.Tensor, torch.Tensor] | None = None
         self._top1: dict[str, torch.Tensor] = {}
         self._mod_top1: dict[str, torch.Tensor] = {}
         self._acc: dict[str, torch.Tensor] = {}
-        self._pending: list[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        # per site: (site, lens rows f, [(edit key, edited rows g or None, span coefficients or None)])
+        self._pending: list[tuple[str, torch.Tensor, list[tuple[str, torch.Tensor | None, torch.Tensor | None]]]] = []
         self.rows_per_product = 512
-        self._mod_basis: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # per site: norm(u), norm(0); their logits
+        # per edit key (the site for the carrier projection, "site#ablation" for a mean ablation): the norm of
+        # the edit's direction and norm(0), and their logits
+        self._mod_basis: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._zero_logits: torch.Tensor | None = None
+        # mean ablations (prediction 4): per site, (name, unit direction v, the amplitude h·v is set to)
+        self.ablations: dict[str, list[tuple[str, torch.Tensor, float]]] = {}
+        if top_pcs is not None and centers is not None:
+            g = torch.Generator().manual_seed(seed * 7919 + 17)
+            for s in (x for x in self.sites if x in self.dirs and x in top_pcs):
+                c = centers[s].double()
+                rnd = torch.randn(W.shape[0], generator=g, dtype=torch.float64)
+                dirs = {
+                    "carrier": self.dirs[s].double().cpu(),
+                    "toppc": top_pcs[s].double(),
+                    "random": rnd / rnd.norm(),
+                }
+                self.ablations[s] = [
+                    (name, v.float().to(model.device), float(c.cpu() @ v.cpu())) for name, v in dirs.items()
+                ]
 
     def _logits(self, f: torch.Tensor) -> torch.Tensor:
         out = f @ self.W.to(f.device)
         return out if self.bias is None else out + self.bias.to(f.device)
 
-    def _span(self, site: str, f: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    def _span(
+        self,
+        site: str,
+        f: torch.Tensor,
+        g: torch.Tensor,
+        dtype: torch.dtype,
+        key: str | None = None,
+        direction: torch.Tensor | None = None,
+    ) -> torch.Tensor | None:
         """Coefficients that give the carrier-removed lens, ``norm(h - (h·u)u) @ W + b``, from the lens logits.
 
         A final norm that rescales each token by a scalar and then applies a fixed affine map (RMSNorm,
@@ -91,7 +137,8 @@ class LensProbe:
         least squares in d (normal equations in float64); None where the span does not reproduce
         ``g = norm(h - (h·u)u)`` to 1e-5 (another kind of norm): then the full product is taken.
         """
-        vecs = (self._mod_basis.get(site) or self._basis(site, f.device, dtype))[0]
+        key = key or site
+        vecs = (self._mod_basis.get(key) or self._basis(site, f.device, dtype, key, direction))[0]
         A = torch.cat([f[:, None, :], vecs[None].expand(len(f), -1, -1)], 1).double()  # (n, 1+k, d)
         gd = g.double()
         coef, info = torch.linalg.solve_ex(A @ A.transpose(1, 2), A @ gd[..., None])  # (n, 1+k, 1)
@@ -103,18 +150,30 @@ class LensProbe:
             return None
         return coef.float()
 
-    def _mod_logits(self, site: str, logits: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    def _mod_logits(self, key: str, logits: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.to(logits.device)
-        return carrier_removed_logits(logits, coef, self._mod_basis[site][1], bias)
+        return carrier_removed_logits(logits, coef, self._mod_basis[key][1], bias)
 
     @torch.no_grad()
-    def _basis(self, site: str, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.dirs[site].to(device, dtype)[None]
+    def _basis(
+        self,
+        site: str,
+        device: torch.device,
+        dtype: torch.dtype,
+        key: str | None = None,
+        direction: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        key = key or site
+        z = (self.dirs[site] if direction is None else direction).to(device, dtype)[None]
         vecs = torch.cat([self.norm(z), self.norm(torch.zeros_like(z))]).float()
         size = vecs.norm(dim=-1)
-        vecs = vecs[size > 1e-12 * max(float(size.max()), 1e-30)]  # norm(0) = 0 without a bias
-        self._mod_basis[site] = (vecs, vecs @ self.W.to(device))  # (k, d), (k, V)
-        return self._mod_basis[site]
+        keep = size > 1e-12 * max(float(size.max()), 1e-30)  # norm(0) = 0 without a bias
+        W = self.W.to(device)
+        if self._zero_logits is None:  # norm(0) is the same for every site and edit: its logits are taken once
+            self._zero_logits = vecs[1:] @ W
+        logits = torch.cat([vecs[:1] @ W, self._zero_logits])
+        self._mod_basis[key] = (vecs[keep], logits[keep])  # (k, d), (k, V)
+        return self._mod_basis[key]
 
     def hooks(self) -> list[Hook]:
         return [(hook_name(s, self.model.arch), self._make(s)) for s in self.sites]
@@ -144,12 +203,20 @@ class LensProbe:
             raw = x.detach()[mask.to(x.device)]  # (n, d) in the model's dtype (the norm's weights match it)
             h = raw.float()
             f = h if site == "final" else self.norm(raw).float()
-            g = coef = None
+            edits: list[tuple[str, torch.Tensor | None, torch.Tensor | None]] = []
             if site in self.dirs and site != "final":
+                # an edit h + β v (β per token) stays in the span of norm(h), norm(v), norm(0): no second product
                 u = self.dirs[site].to(h.device)
                 g = self.norm((h - (h @ u)[:, None] * u).to(raw.dtype)).float()
                 coef = self._span(site, f, g, raw.dtype)
-            self._pending.append((site, f, None if coef is not None else g, coef))
+                edits.append((site, None if coef is not None else g, coef))
+                for name, v, amp in self.ablations.get(site, []):
+                    v = v.to(h.device)
+                    g = self.norm((h + (amp - h @ v)[:, None] * v).to(raw.dtype)).float()
+                    key = f"{site}#{name}"
+                    coef = self._span(site, f, g, raw.dtype, key, v)
+                    edits.append((key, None if coef is not None else g, coef))
+            self._pending.append((site, f, edits))
             if sum(len(p[1]) for p in self._pending) >= self.rows_per_product:
                 self._flush()
             return x
@@ -164,43 +231,48 @@ class LensProbe:
         _, target = self._tokens()
         parts: list[torch.Tensor] = []
         mods: list[ModSegment] = []
-        # per site: (site, first and last lens row, its ModSegment's index or None, first row of its own
-        # carrier-removed product where the span failed, or None)
-        where: list[tuple[str, int, int, int | None, int | None]] = []
+        # per site: (site, first and last lens row, per edit: (key, its ModSegment's index or None, first row
+        # of its own product where the span failed, or None))
+        where: list[tuple[str, int, int, list[tuple[str, int | None, int | None]]]] = []
         at = 0
-        for site, f, g, coef in self._pending:
+        for site, f, edits in self._pending:
             parts.append(f)
             a, at = at, at + len(f)
-            mod = fb = None
-            if coef is not None:
-                mod = len(mods)
-                mods.append(ModSegment(a, at, coef, self._mod_basis[site][1]))
-            elif g is not None:  # the span failed: the carrier-removed rows take their own product
-                parts.append(g)
-                fb, at = at, at + len(g)
-            where.append((site, a, a + len(f), mod, fb))
+            placed = []
+            for key, g, coef in edits:
+                mod = fb = None
+                if coef is not None:
+                    mod = len(mods)
+                    mods.append(ModSegment(a, a + len(f), coef, self._mod_basis[key][1]))
+                elif g is not None:  # the span failed: the edited rows take their own product
+                    parts.append(g)
+                    fb, at = at, at + len(g)
+                placed.append((key, mod, fb))
+            where.append((site, a, a + len(f), placed))
         F = torch.cat(parts)
         dev = F.device
         tgt = target.to(dev)
         # every row is one of the selected tokens (lens rows and fallback rows alike) in the same order
         full_tgt = tgt.repeat(len(parts))
-        final = next(((a, b) for s, a, b, _, _ in where if s == "final"), None)
+        final = next(((a, b) for s, a, b, _ in where if s == "final"), None)
         bias = None if self.bias is None else self.bias.to(dev)
         res = scan(F, self.W.to(dev), bias, full_tgt, mods, final)
-        for site, a, b, mod, fb in where:
+        for site, a, b, placed in where:
             self._top1[site] = res.top1[a:b].cpu()
             rank = res.rank[a:b].cpu().double()
             self._acc[site] = torch.stack([(self._top1[site] == target).double(), rank], 1)
-            if mod is not None:
-                self._mod_top1[site] = res.mod_top1[mod].cpu()
-            elif fb is not None:
-                self._mod_top1[site] = res.top1[fb : fb + (b - a)].cpu()
+            for key, mod, fb in placed:
+                if mod is not None:
+                    self._mod_top1[key] = res.mod_top1[mod].cpu()
+                elif fb is not None:
+                    self._mod_top1[key] = res.top1[fb : fb + (b - a)].cpu()
             if site == "final":
                 assert res.top2 is not None
-                self._margin(F[a:b], res.top2)
+                self._margin(F[a:b], res.top2, target.to(dev))
         self._pending = []
 
-    def _margin(self, f: torch.Tensor, top2: torch.Tensor) -> None:
+    def _margin_parts(self, f: torch.Tensor, top2: torch.Tensor) -> torch.Tensor:
+        """(n, K + 1): the top-1 vs top-2 logit margin of each row split over the bands, and the bias part."""
         W = self.W.to(f.device)
         dw = W[:, top2[:, 0]].T - W[:, top2[:, 1]].T  # (n, d)
         parts = [((dw @ U) * (f @ U)).sum(-1) for U in self.bands]
@@ -209,7 +281,16 @@ class LensProbe:
             if self.bias is not None
             else torch.zeros_like(parts[0])
         )
-        self._margin_tok = torch.stack(parts + [bias], 1).double().cpu()  # (n, K + 1)
+        return torch.stack(parts + [bias], 1).double().cpu()
+
+    def _margin(self, f: torch.Tensor, top2: torch.Tensor, target: torch.Tensor) -> None:
+        """The margin's band parts, and those of the rotated-h null: the same rows turned by a fixed random
+        rotation (same W_U, same norms, no alignment with it), their own top-2 found by a second scan."""
+        rot = f @ self.rotation.to(f.device)
+        bias = None if self.bias is None else self.bias.to(f.device)
+        res = scan(rot, self.W.to(f.device), bias, target, (), (0, len(rot)))
+        assert res.top2 is not None
+        self._margin_tok = torch.cat([self._margin_parts(f, top2), self._margin_parts(rot, res.top2)], 1)
 
     def end_batch(self) -> None:
         b = self._batch
@@ -225,10 +306,14 @@ class LensProbe:
             cols = [torch.ones(len(target), dtype=torch.float64), (self._top1[site] == model_top1).double()]
             cols += [acc[:, 0], acc[:, 1]]
             mod = self._mod_top1.get(site)
+            nan = torch.full_like(acc[:, 0], float("nan"))
             if mod is not None:
                 cols += [(mod == model_top1).double(), (mod == target).double()]
             else:
-                cols += [torch.full_like(acc[:, 0], float("nan"))] * 2
+                cols += [nan, nan]
+            for name in ABLATIONS:
+                abl = self._mod_top1.get(f"{site}#{name}")
+                cols.append((abl == target).double() if abl is not None else nan)
             rows[:, i, :].index_add_(0, tok_window, torch.stack(cols, 1))
         marg = torch.zeros(nw, self._margin_tok.shape[1], dtype=torch.float64).index_add_(
             0, tok_window, self._margin_tok

@@ -239,7 +239,7 @@ def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
         yield cond, s.model
     if "permuted_weights" in cfg.controls:
         permute_weights(s.model.hf_model, cfg.seed)
-        s.model._basis = None  # W's unembedding is permuted too
+        s.model.forget_unembedding_basis()  # W's unembedding is permuted too
         yield "permuted_weights", s.model
     if "random_init" in cfg.controls:
         s.model.release_weights()
@@ -249,7 +249,8 @@ def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
                 twin = load_model(cfg.model, random_init=True, seed=seed)
             else:
                 reinitialise(twin.hf_model, seed)
-                twin.seed, twin._basis = seed, None
+                twin.seed = seed
+                twin.forget_unembedding_basis()
             yield f"random_init.s{seed}", twin
 
 

@@ -62,8 +62,15 @@ def world(mode: str, skip: tuple[str, ...] = ()) -> MetricTable:
     keep = 0.0 if k > 0 else -0.5  # what the robustness steps cost the carrier
     for m in ("carrier_keep_zscored", "carrier_keep_norogue3", "carrier_keep_nosink"):
         _put(rows, "trained", "resid_post", True, m, keep if mode != "weak" else -0.1, hw)
-    _put(rows, "trained", "resid_post", True, "logit_lens_acc", 0.40, hw)
-    _put(rows, "trained", "resid_post", True, "modulation_lens_acc", 0.40 if k > 0 else 0.1, hw)
+    # lens accuracy with the carrier / top PC / a random direction mean-ablated, and the paired differences
+    carrier_acc, top_acc, rnd_acc = (0.40, 0.25, 0.41) if k > 0 else (0.10, 0.38, 0.41)
+    for name, v in (("carrier", carrier_acc), ("toppc", top_acc), ("random", rnd_acc)):
+        _put(rows, "trained", "resid_post", True, f"lens_acc_ablate_{name}", v, hw)
+    weak = mode == "weak"
+    _put(rows, "trained", "resid_post", True, "lens_keep_carrier_vs_toppc", 0.01 if weak else carrier_acc - top_acc, hw)
+    _put(
+        rows, "trained", "resid_post", True, "lens_keep_carrier_vs_random", -0.01 if weak else carrier_acc - rnd_acc, hw
+    )
     _put(rows, "trained", "resid_post", True, "update_cos_stream", 0.3 * k, hw)
     _put(rows, "trained", "resid_post", True, "update_cos_carrier", 0.2 * k, hw)
     _put(rows, "trained", "resid_post", True, "norm_ratio", 1.0 + 0.1 * k, hw)
@@ -72,7 +79,9 @@ def world(mode: str, skip: tuple[str, ...] = ()) -> MetricTable:
     _put(rows, "trained", "resid_post", True, "seq_ac_lowfreq_null", 0.1, 0)
     _put(rows, "trained", "resid_post", True, "seq_ac_lowfreq_share", 0.1 + 0.3 * k, hw)
     _put(rows, "shuffled", "resid_post", True, "seq_ac_lowfreq_share", 0.12, hw)
-    _put(rows, "trained", "final", False, "band_margin_top2_share_k10", 0.2 + 0.5 * k, hw)
+    _put(rows, "trained", "final", False, "cband_margin_top2_share_k10", 0.2 + 0.5 * k, hw)
+    _put(rows, "trained", "final", False, "cband_margin_top2_share_k10_rotnull", 0.2, hw)
+    _put(rows, "trained", "final", False, "cband_margin_top2_share_k10_excess", 0.5 * k, hw)
     return MetricTable(tuple(r for r in rows if r.metric not in skip and r.condition not in skip))
 
 
@@ -109,7 +118,7 @@ def test_not_applicable_reasons():
     assert bare["2"].outcome == "n/a" and "none was run" in bare["2"].note  # type: ignore[attr-defined]
     for k in ("6", "8"):
         assert bare[k].outcome == "n/a" and "random-weight ensemble R" in bare[k].note  # type: ignore[attr-defined]
-    missing = outcomes(world("strong", skip=("band_margin_top2_share_k10",)))
+    missing = outcomes(world("strong", skip=("cband_margin_top2_share_k10",)))
     assert missing["10"].outcome == "n/a" and "did not measure" in missing["10"].note  # type: ignore[attr-defined]
 
 

@@ -51,9 +51,12 @@ def test_lens_reproduces_model_and_hf_accuracy(setup):
     target = windows.ids[:, 2:]
     acc = (pred == target).double().mean().item()
     assert tot[final, col["correct"]] / tot[final, col["count"]] == pytest.approx(acc)
-    # margin bands add up to the full top-1 margin (no bias in Llama's head)
+    # margin bands add up to the full top-1 margin (no bias in Llama's head); the rotated-h null's bands
+    # add up to the margin of the rotated rows' own top-2
     top2 = logits[:, 1:-1].topk(2, -1).values
-    assert margins.sum() == pytest.approx(float((top2[..., 0] - top2[..., 1]).sum()), rel=1e-4)
+    K = len(lens.bands)
+    assert margins[:, : K + 1].sum() == pytest.approx(float((top2[..., 0] - top2[..., 1]).sum()), rel=1e-4)
+    assert margins.shape[1] == 2 * (K + 1) and (margins[:, K + 1 :].sum(1) >= 0).all()
 
 
 def test_self_similarity_equals_direct(setup):
@@ -180,3 +183,31 @@ def test_head_probe_keeps_the_sampled_pairs_only(setup):
         rows = {tuple(r) for r in a.round(12)}
         assert all(tuple(r) in rows for r in b.round(12))
     torch.testing.assert_close(full.z_second, some.z_second)  # the head moments use every token
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_mean_ablated_lens_span_equals_the_full_product(tiny_model_dir, family):
+    """A mean ablation h + (a − h·v) v (prediction 4's carrier, top-PC and random-direction edits) reuses
+    the lens logits through the span of norm(h), norm(v), norm(0), like the carrier projection."""
+    model = load_model(ModelSpec(name=str(tiny_model_dir(family))))
+    W_U, _ = model.unembedding()
+    torch.manual_seed(2)
+    d = model.arch.d_model
+    u, v, c = torch.randn(d), torch.randn(d), torch.randn(d) * 3
+    v = v / v.norm()
+    lens = LensProbe(
+        model, ("resid_post.0",), {"resid_post.0": u}, unembedding_bands(W_U, 4), top_pcs={"resid_post.0": v},
+        centers={"resid_post.0": c},
+    )  # fmt: skip
+    names = [name for name, _, _ in lens.ablations["resid_post.0"]]
+    assert names == ["carrier", "toppc", "random"]
+    _, vv, amp = lens.ablations["resid_post.0"][1]
+    assert torch.allclose(vv.double(), v.double(), atol=1e-6) and amp == pytest.approx(float(c @ v), rel=1e-5)
+    h = torch.randn(40, d) * 2 + 4 * torch.randn(d)
+    f = lens.norm(h).float()
+    g = lens.norm(h + (amp - h @ v)[:, None] * v).float()
+    coef = lens._span("resid_post.0", f, g, h.dtype, "resid_post.0#toppc", v)
+    assert coef is not None
+    got = lens._mod_logits("resid_post.0#toppc", lens._logits(f), coef)
+    want = lens._logits(g)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))

@@ -150,12 +150,28 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
         if np.isfinite(r[:, col["mod_agree"]]).all() and site != "final":
             out.add(site, "modulation_lens_top1", ratio_bootstrap(r[:, col["mod_agree"]], count, w, level))
             out.add(site, "modulation_lens_acc", ratio_bootstrap(r[:, col["mod_correct"]], count, w, level))
-    total = margins.sum(1)
+        abl = {name: r[:, col[f"abl_{name}_correct"]] for name in ("carrier", "toppc", "random")}
+        if site != "final" and all(np.isfinite(v).all() for v in abl.values()):
+            for name, v in abl.items():
+                out.add(site, f"lens_acc_ablate_{name}", ratio_bootstrap(v, count, w, level))
+            # paired on the same positions: the accuracy kept by ablating the carrier instead of the null direction
+            for name in ("toppc", "random"):
+                out.add(
+                    site, f"lens_keep_carrier_vs_{name}", ratio_bootstrap(abl["carrier"] - abl[name], count, w, level)
+                )
     K = len(lens.bands)
+    real, rot = margins[:, : K + 1], margins[:, K + 1 :]  # per window: band parts + bias, then the rotated null
+    total = real.sum(1)
     for b in range(K):
-        out.add("final", f"band_margin_share_k{K}_b{b}", ratio_bootstrap(margins[:, b], total, w, level))
-    top = margins[:, :resonance_k].sum(1)
-    out.add("final", f"band_margin_top{resonance_k}_share_k{K}", ratio_bootstrap(top, total, w, level))
+        out.add("final", f"cband_margin_share_k{K}_b{b}", ratio_bootstrap(real[:, b], total, w, level))
+    top, top_rot, total_rot = real[:, :resonance_k].sum(1), rot[:, :resonance_k].sum(1), rot.sum(1)
+    name = f"cband_margin_top{resonance_k}_share_k{K}"
+    out.add("final", name, ratio_bootstrap(top, total, w, level))
+    out.add("final", f"{name}_rotnull", ratio_bootstrap(top_rot, total_rot, w, level))
+    with np.errstate(invalid="ignore", divide="ignore"):  # paired: the same windows resampled for both
+        value = float(top.sum() / total.sum() - top_rot.sum() / total_rot.sum())
+        boots = (w @ top) / (w @ total) - (w @ top_rot) / (w @ total_rot)
+    out.add("final", f"{name}_excess", percentile_ci(value, boots, level))
 
 
 def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_battery: bool = True) -> None:

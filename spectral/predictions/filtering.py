@@ -43,13 +43,14 @@ class LowPass(Prediction):
 
 class Resonance(Prediction):
     key = "10 resonance"
-    statistic = "band_margin_top_share"
-    needs = ("band_margin_top{n}_share_k{K}",)
+    statistic = "cband_margin_top_share"
+    needs = ("cband_margin_top{n}_share_k{K}", "cband_margin_top{n}_share_k{K}_excess")
     explanation = (
-        "Next-token prediction filters for the channel that resonates with the unembedding: the top n of "
-        "K W_U bands carry more of the final top-1 vs top-2 logit margin than their share of the "
-        "dimensions (n/K, what an isotropic h would give on average), by the margin. The issue's null "
-        "(rotating h at random with the same W_U) and the centred bands are not measured yet."
+        "Next-token prediction filters for the channel that resonates with the unembedding: the top n of K "
+        "centred W_U bands (the mean unembedding removed: it shifts every logit equally) carry more of the "
+        "final top-1 vs top-2 logit margin than under the null that keeps W_U and turns h by a random "
+        "rotation (its own top-2 found again), by the margin; paired bootstrap over windows. The per-layer "
+        "rise of that share is not measured yet."
     )
 
     def not_applicable(self, ctx: Context) -> str | None:
@@ -57,7 +58,8 @@ class Resonance(Prediction):
 
     def tests(self, ctx: Context) -> list[Test]:
         n, K = ctx.spec.resonance_top_bands, ctx.analysis.bands[0]
-        m = f"band_margin_top{n}_share_k{K}"
+        m = f"cband_margin_top{n}_share_k{K}"
         share = ctx.stat("trained", "final", m)
-        null = Null(Interval.exact(n / K), f"dimension share of {n} of {K} bands (isotropic h)")
-        return [Test.against(m, share, null, ctx.spec.resonance_margin)]
+        null = Null(ctx.stat("trained", "final", f"{m}_rotnull"), "h rotated at random, same W_U (paired)")
+        excess = ctx.stat("trained", "final", f"{m}_excess")
+        return [Test.paired(m, share, excess, null, ctx.spec.resonance_margin)]
