@@ -49,6 +49,7 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
         "model": {"name": model["name"]},
         "corpus": {"source": model["corpus"], "seq_len": settings["seq_len"], "max_seqs": settings["max_seqs"]},
         "analysis": {"n_boot": 200 if quick else 1000, "intervention_windows": 4 if quick else 8},
+        "null_windows": 8 if quick else 32,  # per R seed and W: the ensemble's spread is what the null's CI needs
         "seed": 0,
         "out": os.path.relpath(out, ROOT) if out.is_relative_to(ROOT) else str(out),
         "formats": ["png"] if quick else ["png", "pdf", "svg"],

@@ -3,6 +3,7 @@
 import csv
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -45,6 +46,10 @@ LENS_PANELS = (
 )
 
 CAPTIONS = {
+    "verdicts": "Each prediction's statistic on the trained model (point with its interval, coloured by the "
+    "outcome: green supported, orange inconclusive, red contradicted) against its null (grey band: the null's "
+    "interval; dashed: its value). Panel titles give the effect (trained − null) with its interval; the margins "
+    "and Holm-adjusted p-values are in verdicts.csv.",
     "norm_profile": "Mean residual norm ‖h‖ of resid_post per layer (log scale), trained model against its controls.",
     "carrier_anisotropy": "Carrier energy ρ = Σ⟨h, μ̂⟩²/Σ‖h‖² and anisotropy (mean pairwise cosine) per layer.",
     "carrier_robustness": "Carrier energy after scaling dimensions to unit std, removing the top rogue dimensions, "
@@ -105,10 +110,20 @@ def figure_data(m: Measurement, K: int, level: float = 0.95) -> FigureData:
 
 
 def build_figures(
-    table: MetricTable, measurements: list[FigureData], K: int, title: str, level: float = 0.95
+    table: MetricTable,
+    measurements: list[FigureData],
+    K: int,
+    title: str,
+    level: float = 0.95,
+    verdicts: list[Any] | None = None,
 ) -> tuple[dict[str, go.Figure], dict[str, str], dict[str, str]]:
     figs: dict[str, go.Figure] = {}
     data: dict[str, str] = {}
+    if verdicts:
+        from spectral.predictions import verdicts_csv
+
+        figs["verdicts"] = plotting.verdict_panels(verdicts, f"Predictions against their nulls — {title}", level)
+        data["verdicts"] = verdicts_csv(verdicts)
     resid = lambda r, names: r.site.startswith("resid_post.") and r.metric in names  # noqa: E731
     figs["norm_profile"] = plotting.norm_profile(table, f"Residual norm by layer — {title}")
     data["norm_profile"] = _rows_csv(table, lambda r: resid(r, ("norm_mean",)))

@@ -300,6 +300,71 @@ def overlay(series: list[Series], panels: tuple[tuple[str, str, str], ...], titl
     return fig
 
 
+OUTCOME_COLORS = {"supported": "#009E73", "contradicted": "#D55E00", "inconclusive": "#E69F00", "n/a": "#7F7F7F"}
+
+
+def verdict_panels(verdicts: list[Any], title: str, level: float = 0.95) -> go.Figure:
+    """One panel per prediction: the trained statistic with its interval (a point and bar, coloured by the
+    outcome) against its null (a grey band for the null's interval, a dashed line at the null value);
+    the panel title gives the outcome and the effect with its interval. n/a panels say why."""
+    n = len(verdicts)
+    cols = 4
+    rows = max(1, math.ceil(n / cols))
+    titles = [
+        f"{v.prediction}<br><sup>{v.outcome}"
+        + (
+            f": effect {v.effect:.3g} [{v.effect_ci_low:.3g}, {v.effect_ci_high:.3g}]"
+            if math.isfinite(v.effect)
+            else ""
+        )
+        + "</sup>"
+        for v in verdicts
+    ]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.16, horizontal_spacing=0.07)
+    for i, v in enumerate(verdicts):
+        r, c = i // cols + 1, i % cols + 1
+        at: dict[str, Any] = {"row": r, "col": c}
+        if v.outcome == "n/a" or not math.isfinite(v.value):
+            fig.add_annotation(text="n/a", x=0.5, y=0.5, showarrow=False, xref="x domain", yref="y domain", **at)
+            continue
+        color = OUTCOME_COLORS.get(v.outcome, "#000000")
+        if math.isfinite(v.null):
+            lo = v.null_ci_low if math.isfinite(v.null_ci_low) else v.null
+            hi = v.null_ci_high if math.isfinite(v.null_ci_high) else v.null
+            fig.add_shape(type="rect", x0=-0.5, x1=0.5, y0=lo, y1=hi, fillcolor="rgba(127,127,127,0.25)",
+                          line_width=0, **at)  # fmt: skip
+            fig.add_trace(go.Scatter(x=[-0.5, 0.5], y=[v.null, v.null], mode="lines", showlegend=False,
+                                     line={"color": "#555555", "dash": "dash", "width": 1.5}, hoverinfo="skip"),
+                          **at)  # fmt: skip
+            fig.add_trace(
+                go.Scatter(
+                    x=[0, 0], y=[lo, hi], mode="markers", marker={"opacity": 0}, showlegend=False, hoverinfo="skip"
+                ),
+                **at,
+            )  # fmt: skip  (the axis range takes the null in)
+        err = None
+        if math.isfinite(v.ci_low) and math.isfinite(v.ci_high):
+            err = {
+                "type": "data",
+                "symmetric": False,
+                "array": [v.ci_high - v.value],
+                "arrayminus": [v.value - v.ci_low],
+            }
+        fig.add_trace(
+            go.Scatter(x=[0], y=[v.value], mode="markers", marker={"color": color, "size": 10}, error_y=err,
+                       name=v.outcome, showlegend=False, hovertext=v.note),
+            **at,
+        )  # fmt: skip
+        fig.update_xaxes(range=[-1, 1], showticklabels=False, **at)
+        fig.update_yaxes(title_text=v.statistic[:28], title_font={"size": 10}, **at)
+    apply_theme(
+        fig, f"{title}<br><sup>trained (point, {level:.0%} CI) against its null (grey band)</sup>", 1100, 300 * rows
+    )
+    fig.update_annotations(font_size=11)
+    fig.update_layout(margin={"t": 130})
+    return fig
+
+
 def _nice_step(span: float, target: int = 10) -> float:
     raw = span / target
     mag = 10 ** math.floor(math.log10(raw))

@@ -7,7 +7,9 @@ RUN`` regenerates it for any finished run.
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 import math
 import re
 from pathlib import Path
@@ -240,6 +242,19 @@ def build_report(run_dir: Path) -> Path:
                 f"{_iv(v.null, v.null_ci_low, v.null_ci_high)} | {_iv(v.effect, v.effect_ci_low, v.effect_ci_high)} | "
                 f"{fmt(v.margin)} | {fmt(v.p_holm)} | {v.note} |"
             )
+        spath = run_dir / "sensitivity.csv"
+        if spath.is_file():
+            rows = list(csv.reader(io.StringIO(spath.read_text(encoding="utf-8"))))
+            n_flip = sum(r[-1] == "yes" for r in rows[1:])
+            lines += [
+                "",
+                f"**Robustness** ({n_flip} of {len(rows) - 1} outcomes flip): the same metrics decided with other "
+                "middle layers and K; the rogue-dimension share is one setting per run (`[analysis] rogue_k`).",
+                "",
+                "| " + " | ".join(rows[0]) + " |",
+                "|" + "---|" * len(rows[0]),
+                *("| " + " | ".join(r) + " |" for r in rows[1:]),
+            ]
         lines += ["", "What each prediction tests:", ""]
         lines += [f"- **{p.key}**: {p.explanation}" for p in PREDICTIONS]
     figs = man.get("figures", {})

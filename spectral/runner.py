@@ -33,7 +33,7 @@ from spectral.export import save_figures
 from spectral.figureset import FigureData, build_figures, figure_data
 from spectral.measure import ConditionCapture, is_null_condition
 from spectral.models import LoadedModel, load_model
-from spectral.predictions import evaluate, verdicts_csv
+from spectral.predictions import evaluate, sensitivity_csv, verdicts_csv
 from spectral.runs import (
     STATE_DIR,
     atomic_write_text,
@@ -325,10 +325,13 @@ def finish_run(
     failpoint("metrics-written")
     verdicts = evaluate(table, manifest["arch"], cfg.verdicts, cfg.analysis)
     atomic_write_text(run_dir / "verdicts.csv", verdicts_csv(verdicts))
+    atomic_write_text(run_dir / "sensitivity.csv", sensitivity_csv(table, manifest["arch"], cfg.verdicts, cfg.analysis))
 
     t = time.perf_counter()
     title = f"{s.label} · {Path(windows.corpus.name).name} · {len(windows)}×{cfg.corpus.seq_len} tokens"
-    figures, data, captions = build_figures(table, measurements, cfg.analysis.bands[0], title, cfg.analysis.ci_level)
+    figures, data, captions = build_figures(
+        table, measurements, cfg.analysis.bands[0], title, cfg.analysis.ci_level, verdicts
+    )
     context = (
         f"Model {s.label} ({s.model.arch.architecture}, {s.model.arch.norm_placement}-LN); corpus "
         f"{Path(windows.corpus.name).name}: {len(windows)} windows of {cfg.corpus.seq_len} tokens, "

@@ -37,6 +37,38 @@ def evaluate(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: Analys
     return apply_holm([p.verdict(ctx) for p in PREDICTIONS], spec.alpha)
 
 
+SENSITIVITY_VARIANTS = (
+    ("middle layers 12.5–87.5 %", {"middle_from": 0.125, "middle_to": 0.875}, {}),
+    ("middle layers 37.5–62.5 %", {"middle_from": 0.375, "middle_to": 0.625}, {}),
+    ("K = 20 bands", {}, {"bands": (20, 10)}),
+)
+
+
+def sensitivity_csv(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: AnalysisSpec) -> str:
+    """The outcomes under each robustness variant (middle-layer choice, K = 20) beside the run's own, and
+    whether any flips (a variant without the metrics it needs gives n/a and is not counted as a flip).
+    The rogue-dimension share is one setting per run (``[analysis] rogue_k``): rerun to vary it."""
+    import csv
+    import dataclasses
+    import io
+
+    base = evaluate(table, arch, spec, analysis)
+    variants = []
+    for name, vs, an in SENSITIVITY_VARIANTS:
+        if an.get("bands") and not any(r.metric.startswith(f"band_offdiag_k{an['bands'][0]}") for r in table.rows):
+            continue
+        got = evaluate(table, arch, dataclasses.replace(spec, **vs), dataclasses.replace(analysis, **an))
+        variants.append((name, got))
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["prediction", "run", *(n for n, _ in variants), "flips"])
+    for i, v in enumerate(base):
+        others = [got[i].outcome for _, got in variants]
+        flips = any(o != v.outcome and "n/a" not in (o, v.outcome) for o in others)
+        w.writerow([v.prediction, v.outcome, *others, "yes" if flips else "no"])
+    return buf.getvalue()
+
+
 __all__ = [
     "PREDICTIONS",
     "VERDICT_COLUMNS",
@@ -46,5 +78,6 @@ __all__ = [
     "evaluate",
     "middle_layers",
     "read_verdicts",
+    "sensitivity_csv",
     "verdicts_csv",
 ]

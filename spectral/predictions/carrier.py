@@ -54,12 +54,13 @@ class NotRogue(Prediction):
         margin = -ctx.spec.robust_margin
         out = []
         for metric, null in (
-            (f"carrier_keep_norogue{k}", f"dropping {k} random dimensions"),
-            ("carrier_keep_zscored", "ρ before z-scoring"),
-            ("carrier_keep_nosink", "ρ with the sink tokens (position 0 excluded from the statistics)"),
+            (f"carrier_keep_norogue{k}", f"the ρ lost to dropping {k} random dimensions (paired)"),
+            ("carrier_keep_zscored", "ρ before z-scoring (paired)"),
+            ("carrier_keep_nosink", "ρ with the sink tokens (paired; position 0 excluded from the statistics)"),
         ):
-            eff = ctx.stat("trained", "resid_post", metric, mid)
-            out.append(Test.paired(f"{metric} (middle layers)", rho, eff, Null(Interval(0.0), null), margin))
+            keep = ctx.stat("trained", "resid_post", metric, mid)  # already the paired difference from its null
+            note = f"ρ {rho.value:.3f} over the middle layers"
+            out.append(Test.against(f"{metric} (middle layers)", keep, Null(Interval.exact(0.0), null), margin, note))
         return out
 
 
