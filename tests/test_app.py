@@ -153,6 +153,12 @@ def test_compare_overlays_runs(small_run):
     assert lines[0]["y"] == pytest.approx(norm, rel=1e-8)
     assert lines[0]["x"] == pytest.approx([0.0, 0.5, 1.0])
     assert len(at.dataframe[0].value) == 2
+    # the outcome matrix: one row per prediction, one column per run, cells from verdicts.csv
+    outcomes = next(d.value for d in at.dataframe if "prediction" in d.value.columns)
+    verdicts = (small_run["run"] / "verdicts.csv").read_text().splitlines()[1:]
+    assert len(outcomes) == len(verdicts) == 11
+    first = verdicts[0].split(",")
+    assert outcomes.iloc[0, 1].startswith(first[1])
 
 
 def test_single_prompt_norms_and_carrier_share(small_run):

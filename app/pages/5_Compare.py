@@ -20,7 +20,11 @@ picked = st.multiselect("Runs", runs, default=preset or runs[:2], key="compare_s
 typed = st.text_area("…or type run directories, one per line (within the allowed roots)", key="compare_typed")
 c1, c2 = st.columns(2)
 conds = c1.multiselect(
-    "conditions", ["trained", "random_init", "shuffled", "permuted"], default=["trained"], key="compare_conds"
+    "conditions",
+    ["trained", "random_init", "permuted_weights", "shuffled", "permuted"],
+    default=["trained"],
+    key="compare_conds",
+    help="random_init: the R ensemble's first seed",
 )
 relative = c2.checkbox("x axis: relative depth l/(L-1)", value=True, key="compare_relative")
 panel_names = [p[2] for p in PANELS]
@@ -36,7 +40,7 @@ for target in [*picked, *(line.strip() for line in typed.splitlines() if line.st
 
 series = []
 for run in loaded:
-    for cond in conds:
+    for cond in plotting.pick_conditions(tuple(conds), list(run.table.conditions())):
         if cond in run.table.conditions():
             label = f"{run.label} ({Path(run.path).name})" + ("" if cond == "trained" else f" · {cond}")
             series.append(plotting.Series(label, run.n_layers, run.table, cond))
@@ -60,3 +64,28 @@ else:
             hide_index=True,
             key="compare_table",
         )
+
+if loaded:
+    st.subheader("Outcomes side by side")
+    st.caption("Each cell: the prediction's outcome and its effect (trained − null) with its interval.")
+
+    def cell(v) -> str:
+        if v.outcome == "n/a":
+            return "n/a"
+        return f"{v.outcome}: {v.effect:.3g} [{v.effect_ci_low:.3g}, {v.effect_ci_high:.3g}]"
+
+    names = list(dict.fromkeys(v.prediction for run in loaded for v in run.verdicts))
+    st.dataframe(
+        [
+            {"prediction": name}
+            | {
+                f"{run.label} ({Path(run.path).name})": next(
+                    (cell(v) for v in run.verdicts if v.prediction == name), "–"
+                )
+                for run in loaded
+            }
+            for name in names
+        ],
+        hide_index=True,
+        key="compare_outcomes",
+    )
