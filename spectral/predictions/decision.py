@@ -96,10 +96,6 @@ class Verdict:
     p_holm: float
     note: str
 
-    @property
-    def null_name(self) -> str:
-        return self.note.split("; ")[0].removeprefix("null: ") if self.note.startswith("null: ") else ""
-
 
 def ensemble_null(values: list[float], level: float, name: str) -> Null:
     """The null of an ensemble of seeds: its mean, with the prediction interval of a new seed."""
