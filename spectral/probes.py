@@ -361,14 +361,16 @@ class HeadProbe:
         self.z_sum = torch.zeros(self.L, n_buckets, self.H, self.dh, dtype=f64)
         self.z_count = torch.zeros(self.L, n_buckets, dtype=f64)
         self.tail = None if tail_band is None else tail_band.float().to(model.device)
-        self.pairs: list[list[np.ndarray]] = [[] for _ in range(self.L)]  # per layer: (n, 3) window, recv, tail
+        # per layer: (n, 4) rows of window, received attention, tail-band energy, position (position 0 included:
+        # sinks live there)
+        self.pairs: list[list[np.ndarray]] = [[] for _ in range(self.L)]
         self._batch: Batch | None = None
         self._tail_energy: dict[int, torch.Tensor] = {}
 
     def state_dict(self) -> dict[str, Any]:
         pairs = []
         for layer in range(self.L):
-            arr = np.concatenate(self.pairs[layer]) if self.pairs[layer] else np.zeros((0, 3))
+            arr = np.concatenate(self.pairs[layer]) if self.pairs[layer] else np.zeros((0, 4))
             pairs.append(torch.from_numpy(arr[np.argsort(arr[:, 0], kind="stable")]))
         return {"z_second": self.z_second, "z_sum": self.z_sum, "z_count": self.z_count, "pairs": pairs}
 
@@ -454,9 +456,12 @@ class HeadProbe:
             mask = b.stat_mask
             if self.positions > 0:
                 mask = sample_positions(mask, b.window_index, self.positions, self.seed)
+            mask = mask.clone()
+            mask[:, 0] = valid_q[:, 0]  # position 0 always: the sink analyses include it
             win = b.window_index[:, None].expand_as(mask)[mask].double()
+            pos = torch.arange(mask.shape[1])[None, :].expand_as(mask)[mask].double()
             tail = self._tail_energy[layer][mask].double()
-            self.pairs[layer].append(torch.stack([win, received[mask], tail], 1).numpy())
+            self.pairs[layer].append(torch.stack([win, received[mask], tail, pos], 1).numpy())
             return p
 
         return fn

@@ -27,7 +27,7 @@ PLANT = {
     "carrier_energy": ("resid_post", True, 0.80, 0.30),
     "carrier_drift": ("resid_post", True, 0.99, 0.60),
     "head_eff_rank_frac": ("attn_out", True, 0.20, 0.60),  # lower is more selective
-    "attn_tail_spearman": ("resid_pre", True, 0.60, 0.0),
+    "attn_tail_partial_spearman": ("resid_pre", True, 0.60, 0.0),
     "seq_ac_lowfreq_slope": ("resid_post", False, 0.02, 0.0),
     "carrier_minus_modulation_growth": ("resid_post", False, 0.05, 0.0),
 }

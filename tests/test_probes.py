@@ -6,7 +6,7 @@ import torch
 
 from spectral.analysis.spectrum import unembedding_bands
 from spectral.capture import accumulate, capture_activations, new_bank
-from spectral.config import CorpusSpec, ModelSpec
+from spectral.config import AnalysisSpec, CorpusSpec, ModelSpec
 from spectral.corpus import iter_batches, make_windows
 from spectral.models import load_model
 from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
@@ -98,9 +98,10 @@ def test_head_probe_equals_direct(setup):
     recv = A.sum(1) / torch.arange(T, 0, -1, dtype=torch.float64)
     h = got["h"]
     e = (h.float() @ tail.float()).pow(2).sum(-1) / h.float().pow(2).sum(-1)
-    pairs = np.concatenate(hp.pairs[1])
-    assert np.allclose(np.sort(pairs[:, 1]), np.sort(recv[:, 1:].flatten().numpy()), atol=1e-6)
-    assert np.allclose(np.sort(pairs[:, 2]), np.sort(e[:, 1:].flatten().double().numpy()), atol=1e-5)
+    pairs = np.concatenate(hp.pairs[1])  # position 0 included (the sink analyses need it), its column last
+    assert np.allclose(np.sort(pairs[:, 1]), np.sort(recv.flatten().numpy()), atol=1e-6)
+    assert np.allclose(np.sort(pairs[:, 2]), np.sort(e.flatten().double().numpy()), atol=1e-5)
+    assert sorted(pairs[:, 3].tolist()) == sorted(list(range(T)) * recv.shape[0])
 
 
 def test_corpus_layer_cosine_equals_direct(setup):
@@ -178,8 +179,8 @@ def test_head_probe_keeps_the_sampled_pairs_only(setup):
     _run(model, windows, [full, some])
     for layer in range(model.arch.n_layers):
         a, b = np.concatenate(full.pairs[layer]), np.concatenate(some.pairs[layer])
-        assert len(b) == 3 * len(windows)
-        assert np.bincount(b[:, 0].astype(int)).max() == 3
+        assert len(b) == 4 * len(windows)  # 3 sampled positions and position 0 in every window
+        assert np.bincount(b[:, 0].astype(int)).max() == 4 and (b[:, 3] == 0).sum() == len(windows)
         rows = {tuple(r) for r in a.round(12)}
         assert all(tuple(r) in rows for r in b.round(12))
     torch.testing.assert_close(full.z_second, some.z_second)  # the head moments use every token
@@ -211,3 +212,28 @@ def test_mean_ablated_lens_span_equals_the_full_product(tiny_model_dir, family):
     got = lens._mod_logits("resid_post.0#toppc", lens._logits(f), coef)
     want = lens._logits(g)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_sink_rank_correlations_equal_scipy_and_the_partial_formula():
+    """attn_tail_spearman equals scipy's Spearman; the partial one equals the correlation of the residuals
+    of the rank-transformed (received, tail) after regressing each on the rank of position."""
+    from scipy import stats
+
+    from spectral.analysis.battery import _spearman_boot
+
+    g = np.random.default_rng(0)
+    n = 400
+    pos = np.tile(np.arange(40), 10).astype(float)
+    recv = np.exp(-pos / 5) + 0.1 * g.standard_normal(n)
+    tail = recv + 0.3 * g.standard_normal(n) + 0.02 * pos
+    arr = np.stack([np.repeat(np.arange(10), 40).astype(float), recv, tail, pos], 1)
+    spec = AnalysisSpec(n_boot=50)
+    est = _spearman_boot(arr, spec, 0)
+    assert est.value == pytest.approx(float(stats.spearmanr(recv, tail).statistic), rel=1e-12)
+    assert est.ci_low <= est.value <= est.ci_high
+    rx, ry, rz = (stats.rankdata(x) for x in (recv, tail, pos))
+    Z = np.stack([np.ones(n), rz], 1)
+    res = [x - Z @ np.linalg.lstsq(Z, x, rcond=None)[0] for x in (rx, ry)]
+    want = float(np.corrcoef(*res)[0, 1])
+    got = _spearman_boot(arr, spec, 0, partial=True)
+    assert got.value == pytest.approx(want, rel=1e-10)

@@ -221,15 +221,16 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_
         pairs = hp.pairs[layer]
         if pairs:
             arr = np.concatenate(pairs)
-            out.add(f"resid_pre.{layer}", "attn_tail_spearman", _spearman_boot(arr, spec, seed + layer, full_battery))
+            site, sd = f"resid_pre.{layer}", seed + layer
+            rest = arr[arr[:, 3] > 0]  # the earlier definition: position 0 left out
+            out.add(site, "attn_tail_spearman", _spearman_boot(rest, spec, sd, full_battery))
+            out.add(site, "attn_tail_spearman_pos0", _spearman_boot(arr, spec, sd, full_battery))
+            out.add(site, "attn_tail_partial_spearman", _spearman_boot(arr, spec, sd, full_battery, partial=True))
 
 
 def _ranks(a: np.ndarray) -> np.ndarray:
-    """Ranks along the last axis (ties broken by order: the bootstrap's duplicated rows aside, attention
-    and band energies are continuous)."""
-    r = np.empty_like(a, dtype=float)
-    np.put_along_axis(r, np.argsort(a, axis=-1, kind="stable"), np.arange(a.shape[-1], dtype=float), axis=-1)
-    return r
+    """Average ranks along the last axis (ties share their mean rank, as Spearman's definition asks)."""
+    return sps.rankdata(a, axis=-1)
 
 
 def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -238,11 +239,25 @@ def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return (xc * yc).sum(-1) / np.sqrt((xc * xc).sum(-1) * (yc * yc).sum(-1))
 
 
-def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int, ci: bool = True) -> Estimate:
-    """Spearman of (attention received, tail-band energy) over tokens; bootstrap over windows (the
-    resampled tokens re-ranked, all resamples at once)."""
-    win, recv, tail = arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2]
-    value = float(sps.spearmanr(recv, tail).statistic)  # type: ignore[attr-defined]
+def _rank_corr(recv: np.ndarray, tail: np.ndarray, pos: np.ndarray | None) -> np.ndarray:
+    """Spearman of (received, tail) along the last axis; partial on position when ``pos`` is given."""
+    rx, ry = _ranks(recv), _ranks(tail)
+    r_xy = _pearson_rows(rx, ry)
+    if pos is None:
+        return r_xy
+    rz = _ranks(pos)
+    r_xz, r_yz = _pearson_rows(rx, rz), _pearson_rows(ry, rz)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (r_xy - r_xz * r_yz) / np.sqrt((1 - r_xz**2) * (1 - r_yz**2))
+
+
+def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int, ci: bool = True, partial: bool = False) -> Estimate:
+    """Spearman of (attention received, tail-band energy) over the rows of ``arr`` (window, received, tail,
+    position), partial on position when asked; bootstrap over windows (the resampled tokens re-ranked, all
+    resamples at once)."""
+    win, recv, tail, pos = arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2], arr[:, 3]
+    z = pos if partial else None
+    value = float(_rank_corr(recv, tail, z))
     if not ci:
         return Estimate(value, float("nan"), float("nan"))
     ids = np.unique(win)
@@ -252,7 +267,7 @@ def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int, ci: bool = Tr
     boot = []
     for size in sorted({len(p) for p in picks}):  # windows may differ in length: stack resamples of one size
         idx = np.stack([p for p in picks if len(p) == size])
-        boot.append(_pearson_rows(_ranks(recv[idx]), _ranks(tail[idx])))
+        boot.append(_rank_corr(recv[idx], tail[idx], None if z is None else z[idx]))
     return percentile_ci(value, np.concatenate(boot), spec.ci_level)
 
 
