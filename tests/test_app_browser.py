@@ -175,10 +175,11 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
         box.fill(value)
         box.press("Enter")
         settle(page)
-    assert page.get_by_label("random weights (R)").is_checked()  # the default keeps control R: switch it off
-    page.get_by_text("random weights (R)", exact=True).click()
-    settle(page)
-    assert not page.get_by_label("random weights (R)").is_checked()
+    for label in ("random weights (R ensemble)", "permuted weights (W)"):  # the default keeps the nulls: off
+        assert page.get_by_label(label).is_checked()
+        page.get_by_text(label, exact=True).click()
+        settle(page)
+        assert not page.get_by_label(label).is_checked()
     box = page.get_by_label("run directory (within the allowed roots)")
     box.fill(str(out))
     box.press("Enter")
