@@ -37,14 +37,19 @@ def layer_table(run: Path) -> str:
 
 
 def verdict_table(run: Path) -> str:
-    lines = ["| prediction | outcome | statistic | effect [CI] vs null | p (Holm) |", "|---|---|---|---|---|"]
+    level = json.loads((run / "manifest.json").read_text())["config"]["analysis"]["ci_level"]
+    lines = [
+        f"| prediction | outcome | statistic | effect [{level:.0%} CI] | margin δ | null | p (Holm) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     with (run / "verdicts.csv").open() as f:
         for r in csv.DictReader(f):
             num = {k: float(r[k]) if r[k] else float("nan") for k in ("effect", "effect_ci_low", "effect_ci_high")}
             eff = f"{_fmt(num['effect'])} [{_fmt(num['effect_ci_low'])}, {_fmt(num['effect_ci_high'])}]"
             null = r["note"].split("; ")[0].removeprefix("null: ") if r["note"].startswith("null: ") else ""
-            p = _fmt(float(r["p_holm"])) if r["p_holm"] else "–"
-            lines.append(f"| {r['prediction']} | {r['outcome']} | {r['statistic']} | {eff} vs {null} | {p} |")
+            p = f"{float(r['p_holm']):.2g}" if r["p_holm"] not in ("", "nan") else "–"
+            margin = _fmt(float(r["margin"])) if r["margin"] not in ("", "nan") else "–"
+            lines.append(f"| {r['prediction']} | {r['outcome']} | {r['statistic']} | {eff} | {margin} | {null} | {p} |")
     return "\n".join(lines)
 
 

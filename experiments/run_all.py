@@ -26,7 +26,9 @@ def canonical(run_dir, model) -> None:
     for f in (run_dir / "figures").iterdir():
         if f.suffix in (".png", ".txt"):
             shutil.copy2(f, dest / "figures" / f.name)
-    shutil.copy2(run_dir / "verdicts.csv", dest / "verdicts.csv")
+    for name in ("verdicts.csv", "sensitivity.csv", "manifest.json"):  # the manifest: config, versions, commit
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, dest / name)
     from readme_example import layer_table, verdict_table
 
     example = f"{layer_table(run_dir)}\n\n{verdict_table(run_dir)}\n"
