@@ -46,14 +46,22 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="small settings: every model in a few minutes on 2 cores")
     args = p.parse_args()
     os.chdir(ROOT)
+    failed = []
     for model in models(args.models):
-        run = ensure_run(model, args.quick)
+        try:  # one model's failure (its run directory says why) does not stop the others
+            run = ensure_run(model, args.quick)
+        except Exception as exc:  # noqa: BLE001
+            print(f"{model['key']}: FAILED ({exc.__class__.__name__}: {exc})", file=sys.stderr)
+            failed.append(model["key"])
+            continue
         for fam in FAMILIES:
             export_family(fam, run, model)
         if not args.quick:
             canonical(run, model)
         print(f"{model['key']}: {run}")
-    return 0
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

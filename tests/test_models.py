@@ -240,3 +240,25 @@ def test_device_map_auto_loads_through_accelerate(tiny_model_dir, tmp_path, samp
     windows = make_windows(plain.tokenizer, CorpusSpec(source=str(p), seq_len=16, max_seqs=4))
     banks = [accumulate(m, windows, new_bank(m, ("resid_post.2",), 2), 4) for m in (auto, plain)]
     torch.testing.assert_close(banks[0]["resid_post.2"].total().second, banks[1]["resid_post.2"].total().second)
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_reinitialise_gives_each_seed_its_own_init_and_keeps_ties(tiny_model_dir, family):
+    """The R ensemble's next seed re-initialises the twin in place: a new draw for every weight, the same
+    draw for the same seed, tied embeddings still one parameter (BERT without its MLM head included)."""
+    from spectral.analysis.controls import reinitialise
+
+    m = load_model(ModelSpec(name=str(tiny_model_dir(family))), random_init=True, seed=1)
+    hf = m.hf_model
+    first = {k: v.clone() for k, v in hf.state_dict().items()}
+    tied = (
+        hf.get_output_embeddings() is not None and hf.get_output_embeddings().weight is hf.get_input_embeddings().weight
+    )
+    reinitialise(hf, 2)
+    second = {k: v.clone() for k, v in hf.state_dict().items()}
+    mats = [k for k, v in first.items() if v.ndim == 2]
+    assert all(not torch.equal(first[k], second[k]) for k in mats)
+    reinitialise(hf, 2)
+    assert all(torch.equal(second[k], v) for k, v in hf.state_dict().items())
+    if tied:
+        assert hf.get_output_embeddings().weight is hf.get_input_embeddings().weight

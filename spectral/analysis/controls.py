@@ -70,8 +70,8 @@ def permute_weights(model: torch.nn.Module, seed: int) -> int:
 @torch.no_grad()
 def reinitialise(model: torch.nn.Module, seed: int) -> None:
     """Give a random-weight twin a fresh library init with ``seed`` (the next member of the R ensemble
-    without building the model again): every module's ``_init_weights`` under ``torch.manual_seed``."""
+    without building the model again): every module's ``_init_weights`` under ``torch.manual_seed``.
+    Tied matrices (input and output embeddings) are one parameter and stay tied; nothing is re-tied
+    (``tie_weights`` fails on a BERT checkpoint without its MLM head)."""
     torch.manual_seed(seed)
     model.apply(model._init_weights)  # type: ignore[attr-defined,operator]
-    if getattr(model.config, "tie_word_embeddings", False):
-        model.tie_weights()  # type: ignore[operator]
