@@ -59,7 +59,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, nargs="+", help=help_text)
         else:
             p.add_argument(flag, type=kind, help=help_text)
-    p.add_argument("--no-controls", action="store_true", help="skip the controls R, S and P")
+    p.add_argument("--no-controls", action="store_true", help="skip the nulls R and W and the controls S and P")
     p.add_argument("--formats", help="static figure formats, comma-separated, or 'none' (default: png,pdf,svg)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
     p.add_argument(
