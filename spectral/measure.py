@@ -29,11 +29,12 @@ from spectral.analysis.spectrum import split_bands
 from spectral.capture import Calibration, accumulate, calibrate, new_bank, select_sites
 from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
+from spectral.depth import DepthProbe
 from spectral.models import LoadedModel
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.stats import StatsBank
 
-STATE_VERSION = 4  # 2: packed float32 moments, stream aliases; 3: contiguous-block buckets; 4: window columns
+STATE_VERSION = 5  # 2: packed float32 moments, stream aliases; 3: contiguous buckets; 4: window columns; 5: depth
 
 
 def is_null_condition(condition: str) -> bool:
@@ -139,6 +140,10 @@ class ConditionCapture:
             if an.layer_cosine and len(self.resid) > 1 and not self.control
             else None
         )
+        resid_all = [f"resid_post.{layer}" for layer in range(model.arch.n_layers)]
+        self.depth = (
+            DepthProbe(model, self.resid) if not self.null and all(x in self.resid for x in resid_all) else None
+        )
         self.batches_done = 0
         self.complete = False
         self.interventions: list[InterventionResult] = []
@@ -155,7 +160,13 @@ class ConditionCapture:
         return model.arch.has_unembedding and model.arch.is_causal and not self.control
 
     def _probes(self) -> dict[str, Any]:
-        named = {"lens": self.lens, "heads": self.heads, "types": self.types, "cosines": self.cosines}
+        named = {
+            "lens": self.lens,
+            "heads": self.heads,
+            "types": self.types,
+            "cosines": self.cosines,
+            "depth": self.depth,
+        }
         return {k: p for k, p in named.items() if p is not None}
 
     # ---- capture ------------------------------------------------------------------------
@@ -241,7 +252,15 @@ class ConditionCapture:
 
     def measurement(self) -> Measurement:
         return Measurement(
-            self.condition, self.bank, self.bands, self.lens, self.heads, self.types, self.interventions, self.cosines
+            self.condition,
+            self.bank,
+            self.bands,
+            self.lens,
+            self.heads,
+            self.types,
+            self.interventions,
+            self.cosines,
+            self.depth,
         )
 
     # ---- state --------------------------------------------------------------------------

@@ -237,3 +237,34 @@ def test_sink_rank_correlations_equal_scipy_and_the_partial_formula():
     want = float(np.corrcoef(*res)[0, 1])
     got = _spearman_boot(arr, spec, 0, partial=True)
     assert got.value == pytest.approx(want, rel=1e-10)
+
+
+def test_depth_spectrum_equals_numpy_fft_over_layers(setup):
+    """The streamed per-layer DFT of each token's resid_post trajectory == numpy's rfft over the captured
+    trajectories (Parseval-weighted, position 0 excluded), and Σ_k P(k) = Σ_l ‖h_l‖²."""
+    from spectral.capture import capture_activations
+    from spectral.corpus import iter_batches
+    from spectral.depth import DepthProbe
+
+    _, model, windows = setup
+    L = model.arch.n_layers
+    sites = tuple(f"resid_post.{layer}" for layer in range(L))
+    probe = DepthProbe(model, sites)
+    _run(model, windows, [probe])
+    _, rows = probe.table()
+    want = []
+    for b in iter_batches(windows, 4):
+        acts = capture_activations(model, b, sites)
+        traj = torch.stack([acts[s].double() for s in sites], 0)[:, :, 1:]  # (L, batch, T-1, d)
+        X = np.fft.rfft(traj.numpy(), axis=0)
+        w = np.full(X.shape[0], 2.0)
+        w[0] = 1.0
+        if L % 2 == 0:
+            w[-1] = 1.0
+        P = (np.abs(X) ** 2).sum(-1) * w[:, None, None] / L  # (F, batch, T-1)
+        want.append(P.sum(-1).T)
+        energy = (traj**2).sum((0, 2, 3)).numpy()
+        np.testing.assert_allclose(P.sum((0, 2)), energy, rtol=1e-5)
+    np.testing.assert_allclose(rows, np.concatenate(want), rtol=1e-4)
+    with pytest.raises(ValueError, match="every resid_post layer"):
+        DepthProbe(model, sites[:-1])

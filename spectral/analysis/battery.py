@@ -28,6 +28,7 @@ from spectral.analysis.interventions import InterventionResult
 from spectral.analysis.metrics import SUBLAYER_KINDS, MetricRow, alias_rows
 from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
+from spectral.depth import DepthProbe
 from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.stats import WINDOW_COLUMNS, StatsBank
 
@@ -46,6 +47,7 @@ class Measurement:
     types: TypeProbe
     interventions: list[InterventionResult]
     cosines: CosineProbe | None = None  # corpus-level layer x layer cosine (resid_post sites)
+    depth: DepthProbe | None = None  # per-window depth power spectra of the resid_post trajectory
 
 
 class Rows:
@@ -271,6 +273,21 @@ def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int, ci: bool = Tr
     return percentile_ci(value, np.concatenate(boot), spec.ci_level)
 
 
+def _depth_metrics(out: Rows, depth: DepthProbe, spec: AnalysisSpec, weights: np.ndarray) -> None:
+    """Depth spectrum of the resid_post trajectory (spectral.depth): DC share and AC low-frequency share
+    with its exact layer-permutation null; bootstrap over windows."""
+    _, rows = depth.table()
+    if rows.shape[0] != weights.shape[1]:
+        weights = bootstrap_weights(rows.shape[0], spec.n_boot, 0)
+    level = spec.ci_level
+    out.add("resid_post", "depth_dc_share", ratio_bootstrap(rows[:, 0], rows.sum(1), weights, level))
+    k = spectrum.lowfreq_bins(rows.shape[1], spec.lowfreq_share)
+    low = ratio_bootstrap(rows[:, 1 : k + 1].sum(1), rows[:, 1:].sum(1), weights, level)
+    out.add("resid_post", "depth_ac_lowfreq_share", low)
+    null = spectrum.seq_ac_lowfreq_null(depth.L, spec.lowfreq_share)
+    out.add("resid_post", "depth_ac_lowfreq_null", Estimate(null, null, null))
+
+
 def battery_metrics(
     model: str, m: Measurement, spec: AnalysisSpec, seed: int, resonance_k: int, light: bool = False
 ) -> list[MetricRow]:
@@ -293,6 +310,8 @@ def battery_metrics(
         _lens_metrics(out, m.lens, spec, seed, resonance_k)
     if m.heads is not None:
         _head_metrics(out, m.heads, spec, seed, full_battery=not light)
+    if m.depth is not None:
+        _depth_metrics(out, m.depth, spec, weights)
     for res in m.interventions:
         out.add(res.site, f"dnll_{res.target}", res.delta_nll)
     return out.rows
