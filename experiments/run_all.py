@@ -9,9 +9,11 @@ with the credits of the model and corpus): the few generated files that are comm
 """
 
 import argparse
+import json
 import os
 import shutil
 import sys
+from pathlib import Path
 
 from common import FAMILIES, ROOT, ensure_run, export_family, models
 
@@ -26,9 +28,16 @@ def canonical(run_dir, model) -> None:
     for f in (run_dir / "figures").iterdir():
         if f.suffix in (".png", ".txt"):
             shutil.copy2(f, dest / "figures" / f.name)
-    for name in ("verdicts.csv", "sensitivity.csv", "manifest.json"):  # the manifest: config, versions, commit
+    for name in ("verdicts.csv", "sensitivity.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, dest / name)
+    # the manifest (config, versions, commit) without this machine's paths: the repository and home prefixes
+    # become relative / "~"
+    text = (run_dir / "manifest.json").read_text()
+    roots = {str(run_dir.resolve().parents[2]) + "/", str(ROOT.resolve()) + "/"}  # the run's checkout and this one
+    for prefix, repl in [*((r, "") for r in roots), (str(Path.home()) + "/", "~/")]:
+        text = text.replace(json.dumps(prefix)[1:-1], repl)
+    atomic_write_text(dest / "manifest.json", text)
     from readme_example import layer_table, verdict_table
 
     example = f"{layer_table(run_dir)}\n\n{verdict_table(run_dir)}\n"
