@@ -48,7 +48,12 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
     data = {
         "model": {"name": model["name"]},
         "corpus": {"source": model["corpus"], "seq_len": settings["seq_len"], "max_seqs": settings["max_seqs"]},
-        "analysis": {"n_boot": 200 if quick else 1000, "intervention_windows": 4 if quick else 8},
+        "analysis": {
+            "n_boot": 200 if quick else 1000,
+            "intervention_windows": 4 if quick else 8,
+            "jacobian_windows": 1 if quick else 2,
+            "jacobian_positions": 32 if quick else 64,
+        },
         "null_windows": 8 if quick else 32,  # per R seed and W: the ensemble's spread is what the null's CI needs
         "seed": 0,
         "out": os.path.relpath(out, ROOT) if out.is_relative_to(ROOT) else str(out),

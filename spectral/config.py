@@ -186,7 +186,11 @@ class AnalysisSpec:
     )
     bands: tuple[int, ...] = _help("numbers K of equal W_U singular-vector bands (band_energy_k{K}_b{i})", (10, 20))
     sink_factor: float = _help("a token is a sink / massive activation when ‖h‖ > factor × median ‖h‖", 10.0)
-    rogue_k: int = _help("top rogue dimensions removed in the robustness checks (prediction 3)", 3)
+    rogue_k: int = _help("the fewest top rogue dimensions removed in the robustness checks (prediction 3)", 3)
+    rogue_share: float = _help(
+        "rogue dimensions removed as a share of d_model: k = max(rogue_k, round(rogue_share × d)) (prediction 3)",
+        0.005,
+    )
     max_types: int = _help("most frequent token types tracked for self-similarity", 500)
     intervention_windows: int = _help(
         "windows used for ΔNLL interventions (0 = skip them); the experiments use 8, the default main job 4 "
@@ -197,6 +201,16 @@ class AnalysisSpec:
         "resid_post layers edited in the ΔNLL sweep, evenly spaced from the first to the last (0 = every layer); "
         "each edit runs only the layers after its site",
         4,
+    )
+    jacobian_windows: int = _help(
+        "windows whose tokens linearise attention and the MLP for the Jacobian (JVP) band transfer of prediction 7 "
+        "(0 = skip it)",
+        1,
+    )
+    jacobian_positions: int = _help(
+        "positions of each such window probed (its first ones: a prefix is a valid causal input); 0 = all; "
+        "the canonical runs use 2 windows × 64",
+        32,
     )
     sublayer_spectra: bool = _help(
         "also compute the eigen-spectrum metrics (eff_rank, participation_ratio, isoscore, carrier_energy_top_pc) "
@@ -219,6 +233,10 @@ class AnalysisSpec:
         "corpus-level layer x layer cosine matrix of resid_post (holds one batch's unit vectors per layer)", True
     )
 
+    def rogue_dims(self, d: int) -> int:
+        """k of the rogue-dimension checks for a model of width ``d``: a share of d, at least ``rogue_k``."""
+        return max(self.rogue_k, round(self.rogue_share * d))
+
     def __post_init__(self) -> None:
         _check(self.n_boot >= 10, f"[analysis] n_boot must be >= 10, got {self.n_boot}")
         _check(0.5 < self.ci_level < 1.0, f"[analysis] ci_level must be in (0.5, 1), got {self.ci_level}")
@@ -227,6 +245,9 @@ class AnalysisSpec:
         _check(all(k >= 2 for k in self.bands) and len(self.bands) > 0, "[analysis] bands must be integers >= 2")
         _check(self.sink_factor > 1.0, "[analysis] sink_factor must be > 1")
         _check(self.rogue_k >= 1, "[analysis] rogue_k must be >= 1")
+        _check(0.0 <= self.rogue_share < 0.5, "[analysis] rogue_share must be in [0, 0.5)")
+        _check(self.jacobian_windows >= 0, "[analysis] jacobian_windows must be >= 0")
+        _check(self.jacobian_positions >= 0, "[analysis] jacobian_positions must be >= 0")
         _check(self.max_types >= 1, "[analysis] max_types must be >= 1")
         _check(self.intervention_windows >= 0, "[analysis] intervention_windows must be >= 0")
         _check(self.intervention_layers >= 0, "[analysis] intervention_layers must be >= 0")
@@ -260,7 +281,7 @@ class VerdictSpec:
         0.02,
     )
     alignment_margin: float = _help("P5: δ of the update/stream cosine over its random-direction null", 0.05)
-    head_margin: float = _help("P6: δ of head_eff_rank_frac(R) − head_eff_rank_frac(trained)", 0.02)
+    head_margin: float = _help("P6: δ of the heads' top-n W_U band share over R's heads and over data-PC bands", 0.02)
     mixing_margin: float = _help("P7: δ of the MLP's off-diagonal band transfer over chance and attention", 0.02)
     sink_margin: float = _help("P8: minimum effect of the attention / tail-band Spearman over R", 0.1)
     lowpass_margin: float = _help("P9: δ of seq_ac_lowfreq_share over its permutation null (middle layers)", 0.02)

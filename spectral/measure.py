@@ -16,6 +16,7 @@ Interventions need the full-corpus carrier, so they run once the capture is comp
 merge for sharded runs).
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +26,7 @@ import torch
 from spectral.analysis.battery import Measurement
 from spectral.analysis.controls import permuted_positions, shuffle_windows
 from spectral.analysis.interventions import InterventionResult, can_run_tails, intervene, nll_per_window, tail_sweep
+from spectral.analysis.jacobian import BandTransfer
 from spectral.analysis.spectrum import split_bands
 from spectral.capture import Calibration, accumulate, calibrate, new_bank, select_sites
 from spectral.config import ExperimentConfig
@@ -147,6 +149,7 @@ class ConditionCapture:
         self.batches_done = 0
         self.complete = False
         self.interventions: list[InterventionResult] = []
+        self.jacobian: BandTransfer | None = None
 
     def _ablation_sites(self, model: LoadedModel, sites: tuple[str, ...]) -> tuple[str, ...]:
         """resid_post sites of the middle layers: where prediction 4's mean ablations are read."""
@@ -250,6 +253,26 @@ class ConditionCapture:
                     )
                 )  # fmt: skip
 
+    def transfer(self) -> None:
+        """The Jacobian (JVP) band transfer of attention and the MLP at every layer (prediction 7), on the
+        first ``jacobian_windows`` windows cut to ``jacobian_positions`` positions; the trained model only
+        (its null is the exact chance level of an isotropic map). Recomputed on resume (seeded)."""
+        from spectral.analysis import jacobian
+
+        an = self.cfg.analysis
+        self.jacobian = None
+        if self.condition != "trained" or not self.bands or an.jacobian_windows <= 0:
+            return
+        if jacobian.supports(self.model) is not None:
+            return
+        w = self.windows.select(slice(0, an.jacobian_windows))
+        if an.jacobian_positions > 0:
+            w = dataclasses.replace(w, ids=w.ids[:, : an.jacobian_positions + int(w.has_bos)])
+        self.jacobian = jacobian.band_transfer(
+            self.model, w, self.bands[an.bands[0]], n_windows=an.jacobian_windows, seed=self.cfg.seed,
+            exclude_first=self.cfg.capture.exclude_first,
+        )  # fmt: skip
+
     def measurement(self) -> Measurement:
         return Measurement(
             self.condition,
@@ -261,6 +284,7 @@ class ConditionCapture:
             self.interventions,
             self.cosines,
             self.depth,
+            self.jacobian,
         )
 
     # ---- state --------------------------------------------------------------------------

@@ -78,12 +78,13 @@ class LoadedModel:
     device: torch.device
     _basis: torch.Tensor | None = field(default=None, init=False, repr=False)
     _cbasis: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _gram: tuple[torch.Tensor, torch.Tensor, int] | None = field(default=None, init=False, repr=False)
 
     def release_weights(self) -> None:
         """Drop the network (bridge and Hugging Face modules) and keep ``arch``, ``source`` and the
         tokenizer: what a run still needs for its report once every condition of these weights is done."""
         self.bridge = None
-        self._basis = self._cbasis = None
+        self.forget_unembedding_basis()
         if hasattr(self, "_plain"):
             del self._plain  # type: ignore[attr-defined]
         gc.collect()
@@ -119,20 +120,23 @@ class LoadedModel:
         band splittings, probes and interventions of a run share it. ``centred``: of W_U with its mean
         column removed (a component along the mean unembedding shifts every logit equally and cannot
         change a prediction: the bands that can)."""
-        from spectral.analysis.spectrum import unembedding_basis
+        from spectral.analysis.spectrum import gram_basis
 
+        if self._gram is None:  # one d × V product serves both bases: W_c W_cᵀ = W Wᵀ − V m mᵀ (m the mean column)
+            W = self.unembedding()[0].detach().to(torch.float64)
+            self._gram = ((W @ W.T).cpu(), W.mean(1).cpu(), int(W.shape[1]))
+        G, m, V = self._gram
         if centred:
             if self._cbasis is None:
-                W = self.unembedding()[0].double()
-                self._cbasis = unembedding_basis(W - W.mean(1, keepdim=True))
+                self._cbasis = gram_basis(G - V * torch.outer(m, m))
             return self._cbasis
         if self._basis is None:
-            self._basis = unembedding_basis(self.unembedding()[0])
+            self._basis = gram_basis(G)
         return self._basis
 
     def forget_unembedding_basis(self) -> None:
         """Drop the cached bases (after the weights changed in place: W's permutation, R's next seed)."""
-        self._basis = self._cbasis = None
+        self._basis = self._cbasis = self._gram = None
 
     def weight_files(self) -> list[Path]:
         p = self.source.path

@@ -293,6 +293,7 @@ def analyse_condition(
     cfg, cond = s.cfg, cc.condition
     t = time.perf_counter()
     cc.intervene()
+    cc.transfer()
     meas = cc.measurement()
     if meas.bank.excluded or meas.bank.nonfinite_counts:
         manifest.setdefault("nonfinite", {})[cond] = {

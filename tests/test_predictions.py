@@ -26,7 +26,8 @@ PLANT = {
     "growth_rate": ("resid_post", False, 1.10, 1.02),
     "carrier_energy": ("resid_post", True, 0.80, 0.30),
     "carrier_drift": ("resid_post", True, 0.99, 0.60),
-    "head_eff_rank_frac": ("attn_out", True, 0.20, 0.60),  # lower is more selective
+    "head_ov_conc_k10": ("attn_out", False, 0.60, 0.20),  # pooled over every head of the model
+    "head_qk_conc_k10": ("attn_out", False, 0.55, 0.20),
     "attn_tail_partial_spearman": ("resid_pre", True, 0.60, 0.0),
     "seq_ac_lowfreq_slope": ("resid_post", False, 0.02, 0.0),
     "carrier_minus_modulation_growth": ("resid_post", False, 0.05, 0.0),
@@ -75,7 +76,13 @@ def world(mode: str, skip: tuple[str, ...] = ()) -> MetricTable:
     _put(rows, "trained", "resid_post", True, "update_cos_carrier", 0.2 * k, hw)
     _put(rows, "trained", "resid_post", True, "norm_ratio", 1.0 + 0.1 * k, hw)
     _put(rows, "trained", "mlp_out", True, "band_offdiag_k10", CHANCE + 0.05 * k, hw)
-    _put(rows, "trained", "attn_out", True, "band_offdiag_k10", CHANCE - 0.05 * k, hw)
+    # the heads' OV concentration in the data's own PC bands, and the paired difference per head
+    _put(rows, "trained", "attn_out", False, "head_ov_conc_k10_pcband", 0.3, hw)
+    _put(rows, "trained", "attn_out", False, "head_ov_conc_k10_minus_pcband", 0.3 * k, hw)
+    # the JVP transfer: the MLP's off-diagonal share against chance and against attention's (paired)
+    _put(rows, "trained", "mlp_out", False, "jvp_offdiag_k10", CHANCE + 0.05 * k, hw)
+    _put(rows, "trained", "attn_out", False, "jvp_offdiag_k10", CHANCE - 0.05 * k, hw)
+    _put(rows, "trained", "mlp_out", False, "jvp_offdiag_k10_minus_attn", 0.1 * k, hw)
     _put(rows, "trained", "resid_post", True, "seq_ac_lowfreq_null", 0.1, 0)
     _put(rows, "trained", "resid_post", True, "seq_ac_lowfreq_share", 0.1 + 0.3 * k, hw)
     _put(rows, "shuffled", "resid_post", True, "seq_ac_lowfreq_share", 0.12, hw)
@@ -106,11 +113,11 @@ def test_every_prediction_reaches_each_outcome(mode, expected):
 
 def test_not_applicable_reasons():
     post = outcomes(world("strong"), dict(ARCH, norm_placement="post"))
-    for k in ("1", "5", "11"):
+    for k in ("1", "5", "7", "11"):
         assert post[k].outcome == "n/a" and "post-LN" in post[k].note  # type: ignore[attr-defined]
     assert post["2"].outcome == "supported"  # type: ignore[attr-defined]
     no_head = outcomes(world("strong"), dict(ARCH, has_unembedding=False, is_causal=True))
-    for k, why in (("4", "LM head"), ("7", "unembedding"), ("8", "tail band"), ("10", "LM head")):
+    for k, why in (("4", "LM head"), ("6", "unembedding"), ("7", "unembedding"), ("8", "tail band"), ("10", "LM head")):
         assert no_head[k].outcome == "n/a" and why in no_head[k].note, k  # type: ignore[attr-defined]
     nulls = tuple(f"random_init.s{s}" for s in SEEDS) + ("permuted_weights",)
     bare = outcomes(world("strong", skip=nulls))
@@ -118,6 +125,8 @@ def test_not_applicable_reasons():
     assert bare["2"].outcome == "n/a" and "none was run" in bare["2"].note  # type: ignore[attr-defined]
     for k in ("6", "8"):
         assert bare[k].outcome == "n/a" and "random-weight ensemble R" in bare[k].note  # type: ignore[attr-defined]
+    no_jvp = outcomes(world("strong", skip=("jvp_offdiag_k10",)))
+    assert no_jvp["7"].outcome == "n/a" and "jvp_offdiag" in no_jvp["7"].note  # type: ignore[attr-defined]
     missing = outcomes(world("strong", skip=("cband_margin_top2_share_k10",)))
     assert missing["10"].outcome == "n/a" and "did not measure" in missing["10"].note  # type: ignore[attr-defined]
 

@@ -25,7 +25,9 @@ from spectral.analysis.intervals import (
     ratio_bootstrap,
 )
 from spectral.analysis.interventions import InterventionResult
+from spectral.analysis.jacobian import BandTransfer
 from spectral.analysis.metrics import SUBLAYER_KINDS, MetricRow, alias_rows
+from spectral.analysis.spectrum import split_bands
 from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
 from spectral.depth import DepthProbe
@@ -48,6 +50,7 @@ class Measurement:
     interventions: list[InterventionResult]
     cosines: CosineProbe | None = None  # corpus-level layer x layer cosine (resid_post sites)
     depth: DepthProbe | None = None  # per-window depth power spectra of the resid_post trajectory
+    jacobian: BandTransfer | None = None  # JVP band transfer of attention and the MLP (trained model only)
 
 
 class Rows:
@@ -69,11 +72,12 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
             out.rows += alias_rows(out.rows, site, m.bank.aliases[site])
             continue
         st = m.bank[site]
+        rk = spec.rogue_dims(int(st.d))
         out.add(site, "rogue_top1_share", jackknife([st], carrier.rogue_top1_share, level))
         out.add(
             site,
-            f"anisotropy_norogue{spec.rogue_k}",
-            jackknife([st], partial(carrier.anisotropy_without_rogue, k=spec.rogue_k), level),
+            f"anisotropy_norogue{rk}",
+            jackknife([st], partial(carrier.anisotropy_without_rogue, k=rk), level),
         )
         kind = site.split(".")[0]
         spectra = spec.sublayer_spectra or kind not in SUBLAYER_KINDS
@@ -84,19 +88,19 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
         if st.sink_threshold is not None and spectra:
             variants = {
                 "carrier_energy_zscored": {"zscore": True, "drop_dims": 0, "drop_sinks": False},
-                f"carrier_energy_norogue{spec.rogue_k}": {
+                f"carrier_energy_norogue{rk}": {
                     "zscore": False,
-                    "drop_dims": spec.rogue_k,
+                    "drop_dims": rk,
                     "drop_sinks": False,
                 },
                 "carrier_energy_nosink": {"zscore": False, "drop_dims": 0, "drop_sinks": True},
-                "carrier_energy_robust": {"zscore": True, "drop_dims": spec.rogue_k, "drop_sinks": True},
+                "carrier_energy_robust": {"zscore": True, "drop_dims": rk, "drop_sinks": True},
             }
             for name, kw in variants.items():
                 out.add(site, name, jackknife([st], partial(carrier.carrier_energy_robust, **kw), level))
-            keep = jackknife_many([st], partial(carrier.carrier_keep, k=spec.rogue_k), level)
+            keep = jackknife_many([st], partial(carrier.carrier_keep, k=rk), level)
             for name, est in zip(
-                ("carrier_keep_zscored", f"carrier_keep_norogue{spec.rogue_k}", "carrier_keep_nosink"),
+                ("carrier_keep_zscored", f"carrier_keep_norogue{rk}", "carrier_keep_nosink"),
                 keep,
                 strict=True,
             ):
@@ -230,6 +234,54 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_
             out.add(site, "attn_tail_partial_spearman", _spearman_boot(arr, spec, sd, full_battery, partial=True))
 
 
+def _mean_boot(x: np.ndarray, n_boot: int, seed: int, level: float) -> Estimate:
+    """Mean of ``x`` (NaN dropped) with a seeded percentile bootstrap over its entries."""
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        return Estimate(float(x.mean()) if x.size else NAN.value, NAN.value, NAN.value)
+    idx = np.random.default_rng(seed).integers(0, x.size, (n_boot, x.size))
+    return percentile_ci(float(x.mean()), x[idx].mean(1), level)
+
+
+def _head_band_metrics(
+    out: Rows, hp: HeadProbe, bank: StatsBank, spec: AnalysisSpec, seed: int, n: int, data_bands: bool = True
+) -> None:
+    """Band concentration of every head's OV and QK maps (spectral.analysis.heads.head_band_concentration):
+    in the centred W_U bands (K = the first of ``bands``) and, as the null of "W_U bands are special", in
+    bands of the data's own principal directions at the head's input (resid_pre, same sizes). Per layer and
+    pooled over every head of the model (bootstrap over heads); the OV difference is paired per head. A null
+    member (``data_bands`` False) needs the W_U-band values only."""
+    model = hp.model
+    K = spec.bands[0]
+    U = model.unembedding_basis(centred=True)
+    sizes = [int(b.shape[1]) for b in split_bands(U, K)]
+    pooled: dict[str, list[np.ndarray]] = {"ov": [], "qk": [], "ov_pc": [], "qk_pc": []}
+    for layer in range(hp.L):
+        conc = heads.head_band_concentration(model, layer, U, sizes, n)
+        site = f"attn_out.{layer}"
+        for name in ("ov", "qk"):
+            pooled[name].append(conc[name])
+            out.add(site, f"head_{name}_conc_k{K}", _mean_boot(conc[name], spec.n_boot, seed + layer, spec.ci_level))
+        src = f"resid_pre.{layer}"
+        if data_bands and src in bank.sites:
+            m = bank[bank.aliases.get(src, src)].total()
+            if spectrum.degenerate(m) is None:
+                w, V = torch.linalg.eigh(spectrum.covariance(m).double())
+                P = V[:, torch.argsort(w, descending=True, stable=True)]
+                pc = heads.head_band_concentration(model, layer, P, sizes, n)
+                for name in ("ov", "qk"):
+                    pooled[f"{name}_pc"].append(pc[name])
+    names = {"ov": f"head_ov_conc_k{K}", "qk": f"head_qk_conc_k{K}"}
+    for key, arrs in pooled.items():
+        if not arrs:
+            continue
+        metric = names[key[:2]] + ("_pcband" if key.endswith("_pc") else "")
+        out.add("attn_out", metric, _mean_boot(np.concatenate(arrs), spec.n_boot, seed, spec.ci_level))
+    if pooled["ov_pc"] and len(pooled["ov_pc"]) == len(pooled["ov"]):
+        diff = np.concatenate(pooled["ov"]) - np.concatenate(pooled["ov_pc"])
+        out.add("attn_out", f"head_ov_conc_k{K}_minus_pcband", _mean_boot(diff, spec.n_boot, seed, spec.ci_level))
+
+
 def _ranks(a: np.ndarray) -> np.ndarray:
     """Average ranks along the last axis (ties share their mean rank, as Spearman's definition asks)."""
     return sps.rankdata(a, axis=-1)
@@ -288,6 +340,18 @@ def _depth_metrics(out: Rows, depth: DepthProbe, spec: AnalysisSpec, weights: np
     out.add("resid_post", "depth_ac_lowfreq_null", Estimate(null, null, null))
 
 
+def _jacobian_metrics(out: Rows, bt: BandTransfer, spec: AnalysisSpec) -> None:
+    """Off-diagonal share of the JVP band transfer per layer and over layers (spectral.analysis.jacobian),
+    and the MLP's minus attention's on the same positions; jackknife over position groups."""
+    K, level = len(bt.band_sizes), spec.ci_level
+    name = f"jvp_offdiag_k{K}"
+    for sub in ("attn_out", "mlp_out"):
+        for layer in sorted(bt.energy[sub]):
+            out.add(f"{sub}.{layer}", name, bt.interval(sub, level, layer))
+        out.add(sub, name, bt.interval(sub, level))
+    out.add("mlp_out", f"{name}_minus_attn", bt.interval("mlp_out", level, minus="attn_out"))
+
+
 def battery_metrics(
     model: str, m: Measurement, spec: AnalysisSpec, seed: int, resonance_k: int, light: bool = False
 ) -> list[MetricRow]:
@@ -310,8 +374,12 @@ def battery_metrics(
         _lens_metrics(out, m.lens, spec, seed, resonance_k)
     if m.heads is not None:
         _head_metrics(out, m.heads, spec, seed, full_battery=not light)
+        if m.bands:
+            _head_band_metrics(out, m.heads, m.bank, spec, seed, resonance_k, data_bands=not light)
     if m.depth is not None:
         _depth_metrics(out, m.depth, spec, weights)
+    if m.jacobian is not None:
+        _jacobian_metrics(out, m.jacobian, spec)
     for res in m.interventions:
         out.add(res.site, f"dnll_{res.target}", res.delta_nll)
     return out.rows

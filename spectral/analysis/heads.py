@@ -170,3 +170,78 @@ def random_heads_null(d: int, r: int, n_heads: int, n_draws: int, seed: int) -> 
     out = ov[:, iu[0], iu[1]].mean(1).double().numpy()
     out.flags.writeable = False  # shared by the cache
     return out
+
+
+# ---- band concentration of the heads' OV and QK maps (prediction 6) ---------------------------------------
+
+
+def norm_gain(module: torch.nn.Module | None, d: int) -> torch.Tensor:
+    """The elementwise gain γ of a norm module (ones when there is none): RMSNorm-like modules are
+    evaluated on the all-ones vector (RMS 1, so the output is γ itself, Gemma's 1 + w included);
+    LayerNorm's centring is not a gain: its weight is used."""
+    if module is None:
+        return torch.ones(d, dtype=torch.float64)
+    mod = getattr(module, "original_component", module)
+    if isinstance(mod, torch.nn.LayerNorm) or "LayerNorm" in type(mod).__name__:
+        w = getattr(mod, "weight", None)
+        return torch.ones(d, dtype=torch.float64) if w is None else w.detach().double().cpu()
+    p = next(mod.parameters(), None)
+    x = torch.ones(1, d, dtype=p.dtype if p is not None else torch.float32, device=p.device if p is not None else "cpu")
+    with torch.no_grad():
+        return mod(x)[0].detach().double().cpu()
+
+
+def band_read_write(
+    A: torch.Tensor, B: torch.Tensor, U: torch.Tensor, sizes: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Band energies of the low-rank map M = A Bᵀ (A, B: (H, d, r)) in the orthonormal basis U (d × d, bands
+    contiguous of ``sizes``): read[h, i] = ‖U_iᵀ M_h‖_F² (what band i of the input contributes) and
+    write[h, j] = ‖M_h U_j‖_F² (what lands in band j of the output), each (H, K). Computed in the rank-r
+    space: ‖U_iᵀ A Bᵀ‖² = Σ_rows (P_i G_B) ⊙ P_i with P = Uᵀ A, G_B = BᵀB; the change of basis of every
+    head is one float32 product (the Grams stay float64)."""
+    H, d, r = A.shape
+    stacked = torch.cat([A, B], 0).permute(1, 0, 2).reshape(d, 2 * H * r).float()  # (d, 2·H·r)
+    PQ = (U.float().T @ stacked).reshape(d, 2 * H, r).permute(1, 0, 2).double()  # (2H, d, r)
+    P, Q = PQ[:H], PQ[H:]
+    GA, GB = A.transpose(1, 2) @ A, B.transpose(1, 2) @ B  # (H, r, r)
+    per_in = ((P @ GB) * P).sum(-1)  # (H, d): energy read from each basis direction
+    per_out = ((Q @ GA) * Q).sum(-1)  # (H, d): energy written to each basis direction
+    edges = np.cumsum([0, *sizes])[:-1]
+    return (np.add.reduceat(per_in.numpy(), edges, axis=1), np.add.reduceat(per_out.numpy(), edges, axis=1))
+
+
+def top_share(e: np.ndarray, n: int) -> np.ndarray:
+    """Share of the n largest entries of each row of non-negative energies (NaN for a zero row)."""
+    tot = e.sum(-1)
+    top = np.sort(e, axis=-1)[..., ::-1][..., :n].sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, top / tot, np.nan)
+
+
+def layer_head_maps(model, layer: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+    """(A, B) per map of every head of one layer (float64, (H, d, d_head)), M_h = A_h B_hᵀ acting on the
+    residual stream: OV = diag(γ₁) W_V W_O diag(γ_post) (input norm gain, and the output norm gain of
+    families with sandwich norms), QK = diag(γ₁) W_Q (diag(γ₁) W_K)ᵀ. Grouped-query heads share their
+    key/value head. Rotary embeddings and per-head q/k norms are left out (the QK map at relative position 0)."""
+    block = model.bridge.blocks[layer]
+    attn = block.attn
+    d = model.arch.d_model
+    g1 = norm_gain(getattr(block, "ln1", None), d)
+    gpost = norm_gain(getattr(block, "ln1_post", None), d) if hasattr(block, "ln1_post") else torch.ones(d).double()
+    WQ, WK, WV, WO = (getattr(attn, n).detach().double().cpu() for n in ("W_Q", "W_K", "W_V", "W_O"))
+    H = WQ.shape[0]
+    kv = torch.arange(H) // (H // WK.shape[0])  # the key/value head each query head reads
+    A_ov = g1[None, :, None] * WV[kv]  # (H, d, dh)
+    B_ov = WO.transpose(1, 2) * gpost[None, :, None]  # (H, d, dh): M = A Bᵀ = diag(γ) W_V W_O diag(γ')
+    return {"ov": (A_ov, B_ov), "qk": (g1[None, :, None] * WQ, g1[None, :, None] * WK[kv])}
+
+
+def head_band_concentration(model, layer: int, U: torch.Tensor, sizes: list[int], n: int) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """Per head, the top-n band share of each map's read and write energies, averaged over the two sides:
+    {"ov": (H,), "qk": (H,)} in the basis U (bands of ``sizes``). An isotropic map spreads its energy as the
+    band sizes do (≈ n/K)."""
+    out = {}
+    for name, (A, B) in layer_head_maps(model, layer).items():
+        read, write = band_read_write(A, B, U.double(), sizes)
+        out[name] = 0.5 * (top_share(read, n) + top_share(write, n))
+    return out

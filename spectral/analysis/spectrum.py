@@ -155,7 +155,12 @@ def unembedding_basis(W_U: torch.Tensor) -> torch.Tensor:
     d x d Gram matrix W_U W_Uᵀ in float64 (an SVD of the d x V matrix costs ~40x more for a
     50k vocabulary and gives the same subspaces)."""
     W = W_U.detach().to(torch.float64)
-    evals, U = torch.linalg.eigh((W @ W.T).cpu())
+    return gram_basis((W @ W.T).cpu())
+
+
+def gram_basis(G: torch.Tensor) -> torch.Tensor:
+    """Eigenvectors of a symmetric Gram matrix by decreasing eigenvalue (the left singular vectors of its factor)."""
+    evals, U = torch.linalg.eigh(G)
     return U[:, torch.argsort(evals, descending=True, stable=True)]
 
 

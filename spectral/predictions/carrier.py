@@ -49,7 +49,7 @@ class NotRogue(Prediction):
     )
 
     def tests(self, ctx: Context) -> list[Test]:
-        mid, k = ctx.mid, ctx.analysis.rogue_k
+        mid, k = ctx.mid, ctx.analysis.rogue_dims(int(ctx.arch["d_model"]))
         rho = ctx.stat("trained", "resid_post", "carrier_energy", mid)
         margin = -ctx.spec.robust_margin
         out = []
