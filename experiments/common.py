@@ -33,8 +33,18 @@ def models(selection: str | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def run_settings(quick: bool) -> dict[str, Any]:
+    """The battery run's settings (configs/run.toml, [quick] or [run]): one run per model serves every family."""
+    return tomllib.loads((CONFIGS / "run.toml").read_text())["quick" if quick else "run"]
+
+
 def family(name: str) -> dict[str, Any]:
-    return tomllib.loads((CONFIGS / f"{name}.toml").read_text())
+    """A figure family's figures and verdicts; run settings there would do nothing, so they are refused."""
+    data = tomllib.loads((CONFIGS / f"{name}.toml").read_text())
+    stray = sorted(set(data) - {"figures", "verdicts"})
+    if stray:
+        raise ValueError(f"configs/{name}.toml: {', '.join(stray)} belong in configs/run.toml (one run serves all)")
+    return data
 
 
 def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) -> Path:
@@ -43,21 +53,17 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
     from spectral.runner import run_experiment
     from spectral.runs import read_manifest
 
-    settings = family("norm_growth")["quick" if quick else "run"]
+    st = run_settings(quick)
     out = (reports or ROOT / "reports") / "runs" / f"{model['key']}-{'quick' if quick else 'full'}"
+    analysis = ("n_boot", "intervention_windows", "jacobian_windows", "jacobian_positions")
     data = {
         "model": {"name": model["name"]},
-        "corpus": {"source": model["corpus"], "seq_len": settings["seq_len"], "max_seqs": settings["max_seqs"]},
-        "analysis": {
-            "n_boot": 200 if quick else 1000,
-            "intervention_windows": 4 if quick else 8,
-            "jacobian_windows": 1 if quick else 2,
-            "jacobian_positions": 32 if quick else 64,
-        },
-        "null_windows": 8 if quick else 32,  # per R seed and W: the ensemble's spread is what the null's CI needs
+        "corpus": {"source": model["corpus"], "seq_len": st["seq_len"], "max_seqs": st["max_seqs"]},
+        "analysis": {k: st[k] for k in analysis},
+        "null_windows": st["null_windows"],
         "seed": 0,
         "out": os.path.relpath(out, ROOT) if out.is_relative_to(ROOT) else str(out),
-        "formats": ["png"] if quick else ["png", "pdf", "svg"],
+        "formats": st["formats"],
     }
     cfg = config_from_dict(data, "experiments")
     if (out / "manifest.json").is_file():

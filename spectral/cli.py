@@ -12,63 +12,81 @@ import argparse
 import dataclasses
 import shlex
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 from spectral.config import SECTIONS, ExperimentConfig, load_config, replace_field
 from spectral.errors import ConfigError, RunDirError, SpectralError
 
-# flag -> (section or None, field)
-RUN_FLAGS: dict[str, tuple[str | None, str]] = {
-    "--model": ("model", "name"),
-    "--tokenizer": ("model", "tokenizer"),
-    "--device": ("model", "device"),
-    "--dtype": ("model", "dtype"),
-    "--revision": ("model", "revision"),
-    "--corpus": ("corpus", "source"),
-    "--seq-len": ("corpus", "seq_len"),
-    "--max-seqs": ("corpus", "max_seqs"),
-    "--sampling": ("corpus", "sampling"),
-    "--batch-size": ("capture", "batch_size"),
-    "--moment-buckets": ("capture", "moment_buckets"),
-    "--moment-dtype": ("capture", "moment_dtype"),
-    "--backend": ("capture", "backend"),
-    "--checkpoint-every": ("capture", "checkpoint_every"),
-    "--shard": ("capture", "shard"),
-    "--sites": ("capture", "sites"),
-    "--n-boot": ("analysis", "n_boot"),
-    "--seed": (None, "seed"),
-    "--out": (None, "out"),
-}
+# the two flags whose names are not their field's: --model (model.name) and --corpus (corpus.source)
+RENAMED = {("model", "name"): "--model", ("corpus", "source"): "--corpus"}
 
 
-def _field(section: str | None, name: str) -> dataclasses.Field[Any]:
-    cls: Any = ExperimentConfig if section is None else SECTIONS[section]
-    return next(f for f in dataclasses.fields(cls) if f.name == name)
+def run_flags() -> dict[str, tuple[str | None, dataclasses.Field[Any], Any]]:
+    """flag -> (section or None, field, type) for every field of the config: each is reachable from the
+    command line, named ``--field-name`` (field names are unique across sections; checked here)."""
+    out: dict[str, tuple[str | None, dataclasses.Field[Any], Any]] = {}
+    owners: list[tuple[str | None, type]] = [(None, ExperimentConfig), *SECTIONS.items()]
+    for section, cls in owners:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if section is None and f.name in SECTIONS:
+                continue
+            flag = RENAMED.get((section or "", f.name), "--" + f.name.replace("_", "-"))
+            if flag in out:  # pragma: no cover - a new field that repeats a name
+                raise AssertionError(f"config field {f.name} appears in two sections: give its flag a name")
+            out[flag] = (section, f, hints[f.name])
+    return out
+
+
+def _scalar(tp: Any) -> Any:
+    """The argparse ``type``/``choices`` of a scalar annotation (Optional unwrapped)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    if typing.get_origin(tp) is typing.Literal:
+        return str, list(typing.get_args(tp))
+    return (tp if tp in (int, float) else str), None
 
 
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="TOML config, or a past run's manifest.json to rerun it")
     p.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN from its last saved state")
-    for flag, (section, name) in RUN_FLAGS.items():
-        f = _field(section, name)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        kind = type(default) if isinstance(default, int | float) and not isinstance(default, bool) else str
-        help_text = f.metadata.get("help", "") + f" (default: {default!r})"
-        if name == "sites":
-            p.add_argument(flag, nargs="+", help=help_text)
+    for flag, (section, f, tp) in run_flags().items():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        where = f"[{section}] {f.name}" if section else f.name
+        help_text = f"{f.metadata.get('help', '')} ({where}; default: {default!r})".replace("%", "%%")
+        dest = f"cfg__{section or ''}__{f.name}"
+        if tp is bool:
+            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(tp) is tuple:
+            kind, choices = _scalar(typing.get_args(tp)[0])
+            extra = "; several values space- or comma-separated, 'none' for none" + (
+                f"; choices: {', '.join(choices)}" if choices else ""
+            )
+            p.add_argument(flag, dest=dest, nargs="+", metavar=f.name.upper(), help=help_text[:-1] + extra + ")")
+            p.set_defaults(**{f"{dest}__kind": (kind, choices)})
         else:
-            p.add_argument(flag, type=kind, help=help_text)
+            kind, choices = _scalar(tp)
+            p.add_argument(flag, dest=dest, type=kind, choices=choices, metavar=None if choices else f.name.upper(),
+                           help=help_text)  # fmt: skip
     p.add_argument("--no-controls", action="store_true", help="skip the nulls R and W and the controls S and P")
-    p.add_argument("--formats", help="static figure formats, comma-separated, or 'none' (default: png,pdf,svg)")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
-    p.add_argument(
-        "--allow-pickle",
-        action="store_true",
-        help="load pickle weights (.bin/.pt) when no safetensors exist: unpickling runs code, trusted files only",
-    )
     p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _tuple_value(raw: list[str], kind: Any, choices: list[str] | None, flag: str) -> tuple[Any, ...]:
+    items = [x.strip() for r in raw for x in r.split(",") if x.strip()]
+    if items == ["none"]:
+        return ()
+    bad = [x for x in items if choices is not None and x not in choices]
+    if bad:
+        raise ConfigError(f"command line: {flag} {bad[0]!r} is not one of {', '.join(choices or [])}")
+    try:
+        return tuple(kind(x) for x in items)
+    except ValueError:
+        raise ConfigError(f"command line: {flag} takes {kind.__name__} values, got {' '.join(raw)!r}") from None
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -81,19 +99,16 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         cfg = replace_field(load_config(manifest), None, "out", str(Path(args.resume)))
     else:
         cfg = load_config(args.config) if args.config else ExperimentConfig()
-    for flag, (section, name) in RUN_FLAGS.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is not None:
-            cfg = replace_field(cfg, section, name, tuple(value) if name == "sites" else value)
-    if args.formats is not None:
-        fmts = () if args.formats == "none" else tuple(f.strip() for f in args.formats.split(",") if f.strip())
-        cfg = replace_field(cfg, None, "formats", fmts)
+    for flag, (section, f, tp) in run_flags().items():
+        dest = f"cfg__{section or ''}__{f.name}"
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if typing.get_origin(tp) is tuple:
+            value = _tuple_value(value, *getattr(args, f"{dest}__kind"), flag)
+        cfg = replace_field(cfg, section, f.name, value)
     if args.no_controls:
         cfg = replace_field(cfg, None, "controls", ())
-    if args.trust_remote_code:
-        cfg = replace_field(cfg, "model", "trust_remote_code", True)
-    if args.allow_pickle:
-        cfg = replace_field(cfg, "model", "allow_pickle", True)
     return cfg
 
 

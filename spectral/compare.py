@@ -6,6 +6,7 @@ one (run, condition); by default the trained condition of every run, ``--conditi
 controls (e.g. ``trained,random_init`` compares a model with its random-weight twin).
 """
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -38,8 +39,19 @@ def _load(run: Path) -> tuple[dict, MetricTable, list]:
     return man, table, verdicts
 
 
-def _mean_middle(table: MetricTable, cond: str, metric: str, n_layers: int) -> float:
-    mid = middle_layers(n_layers, VerdictSpec())
+def run_verdict_spec(man: dict) -> VerdictSpec:
+    """The run's own ``[verdicts]`` settings (its middle layers, margins), defaults for what it lacks."""
+    names = {f.name for f in dataclasses.fields(VerdictSpec)}
+    given = man.get("config", {}).get("verdicts", {}) or {}
+    return VerdictSpec(**{k: v for k, v in given.items() if k in names})
+
+
+def run_ci_level(man: dict) -> float:
+    return float(man.get("config", {}).get("analysis", {}).get("ci_level", 0.95))
+
+
+def _mean_middle(table: MetricTable, cond: str, metric: str, n_layers: int, spec: VerdictSpec) -> float:
+    mid = middle_layers(n_layers, spec)
     vals = [r.value for r in table.series(cond, "resid_post", metric) if r.layer in mid and math.isfinite(r.value)]
     return sum(vals) / len(vals) if vals else float("nan")
 
@@ -57,6 +69,7 @@ def compare_runs(
     loaded = [(run, *_load(run)) for run in runs]
     prepare_run_dir(out, {"compare": {"runs": [str(r) for r in runs], "conditions": list(conditions)}}, overwrite)
     series: list[plotting.Series] = []
+    specs: dict[str, VerdictSpec] = {}  # series label -> its run's [verdicts]
     for _run, man, table, _ in loaded:
         for cond in plotting.pick_conditions(conditions, list(table.conditions())):  # random_init: R's first seed
             if cond in table.conditions():
@@ -64,6 +77,7 @@ def compare_runs(
                     "" if cond == "trained" else f" · {cond}"
                 )
                 series.append(plotting.Series(label, int(man["arch"]["n_layers"]), table, cond))
+                specs[label] = run_verdict_spec(man)
     if not series:
         raise RunDirError(f"none of the runs holds the conditions {', '.join(conditions)}")
     fig = plotting.overlay(series, PANELS, "Runs compared", relative)
@@ -72,7 +86,9 @@ def compare_runs(
     caption = (
         "Per-layer statistics of resid_post for "
         + "; ".join(s.label for s in series)
-        + f". x: {'relative depth l/(L-1)' if relative else 'layer'}; bands: 95% CIs of each run."
+        + f". x: {'relative depth l/(L-1)' if relative else 'layer'}; bands: each run's CIs ("
+        + ", ".join(sorted({f"{run_ci_level(man):.0%}" for _, man, _, _ in loaded}))
+        + ")."
     )
     files, note = save_figures(
         out, {"compare_layers": fig}, {"compare_layers": data}, {"compare_layers": caption}, print
@@ -93,7 +109,7 @@ def compare_runs(
         dc = s.table.get(s.condition, "resid_post", "seq_ac_lowfreq_slope")
         gtxt = f"{fmt(g.value)} [{fmt(g.ci_low)}, {fmt(g.ci_high)}]" if g else "–"
         cells = [
-            fmt(_mean_middle(s.table, s.condition, m, s.n_layers))
+            fmt(_mean_middle(s.table, s.condition, m, s.n_layers, specs[s.label]))
             for m in ("carrier_energy", "anisotropy", "layer_cos", "eff_rank")
         ]
         lines.append(f"| {s.label} | {gtxt} | " + " | ".join(cells) + f" | {fmt(dc.value) if dc else '–'} |")
@@ -104,11 +120,11 @@ def compare_runs(
         "| prediction | " + " | ".join(man["model_label"] for _, man, _, _ in loaded) + " |",
         "|---|" + "---|" * len(loaded),
     ]
-    names = [v.prediction for v in loaded[0][3]]
-    for i, name in enumerate(names):
+    names = list(dict.fromkeys(v.prediction for _, _, _, verdicts in loaded for v in verdicts))
+    for name in names:
         cells = []
         for _, _, _, verdicts in loaded:
-            v = verdicts[i] if i < len(verdicts) else None
+            v = next((x for x in verdicts if x.prediction == name), None)
             cells.append(
                 f"{v.outcome} (effect {fmt(v.effect)} [{fmt(v.effect_ci_low)}, {fmt(v.effect_ci_high)}])" if v else "–"
             )

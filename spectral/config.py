@@ -39,6 +39,26 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _check_literals(obj: Any) -> None:
+    """Every Literal-typed field (alone, optional or in a tuple) holds one of its allowed values, however the
+    object was made (TOML, the command line, Python): a typo must not silently mean something else."""
+    section = next((k for k, v in SECTIONS.items() if v is type(obj)), None)
+    for name, tp in typing.get_type_hints(type(obj)).items():
+        value = getattr(obj, name)
+        inner = get_args(tp)[0] if get_origin(tp) is tuple else tp
+        if get_origin(inner) in (typing.Union, types.UnionType):
+            inner = next((a for a in get_args(inner) if get_origin(a) is Literal), inner)
+        if get_origin(inner) is not Literal:
+            continue
+        values = value if get_origin(tp) is tuple and isinstance(value, tuple) else (value,)
+        allowed = get_args(inner)
+        for v in values:
+            if v is None and type(None) in get_args(tp):
+                continue
+            where = f"[{section}] {name}" if section else name
+            _check(v in allowed, f"{where} must be one of {', '.join(map(repr, allowed))}, got {v!r}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Which model to load and how."""
@@ -65,6 +85,7 @@ class ModelSpec:
     )
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         _check(bool(self.name.strip()), "[model] name must not be empty")
         _check(
             re.fullmatch(r"cpu|cuda(:\d+)?|mps|auto", self.device) is not None,
@@ -97,6 +118,7 @@ class CorpusSpec:
     )
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         _check(1 <= self.seq_len <= 1_000_000, f"[corpus] seq_len must be >= 1, got {self.seq_len}")
         _check(self.max_seqs >= 1, f"[corpus] max_seqs must be >= 1, got {self.max_seqs}")
         _check(bool(self.source.strip()), "[corpus] source must not be empty")
@@ -158,6 +180,7 @@ class CaptureSpec:
         return int(i), int(n)
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         _check(len(self.sites) > 0, "[capture] sites must list at least one site or 'all'")
         _check(self.checkpoint_every >= 0, f"[capture] checkpoint_every must be >= 0, got {self.checkpoint_every}")
         if self.shard is not None:
@@ -238,6 +261,7 @@ class AnalysisSpec:
         return max(self.rogue_k, round(self.rogue_share * d))
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         _check(self.n_boot >= 10, f"[analysis] n_boot must be >= 10, got {self.n_boot}")
         _check(0.5 < self.ci_level < 1.0, f"[analysis] ci_level must be in (0.5, 1), got {self.ci_level}")
         _check(self.growth_first_layer >= 0, "[analysis] growth_first_layer must be >= 0")
@@ -290,6 +314,7 @@ class VerdictSpec:
     carrier_growth_margin: float = _help("P11: δ of carrier − modulation growth rate, over 0 and over R", 0.0)
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         _check(0 <= self.middle_from <= self.middle_to <= 1, "[verdicts] need 0 <= middle_from <= middle_to <= 1")
         _check(self.resonance_top_bands >= 1, "[verdicts] resonance_top_bands must be >= 1")
         _check(0 < self.alpha < 1, f"[verdicts] alpha must be in (0, 1), got {self.alpha}")
@@ -325,6 +350,7 @@ class ExperimentConfig:
     out: str | None = _help("run directory (default: reports/runs/<model>-<corpus>-...)", None)
 
     def __post_init__(self) -> None:
+        _check_literals(self)
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         bad = [f for f in self.formats if f not in get_args(ImageFormat)]
         _check(not bad, f"formats {bad} not supported; choose from png, pdf, svg (or none)")

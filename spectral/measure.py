@@ -249,7 +249,7 @@ class ConditionCapture:
                 self.interventions.append(
                     intervene(
                         self.model, sub, f"resid_post.{layer}", basis, target, cap.batch_size, an.n_boot,
-                        self.cfg.seed, an.ci_level, clean,
+                        self.cfg.seed, an.ci_level, clean, cap.exclude_first,
                     )
                 )  # fmt: skip
 
@@ -311,7 +311,7 @@ class ConditionCapture:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` (made by this condition with the same config)."""
         self._check(state)
-        self.bank = StatsBank.from_state_dict(state["bank"])
+        self.bank = StatsBank.from_state_dict(state["bank"], self.model.device)
         for k, p in self._probes().items():
             p.load_state_dict(state["probes"][k])
         self.batches_done, self.complete = int(state["batches_done"]), bool(state["complete"])

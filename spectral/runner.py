@@ -14,6 +14,7 @@ gathers the states, merges them and analyses (see :mod:`spectral.distributed`).
 
 from __future__ import annotations
 
+import inspect
 import shlex
 import shutil
 import sys
@@ -254,6 +255,12 @@ def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
             yield f"random_init.s{seed}", twin
 
 
+def takes_position_ids(model: LoadedModel) -> bool:
+    """Whether the model's forward accepts explicit position ids (control P feeds permuted ones)."""
+    params = inspect.signature(model.hf_model.forward).parameters
+    return "position_ids" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
 def _capture(
     s: Setup,
     model: LoadedModel,
@@ -268,20 +275,17 @@ def _capture(
     path = state_path(s.run_dir, cond, shard)
     saved = load_state(path) if resume and path.is_file() else None
     calib = Calibration.from_state_dict(saved["calibration"]) if saved is not None else None
-    try:
-        cc = ConditionCapture(model, s.windows, s.sites, s.cfg, cond, calib)
-        if saved is not None:
-            cc.load_state_dict(saved)
-            log(f"{cond}: resumed after {cc.batches_done} batches" + (" (complete)" if cc.complete else ""))
-        if not cc.complete:
-            desc = f"{s.label} [{cond}]" if progress else None
-            cb = None if on_batch is None else (lambda done, total: on_batch(cond, done, total))
-            cc.run(shard, desc, cb, lambda c: save_state(path, c.state_dict()), s.cfg.capture.checkpoint_every)
-    except TypeError as exc:  # a forward without position ids cannot run control P
-        if cond != "permuted":
-            raise
-        log(f"control P skipped: {model.arch.architecture} takes no position ids ({exc})")
+    if cond == "permuted" and not takes_position_ids(model):
+        log(f"control P skipped: {model.arch.architecture}'s forward takes no position ids")
         return None
+    cc = ConditionCapture(model, s.windows, s.sites, s.cfg, cond, calib)
+    if saved is not None:
+        cc.load_state_dict(saved)
+        log(f"{cond}: resumed after {cc.batches_done} batches" + (" (complete)" if cc.complete else ""))
+    if not cc.complete:
+        desc = f"{s.label} [{cond}]" if progress else None
+        cb = None if on_batch is None else (lambda done, total: on_batch(cond, done, total))
+        cc.run(shard, desc, cb, lambda c: save_state(path, c.state_dict()), s.cfg.capture.checkpoint_every)
     failpoint("condition-captured")
     return cc
 
@@ -337,7 +341,8 @@ def finish_run(
         f"Model {s.label} ({s.model.arch.architecture}, {s.model.arch.norm_placement}-LN); corpus "
         f"{Path(windows.corpus.name).name}: {len(windows)} windows of {cfg.corpus.seq_len} tokens, "
         f"{manifest['corpus']['n_stat_tokens']} tokens in the statistics (position 0 excluded: "
-        f"{cfg.capture.exclude_first}); sites {', '.join(cfg.capture.sites)}. Bands: 95% CI, bootstrap over "
+        f"{cfg.capture.exclude_first}); sites {', '.join(cfg.capture.sites)}. Bands: {cfg.analysis.ci_level:.0%} CI, "
+        "bootstrap over "
         f"windows ({cfg.analysis.n_boot} resamples) for per-window statistics, jackknife over "
         f"{cfg.capture.moment_buckets} window buckets for moment statistics."
     )

@@ -26,3 +26,22 @@ def test_quick_family_script(tmp_path):
     assert record["run_config"]["seed"] == 0 and record["run_config"]["corpus"]["seq_len"] == 32
     assert [v["prediction"][0] for v in record["verdicts"]] == ["1", "5"]
     assert (tmp_path / "runs" / "llama2xs-512-quick" / "manifest.json").is_file()
+
+
+def test_run_settings_come_from_run_toml_and_families_cannot_carry_any(tmp_path, monkeypatch):
+    """Every family once had [run]/[quick] tables, but only norm_growth.toml's were read: the others did
+    nothing. The run's settings now live in configs/run.toml; a family file holding any is refused."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    import common
+
+    for name in ("norm_growth", "bands", "carrier", "controls", "interventions", "lenses", "sequence_spectra"):
+        assert set(common.family(name)) == {"figures", "verdicts"}, name
+    assert common.run_settings(True)["seq_len"] == 32 and common.run_settings(False)["max_seqs"] == 128
+    (tmp_path / "odd.toml").write_text("figures = []\nverdicts = []\n[run]\nseq_len = 64\n")
+    (tmp_path / "run.toml").write_text("[run]\nseq_len = 7\n[quick]\nseq_len = 5\n")
+    monkeypatch.setattr(common, "CONFIGS", tmp_path)
+    import pytest
+
+    with pytest.raises(ValueError, match="belong in configs/run.toml"):
+        common.family("odd")
+    assert common.run_settings(False)["seq_len"] == 7

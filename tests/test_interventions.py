@@ -57,6 +57,19 @@ def test_identity_edit_gives_exact_zero(model, windows, monkeypatch):
         assert res.edited_nll == res.clean_nll == float(clean.mean())
 
 
+def test_identity_edit_scores_the_same_tokens_with_position_0(model, windows, monkeypatch):
+    """With exclude_first=False the clean and the edited NLL score the same positions (they once did not:
+    the clean one took the run's setting, the edited one the default)."""
+    import spectral.analysis.interventions as iv
+
+    monkeypatch.setattr(iv, "project_out", lambda basis: lambda h: h)
+    clean = nll_per_window(model, windows, batch_size=4, exclude_first=False)
+    res = intervene(model, windows, "resid_post.1", torch.eye(32)[:, :3], "identity", 4, 50, 0, 0.95, clean, False)
+    assert res.delta_nll.value == 0.0 and res.edited_nll == float(clean.mean())
+    rows = sweep(model, windows, ("resid_post.1",), {"identity": torch.eye(32)[:, :3]}, 4, 50, 0, 0.95, False)
+    assert rows[0].delta_nll.value == 0.0
+
+
 def test_nll_matches_hugging_face(model, windows, tiny_llama):
     from transformers import AutoModelForCausalLM
 

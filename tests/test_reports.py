@@ -76,6 +76,29 @@ def test_compare_and_refusal_of_incomplete_runs(tiny_runs, tmp_path):
         compare_runs([a, b], tmp_path / "cmp2")
 
 
+def test_compare_reads_each_runs_own_middle_layers_and_ci_level(tiny_runs, tmp_path):
+    """The ρ-middle column uses the run's [verdicts] middle layers (it once used the defaults) and the
+    caption names the run's CI level (it once said 95 % whatever the level)."""
+    import shutil
+
+    from spectral.analysis.metrics import MetricTable
+    from spectral.report import fmt
+
+    a, _ = tiny_runs
+    run = tmp_path / "first-layer"
+    shutil.copytree(a, run)
+    man = json.loads((run / "manifest.json").read_text())
+    man["config"]["verdicts"].update(middle_from=0.0, middle_to=0.0)  # layer 0 alone
+    man["config"]["analysis"]["ci_level"] = 0.9
+    man["model_label"] = "first-layer"
+    (run / "manifest.json").write_text(json.dumps(man))
+    text = compare_runs([run], tmp_path / "cmp").read_text()
+    rho0 = MetricTable.from_csv((run / "metrics.csv").read_text()).get("trained", "resid_post.0", "carrier_energy")
+    row = next(line for line in text.splitlines() if line.startswith("| first-layer"))
+    assert row.split("|")[3].strip() == fmt(rho0.value)
+    assert "(90%)" in text and "95%" not in text
+
+
 def test_progress_callback_and_cancel(tiny_model_dir, tmp_path, sample_text):
     from spectral.config import CorpusSpec, ExperimentConfig, ModelSpec
     from spectral.runner import run_experiment

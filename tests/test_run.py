@@ -171,3 +171,40 @@ def test_battery_end_to_end_on_babyllama(tmp_path):
     for name in ("band_energy", "band_transfer", "logit_lens", "interventions", "carrier_robustness"):
         assert (out / "figures" / f"{name}.html").is_file(), name
     assert "## Verdicts" in (out / "report.md").read_text()
+
+
+def test_a_type_error_in_control_p_is_not_hidden(tiny_model_dir, tmp_path, sample_text, monkeypatch):
+    """Control P is skipped only when the forward takes no position ids (checked up front); any other
+    TypeError raised while capturing it propagates (it was once reported as "control P skipped")."""
+    from spectral.config import AnalysisSpec, CorpusSpec, ExperimentConfig, ModelSpec
+    from spectral.measure import ConditionCapture
+    from spectral.runner import run_experiment, takes_position_ids
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(sample_text, encoding="utf-8")
+    cfg = ExperimentConfig(
+        model=ModelSpec(name=str(tiny_model_dir("llama"))),
+        corpus=CorpusSpec(source=str(corpus), seq_len=16, max_seqs=4),
+        analysis=AnalysisSpec(n_boot=20, intervention_windows=0, jacobian_windows=0),
+        controls=("permuted",),
+        formats=(),
+        out=str(tmp_path / "run"),
+    )
+    original = ConditionCapture.run
+
+    def broken(self, *a, **k):
+        if self.condition == "permuted":
+            raise TypeError("a bug inside the capture")
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(ConditionCapture, "run", broken)
+    with pytest.raises(TypeError, match="a bug inside the capture"):
+        run_experiment(cfg, progress=False, log=lambda s: None)
+
+    class NoPositions:
+        def forward(self, input_ids, attention_mask=None): ...
+
+    class Fake:
+        hf_model = NoPositions()
+
+    assert not takes_position_ids(Fake())  # type: ignore[arg-type]

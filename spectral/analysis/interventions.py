@@ -169,15 +169,17 @@ def intervene(
     seed: int,
     level: float = 0.95,
     clean: np.ndarray | None = None,
+    exclude_first: bool = True,
 ) -> InterventionResult:
-    """ΔNLL of projecting span(``basis``) out at ``site`` (``clean``: precomputed clean NLLs)."""
+    """ΔNLL of projecting span(``basis``) out at ``site`` (``clean``: precomputed clean NLLs, scored on the
+    same positions: ``exclude_first`` must be what they were computed with)."""
     _check_lm(model)
     _check_site(model, site)
     if clean is None:
-        clean = nll_per_window(model, windows, batch_size)
+        clean = nll_per_window(model, windows, batch_size, exclude_first=exclude_first)
     elif clean.shape != (len(windows),):
         raise SpectralError(f"clean NLLs have shape {clean.shape}, expected ({len(windows)},)")
-    edited = nll_per_window(model, windows, batch_size, edit=(site, project_out(basis)))
+    edited = nll_per_window(model, windows, batch_size, edit=(site, project_out(basis)), exclude_first=exclude_first)
     diff = edited - clean
     return InterventionResult(
         site=site,
@@ -197,14 +199,15 @@ def sweep(
     n_boot: int,
     seed: int,
     level: float = 0.95,
+    exclude_first: bool = True,
 ) -> list[InterventionResult]:
     """Every (site, target) pair, sites outer and targets in dict order; the clean pass runs once."""
     _check_lm(model)
     for site in sites:
         _check_site(model, site)
-    clean = nll_per_window(model, windows, batch_size)
+    clean = nll_per_window(model, windows, batch_size, exclude_first=exclude_first)
     return [
-        intervene(model, windows, site, basis, target, batch_size, n_boot, seed, level, clean=clean)
+        intervene(model, windows, site, basis, target, batch_size, n_boot, seed, level, clean, exclude_first)
         for site in sites
         for target, basis in bases.items()
     ]
