@@ -105,7 +105,8 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         if value is None:
             continue
         if typing.get_origin(tp) is tuple:
-            value = _tuple_value(value, *getattr(args, f"{dest}__kind"), flag)
+            kind, choices = getattr(args, f"{dest}__kind")
+            value = _tuple_value(value, kind, choices, flag)
         cfg = replace_field(cfg, section, f.name, value)
     if args.no_controls:
         cfg = replace_field(cfg, None, "controls", ())
