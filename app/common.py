@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import hashlib
+import io
 import os
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,7 @@ import streamlit as st
 from spectral.analysis.metrics import MetricTable
 from spectral.errors import RunDirError, SpectralError
 from spectral.predictions import Verdict, read_verdicts
+from spectral.predictions.decision import OUTCOMES
 from spectral.runs import read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,6 +132,49 @@ def ci_level(run: RunData) -> float:
     return float(run.manifest.get("config", {}).get("analysis", {}).get("ci_level", 0.95))
 
 
+def ci_label(level: float) -> str:
+    """An interval level as page text: ``0.9`` -> ``"90 %"``, ``0.975`` -> ``"97.5 %"``."""
+    return f"{level * 100:g} %"
+
+
+def ci_levels_text(runs: Sequence[RunData]) -> str:
+    """The CI level of several runs: ``"90 %"`` when they agree, else each run's (``"a: 90 %, b: 95 %"``)."""
+    labels = {f"{r.label} ({Path(r.path).name})": ci_label(ci_level(r)) for r in runs}
+    if len(set(labels.values())) == 1:
+        return next(iter(labels.values()))
+    return ", ".join(f"{name}: {lab}" for name, lab in labels.items())
+
+
+# ---------------------------------------------------------------- verdict outcomes
+
+
+def outcome_counts(verdicts: Iterable[Verdict]) -> dict[str, int]:
+    """How many verdicts have each outcome, in ``OUTCOMES`` order (an unknown outcome comes after them)."""
+    counts = dict.fromkeys(OUTCOMES, 0)
+    for v in verdicts:
+        counts[v.outcome] = counts.get(v.outcome, 0) + 1
+    return counts
+
+
+def outcome_summary(counts: dict[str, int]) -> str:
+    """``"2 supported, 1 contradicted, 7 inconclusive, 1 n/a"``."""
+    return ", ".join(f"{n} {outcome}" for outcome, n in counts.items())
+
+
+def outcome_metrics(counts: dict[str, int]) -> None:
+    """One ``st.metric`` per outcome, side by side."""
+    for col, (outcome, n) in zip(st.columns(len(counts)), counts.items(), strict=True):
+        col.metric(outcome, n)
+
+
+def run_outcomes(run_dir: Path) -> dict[str, int] | None:
+    """Outcome counts of a run directory's verdicts.csv (parsed, never string-matched); None without one."""
+    vpath = Path(run_dir) / "verdicts.csv"
+    if not vpath.is_file():
+        return None
+    return outcome_counts(read_verdicts(vpath.read_text(encoding="utf-8")))
+
+
 def _stamp(run_dir: Path) -> str:
     parts = []
     for name in ("manifest.json", "metrics.csv", "verdicts.csv"):
@@ -201,6 +248,21 @@ def choose_run(key: str = "run") -> RunData | None:
     with errors_shown():
         return load_run(safe_path(target))
     return None
+
+
+# ---------------------------------------------------------------- pasted corpora
+
+
+@contextlib.contextmanager
+def pasted_corpus(text: str) -> Iterator[Path]:
+    """Pasted or uploaded text as ``corpus.txt`` in a private temporary directory, removed (with the
+    file) when the block ends, however it ends; the run directory lies elsewhere and stays."""
+    if not text or not text.strip():
+        raise AppPathError("the corpus text is empty")
+    with tempfile.TemporaryDirectory(prefix="spectral-app-") as tmp:
+        path = Path(tmp) / "corpus.txt"
+        path.write_text(text, encoding="utf-8")
+        yield path
 
 
 # ---------------------------------------------------------------- models
@@ -360,6 +422,16 @@ def figure_block(fig: go.Figure, name: str, csv_text: str | None = None, caption
                 key=f"dl_{fmt}_{name}",
                 on_click="ignore",
             )
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A header and rows as CSV text, written by the ``csv`` module (commas, quotes and newlines in a
+    field are quoted, so any token survives the round trip)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def rows_csv(table: MetricTable, keep: Any) -> str:

@@ -1,7 +1,10 @@
 """AppTest (streamlit.testing) of every page of the Streamlit app on a small run of a tiny model."""
 
+import csv
+import io
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +64,49 @@ def charts(at: AppTest) -> dict[str, dict]:
 
 def line_traces(spec: dict) -> list[dict]:
     return [t for t in spec["data"] if t.get("mode") == "lines+markers"]
+
+
+def load_common():
+    """app/common.py as a module (``app_common``), for its helpers outside a page."""
+    import importlib.util
+    import sys
+
+    if "app_common" in sys.modules:
+        return sys.modules["app_common"]
+    spec = importlib.util.spec_from_file_location("app_common", APP / "common.py")
+    assert spec is not None and spec.loader is not None
+    common = importlib.util.module_from_spec(spec)
+    sys.modules["app_common"] = common  # dataclasses need the module registered
+    spec.loader.exec_module(common)
+    return common
+
+
+@pytest.fixture
+def downloads(monkeypatch):
+    """The bytes behind the download buttons: AppTest keeps them in a MemoryMediaFileStorage per run; record
+    those, and return a function giving {file_name: text} of the download buttons on a page."""
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+    from streamlit.testing.v1 import app_test
+
+    stores: list[MemoryMediaFileStorage] = []
+
+    class Recorded(MemoryMediaFileStorage):
+        def __init__(self, endpoint: str) -> None:
+            super().__init__(endpoint)
+            stores.append(self)
+
+    monkeypatch.setattr(app_test, "MemoryMediaFileStorage", Recorded)
+
+    def files(at: AppTest) -> dict[str, str]:
+        out = {}
+        for b in at.get("download_button"):
+            if b.proto.url:
+                name = b.proto.url.rsplit("/", 1)[-1]
+                data = next(s.get_file(name) for s in reversed(stores) if name.split(".")[0] in s._files_by_id)
+                out[data.filename] = data.content.decode("utf-8")
+        return out
+
+    return files
 
 
 def test_home_lists_allowed_roots(small_run):
@@ -221,6 +267,10 @@ def test_run_page_makes_a_run_directory(small_run, tmp_path):
     got = MetricTable.from_csv((out / "metrics.csv").read_text())
     norm = [r.value for r in got.series("trained", "resid_post", "norm_mean")]
     assert len(norm) == 3 and all(math.isfinite(v) for v in norm)
+    # the pasted text's temporary directory is gone; the run directory stays
+    pasted = Path(man["config"]["corpus"]["source"])
+    assert pasted.name == "corpus.txt" and pasted.parent.name.startswith("spectral-app-")
+    assert not pasted.parent.exists() and (out / "verdicts.csv").is_file()
 
 
 def test_run_page_refuses_output_outside_roots(small_run):
@@ -310,21 +360,178 @@ def test_single_prompt_takes_the_model_from_the_query(small_run, fresh_model_lis
 
 def test_figure_downloads_as_png_svg_pdf():
     """The bytes behind the app's PNG/SVG/PDF download buttons (kaleido through the system Chromium)."""
-    import importlib.util
-
     from spectral.export import browser_for_png
 
     if browser_for_png() is None:
         pytest.skip("no Chromium/Chrome on this machine (install Debian's chromium)")
-    spec = importlib.util.spec_from_file_location("app_common", APP / "common.py")
-    assert spec is not None and spec.loader is not None
-    common = importlib.util.module_from_spec(spec)
-    import sys
-
-    sys.modules["app_common"] = common  # dataclasses need the module registered
-    spec.loader.exec_module(common)
+    common = load_common()
     import plotly.graph_objects as go
 
     fig_json = go.Figure(go.Scatter(x=[0, 1, 2], y=[1, 3, 2])).to_json()
     png, svg, pdf = (common._image_bytes(fig_json, f) for f in ("png", "svg", "pdf"))
     assert png.startswith(b"\x89PNG") and b"<svg" in svg[:400] and pdf.startswith(b"%PDF")
+
+
+# ---------------------------------------------------------------- CSV downloads, outcome counts, temp corpus, CI level
+
+
+def test_csv_text_round_trips_commas_quotes_and_newlines():
+    common = load_common()
+    tokens = ['a,"b', '"', ",", "x\ny", " lead", "'q'"]
+    text = common.csv_text(["position", "token", "L0"], ([i, t, 1.5] for i, t in enumerate(tokens)))
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == ["position", "token", "L0"]
+    assert [r[1] for r in rows[1:]] == tokens and all(len(r) == 3 for r in rows)
+
+
+def test_single_prompt_csvs_keep_tokens_with_commas_and_quotes(small_run, downloads):
+    import pandas as pd
+
+    at = page("pages/3_Single_prompt.py", small_run)
+    at.query_params["model"] = str(small_run["model"])
+    at.run()
+    at.text_area(key="prompt").input('a,"b').run()
+    no_errors(at)
+    files = downloads(at)
+    assert {"token_norm.csv", "token_carrier.csv", "token_pca.csv", "layer_cosine.csv"} <= set(files)
+    want = ["<s>", "a", ",", '"', "b"]  # character tokenizer, BOS first
+    norm_df = next(d.value for d in at.dataframe if "L0" in d.value.columns)
+    for name in ("token_norm", "token_carrier"):
+        rows = list(csv.DictReader(io.StringIO(files[f"{name}.csv"])))
+        assert [r["token"] for r in rows] == want
+        assert [int(r["position"]) for r in rows] == list(range(5))
+        assert all(set(r) == {"position", "token", "L0", "L1", "L2"} for r in rows)
+    back = pd.read_csv(io.StringIO(files["token_norm.csv"]), keep_default_na=False)
+    assert back["token"].tolist() == want
+    np.testing.assert_allclose(back[["L0", "L1", "L2"]].to_numpy(), norm_df[["L0", "L1", "L2"]].to_numpy(), rtol=1e-5)
+    pca = list(csv.DictReader(io.StringIO(files["token_pca.csv"])))
+    assert len(pca) == 5 * 3 and [r["token"] for r in pca[::3]] == want
+    cos = list(csv.reader(io.StringIO(files["layer_cosine.csv"])))
+    assert cos[0] == ["layer", "0", "1", "2"] and all(len(r) == 4 for r in cos)
+
+
+NOTES = {  # notes that fooled the old `",pass," in line` count
+    "supported": 'effect above the margin,pass,"quoted" and ,supported, in the text',
+    "contradicted": "below the null,pass,,supported,",
+    "inconclusive": ",pass, ,supported, ,contradicted,",
+    "n/a": "none was run,pass,",
+}
+
+
+def fake_verdicts() -> list:
+    from spectral.predictions import Verdict
+
+    nan = float("nan")
+    outcomes = ["supported", "contradicted", "contradicted", "inconclusive", "n/a"]
+    return [
+        Verdict(f"{i + 1} p", o, "stat", 1.0, 0.5, 1.5, 0.0, -0.1, 0.1, 1.0, 0.5, 1.5, 0.1, 0.01, nan, NOTES[o])
+        for i, o in enumerate(outcomes)
+    ]
+
+
+def test_outcome_counts_parse_verdicts_not_lines():
+    from spectral.predictions import read_verdicts, verdicts_csv
+
+    common = load_common()
+    text = verdicts_csv(fake_verdicts())
+    assert text.count(",pass,") >= 4 and text.count(",supported,") >= 3
+    counts = common.outcome_counts(read_verdicts(text))
+    assert counts == {"supported": 1, "contradicted": 2, "inconclusive": 1, "n/a": 1}
+    assert common.outcome_summary(counts) == "1 supported, 2 contradicted, 1 inconclusive, 1 n/a"
+
+
+def test_run_page_counts_outcomes_and_removes_the_pasted_corpus(small_run, tmp_path, monkeypatch):
+    """The Run page with run_experiment replaced: it counts the verdicts.csv outcomes by parsing it, and the
+    pasted text lives in a temporary directory exactly as long as the run."""
+    from spectral import runner
+    from spectral.predictions import verdicts_csv
+
+    seen: dict[str, Path] = {}
+
+    def fake_run(cfg, **kw):
+        src = Path(cfg.corpus.source)
+        assert src.read_text(encoding="utf-8") == 'pasted, "text"\n'
+        seen["source"] = src
+        out = Path(cfg.out)
+        out.mkdir(parents=True)
+        (out / "verdicts.csv").write_text(verdicts_csv(fake_verdicts()), encoding="utf-8")
+        return runner.RunResult(out, None, MetricTable(()))
+
+    monkeypatch.setattr(runner, "run_experiment", fake_run)
+    out = tmp_path / "fake-run"
+    at = page("pages/1_Run.py", small_run, allowed_roots=[str(tmp_path), str(small_run["model"])])
+    at.run()
+    at.radio(key="model_kind").set_value("GGUF file / local directory").run()
+    at.text_input(key="model_dir").input(str(small_run["model"]))
+    at.radio(key="corpus_kind").set_value("pasted text").run()
+    at.text_area(key="corpus_text").input('pasted, "text"\n')
+    at.text_input(key="out").input(str(out))
+    at.button(key="start").click().run()
+    no_errors(at)
+    (msg,) = [s.value for s in at.success]
+    assert "verdicts: 1 supported, 2 contradicted, 1 inconclusive, 1 n/a" in msg
+    assert {m.label: int(m.value) for m in at.metric} == {
+        "supported": 1,
+        "contradicted": 2,
+        "inconclusive": 1,
+        "n/a": 1,
+    }
+    assert seen["source"].name == "corpus.txt"
+    assert not seen["source"].parent.exists()  # the temporary corpus is gone ...
+    assert (out / "verdicts.csv").is_file()  # ... the run directory stays
+
+
+def test_pasted_corpus_is_removed_when_the_block_ends():
+    common = load_common()
+    with common.pasted_corpus("some text, with a comma") as path:
+        assert path.read_text(encoding="utf-8") == "some text, with a comma"
+        tmp = path.parent
+    assert not tmp.exists()
+    with pytest.raises(RuntimeError), common.pasted_corpus("text") as path:  # a failed run cleans up too
+        tmp = path.parent
+        raise RuntimeError("run failed")
+    assert not tmp.exists()
+    with pytest.raises(common.AppPathError, match="empty"), common.pasted_corpus("  \n"):
+        pass
+
+
+def test_ci_label():
+    common = load_common()
+    assert common.ci_label(0.9) == "90 %"
+    assert common.ci_label(0.95) == "95 %"
+    assert common.ci_label(0.975) == "97.5 %"
+
+
+@pytest.fixture(scope="module")
+def run90(small_run):
+    """The small run's files with ``[analysis] ci_level = 0.9`` in its manifest."""
+    src, dst = small_run["run"], small_run["root"] / "run90"
+    dst.mkdir()
+    for name in ("manifest.json", "metrics.csv", "verdicts.csv"):
+        shutil.copy(src / name, dst / name)
+    man = json.loads((dst / "manifest.json").read_text())
+    man["config"]["analysis"]["ci_level"] = 0.9
+    (dst / "manifest.json").write_text(json.dumps(man))
+    return dst
+
+
+def test_pages_state_the_runs_ci_level(small_run, run90):
+    at = page("pages/5_Compare.py", small_run)
+    at.run()
+    at.multiselect(key="compare_select").set_value([])
+    at.text_area(key="compare_typed").input(str(run90)).run()
+    no_errors(at)
+    texts = [c.value for c in at.caption]
+    assert any("Bands: 90 % CIs" in t for t in texts), texts
+    assert any("90 % interval" in t for t in texts), texts
+    assert not any("95" in t for t in texts), texts
+    # two runs at different levels: each one's level
+    at.text_area(key="compare_typed").input(f"{run90}\n{small_run['run']}").run()
+    no_errors(at)
+    band = next(c.value for c in at.caption if c.value.startswith("Bands:"))
+    assert "(run90): 90 %" in band and "(run): 95 %" in band
+    at = page("pages/4_Verdicts.py", small_run, run_dir=str(run90))
+    at.run()
+    no_errors(at)
+    cols = list(at.dataframe[0].value.columns)
+    assert "90 % CI" in cols and not any("95" in c for c in cols)

@@ -1,8 +1,8 @@
 """Run page: choose a model, a corpus and the controls, start ``spectral.runner.run_experiment``;
 the result is a normal run directory (open it on the Explore page)."""
 
+import contextlib
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -101,7 +101,9 @@ start = b1.button(
 cancel = b2.button("Cancel", key="cancel", help="Stops the running job after its current batch.")
 
 
-def build_config() -> ExperimentConfig:
+def build_config(stack: contextlib.ExitStack) -> ExperimentConfig:
+    """The run's configuration; pasted or uploaded text becomes a temporary corpus file that lives until
+    ``stack`` closes (after the run)."""
     if model_name is None:
         raise common.AppPathError(choice.blocked or "no model given")
     name = common.checked_model_name(model_name)
@@ -111,11 +113,7 @@ def build_config() -> ExperimentConfig:
     elif ckind == "path":
         source = str(common.safe_path(corpus_path or ""))
     else:
-        if not corpus_text or not corpus_text.strip():
-            raise common.AppPathError("the corpus text is empty")
-        tmp = Path(tempfile.mkdtemp(prefix="spectral-app-")) / "corpus.txt"
-        tmp.write_text(corpus_text, encoding="utf-8")
-        source = str(tmp)
+        source = str(stack.enter_context(common.pasted_corpus(corpus_text or "")))
     run_dir = common.safe_path(out, must_exist=False)
     return ExperimentConfig(
         model=ModelSpec(
@@ -138,8 +136,8 @@ if start:
     from spectral.runner import run_experiment
 
     stopped: list[BaseException] = []
-    with common.errors_shown("Run failed: "):
-        cfg = build_config()
+    with common.errors_shown("Run failed: "), contextlib.ExitStack() as stack:  # the stack removes the temp corpus
+        cfg = build_config(stack)
         bar = st.progress(0.0, text="loading model and corpus…")
         lines: list[str] = []
         t0 = time.perf_counter()
@@ -185,13 +183,14 @@ if start:
         st.session_state.pop("cancelled_run", None)
         st.session_state["run_dir"] = str(result.run_dir)
         st.session_state["last_run"] = str(result.run_dir)
-        n_pass = sum(
-            1 for line in (Path(result.run_dir) / "verdicts.csv").read_text().splitlines()[1:] if ",pass," in line
-        )
+        counts = common.run_outcomes(Path(result.run_dir))
+        verdicts = "no verdicts.csv" if counts is None else f"verdicts: {common.outcome_summary(counts)}"
         st.success(
-            f"Run directory: `{result.run_dir}` — {len(result.metrics.rows)} metric rows, {n_pass} prediction(s) pass. "
+            f"Run directory: `{result.run_dir}` — {len(result.metrics.rows)} metric rows; {verdicts}. "
             "Open it on the Explore, Verdicts or Compare pages."
         )
+        if counts is not None:
+            common.outcome_metrics(counts)
 elif cancel and st.session_state.get("cancelled_run"):
     from spectral.runs import read_manifest
 

@@ -97,10 +97,9 @@ elif text.strip():
                 fig.update_xaxes(title_text="layer (resid_post)")
                 fig.update_yaxes(autorange="reversed", dtick=1)
                 fig.update_layout(coloraxis_colorbar={"title": {"text": z_title}})
-                csv = "token," + ",".join(layer_cols) + "\n"
-                csv += "".join(
-                    f'"{lab}",' + ",".join(f"{v:.6g}" for v in row) + "\n"
-                    for lab, row in zip(labels, mat.T, strict=True)
+                csv = common.csv_text(
+                    ["position", "token", *layer_cols],
+                    ([i, t, *(f"{v:.6g}" for v in row)] for i, (t, row) in enumerate(zip(tokens, mat.T, strict=True))),
                 )
                 common.figure_block(fig, name_, csv)
                 st.dataframe(
@@ -121,8 +120,10 @@ elif text.strip():
         plotting.apply_theme(fig, "Mean cos(h_l, h_m) over this prompt's tokens", width=560, height=480)
         fig.update_xaxes(title_text="layer m (resid_post)")
         fig.update_yaxes(title_text="layer l (resid_post)", autorange="reversed", dtick=1)
-        csv = "layer," + ",".join(str(i) for i in range(n_layers)) + "\n"
-        csv += "".join(f"{i}," + ",".join(f"{v:.6g}" for v in row) + "\n" for i, row in enumerate(cosm))
+        csv = common.csv_text(
+            ["layer", *(str(i) for i in range(n_layers))],
+            ([i, *(f"{v:.6g}" for v in row)] for i, row in enumerate(cosm)),
+        )
         common.figure_block(fig, "layer_cosine", csv)
         st.subheader("Trajectory in the top-2 principal components")
         flat = h.reshape(-1, h.shape[-1])
@@ -152,10 +153,13 @@ elif text.strip():
         plotting.apply_theme(fig, "Token trajectories across layers (PCA of all tokens × layers; labels = layer)")
         fig.update_xaxes(title_text="PC 1", dtick=None)
         fig.update_yaxes(title_text="PC 2")
-        csv = "token,layer,pc1,pc2\n" + "".join(
-            f'"{lab}",{layer},{pcs[layer, i, 0]:.6g},{pcs[layer, i, 1]:.6g}\n'
-            for i, lab in enumerate(labels)
-            for layer in range(n_layers)
+        csv = common.csv_text(
+            ["position", "token", "layer", "pc1", "pc2"],
+            (
+                [i, t, layer, f"{pcs[layer, i, 0]:.6g}", f"{pcs[layer, i, 1]:.6g}"]
+                for i, t in enumerate(tokens)
+                for layer in range(n_layers)
+            ),
         )
         common.figure_block(fig, "token_pca", csv)
         st.subheader("Logit lens: top token per layer")

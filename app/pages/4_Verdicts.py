@@ -10,7 +10,6 @@ import common  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from spectral.predictions import verdicts_csv  # noqa: E402
-from spectral.predictions.decision import OUTCOMES  # noqa: E402
 
 common.page_header(
     "Verdicts",
@@ -22,10 +21,7 @@ if run is not None:
     if not run.verdicts:
         st.warning(f"{run.path} has no verdicts.csv")
     else:
-        counts = {s: sum(v.outcome == s for v in run.verdicts) for s in OUTCOMES}
-        c = st.columns(len(OUTCOMES))
-        for col, (s, n) in zip(c, counts.items(), strict=True):
-            col.metric(s, n)
+        common.outcome_metrics(common.outcome_counts(run.verdicts))
 
         def f(x: float) -> str:
             return "" if not math.isfinite(x) else f"{x:.4g}"
@@ -41,7 +37,7 @@ if run is not None:
                 "outcome": v.outcome,
                 "statistic": v.statistic,
                 "trained": f(v.value),
-                f"{level:.0%} CI": iv(v.ci_low, v.ci_high),
+                f"{common.ci_label(level)} CI": iv(v.ci_low, v.ci_high),
                 "null": f(v.null),
                 "null interval": iv(v.null_ci_low, v.null_ci_high),
                 "effect": f(v.effect),

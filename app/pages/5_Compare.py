@@ -11,9 +11,11 @@ import streamlit as st  # noqa: E402
 
 from spectral import plotting  # noqa: E402
 from spectral.analysis.metrics import MetricTable  # noqa: E402
-from spectral.compare import PANELS, _mean_middle  # noqa: E402
+from spectral.compare import PANELS, _mean_middle, run_verdict_spec  # noqa: E402
 
-common.page_header("Compare runs", "Per-layer statistics of several runs on shared axes, with 95% CIs.")
+common.page_header(
+    "Compare runs", "Per-layer statistics of several runs on shared axes, each with the CIs at its run's level."
+)
 runs = [common._display(p) for p in common.list_runs()]
 preset = [p for p in st.session_state.get("compare_runs", []) if p in runs]
 picked = st.multiselect("Runs", runs, default=preset or runs[:2], key="compare_select")
@@ -39,11 +41,13 @@ for target in [*picked, *(line.strip() for line in typed.splitlines() if line.st
         loaded.append(run)
 
 series = []
+specs = {}  # series label -> its run's [verdicts] (middle layers)
 for run in loaded:
     for cond in plotting.pick_conditions(tuple(conds), list(run.table.conditions())):
         if cond in run.table.conditions():
             label = f"{run.label} ({Path(run.path).name})" + ("" if cond == "trained" else f" · {cond}")
             series.append(plotting.Series(label, run.n_layers, run.table, cond))
+            specs[label] = run_verdict_spec(run.manifest)
 panels = tuple(p for p in PANELS if p[2] in chosen)
 if not series or not panels:
     st.info("Pick at least one run that holds the chosen conditions, and one panel.")
@@ -53,12 +57,17 @@ else:
         rows = [
             r for s in series for r in s.table.rows if r.condition == s.condition and r.site.startswith("resid_post")
         ]
-        common.figure_block(fig, "compare_layers", MetricTable(tuple(rows)).to_csv())
+        common.figure_block(
+            fig,
+            "compare_layers",
+            MetricTable(tuple(rows)).to_csv(),
+            caption=f"Bands: {common.ci_levels_text(loaded)} CIs.",
+        )
         st.subheader("Middle-layer means")
         st.dataframe(
             [
                 {"series": s.label, "layers": s.n_layers}
-                | {p[2]: _mean_middle(s.table, s.condition, p[1], s.n_layers) for p in panels}
+                | {p[2]: _mean_middle(s.table, s.condition, p[1], s.n_layers, specs[s.label]) for p in panels}
                 for s in series
             ],
             hide_index=True,
@@ -67,7 +76,10 @@ else:
 
 if loaded:
     st.subheader("Outcomes side by side")
-    st.caption("Each cell: the prediction's outcome and its effect (trained − null) with its interval.")
+    st.caption(
+        "Each cell: the prediction's outcome and its effect (trained − null) with its "
+        f"{common.ci_levels_text(loaded)} interval."
+    )
 
     def cell(v) -> str:
         if v.outcome == "n/a":
