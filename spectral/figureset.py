@@ -125,9 +125,9 @@ def build_figures(
         figs["verdicts"] = plotting.verdict_panels(verdicts, f"Predictions against their nulls — {title}", level)
         data["verdicts"] = verdicts_csv(verdicts)
     resid = lambda r, names: r.site.startswith("resid_post.") and r.metric in names  # noqa: E731
-    figs["norm_profile"] = plotting.norm_profile(table, f"Residual norm by layer — {title}")
+    figs["norm_profile"] = plotting.norm_profile(table, f"Residual norm by layer — {title}", level=level)
     data["norm_profile"] = _rows_csv(table, lambda r: resid(r, ("norm_mean",)))
-    figs["carrier_anisotropy"] = plotting.carrier_and_anisotropy(table, f"Carrier and anisotropy — {title}")
+    figs["carrier_anisotropy"] = plotting.carrier_and_anisotropy(table, f"Carrier and anisotropy — {title}", level)
     data["carrier_anisotropy"] = _rows_csv(table, lambda r: resid(r, ("carrier_energy", "anisotropy")))
 
     k = next(
@@ -149,6 +149,7 @@ def build_figures(
                 ("resid_post", "carrier_energy_robust", "all three"),
             ),
             f"Carrier energy under robustness checks — {title}",
+            level,
         )
         data["carrier_robustness"] = _rows_csv(table, lambda r: r.metric.startswith("carrier_energy"))
 
@@ -180,6 +181,7 @@ def build_figures(
             table,
             LENS_PANELS,
             f"Logit lens — {title}",
+            level,
         )
         data["logit_lens"] = _rows_csv(table, lambda r: "lens" in r.metric)
     if any(r.metric.startswith(f"dnll_band_k{K}") for r in table.rows):

@@ -38,8 +38,13 @@ class Llama2cHeader:
     offset: int  # byte offset of the first weight
 
 
+HEADER_BYTES = 256  # the version-1 header; the legacy one is its first 28 bytes
+
+
 def read_header(path: Path) -> Llama2cHeader:
-    raw = path.read_bytes()[:256]
+    """Parse the header of a llama2.c checkpoint, reading only its first bytes (not the weights)."""
+    with path.open("rb") as f:
+        raw = f.read(HEADER_BYTES)
     if len(raw) < 28:
         raise ModelLoadError(f"{path}: too short for a llama2.c checkpoint header")
     (magic,) = struct.unpack("<I", raw[:4])

@@ -1,8 +1,9 @@
 """Result objects -> plotly figures, in one paper theme. Never shows or saves anything.
 
-Conventions: x is the layer index of ``resid_post.l``; every statistic is drawn with its 95 %
-interval as a shaded band; the trained model is a solid line in the first Okabe-Ito colour,
-controls are dashed in fixed colours (random-weight twin: grey).
+Conventions: x is the layer index of ``resid_post.l``; every statistic is drawn with its interval
+(at the run's ``ci_level``; the figures that take ``level`` say which in their subtitle) as a shaded
+band; the trained model is a solid line in the first Okabe-Ito colour, controls are dashed in fixed
+colours (random-weight twin: grey). A missing value is drawn as a gap (NaN), never filled in.
 """
 
 from __future__ import annotations
@@ -52,6 +53,16 @@ FONT = {"family": "Arial, Helvetica, sans-serif", "size": 13, "color": "#222222"
 def _rgba(hex_color: str, alpha: float) -> str:
     r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
     return f"rgba({r},{g},{b},{alpha})"
+
+
+def ci_label(level: float) -> str:
+    """``"95% CI"`` for ``level`` 0.95 (``"97.5% CI"`` for 0.975): the interval level as captions state it."""
+    return f"{round(100 * level, 6):g}% CI"
+
+
+def band_subtitle(title: str, level: float | None) -> str:
+    """``title`` with a subtitle naming the level of the shaded bands (unchanged when ``level`` is None)."""
+    return title if level is None else f"{title}<br><sup>shaded bands: {ci_label(level)}</sup>"
 
 
 def apply_theme(fig: go.Figure, title: str, width: int = 720, height: int = 420) -> go.Figure:
@@ -123,26 +134,28 @@ def _band_and_line(
     fig.add_trace(line, **kw)
 
 
-def norm_profile(table: MetricTable, title: str) -> go.Figure:
-    """Mean ‖h‖ of resid_post.l per layer (log scale), trained beside its controls."""
+def norm_profile(table: MetricTable, title: str, level: float | None = None) -> go.Figure:
+    """Mean ‖h‖ of resid_post.l per layer (log scale), trained beside its controls (``level``: see
+    :func:`band_subtitle`)."""
     fig = go.Figure()
     for cond in table.conditions():
         _add_series(fig, table.series(cond, "resid_post", "norm_mean"), cond)
-    apply_theme(fig, title)
+    apply_theme(fig, band_subtitle(title, level))
     fig.update_xaxes(title_text="layer (resid_post)")
     fig.update_yaxes(title_text="mean ‖h‖ (log scale)", type="log", exponentformat="power")
     return fig
 
 
-def carrier_and_anisotropy(table: MetricTable, title: str) -> go.Figure:
-    """Carrier energy ρ and anisotropy per layer (two panels), trained beside its controls."""
+def carrier_and_anisotropy(table: MetricTable, title: str, level: float | None = None) -> go.Figure:
+    """Carrier energy ρ and anisotropy per layer (two panels), trained beside its controls (``level``: see
+    :func:`band_subtitle`)."""
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("carrier energy ρ", "anisotropy (mean pairwise cos)"), horizontal_spacing=0.12
     )
     for cond in table.conditions():
         _add_series(fig, table.series(cond, "resid_post", "carrier_energy"), cond, 1, 1, show_legend=True)
         _add_series(fig, table.series(cond, "resid_post", "anisotropy"), cond, 1, 2, show_legend=False)
-    apply_theme(fig, title, width=900, height=420)
+    apply_theme(fig, band_subtitle(title, level), width=900, height=420)
     fig.update_xaxes(title_text="layer (resid_post)")
     fig.update_yaxes(range=[-0.05, 1.05])
     return fig
@@ -214,15 +227,19 @@ def metric_heatmap(
     z_title: str,
     conditions: tuple[str, ...] = ("trained", "random_init"),
 ) -> go.Figure:
-    """Heatmap of metric_prefix{i} (i < n) over sites ``kind.l`` (rows) for each condition."""
+    """Heatmap of metric_prefix{i} (i < n) over sites ``kind.l`` (rows) for each condition; a site with a
+    value in any band gets a row, a missing (site, band) value is a gap (NaN)."""
     conds = pick_conditions(conditions, list(table.conditions()))
     fig = make_subplots(
         rows=1, cols=len(conds), subplot_titles=[condition_style(c)["label"] for c in conds], horizontal_spacing=0.12
     )
+    nan = float("nan")
     for j, cond in enumerate(conds, 1):
-        rows = table.series(cond, kind, f"{metric_prefix}0")
-        layers = [r.layer for r in rows]
-        z = [[(table.get(cond, r.site, f"{metric_prefix}{i}") or r).value for i in range(n)] for r in rows]
+        cells = {(r.site, i): r for i in range(n) for r in table.series(cond, kind, f"{metric_prefix}{i}")}
+        sites = sorted({(-1 if r.layer is None else r.layer, r.site, r.layer) for r in cells.values()})
+        layers = [layer for _, _, layer in sites]
+        # a missing (layer, band) cell stays NaN (a gap), never another band's value
+        z = [[cells[site, i].value if (site, i) in cells else nan for i in range(n)] for _, site, _ in sites]
         fig.add_trace(
             go.Heatmap(z=z, x=list(range(n)), y=layers, colorscale="Viridis", coloraxis="coloraxis"), row=1, col=j
         )
@@ -252,15 +269,18 @@ def matrices(mats: list[Matrix], title: str, x_title: str, y_title: str) -> go.F
     return fig
 
 
-def layer_panels(table: MetricTable, panels: tuple[tuple[str, str, str], ...], title: str) -> go.Figure:
-    """Side-by-side panels of per-layer metrics (kind, metric, panel title), every condition drawn."""
+def layer_panels(
+    table: MetricTable, panels: tuple[tuple[str, str, str], ...], title: str, level: float | None = None
+) -> go.Figure:
+    """Side-by-side panels of per-layer metrics (kind, metric, panel title), every condition drawn (``level``:
+    see :func:`band_subtitle`)."""
     fig = make_subplots(
         rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels], horizontal_spacing=min(0.1, 0.25 / len(panels))
     )
     for j, (kind, metric, _) in enumerate(panels, 1):
         for cond in table.conditions():
             _add_series(fig, table.series(cond, kind, metric), cond, 1, j, show_legend=j == 1)
-    apply_theme(fig, title, width=max(520, 330 * len(panels)), height=420)
+    apply_theme(fig, band_subtitle(title, level), width=max(520, 330 * len(panels)), height=420)
     fig.update_xaxes(title_text="layer")
     return fig
 
@@ -275,8 +295,15 @@ class Series:
     condition: str
 
 
-def overlay(series: list[Series], panels: tuple[tuple[str, str, str], ...], title: str, relative: bool) -> go.Figure:
-    """Panels of per-layer metrics, one line per series (x: layer index or relative depth)."""
+def overlay(
+    series: list[Series],
+    panels: tuple[tuple[str, str, str], ...],
+    title: str,
+    relative: bool,
+    level: float | None = None,
+) -> go.Figure:
+    """Panels of per-layer metrics, one line per series (x: layer index or relative depth; ``level``: see
+    :func:`band_subtitle`)."""
     fig = make_subplots(
         rows=1,
         cols=len(panels),
@@ -292,7 +319,7 @@ def overlay(series: list[Series], panels: tuple[tuple[str, str, str], ...], titl
                 continue
             x = [(r.layer or 0) / max(s.n_layers - 1, 1) if relative else float(r.layer or 0) for r in rows]
             _band_and_line(fig, x, rows, color, dash, s.label, s.label, j == 1, {"row": 1, "col": j})
-    apply_theme(fig, title, width=max(560, 300 * len(panels)) + 320, height=440)
+    apply_theme(fig, band_subtitle(title, level), width=max(560, 300 * len(panels)) + 320, height=440)
     fig.update_layout(legend={"orientation": "v", "x": 1.01, "y": 1.0, "yanchor": "top"}, margin={"r": 330})
     fig.update_xaxes(title_text="relative depth" if relative else "layer", dtick=0.25 if relative else 1)
     if panels and panels[0][1] == "norm_mean":
@@ -358,7 +385,7 @@ def verdict_panels(verdicts: list[Any], title: str, level: float = 0.95) -> go.F
         fig.update_xaxes(range=[-1, 1], showticklabels=False, **at)
         fig.update_yaxes(title_text=v.statistic[:28], title_font={"size": 10}, **at)
     apply_theme(
-        fig, f"{title}<br><sup>trained (point, {level:.0%} CI) against its null (grey band)</sup>", 1100, 300 * rows
+        fig, f"{title}<br><sup>trained (point, {ci_label(level)}) against its null (grey band)</sup>", 1100, 300 * rows
     )
     fig.update_annotations(font_size=11)
     fig.update_layout(margin={"t": 130})

@@ -20,6 +20,14 @@ float64 storage). Every other sum is float64. Memory is O(B·d²) per site and d
 the number of tokens except for a few floats per window. ``merge`` is exact (sums add, window
 rows concatenate), so shards combine into the identical result. The statistics take plain
 tensors: they work on activations from any source.
+
+Devices: the accumulators (every bucket sum, the sequence spectrum, the per-window rows) live on the
+device given at construction (``SiteStats(device=...)``, the CPU when none is given; ``capture.new_bank``
+gives the model's device), so a GPU run sums on the GPU. The fixed centres, and every view the analyses
+read (:meth:`SiteStats.total`, leave-one-out sums, :meth:`SiteStats.bucket_quadratic`, the window table),
+are CPU float64. ``state_dict`` holds CPU tensors and the device's name; ``from_state_dict`` puts the
+accumulators back on the ``device`` it is given, else on that recorded device (the CPU for a state
+without one, or when this machine lacks that device).
 """
 
 import math
@@ -106,6 +114,18 @@ def unpack_symmetric(packed: torch.Tensor, d: int) -> torch.Tensor:
 
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.cpu()
+
+
+def _restore_device(recorded: object) -> torch.device:
+    """The device a state recorded (a string), or the CPU when it records none or this machine lacks it."""
+    if not isinstance(recorded, str):
+        return torch.device("cpu")
+    try:
+        device = torch.device(recorded)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError):  # e.g. a CUDA device on a CPU-only machine
+        return torch.device("cpu")
+    return device
 
 
 def hist_bin(norms: torch.Tensor) -> torch.Tensor:
@@ -563,6 +583,7 @@ class SiteStats:
             "center": self.center,
             "sink_threshold": self.sink_threshold,
             "moment_dtype": str(self.moment_dtype).removeprefix("torch."),
+            "device": str(self.device),
             **{name: _cpu(getattr(self, name)) for name in MOMENT_FIELDS + EXTRA_FIELDS},
             "spectrum": _cpu(self.spectrum),
             "spectrum_windows": self.spectrum_windows.cpu(),
@@ -574,7 +595,9 @@ class SiteStats:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, object]) -> "SiteStats":
+    def from_state_dict(cls, state: dict[str, object], device: torch.device | str | None = None) -> "SiteStats":
+        """The statistics ``state_dict`` saved, their accumulators on ``device`` (default: the device the
+        state records, see the module docstring)."""
         d, B = int(state["d"]), int(state["n_buckets"])  # type: ignore[arg-type]
         center = state["center"]
         thr = state.get("sink_threshold")
@@ -584,19 +607,21 @@ class SiteStats:
             center if isinstance(center, torch.Tensor) else None,
             float(thr) if isinstance(thr, int | float) else None,  # type: ignore[arg-type]
             state.get("cross") is not None,
+            device=torch.device(device) if device is not None else _restore_device(state.get("device")),
             moment_dtype=getattr(torch, str(state.get("moment_dtype", "float64"))),
         )
+        dev = out.device
         for name in MOMENT_FIELDS + EXTRA_FIELDS:
             value = state.get(name)
             if isinstance(value, torch.Tensor):
-                setattr(out, name, value.clone())
+                setattr(out, name, value.to(dev, copy=True))
         spec = state["spectrum"]
-        out.spectrum = spec.clone() if isinstance(spec, torch.Tensor) else None
-        out.spectrum_windows = state["spectrum_windows"].clone()  # type: ignore[union-attr]
+        out.spectrum = spec.to(dev, copy=True) if isinstance(spec, torch.Tensor) else None
+        out.spectrum_windows = state["spectrum_windows"].to(dev, copy=True)  # type: ignore[union-attr]
         out.spectrum_skipped = int(state["spectrum_skipped"])  # type: ignore[arg-type]
         out.spectrum_len = int(state.get("spectrum_len", 0))  # type: ignore[arg-type]
         out._win_index = [state["window_index"].numpy().copy()]  # type: ignore[union-attr]
-        out._win_rows = [state["window_rows"].clone()]  # type: ignore[union-attr]
+        out._win_rows = [state["window_rows"].to(dev, copy=True)]  # type: ignore[union-attr]
         pc = state.get("prev_center")
         out.prev_center = pc.clone() if isinstance(pc, torch.Tensor) else None
         return out
@@ -655,9 +680,11 @@ class StatsBank:
         }
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, object]) -> "StatsBank":
+    def from_state_dict(cls, state: dict[str, object], device: torch.device | str | None = None) -> "StatsBank":
+        """The bank ``state_dict`` saved, every site's accumulators on ``device`` (as in
+        :meth:`SiteStats.from_state_dict`)."""
         sites = tuple(state["sites"])  # type: ignore[arg-type]
-        stats = [SiteStats.from_state_dict(s) for s in state["stats"]]  # type: ignore[union-attr]
+        stats = [SiteStats.from_state_dict(s, device) for s in state["stats"]]  # type: ignore[union-attr]
         bank = cls(
             sites,
             dict(state["predecessors"]),  # type: ignore[arg-type]

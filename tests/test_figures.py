@@ -69,3 +69,43 @@ def test_layer_ticks_are_thinned_on_deep_models_only():
     heat.update_yaxes(dtick=1)
     declutter_ticks(heat)
     assert (heat.layout.xaxis.dtick, heat.layout.yaxis.dtick) == (1, 5)
+
+
+def test_band_heatmap_leaves_a_missing_cell_empty():
+    """A (layer, band) value that is missing is NaN in the heatmap (a gap), not band 0's value."""
+    rows = [
+        MetricRow("m", "trained", f"resid_post.{layer}", layer, f"band_energy_k3_b{b}", 0.1 * (b + 1) + layer, 0, 1)
+        for layer in range(3)
+        for b in range(3)
+        if (layer, b) != (1, 2)
+    ]
+    rows.append(MetricRow("m", "trained", "resid_post.3", 3, "band_energy_k3_b1", 7.0, 0, 1))  # no band 0 there
+    fig = plotting.metric_heatmap(MetricTable(tuple(rows)), "band_energy_k3_b", 3, "resid_post", "t", "share")
+    (heat,) = fig.data
+    z = np.array(heat.z, dtype=float)
+    assert np.isnan(z[list(heat.y).index(1), 2]), "layer 1's missing band 2 was filled in"
+    assert list(heat.y) == [0, 1, 2, 3] and z.shape == (4, 3)  # layer 3 has a value, though not in band 0
+    assert np.isnan(z[3, 0]) and np.isnan(z[3, 2]) and np.isnan(z).sum() == 3
+    assert z[1, 0] == 1.1 and z[1, 1] == 1.2 and z[3, 1] == 7.0 and z[2, 2] == 2.3
+
+
+def test_interval_level_is_the_one_passed_in():
+    """Captions and subtitles state the CI level given (0.9 -> 90 %), never a hard-coded 95 %."""
+    from types import SimpleNamespace
+
+    assert plotting.ci_label(0.9) == "90% CI" and plotting.ci_label(0.975) == "97.5% CI"
+    for fig in (
+        plotting.norm_profile(_table(), "t", level=0.9),
+        plotting.carrier_and_anisotropy(_table(), "t", level=0.9),
+        plotting.layer_panels(_table(), (("resid_post", "anisotropy", "a"),), "t", level=0.9),
+        plotting.overlay([plotting.Series("run", 4, _table(), "trained")], (("resid_post", "norm_mean", "n"),), "t",
+                         relative=False, level=0.9),
+    ):  # fmt: skip
+        assert "90% CI" in fig.layout.title.text and "95" not in fig.layout.title.text
+    assert plotting.norm_profile(_table(), "t").layout.title.text == "t"  # no level given: no claim
+    verdict = SimpleNamespace(
+        prediction="P1", outcome="supported", effect=0.5, effect_ci_low=0.2, effect_ci_high=0.8, value=1.0,
+        null=0.5, null_ci_low=0.4, null_ci_high=0.6, ci_low=0.9, ci_high=1.1, note="", statistic="s",
+    )  # fmt: skip
+    title = plotting.verdict_panels([verdict], "t", level=0.9).layout.title.text
+    assert "90% CI" in title and "95" not in title

@@ -143,6 +143,36 @@ def test_llama2c_without_tokenizer_is_refused(tiny_model_dir, tmp_path):
         load_model(ModelSpec(name=str(binp)))
 
 
+@pytest.mark.parametrize("version", [0, 1])
+def test_llama2c_header_is_read_without_the_weights(tmp_path, version):
+    """The header of a multi-GB checkpoint is parsed from its first bytes: the (sparse) 4 GiB tail is never read."""
+    import os
+    import tracemalloc
+
+    from spectral.llama2c import MAGIC_V1, Llama2cHeader, read_header
+
+    dim, hidden, L, H, KV, vocab, seq_len = 64, 172, 4, 8, 4, 512, 256
+    if version == 0:  # negative vocabulary size: an unshared classifier
+        head = struct.pack("<7i", dim, hidden, L, H, KV, -vocab, seq_len)
+    else:
+        head = struct.pack("<Ii7iB", MAGIC_V1, 1, dim, hidden, L, H, KV, vocab, seq_len, 1).ljust(256, b"\0")
+    p = tmp_path / "big.bin"
+    p.write_bytes(head)
+    os.truncate(p, 4 << 30)  # sparse: no disk used
+    tracemalloc.start()
+    t = time.perf_counter()
+    try:
+        h = read_header(p)
+        elapsed = time.perf_counter() - t
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    shared, offset = (False, 28) if version == 0 else (True, 256)
+    assert h == Llama2cHeader(dim, hidden, L, H, KV, vocab, seq_len, shared, version, offset)
+    assert peak < 1 << 20, f"header parse allocated {peak} bytes"
+    assert elapsed < 0.5
+
+
 def test_unknown_model_fails_fast_and_says_what_was_tried(monkeypatch):
     t = time.perf_counter()
     with pytest.raises(ModelLoadError, match=r"tried built-in names \(minilm\); local path"):

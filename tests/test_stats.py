@@ -155,6 +155,53 @@ def test_merge_equals_one_pass_and_state_roundtrip():
     assert torch.allclose(again["x"].second, one.second)
 
 
+def _accumulators(st: SiteStats) -> dict[str, torch.Tensor]:
+    from spectral.stats import EXTRA_FIELDS, MOMENT_FIELDS
+
+    out = {n: getattr(st, n) for n in (*MOMENT_FIELDS, *EXTRA_FIELDS, "spectrum", "spectrum_windows")}
+    out.update({f"window_rows{i}": r for i, r in enumerate(st._win_rows)})
+    return {n: t for n, t in out.items() if t is not None}
+
+
+def test_state_restores_onto_the_device_given_or_recorded():
+    """from_state_dict keeps the device: the one passed in, else the one the state records (CPU for old
+    states or a device this machine lacks); a resumed capture puts its bank on the model's device."""
+    from types import SimpleNamespace
+
+    from spectral.measure import ConditionCapture
+
+    h = _data(n_win=8)
+    h[2, 5] *= 50  # one sink token, so the lazily allocated sink moments exist too
+    st = SiteStats(8, 4, h.mean((0, 1)), sink_threshold=float(h.norm(dim=-1).median()) * 5, cross=True)
+    mask = torch.ones(h.shape[:2], dtype=torch.bool)
+    st.update(h, mask, torch.arange(8), torch.arange(8) % 4, inp=h.flip(-1))
+    state = st.state_dict()
+    assert state["device"] == "cpu" and st.sink_second is not None and st.spectrum is not None
+    names = set(_accumulators(st))
+    assert {"second", "cross", "sink_second", "spectrum", "window_rows0"} <= names
+
+    meta = torch.device("meta")
+    for got in (
+        SiteStats.from_state_dict(state, device="meta"),  # the device passed in
+        SiteStats.from_state_dict({**state, "device": "meta"}),  # the device recorded
+        StatsBank.from_state_dict(StatsBank(("x",), {}, [st]).state_dict(), meta)["x"],  # the bank passes it on
+    ):
+        assert got.device == meta and set(_accumulators(got)) == names
+        assert all(t.device == meta for t in _accumulators(got).values()), _accumulators(got)
+        assert got.center is not None and got.center.device.type == "cpu"  # centres stay on the CPU
+    old = SiteStats.from_state_dict({k: v for k, v in state.items() if k != "device"})  # saved before devices
+    assert old.device.type == "cpu" and torch.equal(old.second, st.second) and torch.equal(old.cross, st.cross)
+    if not torch.cuda.is_available():
+        assert SiteStats.from_state_dict({**state, "device": "cuda:0"}).device.type == "cpu"
+
+    # the resume path: the bank goes to the model's device
+    fake = SimpleNamespace(model=SimpleNamespace(device=meta), _check=lambda s: None, _probes=lambda: {})
+    resume = {"bank": StatsBank(("x",), {}, [st]).state_dict(), "probes": {}, "batches_done": 2, "complete": False}
+    ConditionCapture.load_state_dict(fake, resume)  # type: ignore[arg-type]
+    assert fake.bank["x"].device == meta and all(t.device == meta for t in _accumulators(fake.bank["x"]).values())
+    assert fake.batches_done == 2
+
+
 def test_merge_refuses_different_centres():
     a, b = SiteStats(4, 2, torch.zeros(4)), SiteStats(4, 2, torch.ones(4))
     with pytest.raises(ValueError, match="centred"):
