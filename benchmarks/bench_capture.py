@@ -81,9 +81,9 @@ def variants(name: str, device: str, dtype: str, windows, batch_size: int):
     from transformers import AutoModel, AutoModelForCausalLM
 
     from spectral.capture import accumulate, all_sites, new_bank
+    from spectral.conditions import ConditionCapture
     from spectral.config import CaptureSpec, ExperimentConfig, ModelSpec
     from spectral.corpus import iter_batches
-    from spectral.measure import ConditionCapture
     from spectral.models import load_model
     from spectral.stats import SiteStats
 

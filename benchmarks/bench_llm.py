@@ -64,7 +64,7 @@ def peak_child(args: argparse.Namespace, variant: str, n_windows: int) -> float:
 
 def child(args: argparse.Namespace) -> None:
     from spectral.capture import accumulate, all_sites, new_bank
-    from spectral.measure import ConditionCapture
+    from spectral.conditions import ConditionCapture
     from spectral.models import load_model
 
     variant, n = json.loads(args._child)
@@ -97,7 +97,7 @@ def main() -> None:
 
     from spectral.analysis.metrics import compute_metrics
     from spectral.capture import accumulate, all_sites, new_bank
-    from spectral.measure import ConditionCapture
+    from spectral.conditions import ConditionCapture
     from spectral.models import load_model
     from spectral.runs import package_versions
 

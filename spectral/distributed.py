@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from spectral.measure import ConditionCapture
+    from spectral.conditions import ConditionCapture
 
 
 @dataclass(frozen=True)

@@ -51,9 +51,10 @@ def save_figures(
         declutter_ticks(fig)
     for name, fig in figures.items():
         atomic_write_text(fig_dir / f"{name}.html", fig.to_html(include_plotlyjs="directory", full_html=True))
+        atomic_write_text(fig_dir / f"{name}.json", fig.to_json())
         atomic_write_text(fig_dir / f"{name}.csv", data[name])
         atomic_write_text(fig_dir / f"{name}.txt", captions.get(name, "") + "\n")
-        written[name] = [f"{prefix}/{name}.{ext}" for ext in ("html", "csv", "txt")]
+        written[name] = [f"{prefix}/{name}.{ext}" for ext in ("html", "json", "csv", "txt")]
     note = None
     if not formats:
         return written, None

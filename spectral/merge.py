@@ -19,10 +19,10 @@ from typing import Any
 
 from spectral.analysis.metrics import MetricRow, MetricTable
 from spectral.capture import Calibration
+from spectral.conditions import ConditionCapture
 from spectral.config import config_from_dict
 from spectral.errors import RunDirError
 from spectral.figureset import FigureData, figure_data
-from spectral.measure import ConditionCapture
 from spectral.runner import RunResult, analyse_condition, cfg_bands, condition_models, finish_run, setup_run
 from spectral.runs import failpoint, load_state, prepare_run_dir, read_manifest, state_path, write_manifest
 

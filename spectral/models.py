@@ -76,6 +76,7 @@ class LoadedModel:
     random_init: bool
     seed: int | None
     device: torch.device
+    spec: ModelSpec | None = None  # how it was loaded: the R ensemble loads its twins from the same spec
     _basis: torch.Tensor | None = field(default=None, init=False, repr=False)
     _cbasis: torch.Tensor | None = field(default=None, init=False, repr=False)
     _gram: tuple[torch.Tensor, torch.Tensor, int] | None = field(default=None, init=False, repr=False)
@@ -406,4 +407,4 @@ def load_model(spec: ModelSpec, *, random_init: bool = False, seed: int = 0) -> 
         has_unembedding=_checkpoint_has_unembedding(source, config),
         is_causal=getattr(config, "model_type", "") not in _ENCODER_TYPES,
     )
-    return LoadedModel(bridge, tokenizer, arch, source, random_init, seed if random_init else None, device)
+    return LoadedModel(bridge, tokenizer, arch, source, random_init, seed if random_init else None, device, spec)

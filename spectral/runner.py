@@ -27,12 +27,12 @@ from typing import Any
 from spectral.analysis.battery import battery_metrics
 from spectral.analysis.metrics import MetricRow, MetricTable, compute_metrics
 from spectral.capture import Calibration, select_sites
+from spectral.conditions import ConditionCapture, is_null_condition
 from spectral.config import ExperimentConfig
-from spectral.corpus import TokenWindows, make_windows
+from spectral.corpus import CorpusText, TokenWindows, make_windows
 from spectral.errors import RunDirError
 from spectral.export import save_figures
 from spectral.figureset import FigureData, build_figures, figure_data
-from spectral.measure import ConditionCapture, is_null_condition
 from spectral.models import LoadedModel, load_model
 from spectral.predictions import evaluate, sensitivity_csv, verdicts_csv
 from spectral.runs import (
@@ -74,17 +74,22 @@ class Setup:
     windows: TokenWindows
     label: str
     manifest: dict[str, Any]
+    persist: bool = True  # capture states checkpointed in the run directory (False: in memory, nothing written)
+    keep_model: bool = False  # the caller's model survives: W is undone in place, the weights are not released
 
 
-def setup_run(cfg: ExperimentConfig, command: str | None) -> Setup:
-    """Load the model and the windows and draft the manifest (nothing is written yet)."""
+def setup_run(
+    cfg: ExperimentConfig, command: str | None, model: LoadedModel | None = None, corpus: CorpusText | None = None
+) -> Setup:
+    """Load the model (unless given: a loaded one whose spec is ``cfg.model``) and the windows (of ``corpus``
+    when given, else of ``cfg.corpus.source``) and draft the manifest (nothing is written yet)."""
     config = cfg.to_dict()
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(config)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"output path {run_dir} exists and is not a directory")
-    model = load_model(cfg.model)
+    model = model or load_model(cfg.model)
     sites = select_sites(model.arch, cfg.capture.sites)
-    windows = make_windows(model.tokenizer, cfg.corpus, n_ctx=model.arch.n_ctx, seed=cfg.seed)
+    windows = make_windows(model.tokenizer, cfg.corpus, n_ctx=model.arch.n_ctx, seed=cfg.seed, corpus=corpus)
     label = slug(cfg.model.name)
     n_stat = len(windows) * (windows.ids.shape[1] - (1 if cfg.capture.exclude_first else 0))
     manifest: dict[str, Any] = {
@@ -183,25 +188,7 @@ def run_experiment(
     if lead:
         write_manifest(s.run_dir, manifest)
     try:
-        rows: list[MetricRow] = []
-        measurements: list[FigureData] = []
-        for cond, m in condition_models(s):
-            t = time.perf_counter()
-            cc = _capture(s, m, cond, shard, resume, progress, log, on_batch)
-            if cc is None:
-                continue
-            if dist is not None:
-                dist.merge_into(cc)
-            timings[f"capture_{cond}"] = time.perf_counter() - t
-            if not lead or shard[1] > 1 and dist is None:
-                continue  # a shard: its state is its result (spectral merge analyses)
-            rows += analyse_condition(s, cc, manifest, timings, log)
-            if not (
-                cond.startswith("random_init.s") and any(m.condition.startswith("random_init") for m in measurements)
-            ):
-                # figures show R's first seed; the ensemble's spread is in the verdicts
-                measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
-            del cc  # the d x d moments of this condition are no longer needed
+        rows, measurements = measure_conditions(s, shard, resume, progress, log, on_batch, timings, dist)
         if not lead:
             assert dist is not None
             dist.barrier()  # rank 0 analyses and writes; the others wait for it
@@ -223,6 +210,40 @@ def run_experiment(
     return RunResult(s.run_dir, report, MetricTable(tuple(rows)))
 
 
+def measure_conditions(
+    s: Setup,
+    shard: tuple[int, int] = (0, 1),
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = lambda m: None,
+    on_batch: Callable[[str, int, int], None] | None = None,
+    timings: dict[str, float] | None = None,
+    dist: Any = None,
+) -> tuple[list[MetricRow], list[FigureData]]:
+    """Capture and analyse every condition (trained, controls, nulls) in turn: the metric rows and the
+    figure data. A shard (or a non-lead rank) only captures: its state is its result."""
+    timings = {} if timings is None else timings
+    lead = dist is None or dist.rank == 0
+    rows: list[MetricRow] = []
+    measurements: list[FigureData] = []
+    for cond, m in condition_models(s):
+        t = time.perf_counter()
+        cc = _capture(s, m, cond, shard, resume, progress, log, on_batch)
+        if cc is None:
+            continue
+        if dist is not None:
+            dist.merge_into(cc)
+        timings[f"capture_{cond}"] = time.perf_counter() - t
+        if not lead or shard[1] > 1 and dist is None:
+            continue  # a shard: its state is its result (spectral merge analyses)
+        rows += analyse_condition(s, cc, s.manifest, timings, log)
+        if not (cond.startswith("random_init.s") and any(x.condition.startswith("random_init") for x in measurements)):
+            # figures show R's first seed; the ensemble's spread is in the verdicts
+            measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
+        del cc  # the d x d moments of this condition are no longer needed
+    return rows, measurements
+
+
 def cfg_bands(s: Setup) -> int:
     """K of the band figures (the first of [analysis] bands)."""
     return s.cfg.analysis.bands[0]
@@ -241,9 +262,15 @@ def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
     if "permuted_weights" in cfg.controls:
         permute_weights(s.model.hf_model, cfg.seed)
         s.model.forget_unembedding_basis()  # W's unembedding is permuted too
-        yield "permuted_weights", s.model
+        try:
+            yield "permuted_weights", s.model
+        finally:
+            if s.keep_model:  # the caller's weights back, exactly (the inverse permutations)
+                permute_weights(s.model.hf_model, cfg.seed, inverse=True)
+                s.model.forget_unembedding_basis()
     if "random_init" in cfg.controls:
-        s.model.release_weights()
+        if not s.keep_model:
+            s.model.release_weights()
         twin: LoadedModel | None = None
         for seed in cfg.random_seeds:
             if twin is None:
@@ -273,7 +300,7 @@ def _capture(
 ) -> ConditionCapture | None:
     """Capture one condition of this shard, from its saved state when resuming (None: P not possible)."""
     path = state_path(s.run_dir, cond, shard)
-    saved = load_state(path) if resume and path.is_file() else None
+    saved = load_state(path) if s.persist and resume and path.is_file() else None
     calib = Calibration.from_state_dict(saved["calibration"]) if saved is not None else None
     if cond == "permuted" and not takes_position_ids(model):
         log(f"control P skipped: {model.arch.architecture}'s forward takes no position ids")
@@ -285,7 +312,8 @@ def _capture(
     if not cc.complete:
         desc = f"{s.label} [{cond}]" if progress else None
         cb = None if on_batch is None else (lambda done, total: on_batch(cond, done, total))
-        cc.run(shard, desc, cb, lambda c: save_state(path, c.state_dict()), s.cfg.capture.checkpoint_every)
+        save = (lambda c: save_state(path, c.state_dict())) if s.persist else None
+        cc.run(shard, desc, cb, save, s.cfg.capture.checkpoint_every)
     failpoint("condition-captured")
     return cc
 
@@ -312,6 +340,76 @@ def analyse_condition(
     return rows
 
 
+@dataclass
+class Outputs:
+    """What a run writes, built in memory from its metric rows and figure data."""
+
+    table: MetricTable
+    verdicts: list[Any]  # spectral.predictions.Verdict, Holm-adjusted
+    sensitivity: str  # sensitivity.csv
+    measurements: list[FigureData]
+
+
+def run_outputs(manifest: dict[str, Any], rows: list[MetricRow], measurements: list[FigureData]) -> Outputs:
+    """The metric table, the verdicts and the sensitivity table of a run (its config in ``manifest``)."""
+    from spectral.config import config_from_dict
+
+    cfg = config_from_dict(manifest["config"])
+    table = MetricTable(tuple(rows))
+    verdicts = evaluate(table, manifest["arch"], cfg.verdicts, cfg.analysis)
+    return Outputs(table, verdicts, sensitivity_csv(table, manifest["arch"], cfg.verdicts, cfg.analysis), measurements)
+
+
+def run_figures(manifest: dict[str, Any], out: Outputs) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """(figures, their CSV data, their captions) of a run, from its manifest and outputs."""
+    from spectral.config import config_from_dict
+
+    cfg = config_from_dict(manifest["config"])
+    corpus, arch = manifest["corpus"], manifest["arch"]
+    name = Path(corpus["name"]).name
+    title = f"{manifest['model_label']} · {name} · {corpus['n_windows']}×{cfg.corpus.seq_len} tokens"
+    figures, data, captions = build_figures(
+        out.table, out.measurements, cfg.analysis.bands[0], title, cfg.analysis.ci_level, out.verdicts
+    )
+    context = (
+        f"Model {manifest['model_label']} ({arch['architecture']}, {arch['norm_placement']}-LN); corpus "
+        f"{name}: {corpus['n_windows']} windows of {cfg.corpus.seq_len} tokens, "
+        f"{corpus['n_stat_tokens']} tokens in the statistics (position 0 excluded: "
+        f"{cfg.capture.exclude_first}); sites {', '.join(cfg.capture.sites)}. Bands: {cfg.analysis.ci_level:.0%} CI, "
+        f"bootstrap over windows ({cfg.analysis.n_boot} resamples) for per-window statistics, jackknife over "
+        f"{cfg.capture.moment_buckets} window buckets for moment statistics."
+    )
+    return figures, data, {k: f"{v} {context}" for k, v in captions.items()}
+
+
+def write_outputs(
+    run_dir: Path,
+    manifest: dict[str, Any],
+    out: Outputs,
+    log: Callable[[str], None],
+    timings: dict[str, float],
+    t0: float | None = None,
+) -> Path:
+    """metrics.csv, verdicts.csv, sensitivity.csv, figures, manifest ``complete`` and the report (all atomic);
+    returns the report's path. ``t0``: the run's start (perf_counter), for its total time."""
+    from spectral.report import build_report
+
+    atomic_write_text(run_dir / "metrics.csv", out.table.to_csv())
+    failpoint("metrics-written")
+    atomic_write_text(run_dir / "verdicts.csv", verdicts_csv(out.verdicts))
+    atomic_write_text(run_dir / "sensitivity.csv", out.sensitivity)
+    t = time.perf_counter()
+    figures, data, captions = run_figures(manifest, out)
+    formats = tuple(manifest["config"].get("formats", ()))
+    manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, captions, log, formats=formats)
+    timings["figures"] = time.perf_counter() - t
+    if t0 is not None:
+        timings["total"] = time.perf_counter() - t0
+    manifest.update(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    write_manifest(run_dir, manifest)
+    return build_report(run_dir)
+
+
 def finish_run(
     s: Setup,
     rows: list[MetricRow],
@@ -321,37 +419,9 @@ def finish_run(
     t0: float,
     log: Callable[[str], None],
 ) -> Path:
-    """metrics.csv, verdicts.csv, figures, manifest ``complete`` and the report (all atomic)."""
-    from spectral.report import build_report
-
-    cfg, run_dir, windows = s.cfg, s.run_dir, s.windows
-    table = MetricTable(tuple(rows))
-    atomic_write_text(run_dir / "metrics.csv", table.to_csv())
-    failpoint("metrics-written")
-    verdicts = evaluate(table, manifest["arch"], cfg.verdicts, cfg.analysis)
-    atomic_write_text(run_dir / "verdicts.csv", verdicts_csv(verdicts))
-    atomic_write_text(run_dir / "sensitivity.csv", sensitivity_csv(table, manifest["arch"], cfg.verdicts, cfg.analysis))
-
-    t = time.perf_counter()
-    title = f"{s.label} · {Path(windows.corpus.name).name} · {len(windows)}×{cfg.corpus.seq_len} tokens"
-    figures, data, captions = build_figures(
-        table, measurements, cfg.analysis.bands[0], title, cfg.analysis.ci_level, verdicts
-    )
-    context = (
-        f"Model {s.label} ({s.model.arch.architecture}, {s.model.arch.norm_placement}-LN); corpus "
-        f"{Path(windows.corpus.name).name}: {len(windows)} windows of {cfg.corpus.seq_len} tokens, "
-        f"{manifest['corpus']['n_stat_tokens']} tokens in the statistics (position 0 excluded: "
-        f"{cfg.capture.exclude_first}); sites {', '.join(cfg.capture.sites)}. Bands: {cfg.analysis.ci_level:.0%} CI, "
-        "bootstrap over "
-        f"windows ({cfg.analysis.n_boot} resamples) for per-window statistics, jackknife over "
-        f"{cfg.capture.moment_buckets} window buckets for moment statistics."
-    )
-    captions = {k: f"{v} {context}" for k, v in captions.items()}
-    manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, captions, log, formats=cfg.formats)
-    timings["figures"] = time.perf_counter() - t
-    timings["total"] = time.perf_counter() - t0
-    manifest.update(status="complete", timings=timings, finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    write_manifest(run_dir, manifest)
-    if not cfg.capture.keep_state:
-        shutil.rmtree(run_dir / STATE_DIR, ignore_errors=True)
-    return build_report(run_dir)
+    """Write the run's outputs (:func:`write_outputs`) and drop its capture state unless asked to keep it."""
+    out = run_outputs(manifest, rows, measurements)
+    report = write_outputs(s.run_dir, manifest, out, log, timings, t0)
+    if not s.cfg.capture.keep_state:
+        shutil.rmtree(s.run_dir / STATE_DIR, ignore_errors=True)
+    return report

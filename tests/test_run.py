@@ -176,8 +176,8 @@ def test_battery_end_to_end_on_babyllama(tmp_path):
 def test_a_type_error_in_control_p_is_not_hidden(tiny_model_dir, tmp_path, sample_text, monkeypatch):
     """Control P is skipped only when the forward takes no position ids (checked up front); any other
     TypeError raised while capturing it propagates (it was once reported as "control P skipped")."""
+    from spectral.conditions import ConditionCapture
     from spectral.config import AnalysisSpec, CorpusSpec, ExperimentConfig, ModelSpec
-    from spectral.measure import ConditionCapture
     from spectral.runner import run_experiment, takes_position_ids
 
     corpus = tmp_path / "corpus.txt"

@@ -168,7 +168,7 @@ def test_state_restores_onto_the_device_given_or_recorded():
     states or a device this machine lacks); a resumed capture puts its bank on the model's device."""
     from types import SimpleNamespace
 
-    from spectral.measure import ConditionCapture
+    from spectral.conditions import ConditionCapture
 
     h = _data(n_win=8)
     h[2, 5] *= 50  # one sink token, so the lazily allocated sink moments exist too

@@ -49,11 +49,12 @@ def permuted_positions(seed: int, has_bos: bool):
 
 
 @torch.no_grad()
-def permute_weights(model: torch.nn.Module, seed: int) -> int:
+def permute_weights(model: torch.nn.Module, seed: int, inverse: bool = False) -> int:
     """Control W, in place: the entries of every weight matrix (every parameter with two or more
     dimensions, embeddings included) permuted at random, seeded per parameter name. Each matrix keeps
     its distribution of values and its norm; the learned structure is gone. Vectors (norm gains, biases)
-    stay. A matrix shared by two modules (tied embeddings) is permuted once. Returns the count."""
+    stay. A matrix shared by two modules (tied embeddings) is permuted once. ``inverse`` undoes the same
+    seed's permutation exactly (the notebook API gives the caller's model back). Returns the count."""
     seen: set[int] = set()
     n = 0
     for name, p in model.named_parameters(remove_duplicate=True):
@@ -62,7 +63,10 @@ def permute_weights(model: torch.nn.Module, seed: int) -> int:
         seen.add(id(p))
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         flat = p.data.reshape(-1)
-        flat.copy_(flat[torch.randperm(flat.numel(), generator=g).to(flat.device)])
+        perm = torch.randperm(flat.numel(), generator=g)
+        if inverse:
+            perm = torch.argsort(perm)
+        flat.copy_(flat[perm.to(flat.device)])
         n += 1
     return n
 
