@@ -25,7 +25,14 @@ import torch
 
 from spectral.analysis.battery import Measurement
 from spectral.analysis.controls import permuted_positions, shuffle_windows
-from spectral.analysis.interventions import InterventionResult, can_run_tails, intervene, nll_per_window, tail_sweep
+from spectral.analysis.interventions import (
+    InterventionResult,
+    can_run_tails,
+    intervene,
+    mean_ablate,
+    nll_per_window,
+    tail_sweep,
+)
 from spectral.analysis.jacobian import BandTransfer
 from spectral.analysis.spectrum import split_bands
 from spectral.capture import Calibration, accumulate, calibrate, new_bank, select_sites
@@ -231,10 +238,18 @@ class ConditionCapture:
         chosen = list(range(L)) if n == 0 or n >= L else sorted({round(i * (L - 1) / (n - 1)) for i in range(n)})
         chosen = [layer for layer in chosen if f"resid_post.{layer}" in self.resid]
 
-        def bases(layer: int) -> dict[str, torch.Tensor]:
-            mu = self.bank[f"resid_post.{layer}"].total().sum_h
-            out = {"carrier": (mu / mu.norm()).float()[:, None]}
+        def bases(layer: int) -> dict[str, Any]:
+            tot = self.bank[f"resid_post.{layer}"].total()
+            mean = tot.sum_h / tot.n  # the corpus mean of h at this site
+            carrier = mean / mean.norm()
+            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + layer)
+            rnd = torch.randn(mean.shape[0], generator=g, dtype=torch.float64)
+            rnd = rnd / rnd.norm()
+            out: dict[str, Any] = {"carrier": carrier.float()[:, None]}
             out.update({f"band_k{K}_b{i}": U.float() for i, U in enumerate(self.bands[K])})
+            if can_run_tails(self.model):  # mean ablations: the carrier's, and a random direction's (its null)
+                out["ablate_carrier"] = mean_ablate(carrier, float(mean @ carrier))
+                out["ablate_random"] = mean_ablate(rnd, float(mean @ rnd))
             return out
 
         if can_run_tails(self.model):  # each edit runs only the layers after its site

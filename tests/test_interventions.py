@@ -202,3 +202,41 @@ def test_tail_sweep_equals_full_forward_edits(family, tiny_model_dir, tmp_path, 
         assert r.edited_nll == pytest.approx(ref.edited_nll, rel=1e-5), (r.site, r.target)
     sub = tail_sweep(model, windows, [0], lambda layer: basis, 4, 20, 0, positions=3)
     assert all(np.isfinite(r.delta_nll.value) for r in sub)
+
+
+def test_mean_ablation_and_kl(tiny_model_dir, tmp_path, sample_text):
+    """A mean ablation sets the component along v to the given mean and leaves the rest of h; in the tail
+    sweep an identity edit has ΔNLL 0 and KL 0, a real edit a positive KL equal to the one computed from two
+    full forward passes."""
+    from spectral.analysis.interventions import mean_ablate, tail_sweep
+
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(5, 7, 32, generator=g)
+    v = torch.randn(32, generator=g)
+    out = mean_ablate(v, 2.5)(h)
+    u = v / v.norm()
+    assert torch.allclose(out @ u, torch.full((5, 7), 2.5), atol=1e-5)
+    assert torch.allclose(out - (out @ u)[..., None] * u, h - (h @ u)[..., None] * u, atol=1e-5)
+
+    model = load_model(ModelSpec(name=str(tiny_model_dir("llama"))))
+    p = tmp_path / "t.txt"
+    p.write_text(sample_text)
+    windows = make_windows(model.tokenizer, CorpusSpec(source=str(p), seq_len=20, max_seqs=4))
+    edit = mean_ablate(v, 0.0)
+    got = {
+        r.target: r for r in tail_sweep(model, windows, [1], lambda layer: {"id": lambda x: x, "abl": edit}, 4, 50, 0)
+    }
+    assert got["id"].delta_nll.value == pytest.approx(0.0, abs=1e-9) and got["id"].kl.value == pytest.approx(
+        0, abs=1e-7
+    )
+    # KL from two independent full forwards (the edit hooked at resid_post.1), on the same scored positions
+    from spectral.capture import hook_name
+
+    ids = windows.ids
+    with torch.no_grad():
+        clean = torch.log_softmax(model.bridge(ids, return_type="logits").float(), -1)
+        with model.bridge.hooks(fwd_hooks=[(hook_name("resid_post.1", model.arch), lambda x, hook: edit(x))]):
+            ablated = torch.log_softmax(model.bridge(ids, return_type="logits").float(), -1)
+    kl = (clean.exp() * (clean - ablated)).sum(-1)[:, 1:-1]  # position 0 excluded, the last has no target
+    assert got["abl"].kl.value == pytest.approx(float(kl.double().mean(1).mean()), rel=1e-3)
+    assert got["abl"].kl.value > 0

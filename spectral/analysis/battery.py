@@ -382,4 +382,6 @@ def battery_metrics(
         _jacobian_metrics(out, m.jacobian, spec)
     for res in m.interventions:
         out.add(res.site, f"dnll_{res.target}", res.delta_nll)
+        if res.kl is not None:
+            out.add(res.site, f"kl_{res.target}", res.kl)
     return out.rows

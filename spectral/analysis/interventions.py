@@ -49,6 +49,7 @@ class InterventionResult:
     delta_nll: Estimate  # mean over windows of NLL_edited - NLL_clean, bootstrap CI over windows
     clean_nll: float
     edited_nll: float
+    kl: Estimate | None = None  # mean over windows of KL(clean ‖ edited) of the next-token distributions (nats)
 
 
 def _check_lm(model: LoadedModel) -> None:
@@ -146,6 +147,26 @@ def project_out(basis: Float[torch.Tensor, "d k"]) -> EditFn:
         Q = cache[key]
         x = h.to(dtype)
         return (x - (x @ Q) @ Q.T).to(h.dtype)
+
+    return fn
+
+
+def mean_ablate(direction: torch.Tensor, mean: float) -> EditFn:
+    """``fn(h) = h + (m − h·v) v``: the component along the unit vector v replaced by its corpus mean m
+    (the rest of h untouched); the edit of a mean ablation, which keeps the stream's typical amplitude
+    where a projection would set it to zero."""
+    v64 = direction.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
+    v64 = v64 / v64.norm()
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def fn(h: torch.Tensor) -> torch.Tensor:
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        key = (h.device, dtype)
+        if key not in cache:
+            cache[key] = v64.to(device=h.device, dtype=dtype)
+        v = cache[key]
+        x = h.to(dtype)
+        return (x + (mean - x @ v)[..., None] * v).to(h.dtype)
 
     return fn
 
@@ -260,26 +281,39 @@ def _tail(base: Any, start: int) -> Iterator[None]:
             cfg.layer_types = kinds
 
 
+def _per_window(values: torch.Tensor, n_windows: int, mask: torch.Tensor) -> np.ndarray:
+    """Mean over each window's scored positions of per-token ``values`` (in ``mask`` order)."""
+    win = torch.arange(n_windows, device=mask.device)[:, None].expand_as(mask)[mask]
+    tot = torch.zeros(n_windows, dtype=torch.float64, device=mask.device).index_add_(0, win, values)
+    cnt = torch.zeros(n_windows, dtype=torch.float64, device=mask.device).index_add_(0, win, torch.ones_like(values))
+    return (tot / cnt.clamp_min(1)).cpu().numpy()
+
+
 def _scored_nll(
-    final: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None
-) -> np.ndarray:
-    """Mean NLL per window over the scored positions (``mask`` marks positions whose next token is scored)."""
+    final: torch.Tensor,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    W: torch.Tensor,
+    b: torch.Tensor | None,
+    with_logp: bool = False,
+) -> Any:
+    """Mean NLL per window over the scored positions (``mask`` marks positions whose next token is scored);
+    with ``with_logp`` also the scored rows' log-probabilities (for KL)."""
     f = final[mask].float()
     logits = f @ W if b is None else f @ W + b
     target = torch.zeros_like(ids)
     target[:, :-1] = ids[:, 1:]
-    nll = F.cross_entropy(logits, target[mask], reduction="none").double()
-    win = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(mask)[mask]
-    tot = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device).index_add_(0, win, nll)
-    cnt = torch.zeros(ids.shape[0], dtype=torch.float64, device=ids.device).index_add_(0, win, torch.ones_like(nll))
-    return (tot / cnt.clamp_min(1)).cpu().numpy()
+    logp = torch.log_softmax(logits, -1)
+    nll = -logp.gather(1, target[mask][:, None])[:, 0].double()
+    per = _per_window(nll, ids.shape[0], mask)
+    return (per, logp) if with_logp else per
 
 
 def tail_sweep(
     model: LoadedModel,
     windows: TokenWindows,
     layers: list[int],
-    bases: Callable[[int], dict[str, torch.Tensor]],
+    bases: Callable[[int], dict[str, torch.Tensor | EditFn]],
     batch_size: int,
     n_boot: int,
     seed: int,
@@ -287,7 +321,8 @@ def tail_sweep(
     exclude_first: bool = True,
     positions: int = 0,
 ) -> list[InterventionResult]:
-    """ΔNLL of projecting each basis of ``bases(l)`` out of resid_post.l, for each l in ``layers``.
+    """ΔNLL and KL(clean ‖ edited) of each edit of ``bases(l)`` at resid_post.l, for each l in ``layers``: a
+    (d, k) basis is projected out, a callable is applied as it is (:func:`mean_ablate`).
 
     The clean pass runs once per batch and keeps resid_post.l; each edit then runs only layers l+1..L-1
     (and the final norm and W_U) from the edited stream, which equals a full forward with the edit hooked
@@ -305,8 +340,9 @@ def tail_sweep(
     names = {hook_name(f"resid_post.{layer}", model.arch): layer for layer in layers}
     clean: list[np.ndarray] = []
     edited: dict[tuple[int, str], list[np.ndarray]] = {}
+    kls: dict[tuple[int, str], list[np.ndarray]] = {}
     dev = model.device
-    basis_of = {layer: {t: project_out(B) for t, B in bases(layer).items()} for layer in layers}
+    basis_of = {layer: {t: B if callable(B) else project_out(B) for t, B in bases(layer).items()} for layer in layers}
     for batch in iter_batches(windows, batch_size, exclude_first):
         ids, att = batch.input_ids.to(dev), batch.attention_mask.to(dev)
         mask = batch.stat_mask.clone()
@@ -320,7 +356,8 @@ def tail_sweep(
         with torch.inference_mode():
             with fastpath.hooks(model, hooks):
                 out = base(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state
-            clean.append(_scored_nll(out, ids, mask, W.to(dev), None if bias is None else bias.to(dev)))
+            nll0, logp0 = _scored_nll(out, ids, mask, W.to(dev), None if bias is None else bias.to(dev), True)
+            clean.append(nll0)
             for layer in layers:
                 for target, fn in basis_of[layer].items():
                     h = fn(kept[layer])
@@ -329,13 +366,16 @@ def tail_sweep(
                     else:
                         with _tail(base, layer + 1):
                             final = base(inputs_embeds=h, attention_mask=att, use_cache=False).last_hidden_state
-                    nll = _scored_nll(final, ids, mask, W.to(dev), None if bias is None else bias.to(dev))
+                    nll, logp = _scored_nll(final, ids, mask, W.to(dev), None if bias is None else bias.to(dev), True)
                     edited.setdefault((layer, target), []).append(nll)
+                    kl = (logp0.exp() * (logp0 - logp)).sum(-1).double()  # KL(clean ‖ edited) per scored token
+                    kls.setdefault((layer, target), []).append(_per_window(kl, ids.shape[0], mask))
     c = np.concatenate(clean)
     out_rows = []
     for layer in layers:
         for target in basis_of[layer]:
             e = np.concatenate(edited[(layer, target)])
+            kl = np.concatenate(kls[(layer, target)])
             out_rows.append(
                 InterventionResult(
                     f"resid_post.{layer}",
@@ -343,6 +383,7 @@ def tail_sweep(
                     _mean_ci(e - c, n_boot, seed, level),
                     float(c.mean()),
                     float(e.mean()),
+                    _mean_ci(kl, n_boot, seed, level),
                 )
             )
     return out_rows
