@@ -6,4 +6,4 @@ run: setup
 test:
 	.venv/bin/python -m pytest -q
 check:
-	.venv/bin/ruff check spectral tests experiments app benchmarks && .venv/bin/ruff format --check spectral tests experiments app benchmarks && .venv/bin/pyright spectral && .venv/bin/python -m pytest -q
+	.venv/bin/ruff check spectral tests experiments app benchmarks && .venv/bin/ruff format --check spectral tests experiments app benchmarks && .venv/bin/pyright spectral app experiments benchmarks && .venv/bin/mkdocs build --strict -q -d "$$(mktemp -d)" && .venv/bin/python -m pytest -q

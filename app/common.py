@@ -150,7 +150,7 @@ def ci_levels_text(runs: Sequence[RunData]) -> str:
 
 def outcome_counts(verdicts: Iterable[Verdict]) -> dict[str, int]:
     """How many verdicts have each outcome, in ``OUTCOMES`` order (an unknown outcome comes after them)."""
-    counts = dict.fromkeys(OUTCOMES, 0)
+    counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
     for v in verdicts:
         counts[v.outcome] = counts.get(v.outcome, 0) + 1
     return counts
@@ -402,7 +402,7 @@ def figure_block(fig: go.Figure, name: str, csv_text: str | None = None, caption
         )
     state_key = f"img_{name}"
     if cols[1].button("Prepare PNG/SVG/PDF", key=f"prep_{name}"):
-        fig_json = fig.to_json()
+        fig_json = fig.to_json() or ""
         try:
             st.session_state[state_key] = {fmt: _image_bytes(fig_json, fmt) for fmt in ("png", "svg", "pdf")}
         except Exception as exc:  # noqa: BLE001 - kaleido needs a Chromium; say so instead of failing

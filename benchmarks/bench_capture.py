@@ -90,7 +90,7 @@ def variants(name: str, device: str, dtype: str, windows, batch_size: int):
     model = load_model(ModelSpec(name=name, device=device, dtype=dtype))  # type: ignore[arg-type]
     path = str(model.source.path)
     cls = AutoModel if not model.arch.is_causal else AutoModelForCausalLM
-    hf = cls.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()  # default attention (SDPA)
+    hf = cls.from_pretrained(path, dtype=getattr(torch, dtype)).to(device).eval()  # type: ignore[arg-type]  # SDPA
     batches = list(iter_batches(windows, batch_size))
     resid = tuple(s for s in all_sites(model.arch) if s.startswith("resid_post."))
     every = all_sites(model.arch)
@@ -123,7 +123,7 @@ def variants(name: str, device: str, dtype: str, windows, batch_size: int):
                     names_filter=lambda n: n in names,
                 )
                 for n, s in names.items():
-                    stats[s].update(cache[n], b.stat_mask, b.window_index)
+                    stats[s].update(cache[n], b.stat_mask, b.window_index, b.buckets(10))
 
     def residual_fast() -> None:
         accumulate(model, windows, new_bank(model, resid, 10), batch_size, backend="fast")
@@ -181,7 +181,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--seq-len", type=int, default=128)

@@ -79,7 +79,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=8)

@@ -56,7 +56,7 @@ def verdict_table(run: Path) -> str:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("run", type=Path)
     a = p.parse_args()
     print(layer_table(a.run) + "\n\n" + verdict_table(a.run))

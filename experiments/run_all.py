@@ -50,7 +50,7 @@ def canonical(run_dir, model) -> None:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--models", help="comma-separated keys of configs/models.toml or model paths (default: all)")
     p.add_argument("--quick", action="store_true", help="small settings: every model in a few minutes on 2 cores")
     args = p.parse_args()

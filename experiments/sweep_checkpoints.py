@@ -541,7 +541,7 @@ def figures(points: list[Point], n_layers: int, loss: Loss, unigram: float | Non
 def main(argv: list[str] | None = None) -> int:
     from spectral.export import save_figures
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--run", type=Path, help="training output with checkpoints/ (default: the reference run)")
     p.add_argument("--model", help="a hub id instead of a training run (with --revisions)")
     p.add_argument("--revisions", help="comma-separated hub revisions, e.g. step1000,step2000,step4000")

@@ -454,7 +454,7 @@ def summary_markdown(record: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny model, a few dozen steps (the [quick] section)")
     p.add_argument("--config", type=Path, default=CONFIG, help="TOML with [run] and [quick] sections")
     p.add_argument("--corpus", action="append", help="a text file or a directory of .txt files (repeatable)")

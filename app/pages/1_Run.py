@@ -122,9 +122,9 @@ def build_config(stack: contextlib.ExitStack) -> ExperimentConfig:
         corpus=CorpusSpec(source=source, seq_len=int(seq_len), max_seqs=int(max_seqs)),
         capture=CaptureSpec(sites=tuple(s.strip() for s in sites.split(",") if s.strip())),
         analysis=AnalysisSpec(n_boot=int(n_boot), intervention_windows=int(interventions)),
-        controls=controls,
+        controls=controls,  # type: ignore[arg-type]  # checked against the Literal in __post_init__
         seed=int(seed),
-        formats=formats,
+        formats=formats,  # type: ignore[arg-type]
         out=str(run_dir),
     )
 
