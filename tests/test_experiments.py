@@ -31,8 +31,14 @@ def test_quick_family_script(tmp_path):
 def test_run_settings_come_from_run_toml_and_families_cannot_carry_any(tmp_path, monkeypatch):
     """Every family once had [run]/[quick] tables, but only norm_growth.toml's were read: the others did
     nothing. The run's settings now live in configs/run.toml; a family file holding any is refused."""
+    import importlib.util
+
+    # experiments/common.py by path: another module named "common" (the app's) may already be imported
+    spec = importlib.util.spec_from_file_location("experiments_common", REPO / "experiments" / "common.py")
+    assert spec is not None and spec.loader is not None
+    common = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(REPO / "experiments"))
-    import common
+    spec.loader.exec_module(common)
 
     for name in ("norm_growth", "bands", "carrier", "controls", "interventions", "lenses", "sequence_spectra"):
         assert set(common.family(name)) == {"figures", "verdicts"}, name

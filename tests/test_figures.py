@@ -32,6 +32,7 @@ def test_png_skipped_with_note_when_no_browser(tmp_path, monkeypatch):
     assert note and "PNG/PDF/SVG figures skipped" in note and notes == [note]
     assert files["norm_profile"] == [
         "figures/norm_profile.html",
+        "figures/norm_profile.json",
         "figures/norm_profile.csv",
         "figures/norm_profile.txt",
     ]
