@@ -118,6 +118,21 @@ def nll_per_window(
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
 
 
+def _caster(t64: torch.Tensor) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """``cast(h) = (h, t)`` both in h's dtype promoted to at least float32 and on h's device (``t`` converted
+    once per device and dtype): the edits compute in float32 or wider and return h's dtype."""
+    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def cast(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = torch.promote_types(h.dtype, torch.float32)
+        key = (h.device, dtype)
+        if key not in cache:
+            cache[key] = t64.to(device=h.device, dtype=dtype)
+        return h.to(dtype), cache[key]
+
+    return cast
+
+
 def project_out(basis: Float[torch.Tensor, "d k"]) -> EditFn:
     """``fn(h) = h - (h Q) Qᵀ`` with ``Q`` an orthonormal basis of span(``basis``) (QR).
 
@@ -135,17 +150,12 @@ def project_out(basis: Float[torch.Tensor, "d k"]) -> EditFn:
     diag = r.diagonal().abs()
     if k > d or float(diag.min()) <= 1e-10 * max(float(diag.max()), 1e-300):
         raise SpectralError(f"the basis of {k} directions in R^{d} is rank-deficient (a zero or repeated direction)")
-    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    cast = _caster(q)
 
     def fn(h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] != d:
             raise SpectralError(f"basis has dimension {d} but the activation has {h.shape[-1]}")
-        dtype = torch.promote_types(h.dtype, torch.float32)
-        key = (h.device, dtype)
-        if key not in cache:
-            cache[key] = q.to(device=h.device, dtype=dtype)
-        Q = cache[key]
-        x = h.to(dtype)
+        x, Q = cast(h)
         return (x - (x @ Q) @ Q.T).to(h.dtype)
 
     return fn
@@ -156,16 +166,10 @@ def mean_ablate(direction: torch.Tensor, mean: float) -> EditFn:
     (the rest of h untouched); the edit of a mean ablation, which keeps the stream's typical amplitude
     where a projection would set it to zero."""
     v64 = direction.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
-    v64 = v64 / v64.norm()
-    cache: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+    cast = _caster(v64 / v64.norm())
 
     def fn(h: torch.Tensor) -> torch.Tensor:
-        dtype = torch.promote_types(h.dtype, torch.float32)
-        key = (h.device, dtype)
-        if key not in cache:
-            cache[key] = v64.to(device=h.device, dtype=dtype)
-        v = cache[key]
-        x = h.to(dtype)
+        x, v = cast(h)
         return (x + (mean - x @ v)[..., None] * v).to(h.dtype)
 
     return fn
