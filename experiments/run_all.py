@@ -31,11 +31,12 @@ def canonical(run_dir, model) -> None:
     for name in ("verdicts.csv", "sensitivity.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, dest / name)
-    # the manifest (config, versions, commit) without this machine's paths: the repository and home prefixes
-    # become relative / "~"
+    # the manifest (config, versions, commit) without this machine's paths: the venv, the repository and home
+    # prefixes become ".venv/", relative / "~"
     text = (run_dir / "manifest.json").read_text()
     roots = {str(run_dir.resolve().parents[2]) + "/", str(ROOT.resolve()) + "/"}  # the run's checkout and this one
-    for prefix, repl in [*((r, "") for r in roots), (str(Path.home()) + "/", "~/")]:
+    venv = str(Path(sys.prefix).resolve()) + "/"  # installed packages (GGUF files, MiniLM) live in the venv
+    for prefix, repl in [(venv, ".venv/"), *((r, "") for r in roots), (str(Path.home()) + "/", "~/")]:
         text = text.replace(json.dumps(prefix)[1:-1], repl)
     atomic_write_text(dest / "manifest.json", text)
     from readme_example import layer_table, verdict_table
