@@ -319,7 +319,8 @@ def accumulate(
         prev = take(bank.predecessors.get(site))
         inp = take(bank.inputs.get(site))
         if site not in bank.aliases:  # an alias's statistics were added under the site it repeats
-            bank[site].update(x, b.stat_mask, b.window_index, b.buckets(bank[site].n_buckets), b.full, prev, inp)
+            first = (b.attention_mask[:, 0] > 0) & ~b.stat_mask[:, 0].bool()  # position 0 real, not counted
+            bank[site].update(x, b.stat_mask, b.window_index, b.buckets(bank[site].n_buckets), b.full, prev, inp, first)
         if site in consumers:
             held[site] = x.detach()
             left[site] = consumers[site]

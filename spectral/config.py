@@ -197,6 +197,9 @@ class CaptureSpec:
         _check(self.calibration_windows >= 1, "[capture] calibration_windows must be >= 1")
 
 
+ROGUE_SENSITIVITY = 4.0  # the sensitivity table's variant removes this many times the rogue share of d_model
+
+
 @dataclass(frozen=True)
 class AnalysisSpec:
     """Statistical settings of the analyses (thresholds of the verdicts live here too)."""
@@ -256,9 +259,10 @@ class AnalysisSpec:
         "corpus-level layer x layer cosine matrix of resid_post (holds one batch's unit vectors per layer)", True
     )
 
-    def rogue_dims(self, d: int) -> int:
-        """k of the rogue-dimension checks for a model of width ``d``: a share of d, at least ``rogue_k``."""
-        return max(self.rogue_k, round(self.rogue_share * d))
+    def rogue_dims(self, d: int, factor: float = 1.0) -> int:
+        """k of the rogue-dimension checks for a model of width ``d``: a share of d, at least ``rogue_k``
+        (``factor`` scales the share: the sensitivity table's variant, :data:`ROGUE_SENSITIVITY`)."""
+        return max(self.rogue_k, round(factor * self.rogue_share * d))
 
     def __post_init__(self) -> None:
         _check_literals(self)
@@ -311,6 +315,9 @@ class VerdictSpec:
     lowpass_margin: float = _help("P9: δ of seq_ac_lowfreq_share over its permutation null (middle layers)", 0.02)
     resonance_top_bands: int = _help("P10: number of top W_U bands (of K = first of [analysis] bands)", 2)
     resonance_margin: float = _help("P10: δ of the top centred bands' margin share over the rotated-h null", 0.05)
+    resonance_slope_margin: float = _help(
+        "P10: δ of the per-layer rise (slope per layer) of that share's excess over its rotated-h null", 0.0
+    )
     carrier_growth_margin: float = _help("P11: δ of carrier − modulation growth rate, over 0 and over R", 0.0)
 
     def __post_init__(self) -> None:

@@ -2,8 +2,8 @@
 
 * :class:`LensProbe`: logit lens (final norm + W_U) at residual sites — agreement with the model's
   own top-1, top-1 accuracy and rank of the true next token — the same for the carrier-removed
-  stream h − ⟨h, μ̂⟩μ̂ (μ̂ fixed from the calibration batch), and the final top-1 logit margin
-  decomposed by W_U band.
+  stream h − ⟨h, μ̂⟩μ̂ (μ̂ fixed from the calibration batch), and the top-1 logit margin of the lens
+  decomposed by centred W_U band at every site (final and per layer), with its rotated-h null.
 * :class:`HeadProbe`: per-head second moments of the attention outputs ``z`` (bucketed like the
   site moments) and, per token, attention received versus tail-band energy of the stream the
   attention layer reads.
@@ -79,8 +79,12 @@ class LensProbe:
         self.dirs = {s: (v / v.norm()).float().to(model.device) for s, v in carrier_dirs.items()}
         self.bands = [U.float().to(model.device) for U in bands]  # the margin's bands (centred W_U)
         self.rows: list[np.ndarray] = []  # per batch (windows, sites, columns)
-        # per batch (windows, 2 (K + 1)): per-band margin and bias part, then the same for the rotated-h null
+        # per batch (windows, sites, 2 (K + 1)): per site, the top-1 vs top-2 margin of its lens split into
+        # per-band parts and the bias part, then the same for the rotated-h null. The null's own top-2 needs a
+        # second vocabulary scan: at the final site it is taken on every lens row, at the layers on every
+        # ``null_stride``-th row (the per-layer null costs 1/null_stride of the lens, not all of it again)
         self.margins: list[np.ndarray] = []
+        self.null_stride = 4
         d = W.shape[0]
         q, r = torch.linalg.qr(
             torch.randn(d, d, generator=torch.Generator().manual_seed(seed + 4242), dtype=torch.float64)
@@ -92,6 +96,8 @@ class LensProbe:
         self._top1: dict[str, torch.Tensor] = {}
         self._mod_top1: dict[str, torch.Tensor] = {}
         self._acc: dict[str, torch.Tensor] = {}
+        self._margin_real: dict[str, torch.Tensor] = {}  # per site (tokens, K + 1)
+        self._margin_rot: dict[str, torch.Tensor] = {}  # per site (null rows, K + 1)
         # per site: (site, lens rows f, [(edit key, edited rows g or None, span coefficients or None)])
         self._pending: list[tuple[str, torch.Tensor, list[tuple[str, torch.Tensor | None, torch.Tensor | None]]]] = []
         self.rows_per_product = 512
@@ -181,6 +187,7 @@ class LensProbe:
     def begin_batch(self, batch: Batch) -> None:
         self._batch, self._sel, self._pending = batch, None, []
         self._top1, self._mod_top1, self._acc = {}, {}, {}
+        self._margin_real, self._margin_rot = {}, {}
 
     def _tokens(self) -> tuple[torch.Tensor, torch.Tensor]:
         b = self._batch
@@ -254,9 +261,10 @@ class LensProbe:
         tgt = target.to(dev)
         # every row is one of the selected tokens (lens rows and fallback rows alike) in the same order
         full_tgt = tgt.repeat(len(parts))
-        final = next(((a, b) for s, a, b, _ in where if s == "final"), None)
         bias = None if self.bias is None else self.bias.to(dev)
-        res = scan(F, self.W.to(dev), bias, full_tgt, mods, final)
+        res = scan(F, self.W.to(dev), bias, full_tgt, mods, (0, len(F)))  # top-2 of every row: per-layer margins
+        assert res.top2 is not None
+        null_rows: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (site, lens rows, their targets)
         for site, a, b, placed in where:
             self._top1[site] = res.top1[a:b].cpu()
             rank = res.rank[a:b].cpu().double()
@@ -266,9 +274,10 @@ class LensProbe:
                     self._mod_top1[key] = res.mod_top1[mod].cpu()
                 elif fb is not None:
                     self._mod_top1[key] = res.top1[fb : fb + (b - a)].cpu()
-            if site == "final":
-                assert res.top2 is not None
-                self._margin(F[a:b], res.top2, target.to(dev))
+            self._margin_real[site] = self._margin_parts(F[a:b], res.top2[a:b])
+            pick = slice(None) if site == "final" else slice(None, None, self.null_stride)
+            null_rows.append((site, F[a:b][pick], tgt[pick]))
+        self._margin_null(null_rows)
         self._pending = []
 
     def _margin_parts(self, f: torch.Tensor, top2: torch.Tensor) -> torch.Tensor:
@@ -283,14 +292,20 @@ class LensProbe:
         )
         return torch.stack(parts + [bias], 1).double().cpu()
 
-    def _margin(self, f: torch.Tensor, top2: torch.Tensor, target: torch.Tensor) -> None:
-        """The margin's band parts, and those of the rotated-h null: the same rows turned by a fixed random
-        rotation (same W_U, same norms, no alignment with it), their own top-2 found by a second scan."""
+    def _margin_null(self, rows: list[tuple[str, torch.Tensor, torch.Tensor]]) -> None:
+        """The rotated-h null's band parts: the rows turned by a fixed random rotation (same W_U, same norms,
+        no alignment with it), their own top-2 found by one second scan for all the sites of a flush."""
+        if not rows:
+            return
+        f = torch.cat([r[1] for r in rows])
         rot = f @ self.rotation.to(f.device)
         bias = None if self.bias is None else self.bias.to(f.device)
-        res = scan(rot, self.W.to(f.device), bias, target, (), (0, len(rot)))
+        res = scan(rot, self.W.to(f.device), bias, torch.cat([r[2] for r in rows]), (), (0, len(rot)))
         assert res.top2 is not None
-        self._margin_tok = torch.cat([self._margin_parts(f, top2), self._margin_parts(rot, res.top2)], 1)
+        at = 0
+        for site, fr, _ in rows:
+            self._margin_rot[site] = self._margin_parts(rot[at : at + len(fr)], res.top2[at : at + len(fr)])
+            at += len(fr)
 
     def end_batch(self) -> None:
         b = self._batch
@@ -315,9 +330,12 @@ class LensProbe:
                 abl = self._mod_top1.get(f"{site}#{name}")
                 cols.append((abl == target).double() if abl is not None else nan)
             rows[:, i, :].index_add_(0, tok_window, torch.stack(cols, 1))
-        marg = torch.zeros(nw, self._margin_tok.shape[1], dtype=torch.float64).index_add_(
-            0, tok_window, self._margin_tok
-        )
+        K1 = len(self.bands) + 1
+        marg = torch.zeros(nw, len(self.sites), 2 * K1, dtype=torch.float64)
+        for i, site in enumerate(self.sites):
+            marg[:, i, :K1].index_add_(0, tok_window, self._margin_real[site])
+            pick = slice(None) if site == "final" else slice(None, None, self.null_stride)
+            marg[:, i, K1:].index_add_(0, tok_window[pick], self._margin_rot[site])
         self.rows.append(rows.numpy())
         self.margins.append(marg.numpy())
         self.index.append(b.window_index.numpy().copy())
@@ -340,7 +358,8 @@ class LensProbe:
             self.margins.append(state["margins"].numpy().copy())
 
     def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(window_index (W,), lens rows (W, sites, columns), margin rows (W, K + 1)), by window."""
+        """(window_index (W,), lens rows (W, sites, columns), margin rows (W, sites, 2 (K + 1)): per site the
+        band parts and bias part of the lens's top-1 margin, then those of the rotated-h null), by window."""
         idx = np.concatenate(self.index)
         order = np.argsort(idx, kind="stable")
         return idx[order], np.concatenate(self.rows)[order], np.concatenate(self.margins)[order]

@@ -77,6 +77,13 @@ class Moments:
     sink_sum_h: Float[torch.Tensor, " d"]
     sink_second: Float[torch.Tensor, "d d"]
     cross: Float[torch.Tensor, "d d"] | None  # Σ w xᵀ of a write w and the stream x it read
+    # position-0 tokens that the counted moments leave out (``exclude_first``), kept for the analyses about
+    # sinks, which include position 0 (ARCHITECTURE.md section 1); zero when position 0 is counted already.
+    # Those among them above the sink threshold are part of sink_* too, so the tokens without sinks are
+    # (n + first) − sink, and the sink moments are never subtracted from the counted moments alone
+    first_count: float = 0.0
+    first_sum_h: Float[torch.Tensor, " d"] | None = None
+    first_second: Float[torch.Tensor, "d d"] | None = None
 
 
 def packed_size(d: int) -> int:
@@ -201,6 +208,10 @@ class SiteStats:
         self._total_m: Moments | None = None  # their Moments view (unpacked, shifted back)
         self._fields: dict[str, torch.Tensor | None] | None = None
         self._loo: dict[int, Moments] = {}
+        # the position-0 vectors of windows whose position 0 is real but not counted (sites that track sinks
+        # only): one float64 row per window, with its bucket; they become first_* (and pos-0 sinks) in views
+        self._first_h: list[torch.Tensor] = []
+        self._first_b: list[torch.Tensor] = []
 
     def _alloc(self, B: int, d: int, sink_threshold: float | None, cross: bool) -> None:
         f64 = torch.float64
@@ -232,9 +243,12 @@ class SiteStats:
         full: Bool[torch.Tensor, " batch"] | None = None,
         prev: Float[torch.Tensor, "batch seq d"] | None = None,
         inp: Float[torch.Tensor, "batch seq d"] | None = None,
+        first: Bool[torch.Tensor, " batch"] | None = None,
     ) -> None:
         """Add one batch. ``prev``: the predecessor site on the residual chain (same tokens);
-        ``inp``: for a write site (attn_out / mlp_out), the stream it read (cross moment).
+        ``inp``: for a write site (attn_out / mlp_out), the stream it read (cross moment); ``first``: the
+        windows whose position 0 is a real token left out of ``mask`` (kept aside on a site that tracks
+        sinks: analyses about sinks include position 0).
 
         Work is done per window (sums over positions, then into the window's bucket) in float32
         on the activation's device (float64 when given float64), without device syncs except one
@@ -368,6 +382,11 @@ class SiteStats:
         rows[:, 6] = (intra * m[..., 0]).sum(1).double()
         self._win_index.append(widx.numpy().copy())
         self._win_rows.append(rows.to(self.device))
+        if first is not None and self.sink_threshold is not None:
+            sel = first.to("cpu").bool()
+            if bool(sel.any()):
+                self._first_h.append(h[sel.to(h.device), 0].detach().to("cpu", f64))
+                self._first_b.append(bucket[sel].clone())
 
     def _update_spectrum(self, h: torch.Tensor, mask: torch.Tensor, bucket: torch.Tensor, full: torch.Tensor) -> None:
         sel = torch.nonzero(full).flatten()
@@ -456,7 +475,27 @@ class SiteStats:
             "cross": self.cross,
         }
 
-    def _make(self, values: dict[str, torch.Tensor | None]) -> Moments:
+    def first_tokens(self) -> tuple[Float[torch.Tensor, "n d"], Int[torch.Tensor, " n"]]:
+        """The kept position-0 vectors (CPU float64) and their buckets."""
+        if not self._first_h:
+            return torch.zeros(0, self.d, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
+        return torch.cat(self._first_h), torch.cat(self._first_b)
+
+    def _first_moments(self, leave_out: int | None) -> dict[str, object]:
+        """first_* of a view, and the position-0 sinks' moments to add to sink_* (all buckets but ``leave_out``)."""
+        h, b = self.first_tokens()
+        if leave_out is not None:
+            h = h[b != leave_out]
+        thr = self.sink_threshold
+        sink = h[h.norm(dim=-1) > thr] if thr is not None else h[:0]
+        return {
+            "first_count": float(h.shape[0]),
+            "first_sum_h": h.sum(0),
+            "first_second": h.T @ h,
+            "sink": (float(sink.shape[0]), sink.sum(0), sink.T @ sink),
+        }
+
+    def _make(self, values: dict[str, torch.Tensor | None], leave_out: int | None = None) -> Moments:
         d = self.d
         f64 = torch.float64
         scalars = ("n", "sum_norm", "sum_norm2", "spectrum_windows", "sink_count")
@@ -477,6 +516,13 @@ class SiteStats:
             # s + n c / 2 = Σh - n c / 2
             s = values["sum_h"] - 0.5 * n * c  # type: ignore[operator]
             out["second"] = torch.addr(torch.addr(out["second"], c, s), s, c)  # type: ignore[arg-type]
+        if self._first_h:
+            first = self._first_moments(leave_out)
+            n0, s0, q0 = first.pop("sink")  # type: ignore[misc]
+            out.update(first)
+            out["sink_count"] = float(out["sink_count"]) + n0  # type: ignore[arg-type]
+            out["sink_sum_h"] = out["sink_sum_h"] + s0  # type: ignore[operator]
+            out["sink_second"] = out["sink_second"] + q0  # type: ignore[operator]
         return Moments(**out)  # type: ignore[arg-type]
 
     def bucket_quadratic(self, U: Float[torch.Tensor, "d k"]) -> Float[torch.Tensor, "buckets k"]:
@@ -522,7 +568,8 @@ class SiteStats:
         assert self._total is not None
         fields = self._bucket_fields()
         return self._make(
-            {k: None if v is None else v - fields[k][bucket] for k, v in self._total.items()}  # type: ignore[index]
+            {k: None if v is None else v - fields[k][bucket] for k, v in self._total.items()},  # type: ignore[index]
+            leave_out=bucket,
         )
 
     def nonempty_buckets(self) -> list[int]:
@@ -573,6 +620,8 @@ class SiteStats:
         idx, rows = other.window_table()
         self._win_index.append(idx)
         self._win_rows.append(torch.from_numpy(rows).to(self.device))
+        self._first_h += [t.clone() for t in other._first_h]
+        self._first_b += [t.clone() for t in other._first_b]
         return self
 
     def state_dict(self) -> dict[str, object]:
@@ -592,6 +641,8 @@ class SiteStats:
             "window_index": torch.from_numpy(idx),
             "window_rows": torch.from_numpy(rows),
             "prev_center": self.prev_center,
+            "first_h": self.first_tokens()[0],
+            "first_bucket": self.first_tokens()[1],
         }
 
     @classmethod
@@ -624,6 +675,9 @@ class SiteStats:
         out._win_rows = [state["window_rows"].to(dev, copy=True)]  # type: ignore[union-attr]
         pc = state.get("prev_center")
         out.prev_center = pc.clone() if isinstance(pc, torch.Tensor) else None
+        fh, fb = state.get("first_h"), state.get("first_bucket")
+        if isinstance(fh, torch.Tensor) and isinstance(fb, torch.Tensor) and fh.shape[0] > 0:
+            out._first_h, out._first_b = [fh.to(torch.float64).clone()], [fb.long().clone()]
         return out
 
 

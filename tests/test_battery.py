@@ -12,12 +12,18 @@ from spectral.stats import SiteStats
 
 
 def _stats(h: torch.Tensor, sink_threshold=None, cross_inp=None, buckets=2) -> SiteStats:
-    """h: (windows, T, d); position 0 excluded."""
+    """h: (windows, T, d); position 0 excluded from the counted moments, kept aside for the sink analyses."""
     st = SiteStats(h.shape[-1], buckets, None, sink_threshold, cross=cross_inp is not None, moment_dtype=torch.float64)
     mask = torch.ones(h.shape[:2], dtype=torch.bool)
     mask[:, 0] = False
-    st.update(h, mask, torch.arange(h.shape[0]), torch.arange(h.shape[0]) % buckets, inp=cross_inp)
+    first = torch.ones(h.shape[0], dtype=torch.bool)
+    st.update(h, mask, torch.arange(h.shape[0]), torch.arange(h.shape[0]) % buckets, inp=cross_inp, first=first)
     return st
+
+
+def _rho(f: torch.Tensor) -> float:
+    mu = f.mean(0) / f.mean(0).norm()
+    return float(((f @ mu) ** 2).sum() / (f**2).sum())
 
 
 def test_rogue_contributions_equal_direct_pairwise():
@@ -58,12 +64,51 @@ def test_planted_rogue_dimensions_and_sinks():
     m2 = _stats(h2, sink_threshold=50.0).total()
     assert m2.sink_count == 2
     keep = torch.ones(h2.shape[:2], dtype=torch.bool)
+    keep[0, 3] = keep[1, 5] = False  # position 0 is not a sink here: it stays (sink analyses include it)
+    nosink = carrier.carrier_energy_robust(m2, zscore=False, drop_dims=0, drop_sinks=True)
+    assert nosink == pytest.approx(_rho(h2[keep]))
+
+
+def test_sink_step_includes_position_zero():
+    """Prediction 3's sink step: ρ over every token with position 0 against ρ without the sinks found among
+    them all; a massive position-0 token (the usual sink) is found although the counted moments leave it out,
+    and leave-one-out views, merge and state_dict keep the position-0 tokens."""
+    g = torch.Generator().manual_seed(5)
+    d, W, T = 10, 6, 15
+    h = torch.randn(W, T, d, generator=g, dtype=torch.float64) + 1.0
+    h[:, 0] = 0.0
+    h[:, 0, 3] = 400.0  # every window's position 0 is a massive activation along dim 3
+    h[2, 7] *= 300  # one sink elsewhere
+    st = _stats(h, sink_threshold=60.0, buckets=3)
+    m = st.total()
+    assert m.n == W * (T - 1) and m.first_count == W and m.sink_count == W + 1
+    keep = torch.ones(h.shape[:2], dtype=torch.bool)
     keep[:, 0] = False
-    keep[0, 3] = keep[1, 5] = False
-    f = h2[keep]
-    mu = f.mean(0) / f.mean(0).norm()
-    direct = float(((f @ mu) ** 2).sum() / (f**2).sum())
-    assert carrier.carrier_energy_robust(m2, zscore=False, drop_dims=0, drop_sinks=True) == pytest.approx(direct)
+    keep[2, 7] = False
+    nosink = carrier.carrier_energy_robust(m, zscore=False, drop_dims=0, drop_sinks=True)
+    assert nosink == pytest.approx(_rho(h[keep]))
+    assert carrier.carrier_energy_with_first(m) == pytest.approx(_rho(h.reshape(-1, d)))
+    step = carrier.carrier_keep(m, 1)[2]
+    assert step == pytest.approx(_rho(h[keep]) - _rho(h.reshape(-1, d)))
+    # the old step (position 0 left out of both sides) misses the massive position-0 tokens entirely
+    counted = torch.ones(h.shape[:2], dtype=torch.bool)
+    counted[:, 0] = False
+    old = _rho(h[keep]) - _rho(h[counted])
+    assert abs(step - old) > 0.1
+    # leave-one-out: bucket 0 holds windows 0 and 3
+    loo = st.leave_one_out(0)
+    rest = torch.tensor([1, 2, 4, 5])
+    assert loo.first_count == 4 and loo.sink_count == 5
+    assert carrier.carrier_energy_with_first(loo) == pytest.approx(_rho(h[rest].reshape(-1, d)))
+    # merge of two halves and a state_dict round trip give the same view
+    a = _stats(h[:3], sink_threshold=60.0, buckets=3)
+    b = SiteStats(d, 3, None, 60.0, moment_dtype=torch.float64)
+    mask = torch.ones(3, T, dtype=torch.bool)
+    mask[:, 0] = False
+    b.update(h[3:], mask, torch.arange(3, 6), torch.arange(3, 6) % 3, first=torch.ones(3, dtype=torch.bool))
+    merged = SiteStats.from_state_dict(a.merge(b).state_dict()).total()
+    assert merged.first_count == W and merged.sink_count == W + 1
+    assert carrier.carrier_keep(merged, 1)[2] == pytest.approx(step)
 
 
 def test_planted_band_energy_and_transfer():

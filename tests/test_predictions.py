@@ -89,6 +89,9 @@ def world(mode: str, skip: tuple[str, ...] = ()) -> MetricTable:
     _put(rows, "trained", "final", False, "cband_margin_top2_share_k10", 0.2 + 0.5 * k, hw)
     _put(rows, "trained", "final", False, "cband_margin_top2_share_k10_rotnull", 0.2, hw)
     _put(rows, "trained", "final", False, "cband_margin_top2_share_k10_excess", 0.5 * k, hw)
+    for layer in range(L):  # the per-layer excess over the rotated-h null rises (falls) with depth
+        _put(rows, "trained", f"resid_post.{layer}", False, "cband_margin_top2_share_k10_excess", 0.05 * k * layer, hw)
+    _put(rows, "trained", "resid_post", False, "cband_margin_top2_share_k10_excess_slope", 0.05 * k, hw)
     return MetricTable(tuple(r for r in rows if r.metric not in skip and r.condition not in skip))
 
 
@@ -129,6 +132,19 @@ def test_not_applicable_reasons():
     assert no_jvp["7"].outcome == "n/a" and "jvp_offdiag" in no_jvp["7"].note  # type: ignore[attr-defined]
     missing = outcomes(world("strong", skip=("cband_margin_top2_share_k10",)))
     assert missing["10"].outcome == "n/a" and "did not measure" in missing["10"].note  # type: ignore[attr-defined]
+
+
+def test_resonance_without_a_rise_with_depth_is_contradicted():
+    """Prediction 10 has two parts: a final share above the rotated-h null is not enough when the per-layer
+    excess falls with depth; without the per-layer slope (an older run) the final share decides alone."""
+    rows = [r for r in world("strong").rows if r.metric != "cband_margin_top2_share_k10_excess_slope"]
+    slope = "cband_margin_top2_share_k10_excess_slope"
+    flat = rows + [MetricRow("m", "trained", "resid_post", None, slope, -0.03, -0.04, -0.02)]
+    v = outcomes(MetricTable(tuple(flat)))["10"]
+    assert v.outcome == "contradicted" and v.statistic.endswith("_excess_slope (per layer)")  # type: ignore[attr-defined]
+    assert "rotated-h null is flat" in v.note  # type: ignore[attr-defined]
+    older = outcomes(MetricTable(tuple(rows)))["10"]
+    assert older.outcome == "supported" and older.statistic == "cband_margin_top2_share_k10"  # type: ignore[attr-defined]
 
 
 def test_unsteady_growth_is_contradicted_even_when_g_beats_the_nulls():
@@ -191,3 +207,28 @@ def test_csv_roundtrip_and_middle_layers():
     assert [b.effect for b in back] == pytest.approx([v.effect for v in verdicts], rel=1e-5)
     assert middle_layers(5, VerdictSpec()) == [1, 2, 3]
     assert middle_layers(6, VerdictSpec()) == [2, 3]
+
+
+def test_sensitivity_table_varies_the_rogue_share():
+    """The rogue-share variant reads carrier_keep_norogue{k} for k = 4 × the share of d, and reports a flip
+    when removing that many rogue dimensions costs the carrier (d = 1024: k 5 in the run, 20 in the variant)."""
+    import csv
+    import io
+
+    from spectral.predictions import sensitivity_csv
+
+    rows = [dataclasses.replace(r, metric="carrier_keep_norogue5") if r.metric == "carrier_keep_norogue3" else r
+            for r in world("strong").rows]  # fmt: skip
+    costly = [dataclasses.replace(r, metric="carrier_keep_norogue20", value=-0.5, ci_low=-0.51, ci_high=-0.49)
+              for r in rows if r.metric == "carrier_keep_norogue5"]  # fmt: skip
+    arch = dict(ARCH, d_model=1024)
+    table = list(
+        csv.DictReader(
+            io.StringIO(sensitivity_csv(MetricTable(tuple(rows + costly)), arch, VerdictSpec(), AnalysisSpec()))
+        )
+    )
+    p3 = next(r for r in table if r["prediction"].startswith("3 "))
+    assert p3["run"] == "supported" and p3["rogue share 0.02 of d (k = 20)"] == "contradicted" and p3["flips"] == "yes"
+    # without the variant's metric the column is left out
+    plain = sensitivity_csv(MetricTable(tuple(rows)), arch, VerdictSpec(), AnalysisSpec())
+    assert "rogue share" not in plain.splitlines()[0]

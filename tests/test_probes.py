@@ -55,8 +55,17 @@ def test_lens_reproduces_model_and_hf_accuracy(setup):
     # add up to the margin of the rotated rows' own top-2
     top2 = logits[:, 1:-1].topk(2, -1).values
     K = len(lens.bands)
-    assert margins[:, : K + 1].sum() == pytest.approx(float((top2[..., 0] - top2[..., 1]).sum()), rel=1e-4)
-    assert margins.shape[1] == 2 * (K + 1) and (margins[:, K + 1 :].sum(1) >= 0).all()
+    assert margins.shape[1:] == (len(lens.sites), 2 * (K + 1))
+    assert margins[:, final, : K + 1].sum() == pytest.approx(float((top2[..., 0] - top2[..., 1]).sum()), rel=1e-4)
+    assert (margins[:, final, K + 1 :].sum(1) >= 0).all()
+    # per layer: the lens's own top-1 margin at resid_post.0 (final norm + W_U of the HF hidden state)
+    first = lens.sites.index("resid_post.0")
+    with torch.no_grad():
+        hs = hf(windows.ids, output_hidden_states=True).hidden_states[1]  # after block 0 (before the final norm)
+        lens_logits = hf.lm_head(hf.model.norm(hs))[:, 1:-1]
+    t2 = lens_logits.topk(2, -1).values
+    assert margins[:, first, : K + 1].sum() == pytest.approx(float((t2[..., 0] - t2[..., 1]).sum()), rel=1e-4)
+    assert (margins[:, first, K + 1 :].sum(1) >= 0).all() and margins[:, first, K + 1 :].sum() > 0
 
 
 def test_self_similarity_equals_direct(setup):

@@ -29,7 +29,7 @@ from spectral.analysis.jacobian import BandTransfer
 from spectral.analysis.metrics import SUBLAYER_KINDS, MetricRow, alias_rows
 from spectral.analysis.spectrum import split_bands
 from spectral.capture import site_layer
-from spectral.config import AnalysisSpec
+from spectral.config import ROGUE_SENSITIVITY, AnalysisSpec
 from spectral.depth import DepthProbe
 from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.stats import WINDOW_COLUMNS, StatsBank
@@ -105,8 +105,16 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
                 strict=True,
             ):
                 out.add(site, name, est)
+            rk_alt = spec.rogue_dims(int(st.d), ROGUE_SENSITIVITY)  # the sensitivity table's rogue-share variant
+            if rk_alt != rk:
+                out.add(
+                    site,
+                    f"carrier_keep_norogue{rk_alt}",
+                    jackknife([st], partial(carrier.carrier_keep_rogue, k=rk_alt), level),
+                )
             m_tot = st.total()
-            share = m_tot.sink_count / m_tot.n if m_tot.n > 0 else float("nan")
+            n_all = m_tot.n + m_tot.first_count  # sinks are found with position 0 included
+            share = m_tot.sink_count / n_all if n_all > 0 else float("nan")
             out.add(site, "sink_fraction", Estimate(share, float("nan"), float("nan")))
         _, table = st.window_table()
         col = {n: i for i, n in enumerate(WINDOW_COLUMNS)}
@@ -166,18 +174,33 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
                     site, f"lens_keep_carrier_vs_{name}", ratio_bootstrap(abl["carrier"] - abl[name], count, w, level)
                 )
     K = len(lens.bands)
-    real, rot = margins[:, : K + 1], margins[:, K + 1 :]  # per window: band parts + bias, then the rotated null
-    total = real.sum(1)
-    for b in range(K):
-        out.add("final", f"cband_margin_share_k{K}_b{b}", ratio_bootstrap(real[:, b], total, w, level))
-    top, top_rot, total_rot = real[:, :resonance_k].sum(1), rot[:, :resonance_k].sum(1), rot.sum(1)
-    name = f"cband_margin_top{resonance_k}_share_k{K}"
-    out.add("final", name, ratio_bootstrap(top, total, w, level))
-    out.add("final", f"{name}_rotnull", ratio_bootstrap(top_rot, total_rot, w, level))
-    with np.errstate(invalid="ignore", divide="ignore"):  # paired: the same windows resampled for both
-        value = float(top.sum() / total.sum() - top_rot.sum() / total_rot.sum())
-        boots = (w @ top) / (w @ total) - (w @ top_rot) / (w @ total_rot)
-    out.add("final", f"{name}_excess", percentile_ci(value, boots, level))
+    n = resonance_k
+    name = f"cband_margin_top{n}_share_k{K}"
+    shares, layers = [], []  # per layer: (top, total, top_rot, total_rot) window sums, for the slope
+    for i, site in enumerate(lens.sites):
+        real, rot = margins[:, i, : K + 1], margins[:, i, K + 1 :]  # band parts + bias, then the rotated null
+        total, top, top_rot, total_rot = real.sum(1), real[:, :n].sum(1), rot[:, :n].sum(1), rot.sum(1)
+        if site == "final":
+            for b in range(K):
+                out.add(site, f"cband_margin_share_k{K}_b{b}", ratio_bootstrap(real[:, b], total, w, level))
+        else:
+            shares.append((top, total, top_rot, total_rot))
+            layers.append(int(site.split(".")[1]))
+        out.add(site, name, ratio_bootstrap(top, total, w, level))
+        out.add(site, f"{name}_rotnull", ratio_bootstrap(top_rot, total_rot, w, level))
+        with np.errstate(invalid="ignore", divide="ignore"):  # paired: the same windows resampled for both
+            value = float(top.sum() / total.sum() - top_rot.sum() / total_rot.sum())
+            boots = (w @ top) / (w @ total) - (w @ top_rot) / (w @ total_rot)
+        out.add(site, f"{name}_excess", percentile_ci(value, boots, level))
+    if len(layers) >= 2:
+        # prediction 10's rise with depth: least-squares slope over layers of the excess share (trained − its
+        # rotated-h null at the same layer), every layer's ratio resampled with the same windows
+        x = np.asarray(layers, dtype=float)
+        x = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ex = np.array([t.sum() / s.sum() - tr.sum() / sr.sum() for t, s, tr, sr in shares])
+            exb = np.stack([(w @ t) / (w @ s) - (w @ tr) / (w @ sr) for t, s, tr, sr in shares], 1)  # (boot, L)
+        out.add("resid_post", f"{name}_excess_slope", percentile_ci(float(x @ ex), exb @ x, level))
 
 
 def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_battery: bool = True) -> None:

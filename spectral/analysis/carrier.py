@@ -118,16 +118,36 @@ def anisotropy_without_rogue(m: Moments, k: int) -> float:
     return float(cc.sort(descending=True).values[k:].sum())
 
 
+def _with_first(m: Moments) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(Σhhᵀ, Σh, n) over the counted tokens and the position-0 tokens they leave out."""
+    if m.first_second is None or m.first_sum_h is None or m.first_count == 0:
+        return m.second, m.sum_h, m.n
+    return m.second + m.first_second, m.sum_h + m.first_sum_h, m.n + m.first_count
+
+
+def carrier_energy_with_first(m: Moments) -> float:
+    """ρ over the counted tokens and position 0 (the reference of the sink step of prediction 3)."""
+    second, sum_h, n = _with_first(m)
+    norm, tr = float(sum_h.norm()), float(torch.trace(second))
+    if n <= 0 or not norm > 0 or not tr > 0:
+        return float("nan")
+    u = sum_h / norm
+    return float(u @ second @ u) / tr
+
+
 def carrier_energy_robust(m: Moments, *, zscore: bool, drop_dims: int, drop_sinks: bool) -> float:
     """ρ after removing sink tokens, the top rogue dimensions, and/or scaling each dimension to
     unit standard deviation (scale only: centring would delete the carrier by construction).
 
-    Exact from the moments: every step is linear in h or a subtraction of the sinks' moments.
+    Exact from the moments: every step is linear in h or a subtraction of the sinks' moments. Dropping
+    sinks works on every token, position 0 included (sinks live there; the counted moments may leave it
+    out): the tokens kept are those counted plus position 0 less the sinks found among them all.
     NaN when no token is left, when the mean is exactly zero (no carrier direction), or, with
     ``zscore``, when a dimension carries energy but no variance (its scale would be infinite).
     """
     second, sum_h, n = m.second, m.sum_h, m.n
     if drop_sinks:
+        second, sum_h, n = _with_first(m)
         second, sum_h, n = second - m.sink_second, sum_h - m.sink_sum_h, n - m.sink_count
     if n <= 0:
         return float("nan")
@@ -179,13 +199,20 @@ def carrier_energy_drop_random(m: Moments, k: int, draws: int = 10, seed: int = 
 
 
 def carrier_keep(m: Moments, k: int) -> np.ndarray:
-    """[ρ_zscored − ρ, ρ_norogue_k − ρ_random_k, ρ_nosink − ρ]: what each robustness step costs the
-    carrier energy beyond its null (prediction 3; 0 = nothing lost, −ρ = everything)."""
+    """[ρ_zscored − ρ, ρ_norogue_k − ρ_random_k, ρ_nosink − ρ₀]: what each robustness step costs the
+    carrier energy beyond its null (prediction 3; 0 = nothing lost, −ρ = everything). The sink step works
+    on every token: ρ₀ is ρ with position 0 included, ρ_nosink drops the sinks found among them all."""
     rho = carrier_energy(m)
     z = carrier_energy_robust(m, zscore=True, drop_dims=0, drop_sinks=False)
     rogue = carrier_energy_robust(m, zscore=False, drop_dims=k, drop_sinks=False)
     nosink = carrier_energy_robust(m, zscore=False, drop_dims=0, drop_sinks=True)
-    return np.array([z - rho, rogue - carrier_energy_drop_random(m, k), nosink - rho])
+    return np.array([z - rho, rogue - carrier_energy_drop_random(m, k), nosink - carrier_energy_with_first(m)])
+
+
+def carrier_keep_rogue(m: Moments, k: int) -> float:
+    """ρ_norogue_k − ρ_random_k alone (the rogue step of :func:`carrier_keep` for another k)."""
+    rogue = carrier_energy_robust(m, zscore=False, drop_dims=k, drop_sinks=False)
+    return rogue - carrier_energy_drop_random(m, k)
 
 
 def top_pc_energy(m: Moments) -> float:

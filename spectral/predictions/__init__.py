@@ -8,7 +8,7 @@ then Holm's correction runs across the run's predictions (spectral.predictions.d
 from __future__ import annotations
 
 from spectral.analysis.metrics import MetricTable
-from spectral.config import AnalysisSpec, VerdictSpec
+from spectral.config import ROGUE_SENSITIVITY, AnalysisSpec, VerdictSpec
 from spectral.predictions.base import Context, Prediction, middle_layers
 from spectral.predictions.carrier import CarrierExists, ModulationContent, NotRogue
 from spectral.predictions.channels import AttentionSelects, DarkBandSink, MlpMixes
@@ -45,17 +45,26 @@ SENSITIVITY_VARIANTS = (
 
 
 def sensitivity_csv(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: AnalysisSpec) -> str:
-    """The outcomes under each robustness variant (middle-layer choice, K = 20) beside the run's own, and
-    whether any flips (a variant without the metrics it needs gives n/a and is not counted as a flip).
-    The rogue-dimension share is one setting per run (``[analysis] rogue_k``): rerun to vary it."""
+    """The outcomes under each robustness variant (middle-layer choice, K = 20, the rogue share ×
+    :data:`~spectral.config.ROGUE_SENSITIVITY`) beside the run's own, and whether any flips (a variant whose
+    metrics the run lacks is left out; one giving n/a is not counted as a flip)."""
     import csv
     import dataclasses
     import io
 
     base = evaluate(table, arch, spec, analysis)
     variants = []
-    for name, vs, an in SENSITIVITY_VARIANTS:
-        if an.get("bands") and not any(r.metric.startswith(f"band_offdiag_k{an['bands'][0]}") for r in table.rows):
+    d = int(arch.get("d_model") or 0)
+    share = analysis.rogue_share * ROGUE_SENSITIVITY
+    k_alt = analysis.rogue_dims(d, ROGUE_SENSITIVITY)
+    rogue: tuple[str, dict, dict] = (f"rogue share {share:g} of d (k = {k_alt})", {}, {"rogue_share": share})
+    for name, vs, an in (*SENSITIVITY_VARIANTS, rogue):
+        bands = an.get("bands")
+        if bands and not any(r.metric.startswith(f"band_offdiag_k{bands[0]}") for r in table.rows):
+            continue
+        if "rogue_share" in an and (
+            k_alt == analysis.rogue_dims(d) or not any(r.metric == f"carrier_keep_norogue{k_alt}" for r in table.rows)
+        ):
             continue
         got = evaluate(table, arch, dataclasses.replace(spec, **vs), dataclasses.replace(analysis, **an))
         variants.append((name, got))

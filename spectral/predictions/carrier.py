@@ -43,7 +43,8 @@ class NotRogue(Prediction):
     needs = ("carrier_keep_zscored", "carrier_keep_norogue{k}", "carrier_keep_nosink")
     explanation = (
         "The carrier energy survives the usual suspects: z-scoring every dimension, dropping the top-k "
-        "rogue dimensions (compared with dropping k random dimensions: the null) and dropping sink tokens. "
+        "rogue dimensions (compared with dropping k random dimensions: the null) and dropping sink tokens "
+        "(found with position 0 included, against ρ over every token with position 0). "
         "Each step may cost at most the margin of ρ beyond its null (paired jackknife on the same windows); "
         "the margin is negative: this is a test that nothing important is lost."
     )
@@ -56,7 +57,10 @@ class NotRogue(Prediction):
         for metric, null in (
             (f"carrier_keep_norogue{k}", f"the ρ lost to dropping {k} random dimensions (paired)"),
             ("carrier_keep_zscored", "ρ before z-scoring (paired)"),
-            ("carrier_keep_nosink", "ρ with the sink tokens (paired; position 0 excluded from the statistics)"),
+            (
+                "carrier_keep_nosink",
+                "ρ over every token, position 0 included, before the sinks found among them are dropped (paired)",
+            ),
         ):
             keep = ctx.stat("trained", "resid_post", metric, mid)  # already the paired difference from its null
             note = f"ρ {rho.value:.3f} over the middle layers"

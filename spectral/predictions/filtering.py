@@ -44,13 +44,18 @@ class LowPass(Prediction):
 class Resonance(Prediction):
     key = "10 resonance"
     statistic = "cband_margin_top_share"
-    needs = ("cband_margin_top{n}_share_k{K}", "cband_margin_top{n}_share_k{K}_excess")
+    needs = (
+        "cband_margin_top{n}_share_k{K}",
+        "cband_margin_top{n}_share_k{K}_excess",
+        "cband_margin_top{n}_share_k{K}_excess_slope",
+    )
     explanation = (
         "Next-token prediction filters for the channel that resonates with the unembedding: the top n of K "
         "centred W_U bands (the mean unembedding removed: it shifts every logit equally) carry more of the "
         "final top-1 vs top-2 logit margin than under the null that keeps W_U and turns h by a random "
-        "rotation (its own top-2 found again), by the margin; paired bootstrap over windows. The per-layer "
-        "rise of that share is not measured yet."
+        "rotation (its own top-2 found again), by the margin; paired bootstrap over windows. Per layer, the "
+        "same share of the logit lens's margin rises with depth: the least-squares slope over layers of its excess "
+        "over the per-layer rotated-h null exceeds the slope margin (every layer resampled with the same windows)."
     )
 
     def not_applicable(self, ctx: Context) -> str | None:
@@ -62,4 +67,22 @@ class Resonance(Prediction):
         share = ctx.stat("trained", "final", m)
         null = Null(ctx.stat("trained", "final", f"{m}_rotnull"), "h rotated at random, same W_U (paired)")
         excess = ctx.stat("trained", "final", f"{m}_excess")
-        return [Test.paired(m, share, excess, null, ctx.spec.resonance_margin)]
+        if not share.finite:  # no final margin: the lens did not run (the slope alone does not decide)
+            return []
+        out = [Test.paired(m, share, excess, null, ctx.spec.resonance_margin)]
+        slope = ctx.stat("trained", "resid_post", f"{m}_excess_slope")
+        if slope.finite:
+            mid = ctx.mid
+            first = ctx.stat("trained", f"resid_post.{mid[0]}", f"{m}_excess")
+            last = ctx.stat("trained", f"resid_post.{mid[-1]}", f"{m}_excess")
+            note = f"excess share at layers {mid[0]} / {mid[-1]}: {first.value:+.3f} / {last.value:+.3f}"
+            out.append(
+                Test.against(
+                    f"{m}_excess_slope (per layer)",
+                    slope,
+                    Null(Interval.exact(0.0), "no rise: the excess over the per-layer rotated-h null is flat"),
+                    ctx.spec.resonance_slope_margin,
+                    note,
+                )
+            )
+        return out
