@@ -1,6 +1,6 @@
 """Residual-stream capture on a TransformerLens 4 ``TransformerBridge``.
 
-Site names are architecture independent: ``embed``, ``resid_pre.l``, ``attn_out.l``,
+Site names are architecture independent (:mod:`spectral.sites`): ``embed``, ``resid_pre.l``, ``attn_out.l``,
 ``resid_mid.l``, ``mlp_out.l``, ``resid_post.l`` and ``final``. What each one holds:
 
 * pre-LN decoders (GPT-2, Llama, GPT-NeoX): ``embed`` is the token embedding (``hook_embed``;
@@ -17,7 +17,6 @@ Site names are architecture independent: ``embed``, ``resid_pre.l``, ``attn_out.
 Hooks exist only inside :func:`capture` (a context manager, removed in ``finally``).
 """
 
-import fnmatch
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,73 +27,21 @@ from jaxtyping import Float
 from tqdm import tqdm
 
 from spectral.corpus import Batch, TokenWindows, iter_batches
-from spectral.errors import ConfigError, NumericsError
-from spectral.models import ArchInfo, LoadedModel
+from spectral.errors import NumericsError
+from spectral.models import LoadedModel
+from spectral.sites import (  # noqa: F401 - the site names' home is spectral.sites; re-exported for callers
+    RESIDUAL_KINDS,
+    SUBLAYER_SITES,
+    Site,
+    all_sites,
+    hook_name,
+    residual_predecessors,
+    select_sites,
+    site_layer,
+    stream_aliases,
+    write_inputs,
+)
 from spectral.stats import SiteStats, StatsBank
-
-SUBLAYER_SITES = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post")
-
-
-def all_sites(arch: ArchInfo) -> tuple[str, ...]:
-    """Every site of this architecture, in forward order."""
-    names = ["embed"]
-    for layer in range(arch.n_layers):
-        for kind in SUBLAYER_SITES:
-            if kind == "resid_mid" and arch.parallel_residual:
-                continue
-            names.append(f"{kind}.{layer}")
-    names.append("final")
-    return tuple(names)
-
-
-def select_sites(arch: ArchInfo, patterns: tuple[str, ...]) -> tuple[str, ...]:
-    """Resolve names / glob patterns ('all', 'resid_post.*') to sites, in forward order."""
-    valid = all_sites(arch)
-    chosen: set[str] = set()
-    for pat in patterns:
-        hits = valid if pat == "all" else tuple(s for s in valid if fnmatch.fnmatchcase(s, pat))
-        if not hits:
-            raise ConfigError(
-                f"site {pat!r} does not exist for {arch.architecture} ({arch.n_layers} layers); "
-                f"valid: embed, final, {{{','.join(SUBLAYER_SITES)}}}.0..{arch.n_layers - 1}"
-                + (" (no resid_mid: parallel residual)" if arch.parallel_residual else "")
-            )
-        chosen.update(hits)
-    return tuple(s for s in valid if s in chosen)
-
-
-def site_layer(site: str) -> int | None:
-    """Layer index of a site name (None for embed / final)."""
-    return int(site.split(".")[1]) if "." in site else None
-
-
-def hook_name(site: str, arch: ArchInfo) -> str:
-    """The bridge hook point that holds ``site`` (see the module docstring)."""
-    layer = site_layer(site)
-    kind = site.split(".")[0]
-    post = arch.norm_placement == "post"
-    if kind == "embed":
-        return "embed_ln.hook_out" if post else "hook_embed"
-    if kind == "final":
-        return f"blocks.{arch.n_layers - 1}.hook_resid_post" if post else "ln_final.hook_out"
-    if post and kind == "attn_out":
-        return f"blocks.{layer}.attn.o.hook_out"
-    if post and kind == "resid_mid":
-        return f"blocks.{layer}.ln1.hook_out"
-    if post and kind == "mlp_out":
-        return f"blocks.{layer}.mlp.out.hook_out"
-    return f"blocks.{layer}.hook_{kind}"
-
-
-def residual_predecessors(sites: tuple[str, ...], arch: ArchInfo) -> dict[str, str]:
-    """For each resid_post.l: the residual-chain site before it (resid_pre.0 or resid_post.l-1)."""
-    out = {}
-    for layer in range(arch.n_layers):
-        site = f"resid_post.{layer}"
-        prev = "resid_pre.0" if layer == 0 else f"resid_post.{layer - 1}"
-        if site in sites and prev in sites:
-            out[site] = prev
-    return out
 
 
 @contextmanager
@@ -155,20 +102,6 @@ def capture_activations(
     return got
 
 
-def write_inputs(sites: tuple[str, ...], arch: ArchInfo) -> dict[str, str]:
-    """For each attn_out.l / mlp_out.l: the stream that sub-layer read (for band transfer)."""
-    out = {}
-    for layer in range(arch.n_layers):
-        pairs = [(f"attn_out.{layer}", f"resid_pre.{layer}")]
-        mlp_in = f"resid_pre.{layer}" if arch.parallel_residual else f"resid_mid.{layer}"
-        pairs.append((f"mlp_out.{layer}", mlp_in))
-        out.update({w: x for w, x in pairs if w in sites and x in sites})
-    return out
-
-
-RESIDUAL_KINDS = ("embed", "resid_pre", "resid_mid", "resid_post", "final")
-
-
 def new_bank(
     model: LoadedModel,
     sites: tuple[str, ...],
@@ -186,7 +119,7 @@ def new_bank(
             d,
             n_buckets,
             None if centers is None else centers[s],
-            None if sink_thresholds is None or s.split(".")[0] not in RESIDUAL_KINDS else sink_thresholds[s],
+            None if sink_thresholds is None or Site.parse(s).kind not in RESIDUAL_KINDS else sink_thresholds[s],
             cross=s in inputs,
             device=model.device,
             moment_dtype=moment_dtype,
@@ -201,19 +134,6 @@ def new_bank(
             if site not in aliases:
                 bank[site].prev_center = centers[prev].detach().to("cpu", torch.float64).clone()
     return bank
-
-
-def stream_aliases(sites: tuple[str, ...]) -> dict[str, str]:
-    """resid_pre.l -> resid_post.l-1 where both are captured: every block reads exactly what the block
-    before it wrote (tests/test_capture.py checks the tensors are equal), so one set of statistics
-    serves both names (half the d x d moments of the residual chain)."""
-    out = {}
-    for s in sites:
-        if s.startswith("resid_pre.") and int(s.split(".")[1]) > 0:
-            prev = f"resid_post.{int(s.split('.')[1]) - 1}"
-            if prev in sites:
-                out[s] = prev
-    return out
 
 
 class Probe(Protocol):

@@ -41,6 +41,7 @@ from spectral.corpus import TokenWindows
 from spectral.depth import DepthProbe
 from spectral.models import LoadedModel
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
+from spectral.sites import site_kind, site_layer
 from spectral.stats import StatsBank
 
 STATE_VERSION = 5  # 2: packed float32 moments, stream aliases; 3: contiguous buckets; 4: window columns; 5: depth
@@ -163,7 +164,7 @@ class ConditionCapture:
         from spectral.predictions.base import middle_layers
 
         mid = set(middle_layers(model.arch.n_layers, self.cfg.verdicts))
-        return tuple(x for x in sites if x.startswith("resid_post.") and int(x.split(".")[1]) in mid)
+        return tuple(x for x in sites if site_kind(x) == "resid_post" and site_layer(x) in mid)
 
     def _wants_lens(self, model: LoadedModel) -> bool:
         """The logit lens runs on a causal LM with an unembedding, outside the controls and nulls."""

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectral.capture import hook_name
 from spectral.corpus import Batch
 from spectral.models import LoadedModel
+from spectral.sites import hook_name, site_kind, site_layer
 
 
 def parseval_weights(L: int) -> torch.Tensor:
@@ -43,7 +43,7 @@ class DepthProbe:
     """Per-window depth power spectra of the resid_post trajectory (see the module docstring)."""
 
     def __init__(self, model: LoadedModel, sites: tuple[str, ...]) -> None:
-        layers = sorted(int(s.split(".")[1]) for s in sites if s.startswith("resid_post."))
+        layers = sorted(site_layer(s) or 0 for s in sites if site_kind(s) == "resid_post")
         if layers != list(range(model.arch.n_layers)):
             raise ValueError("the depth spectrum needs every resid_post layer")
         self.model, self.L = model, len(layers)

@@ -37,12 +37,12 @@ from typing import Any
 
 import torch
 
-from spectral.capture import all_sites, hook_name, site_layer
 from spectral.errors import ConfigError
 from spectral.models import LoadedModel
+from spectral.sites import all_sites, hook_name, site_kind, site_layer
 
 Hook = Callable[..., Any]
-RESIDUAL_KINDS = ("embed", "resid_pre", "resid_post", "final")
+RESIDUAL_KINDS = ("embed", "resid_pre", "resid_post", "final")  # the sites the plain-hook fast path serves alone
 ATTN_IMPLEMENTATION = "spectral_sdpa"
 _NORM_NAMES = ("norm", "ln_f", "final_layer_norm", "final_layernorm", "final_norm")
 
@@ -222,7 +222,7 @@ def check_sites(model: LoadedModel, sites: tuple[str, ...]) -> None:
         if bad:
             raise ConfigError(f"backend 'fast': no site {', '.join(bad[:4])} in {model.arch.architecture}")
         return
-    bad = [s for s in sites if s.split(".")[0] not in RESIDUAL_KINDS]
+    bad = [s for s in sites if site_kind(s) not in RESIDUAL_KINDS]
     if bad:
         raise ConfigError(
             f"backend 'fast' captures embed, resid_pre.*, resid_post.* and final only for "
@@ -275,7 +275,7 @@ def _post_hook(fn: Hook) -> Callable[..., Any]:
 def _site_module(model: LoadedModel, base: Any, site: str) -> tuple[torch.nn.Module, bool]:
     """(module, reads its input) that holds ``site``."""
     arch = model.arch
-    kind, layer = site.split(".")[0], site_layer(site) or 0
+    kind, layer = site_kind(site), site_layer(site) or 0
     layers = _layers(base, arch.n_layers)
     if kind == "resid_pre":
         return layers[layer], True
@@ -293,7 +293,7 @@ def _site_module(model: LoadedModel, base: Any, site: str) -> tuple[torch.nn.Mod
 def _hook_points(model: LoadedModel) -> dict[str, tuple[str, str | int]]:
     """Bridge hook name -> ("site", site) or ("z" | "pattern", layer) that the fast path serves."""
     full = supports(model) is None
-    sites = [s for s in all_sites(model.arch) if full or s.split(".")[0] in RESIDUAL_KINDS]
+    sites = [s for s in all_sites(model.arch) if full or site_kind(s) in RESIDUAL_KINDS]
     points: dict[str, tuple[str, str | int]] = {hook_name(s, model.arch): ("site", s) for s in sites}
     if full:
         for layer in range(model.arch.n_layers):

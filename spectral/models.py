@@ -32,6 +32,7 @@ import torch
 from spectral import zoo
 from spectral.config import ModelSpec
 from spectral.errors import ModelLoadError
+from spectral.scoped import quiet_hf, seeded
 
 NormPlacement = Literal["pre", "post"]
 BUILTIN_MODELS = ("minilm",)
@@ -316,8 +317,8 @@ def _load_hf(source: ModelSource, spec: ModelSpec, random_init: bool, seed: int)
         config._attn_implementation = "eager"  # the bridge forces eager; match it everywhere
         cls = _model_class(config)
         if random_init or state is not None:
-            torch.manual_seed(seed)
-            model = cls.from_config(config, trust_remote_code=spec.trust_remote_code)
+            with seeded(seed):  # the caller's random stream is left as it was
+                model = cls.from_config(config, trust_remote_code=spec.trust_remote_code)
             if state is not None and not random_init:
                 missing, unexpected = model.load_state_dict(state, strict=False)
                 real_missing = [k for k in missing if "rotary" not in k]
@@ -370,11 +371,14 @@ def _probe_norm_placement(bridge: Any, device: torch.device) -> tuple[NormPlacem
 
 
 def load_model(spec: ModelSpec, *, random_init: bool = False, seed: int = 0) -> LoadedModel:
-    """Load ``spec`` (or its seeded random-weight twin) behind a ``TransformerBridge``."""
-    from transformer_lens.model_bridge import TransformerBridge
-    from transformers.utils import logging as hf_logging
+    """Load ``spec`` (or its seeded random-weight twin) behind a ``TransformerBridge``. Hugging Face's progress
+    bars are off while it loads and as they were afterwards; the caller's random stream is not touched."""
+    with quiet_hf():
+        return _load_model(spec, random_init, seed)
 
-    hf_logging.disable_progress_bar()
+
+def _load_model(spec: ModelSpec, random_init: bool, seed: int) -> LoadedModel:
+    from transformer_lens.model_bridge import TransformerBridge
 
     source = resolve_source(spec)
     tokenizer = _load_tokenizer(source, spec)

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from spectral.capture import hook_name
 from spectral.corpus import Batch, TokenWindows
 from spectral.models import LoadedModel
+from spectral.sites import hook_name
 from spectral.vocab import ModSegment, carrier_removed_logits, scan
 
 Hook = tuple[str, Callable[..., Any]]

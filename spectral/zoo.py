@@ -381,9 +381,7 @@ def _dequantize_into(path: Path, out: Path, info: GgufInfo, sha256: str) -> None
     import torch
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
     t0 = time.perf_counter()
     kwargs: dict[str, Any] = {}
     with contextlib.suppress(ImportError):  # ask for dense weights, even where a packed-GGUF kernel exists
@@ -456,7 +454,10 @@ def convert(gguf_file: str | Path, *, sha256: str | None = None) -> ConvertedMod
             shutil.rmtree(stale, ignore_errors=True)  # abandoned: whoever wrote it no longer holds the lock
         tmp = Path(tempfile.mkdtemp(dir=hf_dir, prefix=f".tmp-{digest}-"))
         try:
-            _dequantize_into(path, tmp, info, digest)
+            from spectral.scoped import quiet_hf
+
+            with quiet_hf():
+                _dequantize_into(path, tmp, info, digest)
             tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the cache may be shared
             os.rename(tmp, final)
         except BaseException as exc:

@@ -151,3 +151,26 @@ def test_calibration_set_does_not_depend_on_batch_size(tiny_model_dir, tmp_path)
         assert torch.allclose(a.centers[s], b.centers[s], atol=1e-6)
         assert a.median_norms[s] == pytest.approx(b.median_norms[s], rel=1e-6)
         assert not torch.allclose(a.centers[s], c.centers[s], atol=1e-6)
+
+
+def test_site_names_are_typed_and_live_apart_from_capture():
+    """spectral.sites: Site(kind, layer) round-trips the run directory's names, rejects others, and the analyses,
+    probes and the fast path read names from it without importing the capture machinery."""
+    import subprocess
+    import sys
+
+    from spectral.sites import Site, site_kind, site_layer
+
+    for name in ("embed", "resid_pre.0", "attn_out.11", "resid_mid.3", "mlp_out.2", "resid_post.29", "final"):
+        assert str(Site.parse(name)) == name
+    assert Site.parse("resid_post.3") == Site("resid_post", 3) and Site.parse("final").layer is None
+    assert site_kind("mlp_out.4") == "mlp_out" and site_layer("mlp_out.4") == 4 and site_layer("resid_post") is None
+    for bad in ("resid_psot.3", "resid_post.x", "blocks.3.hook_resid_post", ""):
+        with pytest.raises(ValueError, match="not a site name"):
+            Site.parse(bad)
+    code = (
+        "import sys; import spectral.analysis.battery, spectral.analysis.metrics, spectral.analysis.interventions, "
+        "spectral.fastpath, spectral.probes, spectral.predictions; print('spectral.capture' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

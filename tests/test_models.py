@@ -292,3 +292,26 @@ def test_reinitialise_gives_each_seed_its_own_init_and_keeps_ties(tiny_model_dir
     assert all(torch.equal(second[k], v) for k, v in hf.state_dict().items())
     if tied:
         assert hf.get_output_embeddings().weight is hf.get_input_embeddings().weight
+
+
+def test_loading_leaves_the_callers_random_stream_and_progress_bars_alone(tiny_model_dir):
+    """No process-wide side effects: a seeded random-weight twin, an R member's re-initialisation and a load
+    leave torch's global generator and Hugging Face's progress-bar setting as the caller had them."""
+    from transformers.utils import logging as hf_logging
+
+    from spectral.analysis.controls import reinitialise
+    from spectral.config import ModelSpec
+    from spectral.models import load_model
+
+    d = tiny_model_dir("llama")
+    hf_logging.enable_progress_bar()
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    twin = load_model(ModelSpec(name=str(d)), random_init=True, seed=7)
+    reinitialise(twin.hf_model, 8)
+    assert torch.equal(torch.rand(3), expected)
+    assert hf_logging.is_progress_bar_enabled()
+    # the seed still decides the twin: the same seed gives the same weights
+    a, b = (load_model(ModelSpec(name=str(d)), random_init=True, seed=7) for _ in range(2))
+    assert all(torch.equal(x, y) for x, y in zip(a.hf_model.parameters(), b.hf_model.parameters(), strict=True))

@@ -28,10 +28,10 @@ from spectral.analysis.interventions import InterventionResult
 from spectral.analysis.jacobian import BandTransfer
 from spectral.analysis.metrics import SUBLAYER_KINDS, MetricRow, alias_rows
 from spectral.analysis.spectrum import split_bands
-from spectral.capture import site_layer
 from spectral.config import ROGUE_SENSITIVITY, AnalysisSpec
 from spectral.depth import DepthProbe
 from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
+from spectral.sites import site_kind, site_layer
 from spectral.stats import WINDOW_COLUMNS, StatsBank
 
 NAN = Estimate(float("nan"), float("nan"), float("nan"))
@@ -79,7 +79,7 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
             f"anisotropy_norogue{rk}",
             jackknife([st], partial(carrier.anisotropy_without_rogue, k=rk), level),
         )
-        kind = site.split(".")[0]
+        kind = site_kind(site)
         spectra = spec.sublayer_spectra or kind not in SUBLAYER_KINDS
         if spectra:
             top_pc = jackknife_many([st], carrier.top_pc_summary, level)
@@ -185,7 +185,7 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
                 out.add(site, f"cband_margin_share_k{K}_b{b}", ratio_bootstrap(real[:, b], total, w, level))
         else:
             shares.append((top, total, top_rot, total_rot))
-            layers.append(int(site.split(".")[1]))
+            layers.append(site_layer(site) or 0)
         out.add(site, name, ratio_bootstrap(top, total, w, level))
         out.add(site, f"{name}_rotnull", ratio_bootstrap(top_rot, total_rot, w, level))
         with np.errstate(invalid="ignore", divide="ignore"):  # paired: the same windows resampled for both

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from spectral.corpus import Batch, TokenWindows
+from spectral.scoped import seeded
 
 
 def _perm(seed: int, window: int, n: int) -> np.ndarray:
@@ -74,8 +75,9 @@ def permute_weights(model: torch.nn.Module, seed: int, inverse: bool = False) ->
 @torch.no_grad()
 def reinitialise(model: torch.nn.Module, seed: int) -> None:
     """Give a random-weight twin a fresh library init with ``seed`` (the next member of the R ensemble
-    without building the model again): every module's ``_init_weights`` under ``torch.manual_seed``.
+    without building the model again): every module's ``_init_weights`` under ``torch.manual_seed`` (scoped:
+    the caller's random stream is restored).
     Tied matrices (input and output embeddings) are one parameter and stay tied; nothing is re-tied
     (``tie_weights`` fails on a BERT checkpoint without its MLM head)."""
-    torch.manual_seed(seed)
-    model.apply(model._init_weights)  # type: ignore[attr-defined,operator]
+    with seeded(seed):  # the caller's random stream is left as it was
+        model.apply(model._init_weights)  # type: ignore[attr-defined,operator]

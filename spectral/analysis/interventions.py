@@ -31,10 +31,10 @@ from jaxtyping import Float
 
 from spectral.analysis.intervals import Estimate, bootstrap_weights, percentile_ci
 from spectral.analysis.spectrum import unembedding_bands
-from spectral.capture import all_sites, hook_name
 from spectral.corpus import TokenWindows, iter_batches
 from spectral.errors import ConfigError, SpectralError
 from spectral.models import LoadedModel
+from spectral.sites import all_sites, hook_name
 
 EditFn = Callable[[torch.Tensor], torch.Tensor]
 Edit = tuple[str, EditFn]

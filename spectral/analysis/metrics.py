@@ -18,8 +18,8 @@ import numpy as np
 
 from spectral.analysis import carrier, norms, spectrum
 from spectral.analysis.intervals import Estimate, bootstrap_weights, jackknife, jackknife_many, percentile_ci
-from spectral.capture import site_layer
 from spectral.config import AnalysisSpec
+from spectral.sites import site_kind, site_layer
 from spectral.stats import StatsBank
 
 NAN = float("nan")
@@ -54,9 +54,7 @@ class MetricTable:
 
     def series(self, condition: str, kind: str, metric: str) -> list[MetricRow]:
         """Rows of ``metric`` at sites ``kind.l`` ordered by layer."""
-        rows = [
-            r for r in self.rows if r.condition == condition and r.metric == metric and r.site.split(".")[0] == kind
-        ]
+        rows = [r for r in self.rows if r.condition == condition and r.metric == metric and site_kind(r.site) == kind]
         return sorted(rows, key=lambda r: -1 if r.layer is None else r.layer)
 
     def conditions(self) -> list[str]:
@@ -96,7 +94,7 @@ CHAIN_METRICS = ("layer_cos", "norm_ratio", "carrier_drift")  # need the site's 
 
 def alias_rows(rows: list[MetricRow], alias: str, target: str, exclude: tuple[str, ...] = ()) -> list[MetricRow]:
     """Copies of ``target``'s rows under the name ``alias`` (a site that holds the same tensor)."""
-    layer = int(alias.split(".")[1]) if "." in alias else None
+    layer = site_layer(alias)
     return [
         dataclasses.replace(r, site=alias, layer=layer) for r in rows if r.site == target and r.metric not in exclude
     ]
@@ -180,7 +178,7 @@ def compute_metrics(
         add(site, "carrier_energy", jackknife([st], carrier.carrier_energy, level))
         # one eigendecomposition per jackknife replicate serves all three spectrum summaries
         names = ("eff_rank", "participation_ratio", "isoscore")
-        if not light and (spec.sublayer_spectra or site.split(".")[0] not in SUBLAYER_KINDS):
+        if not light and (spec.sublayer_spectra or site_kind(site) not in SUBLAYER_KINDS):
             for name, est in zip(names, jackknife_many([st], spectrum.spectrum_summary, level), strict=True):
                 add(site, name, est)
         if st.spectrum is not None and float(st.spectrum_windows.sum()) > 0:
@@ -205,7 +203,7 @@ def compute_metrics(
         if site not in preds:  # a predecessor keeps its views until its successor's drift has read them
             st.release()
 
-    resid_layers = sorted(int(s.split(".")[1]) for s in bank.sites if s.startswith("resid_post."))
+    resid_layers = sorted(site_layer(s) or 0 for s in bank.sites if site_kind(s) == "resid_post")
     layers_i = [layer for layer in resid_layers if layer >= spec.growth_first_layer]
     tables = [bank[f"resid_post.{layer}"].window_table()[1] for layer in layers_i]
     if len(layers_i) >= 2:
