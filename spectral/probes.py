@@ -625,17 +625,14 @@ class CosineProbe:
 
     def matrix(self, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(value, ci_low, ci_high), each (sites, sites); jackknife over the non-empty buckets."""
-        from spectral.analysis.intervals import jackknife_interval
+        from spectral.analysis.intervals import bucket_jackknife
 
-        total = self.sums.sum(0) / self.count.sum().clamp_min(1)
         keep = [k for k in range(self.n_buckets) if self.count[k] > 0]
-        value = total.numpy()
-        lo, hi = np.full_like(value, np.nan), np.full_like(value, np.nan)
-        if len(keep) >= 2:
-            loo = np.stack(
-                [((self.sums.sum(0) - self.sums[k]) / (self.count.sum() - self.count[k])).numpy() for k in keep]
-            )
-            for (i, j), v in np.ndenumerate(value):
-                est = jackknife_interval(float(v), loo[:, i, j], level)
-                lo[i, j], hi[i, j] = est.ci_low, est.ci_high
+        shape = self.sums.shape[1:]
+
+        def cos(sums: np.ndarray, count: np.ndarray) -> np.ndarray:
+            return sums / max(float(count), 1.0)
+
+        est = bucket_jackknife([self.sums.numpy(), self.count.numpy()], cos, level, keep)
+        value, lo, hi = (np.array([getattr(e, a) for e in est]).reshape(shape) for a in ("value", "ci_low", "ci_high"))
         return value, lo, hi

@@ -171,7 +171,7 @@ def test_controls_shuffle_and_permute(tmp_path, sample_text):
 def test_isoscore_matches_peer_on_real_activations():
     """A peer implementation's number on the same activations (the IsoScore package)."""
     iso_pkg = pytest.importorskip("IsoScore.IsoScore", reason="peer package IsoScore not installed")
-    from spectral.analysis.isoscore import isoscore
+    from spectral.analysis.spectrum import isoscore
 
     g = torch.Generator().manual_seed(4)
     h = torch.randn(8, 40, 6, generator=g, dtype=torch.float64) * torch.tensor([5, 3, 1, 1, 0.5, 0.1])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import char_tokenizer
 
-from spectral.analysis import battery, carrier, isoscore, norms, spectrum
+from spectral.analysis import battery, carrier, norms, spectrum
 from spectral.analysis.intervals import bootstrap_weights
 from spectral.analysis.metrics import MetricTable, compute_metrics, degenerate_sites
 from spectral.config import AnalysisSpec, CaptureSpec, CorpusSpec, ExperimentConfig, ModelSpec
@@ -70,7 +70,7 @@ def _metric_funcs(bands: list[torch.Tensor]) -> dict:
         "spectrum_summary": spectrum.spectrum_summary,
         "eff_rank": spectrum.eff_rank,
         "participation_ratio": spectrum.participation_ratio,
-        "isoscore": isoscore.isoscore,
+        "isoscore": spectrum.isoscore,
         "seq_dc_share": lambda m: spectrum.seq_dc_share(m.spectrum.numpy()),
         "seq_ac_lowfreq_share": lambda m: spectrum.seq_ac_lowfreq_share(m.spectrum.numpy(), 0.1),
         "carrier_drift": lambda m: carrier.carrier_drift(m, m),

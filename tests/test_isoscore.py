@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from spectral.analysis.isoscore import isoscore, isoscore_from_eigenvalues
+from spectral.analysis.isoscore import isoscore_from_eigenvalues
+from spectral.analysis.spectrum import isoscore
 from spectral.stats import Moments, SiteStats
 
 
@@ -104,3 +105,23 @@ def test_matches_pypi_reference_if_installed():
     for seed in range(5):
         X = _anisotropic(N=2000, d=5 + 10 * seed, seed=seed)
         assert isoscore(_moments(X)) == pytest.approx(float(ref_mod.IsoScore(X)), abs=1e-6)
+
+
+def test_one_effective_rank_function_serves_stream_and_heads():
+    """spectral.analysis.eigen.effective_rank is the stream's eff_rank and the heads' head_eff_rank; IsoScore's
+    module needs no spectrum module (no import cycle)."""
+    import subprocess
+    import sys
+
+    from spectral.analysis import eigen, heads
+
+    ev = np.array([4.0, 2.0, 1.0, 0.5, 0.0, -1e-12])
+    p = np.clip(ev, 0, None) / np.clip(ev, 0, None).sum()
+    p = p[p > 0]
+    assert eigen.effective_rank(ev) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())))
+    assert heads.head_eff_rank(ev) == eigen.effective_rank(ev)
+    assert eigen.participation_ratio(ev) == pytest.approx(7.5**2 / (16 + 4 + 1 + 0.25))
+    assert np.isnan(eigen.effective_rank(np.zeros(3))) and np.isnan(eigen.participation_ratio(np.array([])))
+    code = "import sys, spectral.analysis.isoscore; print('spectral.analysis.spectrum' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

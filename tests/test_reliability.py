@@ -272,3 +272,25 @@ def test_run_names_cannot_leave_the_runs_folder():
 def test_every_input_error_is_a_spectral_error():
     for exc in (ConfigError, CorpusError, RunDirError):
         assert issubclass(exc, SpectralError)
+
+
+def test_one_jackknife_core_matches_the_textbook_formula():
+    """intervals.delete_one / bucket_jackknife (the one jackknife behind moments, spectra, bands, heads and
+    cosines): the grouped delete-one interval of a ratio of bucket sums, written out by hand."""
+    from scipy import stats as sps
+
+    from spectral.analysis.intervals import bucket_jackknife, delete_one
+
+    rng = np.random.default_rng(3)
+    num, den = rng.random((6, 2)), rng.random(6) + 1.0  # 6 buckets, a 2-vector statistic
+    est = bucket_jackknife([num, den], lambda a, b: a / b, 0.9, range(6))
+    value = num.sum(0) / den.sum()
+    loo = np.stack([(num.sum(0) - num[b]) / (den.sum() - den[b]) for b in range(6)])
+    se = np.sqrt(5 / 6 * ((loo - loo.mean(0)) ** 2).sum(0))
+    t = sps.t.ppf(0.95, 5)
+    for i in range(2):
+        assert est[i].value == pytest.approx(value[i])
+        assert (est[i].ci_low, est[i].ci_high) == pytest.approx((value[i] - t * se[i], value[i] + t * se[i]))
+    # fewer than two buckets or a non-finite value: no interval
+    assert np.isnan(delete_one(lambda b: 1.0, [0], 0.9)[0].ci_low)
+    assert np.isnan(delete_one(lambda b: float("nan"), [0, 1, 2], 0.9)[0].ci_high)

@@ -253,7 +253,7 @@ def test_planted_growth_rate_and_dominant_frequency():
 
 
 def test_spectrum_summary_matches_single_functions():
-    from spectral.analysis.isoscore import isoscore
+    from spectral.analysis.spectrum import isoscore
 
     m = _stream(_data(), batch=4).total()
     eff, pr, iso = spectrum.spectrum_summary(m)

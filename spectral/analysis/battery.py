@@ -18,8 +18,8 @@ from spectral.analysis import carrier, heads, spectrum
 from spectral.analysis.intervals import (
     Estimate,
     bootstrap_weights,
+    bucket_jackknife,
     jackknife,
-    jackknife_interval,
     jackknife_many,
     percentile_ci,
     ratio_bootstrap,
@@ -213,28 +213,15 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_
         site = f"attn_out.{layer}"
         roots = heads.gram_roots(W_O)  # fixed per layer: one batched eigensolve per jackknife evaluation
 
-        def mean_rank_frac(keep: np.ndarray, layer: int = layer, roots: np.ndarray = roots) -> float:
-            sec, zs, n = (
-                hp.z_second[layer][keep].sum(0).numpy(),
-                hp.z_sum[layer][keep].sum(0).numpy(),
-                float(hp.z_count[layer][keep].sum()),
-            )
-            spectra = heads.head_output_spectra(sec, zs, n, roots)
+        def mean_rank_frac(sec: np.ndarray, zs: np.ndarray, n: np.ndarray, roots: np.ndarray = roots) -> float:
+            spectra = heads.head_output_spectra(sec, zs, float(n), roots)
             return float(np.mean([heads.head_eff_rank(ev) for ev in spectra])) / hp.dh
 
-        buckets = [b for b in range(hp.n_buckets) if hp.z_count[layer, b] > 0]
-        full = np.ones(hp.n_buckets, dtype=bool)
-        value = mean_rank_frac(full)
-        loo = []
-        for b in buckets if full_battery else []:
-            keep = full.copy()
-            keep[b] = False
-            loo.append(mean_rank_frac(keep))
-        out.add(
-            site,
-            "head_eff_rank_frac",
-            jackknife_interval(value, np.array(loo), level) if loo else Estimate(value, NAN.value, NAN.value),
-        )
+        buckets = [b for b in range(hp.n_buckets) if hp.z_count[layer, b] > 0] if full_battery else []
+        sums = [hp.z_second[layer].numpy(), hp.z_sum[layer].numpy(), hp.z_count[layer].numpy()]
+        rank = bucket_jackknife(sums, mean_rank_frac, level, buckets)[0]
+        value = rank.value
+        out.add(site, "head_eff_rank_frac", rank)
         sec, zs, n = hp.z_second[layer].sum(0), hp.z_sum[layer].sum(0), float(hp.z_count[layer].sum())
         overl = []
         if full_battery and np.isfinite(value):  # NaN: a head with a zero output covariance has no subspace to compare

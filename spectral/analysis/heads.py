@@ -19,10 +19,11 @@ r-dimensional subspaces of R^d its expectation is r/d (:func:`random_overlap_nul
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import torch
+
+from spectral.analysis import eigen
 
 
 def _z_covariance(z_second: np.ndarray, z_sum: np.ndarray, n: float) -> np.ndarray:
@@ -87,14 +88,9 @@ def head_output_spectra(z_second: np.ndarray, z_sum: np.ndarray, n: float, roots
 
 
 def head_eff_rank(eigenvalues: np.ndarray) -> float:
-    """exp of the Shannon entropy of the normalised eigenvalues (NaN for an all-zero spectrum)."""
-    ev = np.clip(np.asarray(eigenvalues, dtype=np.float64).ravel(), 0.0, None)
-    total = float(ev.sum())
-    if not math.isfinite(total) or total <= 0.0:
-        return float("nan")
-    p = ev / total
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum()))
+    """exp of the Shannon entropy of the normalised eigenvalues (NaN for an all-zero spectrum):
+    :func:`spectral.analysis.eigen.effective_rank`, the residual stream's own."""
+    return eigen.effective_rank(eigenvalues)
 
 
 def head_subspace(z_second: np.ndarray, z_sum: np.ndarray, n: float, W_O: np.ndarray, r: int) -> np.ndarray:

@@ -9,7 +9,7 @@ Student-t quantile on B - 1 degrees of freedom. Both are stated in every report.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,21 +62,42 @@ def jackknife_interval(value: float, loo: np.ndarray, level: float) -> Estimate:
     return Estimate(value, value - t * se, value + t * se)
 
 
+def delete_one(
+    stat: Callable[[int | None], float | np.ndarray], buckets: Sequence[int], level: float
+) -> list[Estimate]:
+    """The one grouped jackknife of the suite: ``stat(None)`` on every bucket, ``stat(b)`` without bucket ``b``
+    for each non-empty bucket; one Student-t interval per entry of the statistic (a scalar gives one). No
+    interval (NaN bounds) with fewer than two buckets or for a non-finite value. Every moment statistic, the
+    sequence spectra, the band energies, the heads' effective rank and the layer-cosine matrix go through it."""
+    value = np.atleast_1d(np.asarray(stat(None), dtype=float)).ravel()
+    if len(buckets) < 2 or not np.isfinite(value).any():
+        return [Estimate(float(v), float("nan"), float("nan")) for v in value]
+    loo = np.stack([np.atleast_1d(np.asarray(stat(b), dtype=float)).ravel() for b in buckets])
+    return [
+        jackknife_interval(float(v), loo[:, i], level) if np.isfinite(v) else Estimate(float(v), np.nan, np.nan)
+        for i, v in enumerate(value)
+    ]
+
+
+def bucket_jackknife(
+    sums: Sequence[np.ndarray], fn: Callable[..., float | np.ndarray], level: float, buckets: Sequence[int]
+) -> list[Estimate]:
+    """:func:`delete_one` for a statistic of bucket sums: ``fn`` takes each array of ``sums`` summed over its
+    leading (bucket) axis; the delete-one values take the same sums less one bucket's row."""
+    total = [np.asarray(a).sum(0) for a in sums]
+    return delete_one(lambda b: fn(*(total if b is None else [t - a[b] for t, a in zip(total, sums, strict=True)])),
+                      buckets, level)  # fmt: skip
+
+
 def jackknife(site_stats: list[SiteStats], fn: Callable[..., float], level: float) -> Estimate:
     """fn(*moments) on all buckets, CI by deleting one bucket at a time (buckets aligned)."""
-    value = fn(*(s.total() for s in site_stats))
-    buckets = site_stats[0].nonempty_buckets()
-    if len(buckets) < 2 or not np.isfinite(value):
-        return Estimate(value, float("nan"), float("nan"))
-    loo = np.array([fn(*(s.leave_one_out(b) for s in site_stats)) for b in buckets])
-    return jackknife_interval(value, loo, level)
+    return jackknife_many(site_stats, fn, level)[0]
 
 
-def jackknife_many(site_stats: list[SiteStats], fn: Callable[..., np.ndarray], level: float) -> list[Estimate]:
+def jackknife_many(site_stats: list[SiteStats], fn: Callable[..., np.ndarray | float], level: float) -> list[Estimate]:
     """:func:`jackknife` for a statistic that returns a vector (one interval per entry)."""
-    value = np.asarray(fn(*(s.total() for s in site_stats)), dtype=float)
-    buckets = site_stats[0].nonempty_buckets()
-    if len(buckets) < 2:
-        return [Estimate(float(v), float("nan"), float("nan")) for v in value]
-    loo = np.stack([np.asarray(fn(*(s.leave_one_out(b) for s in site_stats)), dtype=float) for b in buckets])
-    return [jackknife_interval(float(v), loo[:, i], level) for i, v in enumerate(value)]
+    return delete_one(
+        lambda b: fn(*(s.total() if b is None else s.leave_one_out(b) for s in site_stats)),
+        site_stats[0].nonempty_buckets(),
+        level,
+    )

@@ -16,7 +16,8 @@ Reference implementation: github.com/bcbi-edu/p_eickhoff_isoscore, ``IsoScore.py
 ``PCA.fit_transform`` for step 2, which centres; ``np.cov`` for step 3) and the PyPI package
 ``IsoScore`` 2.0.1, ``IsoScore/IsoScore.py`` (``torch.cov`` then ``svdvals`` of the covariance, the
 same quantity). Both use the *sample* covariance (divisor N − 1) of *centred* points. Here the
-population covariance (divisor N, :func:`spectral.analysis.spectrum.pca_spectrum`) is used: the two
+population covariance (divisor N, :func:`spectral.analysis.spectrum.pca_spectrum`; the moment-level
+score is :func:`spectral.analysis.spectrum.isoscore`) is used: the two
 differ by the scalar N/(N − 1), which step 4 cancels exactly, so the score is the same.
 
 Algebraically ‖λ̂ − 1‖² = 2n − 2Σλ̂, so n − δ²(n − √n) = Σλ̂ and k = (Σλ)²/Σλ², the participation
@@ -34,9 +35,6 @@ import math
 
 import numpy as np
 
-from spectral.analysis.spectrum import pca_spectrum
-from spectral.stats import Moments
-
 
 def isoscore_from_eigenvalues(ev: np.ndarray) -> float:
     """IsoScore of a covariance spectrum ``ev`` (any order; length = ambient dimension n)."""
@@ -52,8 +50,3 @@ def isoscore_from_eigenvalues(ev: np.ndarray) -> float:
     phi = k / n  # fraction of dimensions used
     score = (n * phi - 1.0) / (n - 1.0)  # step 7
     return float(min(1.0, max(0.0, score)))
-
-
-def isoscore(m: Moments) -> float:
-    """IsoScore of the tokens summarised by ``m`` (centred population covariance, all d dimensions)."""
-    return isoscore_from_eigenvalues(pca_spectrum(m))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.autograd.forward_ad as fwAD
 
-from spectral.analysis.intervals import Estimate, jackknife_interval
+from spectral.analysis.intervals import Estimate, delete_one
 from spectral.corpus import TokenWindows, iter_batches
 from spectral.models import LoadedModel
 
@@ -62,12 +62,12 @@ class BandTransfer:
             return v - self.offdiag(minus, layer, keep) if minus else v
 
         G = next(iter(self.energy[sub].values())).shape[0]
-        loo = []
-        for g in range(G):
-            keep = np.ones(G, dtype=bool)
-            keep[g] = False
-            loo.append(f(keep))
-        return jackknife_interval(f(None), np.array(loo), level)
+
+        def without(g: int | None) -> float:
+            keep = None if g is None else np.arange(G) != g
+            return f(keep)
+
+        return delete_one(without, range(G), level)[0]
 
 
 def _hook_names(model: LoadedModel, layer: int) -> dict[str, tuple[str, str]]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from spectral.analysis.intervals import Estimate, jackknife_interval
+from spectral.analysis import eigen
+from spectral.analysis.intervals import Estimate, bucket_jackknife
+from spectral.analysis.isoscore import isoscore_from_eigenvalues
 from spectral.stats import Moments, SiteStats
 
 
@@ -46,32 +48,26 @@ def degenerate(m: Moments) -> str | None:
     return None
 
 
-def _spectrum_stats(ev: np.ndarray) -> tuple[float, float]:
-    """(eff_rank, participation_ratio) of an eigenvalue vector; NaN for an all-zero one."""
-    total = float(ev.sum())
-    if not total > 0:  # NaN (degenerate) or an all-zero spectrum
-        return float("nan"), float("nan")
-    p = ev / total
-    p = p[p > 0]
-    return float(np.exp(-(p * np.log(p)).sum())), float(total**2 / (ev**2).sum())
-
-
 def eff_rank(m: Moments) -> float:
-    """exp of the Shannon entropy of the normalised eigenvalues (Roy & Vetterli)."""
-    return _spectrum_stats(pca_spectrum(m))[0]
+    """exp of the Shannon entropy of the normalised eigenvalues (Roy & Vetterli):
+    :func:`spectral.analysis.eigen.effective_rank` of the covariance spectrum."""
+    return eigen.effective_rank(pca_spectrum(m))
 
 
 def participation_ratio(m: Moments) -> float:
-    """(Σλ)² / Σλ²."""
-    return _spectrum_stats(pca_spectrum(m))[1]
+    """(Σλ)² / Σλ² of the covariance spectrum."""
+    return eigen.participation_ratio(pca_spectrum(m))
+
+
+def isoscore(m: Moments) -> float:
+    """IsoScore of the tokens summarised by ``m`` (centred population covariance, all d dimensions)."""
+    return isoscore_from_eigenvalues(pca_spectrum(m))
 
 
 def spectrum_summary(m: Moments) -> np.ndarray:
     """[eff_rank, participation_ratio, isoscore] from one eigendecomposition (NaN when degenerate)."""
-    from spectral.analysis.isoscore import isoscore_from_eigenvalues
-
     ev = pca_spectrum(m)
-    return np.array([*_spectrum_stats(ev), isoscore_from_eigenvalues(ev)])
+    return np.array([eigen.effective_rank(ev), eigen.participation_ratio(ev), isoscore_from_eigenvalues(ev)])
 
 
 def power_spectrum(m: Moments) -> np.ndarray:
@@ -114,11 +110,8 @@ def spectrum_jackknife(st: SiteStats, fn, level: float) -> Estimate:
     if st.spectrum is None:
         return Estimate(float("nan"), float("nan"), float("nan"))
     per = st.spectrum.cpu().double().numpy()
-    value = fn(per.sum(0))
     buckets = [b for b in st.nonempty_buckets() if st.spectrum_windows[b] > 0]
-    if len(buckets) < 2 or not np.isfinite(value):
-        return Estimate(value, float("nan"), float("nan"))
-    return jackknife_interval(value, np.array([fn(per.sum(0) - per[b]) for b in buckets]), level)
+    return bucket_jackknife([per], fn, level, buckets)[0]
 
 
 def spectrum_slope_jackknife(stats: list[SiteStats], layers: list[float], fn, level: float) -> Estimate:
@@ -128,15 +121,11 @@ def spectrum_slope_jackknife(stats: list[SiteStats], layers: list[float], fn, le
     if len(specs) != len(stats) or len(specs) < 2:
         return Estimate(float("nan"), float("nan"), float("nan"))
 
-    def slope(ps: list[np.ndarray]) -> float:
+    def slope(*ps: np.ndarray) -> float:
         ys = [fn(p) for p in ps]
         return float(np.polyfit(xs, ys, 1)[0]) if np.isfinite(ys).all() else float("nan")
 
-    value = slope([p.sum(0) for p in specs])
-    buckets = stats[0].nonempty_buckets()
-    if len(buckets) < 2 or not np.isfinite(value):
-        return Estimate(value, float("nan"), float("nan"))
-    return jackknife_interval(value, np.array([slope([p.sum(0) - p[b] for p in specs]) for b in buckets]), level)
+    return bucket_jackknife(specs, slope, level, stats[0].nonempty_buckets())[0]
 
 
 def unembedding_bands(W_U: torch.Tensor, K: int) -> list[torch.Tensor]:
@@ -192,16 +181,12 @@ def band_energy_jackknife(
             q, U_prev = st.bucket_quadratic(U).numpy(), U  # (B, d): energy of each basis direction per bucket
         edges = np.cumsum([0] + [int(b.shape[1]) for b in bands])[:-1]
         per = np.add.reduceat(q, edges, axis=1)  # (B, K)
-        tot_e, tot_tr = per.sum(0), q.sum()
-        value = tot_e / tot_tr if tot_tr > 0 else np.full(len(bands), np.nan)
-        if len(buckets) < 2:
-            out[K] = [Estimate(float(v), float("nan"), float("nan")) for v in value]
-            continue
-        loo = np.stack(
-            [(tot_e - per[b]) / (tot_tr - q[b].sum()) if tot_tr - q[b].sum() > 0 else np.full(len(bands), np.nan)
-             for b in buckets]
-        )  # fmt: skip
-        out[K] = [jackknife_interval(float(v), loo[:, i], level) for i, v in enumerate(value)]
+        n_bands = len(bands)
+
+        def shares(e: np.ndarray, tr: np.ndarray, n: int = n_bands) -> np.ndarray:
+            return e / tr.sum() if tr.sum() > 0 else np.full(n, np.nan)
+
+        out[K] = bucket_jackknife([per, q], shares, level, buckets)
     return out
 
 
