@@ -126,7 +126,7 @@ def variants(name: str, device: str, dtype: str, windows, batch_size: int):
                     stats[s].update(cache[n], b.stat_mask, b.window_index, b.buckets(10))
 
     def residual_fast() -> None:
-        accumulate(model, windows, new_bank(model, resid, 10), batch_size, backend="fast")
+        accumulate(model, windows, new_bank(model, resid, 10), batch_size, backend=model.backend("fast"))
 
     def all_stats() -> None:
         accumulate(model, windows, new_bank(model, every, 10), batch_size)
@@ -175,7 +175,11 @@ def child(args: argparse.Namespace) -> None:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     accumulate(
-        model, windows, new_bank(model, sites, 10), args.batch_size, backend="fast" if variant == "d" else "bridge"
+        model,
+        windows,
+        new_bank(model, sites, 10),
+        args.batch_size,
+        backend=model.backend("fast" if variant == "d" else "bridge"),
     )
     print(peak_mib(args.device))
 

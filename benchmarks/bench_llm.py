@@ -72,7 +72,7 @@ def child(args: argparse.Namespace) -> None:
     w = repeat_windows(windows(model, 10_000, 128), n)
     if variant == "d":
         resid = tuple(s for s in all_sites(model.arch) if s.startswith("resid_post."))
-        accumulate(model, w, new_bank(model, resid, 5), args.batch_size, backend="fast")
+        accumulate(model, w, new_bank(model, resid, 5), args.batch_size, backend=model.backend("fast"))
     else:
         ConditionCapture(model, w, all_sites(model.arch), config(args), "trained").run()
     print(peak_mib(args.device))
@@ -125,7 +125,7 @@ def main() -> None:
     every = all_sites(model.arch)
 
     def residual() -> None:
-        accumulate(model, w, new_bank(model, resid, 5), a.batch_size, backend="fast")
+        accumulate(model, w, new_bank(model, resid, 5), a.batch_size, backend=model.backend("fast"))
 
     cfg = config(a)
     holder: dict = {}

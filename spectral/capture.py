@@ -26,6 +26,7 @@ import torch
 from jaxtyping import Float
 from tqdm import tqdm
 
+from spectral.backends import Backend
 from spectral.corpus import Batch, TokenWindows, iter_batches
 from spectral.errors import NumericsError
 from spectral.models import LoadedModel
@@ -45,21 +46,21 @@ from spectral.stats import SiteStats, StatsBank
 
 
 @contextmanager
-def hooked(model: LoadedModel, hooks: list[tuple[str, Callable[..., Any]]], backend: str = "bridge") -> Iterator[None]:
-    """Bridge-named hooks registered for the block on the chosen backend (removed on exit, also on error)."""
-    if backend == "fast":
-        from spectral import fastpath
-
-        with fastpath.hooks(model, hooks):
-            yield
-        return
-    with model.bridge.hooks(fwd_hooks=hooks):
+def hooked(
+    model: LoadedModel, hooks: list[tuple[str, Callable[..., Any]]], backend: Backend | None = None
+) -> Iterator[None]:
+    """Bridge-named hooks registered for the block on ``backend`` (default: the model's bridge), removed on
+    exit, also on error."""
+    with (backend or model.backend()).hooks(hooks):
         yield
 
 
 @contextmanager
 def capture(
-    model: LoadedModel, sites: tuple[str, ...], sink: Callable[[str, torch.Tensor], None], backend: str = "bridge"
+    model: LoadedModel,
+    sites: tuple[str, ...],
+    sink: Callable[[str, torch.Tensor], None],
+    backend: Backend | None = None,
 ) -> Iterator[None]:
     """Within the block, every forward pass calls ``sink(site, activation)`` for each site.
 
@@ -78,18 +79,12 @@ def capture(
 
 
 def forward(
-    model: LoadedModel, batch: Batch, position_ids: torch.Tensor | None = None, backend: str = "bridge"
+    model: LoadedModel, batch: Batch, position_ids: torch.Tensor | None = None, backend: Backend | None = None
 ) -> None:
-    """One forward pass without computing logits (hooks do the work)."""
+    """One forward pass without computing logits (hooks do the work), on ``backend`` (default: the bridge)."""
     dev = model.device
     extra = {} if position_ids is None else {"position_ids": position_ids.to(dev)}
-    if backend == "fast":
-        from spectral import fastpath
-
-        fastpath.forward(model, batch.input_ids.to(dev), batch.attention_mask.to(dev), **extra)
-        return
-    with torch.inference_mode():
-        model.bridge(batch.input_ids.to(dev), return_type=None, attention_mask=batch.attention_mask.to(dev), **extra)
+    (backend or model.backend()).forward(batch.input_ids.to(dev), batch.attention_mask.to(dev), **extra)
 
 
 def capture_activations(
@@ -203,7 +198,7 @@ def accumulate(
     nonfinite: str = "fail",
     on_batch: Callable[[int, int], None] | None = None,
     start_batch: int = 0,
-    backend: str = "bridge",
+    backend: Backend | None = None,
 ) -> StatsBank:
     """Stream every window through the model, updating ``bank`` (and probes) inside the hooks.
 
@@ -276,7 +271,7 @@ def _drop_nonfinite(
     bank: StatsBank,
     batch: Batch,
     positions: Callable[[Batch], torch.Tensor] | None,
-    backend: str = "bridge",
+    backend: Backend | None = None,
 ) -> Batch | None:
     """Checking pass: the batch without its windows that hold NaN/inf at any site (None if empty)."""
     bad_rows = torch.zeros(batch.input_ids.shape[0], dtype=torch.bool)
@@ -328,7 +323,7 @@ def calibrate(
     exclude_first: bool = True,
     positions: Callable[[Batch], torch.Tensor] | None = None,
     nonfinite: str = "fail",
-    backend: str = "bridge",
+    backend: Backend | None = None,
     n_windows: int = 4,
     pc_sites: tuple[str, ...] = (),
 ) -> Calibration:

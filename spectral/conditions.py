@@ -58,21 +58,6 @@ def shard_windows(windows: TokenWindows, shard: tuple[int, int]) -> TokenWindows
     return windows.select(slice(i, None, n))
 
 
-def resolve_backend(model: LoadedModel, backend: str) -> str:
-    """'auto' -> 'fast' where the fast path serves the architecture completely, else 'bridge'."""
-    if backend != "auto":
-        return backend
-    from spectral.fastpath import supports
-
-    return "fast" if supports(model) is None else "bridge"
-
-
-def fast_heads(model: LoadedModel) -> bool:
-    from spectral.fastpath import supports
-
-    return supports(model) is None
-
-
 class ConditionCapture:
     """Capture state of one condition (see the module docstring)."""
 
@@ -96,8 +81,8 @@ class ConditionCapture:
         self.model, self.cfg, self.condition, self.sites = model, cfg, condition, sites
         self.positions = permuted_positions(cfg.seed, windows.has_bos) if condition == "permuted" else None
         self.windows = shuffle_windows(windows, cfg.seed) if condition == "shuffled" else windows
-        self.backend = resolve_backend(model, cap.backend)
-        if self.backend == "fast":
+        self.backend = model.backend(cap.backend)  # "auto": the fast path where it serves the family
+        if self.backend.name == "fast":
             from spectral.fastpath import check_sites
 
             check_sites(model, sites)
@@ -138,7 +123,7 @@ class ConditionCapture:
             )
         tail = self.bands[an.bands[0]][-1] if self.bands else None
         # attention patterns and per-head outputs: the bridge, or the fast path where it serves the family
-        heads_ok = self.backend == "bridge" or fast_heads(model)
+        heads_ok = self.backend.serves_heads
         self.heads = (
             HeadProbe(model, cap.moment_buckets, tail, an.sink_positions, cfg.seed)
             if heads_ok and (self.null or not self.control)

@@ -157,10 +157,17 @@ def _register() -> None:
 
 # ---- the plain model ---------------------------------------------------------------------------
 def plain_model(model: LoadedModel) -> torch.nn.Module:
-    """The un-bridged base model sharing ``model``'s weights (built once, cached on ``model``)."""
-    cached = getattr(model, "_plain", None)
-    if cached is not None:
-        return cached
+    """The un-bridged base model sharing ``model``'s weights: the one its fast backend holds."""
+    from spectral.backends import FastBackend
+
+    backend = model.backend("fast")
+    assert isinstance(backend, FastBackend)
+    return backend.plain
+
+
+def build_plain(model: LoadedModel) -> torch.nn.Module:
+    """Build the un-bridged base model sharing ``model``'s weights (:class:`spectral.backends.FastBackend`
+    keeps it)."""
     import copy
 
     hf: Any = model.hf_model
@@ -190,7 +197,6 @@ def plain_model(model: LoadedModel) -> torch.nn.Module:
     left = [n for n, t in [*base.named_parameters(), *base.named_buffers()] if t.is_meta]
     if left:
         raise ConfigError(f"backend 'fast' cannot rebuild {type(hf).__name__} without the bridge ({left[:3]} missing)")
-    model._plain = base  # type: ignore[attr-defined]
     return base
 
 

@@ -25,7 +25,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -33,6 +33,9 @@ from spectral import zoo
 from spectral.config import ModelSpec
 from spectral.errors import ModelLoadError
 from spectral.scoped import quiet_hf, seeded
+
+if TYPE_CHECKING:
+    from spectral.backends import Backend
 
 NormPlacement = Literal["pre", "post"]
 BUILTIN_MODELS = ("minilm",)
@@ -81,14 +84,25 @@ class LoadedModel:
     _basis: torch.Tensor | None = field(default=None, init=False, repr=False)
     _cbasis: torch.Tensor | None = field(default=None, init=False, repr=False)
     _gram: tuple[torch.Tensor, torch.Tensor, int] | None = field(default=None, init=False, repr=False)
+    _backends: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def backend(self, name: str = "bridge") -> Backend:
+        """The backend that runs and hooks this model's forward passes (:mod:`spectral.backends`): "bridge",
+        "fast" or "auto" (fast where it serves the family completely); built once and kept."""
+        from spectral.backends import make_backend
+
+        if name not in self._backends:
+            b = make_backend(self, name)
+            self._backends.setdefault(b.name, b)
+            self._backends[name] = self._backends[b.name]
+        return self._backends[name]
 
     def release_weights(self) -> None:
         """Drop the network (bridge and Hugging Face modules) and keep ``arch``, ``source`` and the
         tokenizer: what a run still needs for its report once every condition of these weights is done."""
         self.bridge = None
         self.forget_unembedding_basis()
-        if hasattr(self, "_plain"):
-            del self._plain  # type: ignore[attr-defined]
+        self._backends.clear()  # the fast backend's plain module shares the weights
         gc.collect()
 
     @property

@@ -28,7 +28,7 @@ def _banks(model, windows, sites):
     out = {}
     for backend in ("bridge", "fast"):
         bank = new_bank(model, sites, 3)
-        accumulate(model, windows, bank, 4, True, None, backend=backend)
+        accumulate(model, windows, bank, 4, True, None, backend=model.backend(backend))
         out[backend] = bank
     return out
 
@@ -89,8 +89,8 @@ def _collect(model, batch, names, backend):
 
         return fn
 
-    with hooked(model, [(n, keep(n)) for n in names], backend):
-        forward(model, batch, backend=backend)
+    with hooked(model, [(n, keep(n)) for n in names], model.backend(backend)):
+        forward(model, batch, backend=model.backend(backend))
     assert set(got) == set(names)
     return got
 
@@ -173,8 +173,9 @@ def test_hooks_that_edit_act_like_the_bridge(family, tiny_model_dir, sample_text
             out[backend] = x.detach().float().clone()
             return x
 
-        with hooked(model, edits, backend), hooked(model, [(hook_name("final", model.arch), final)], backend):
-            forward(model, batch, backend=backend)
+        b = model.backend(backend)
+        with hooked(model, edits, b), hooked(model, [(hook_name("final", model.arch), final)], b):
+            forward(model, batch, backend=b)
     plain = _collect(model, batch, ["ln_final.hook_out"], "fast")["ln_final.hook_out"]
     assert not torch.allclose(plain, out["fast"])  # the edits changed the output
     valid = batch.attention_mask.bool()
@@ -195,7 +196,7 @@ def test_head_hooks_leave_no_state_and_cost_nothing_unregistered(tiny_model_dir,
     assert calls == [1] and fastpath._HEADS == {}  # only the hooked layer left SDPA
     with (
         pytest.raises(RuntimeError, match="boom"),
-        hooked(model, [("blocks.1.attn.hook_z", lambda z, hook: z)], "fast"),
+        hooked(model, [("blocks.1.attn.hook_z", lambda z, hook: z)], model.backend("fast")),
     ):
         assert fastpath._HEADS
         raise RuntimeError("boom")
@@ -283,3 +284,20 @@ def test_fast_backend_equals_the_bridge_on_smollm2(sample_text):
         if "pattern" not in n:
             a, b = a[valid], b[valid]
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4 * float(a.abs().max()), msg=n)
+
+
+def test_the_backend_is_an_object_the_model_owns(tiny_model_dir):
+    """model.backend(name) builds each backend once and keeps it ("auto" resolves to the fast one where it
+    serves the family); the fast one holds the plain module (nothing patched onto the model); releasing the
+    weights drops them."""
+    from spectral.backends import BridgeBackend, FastBackend
+
+    model = load_model(ModelSpec(name=str(tiny_model_dir("llama"))))
+    fast = model.backend("fast")
+    assert isinstance(fast, FastBackend) and model.backend("auto") is fast and model.backend("fast") is fast
+    assert isinstance(model.backend(), BridgeBackend) and model.backend("bridge").serves_heads
+    assert fastpath.plain_model(model) is fast.plain and not hasattr(model, "_plain")
+    with pytest.raises(ValueError, match="unknown backend"):
+        model.backend("fats")
+    model.release_weights()
+    assert model._backends == {}
