@@ -27,6 +27,7 @@ import torch
 from spectral.corpus import Batch
 from spectral.models import LoadedModel
 from spectral.sites import hook_name, site_kind, site_layer
+from spectral.tables import DepthTable
 
 
 def parseval_weights(L: int) -> torch.Tensor:
@@ -83,16 +84,17 @@ class DepthProbe:
         self.rows.append(rows.numpy())
         self.index.append(b.window_index.numpy().copy())
 
-    def table(self) -> tuple[np.ndarray, np.ndarray]:
+    def table(self) -> DepthTable:
         """(window_index (W,), power rows (W, F)) by window."""
         if not self.rows:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, self.F))
+            return DepthTable(np.zeros(0, dtype=np.int64), np.zeros((0, self.F)))
         idx = np.concatenate(self.index)
         order = np.argsort(idx, kind="stable")
-        return idx[order], np.concatenate(self.rows)[order]
+        return DepthTable(idx[order], np.concatenate(self.rows)[order])
 
     def state_dict(self) -> dict[str, Any]:
-        idx, rows = self.table()
+        t = self.table()
+        idx, rows = t.index, t.rows
         return {"index": torch.from_numpy(idx), "rows": torch.from_numpy(rows)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

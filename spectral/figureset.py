@@ -13,6 +13,7 @@ from spectral.analysis import spectrum
 from spectral.analysis.battery import Measurement
 from spectral.analysis.metrics import MetricTable
 from spectral.plotting import Curve, Matrix
+from spectral.tables import CosineMatrix
 
 
 def _rows_csv(table: MetricTable, keep) -> str:
@@ -77,7 +78,7 @@ class FigureData:
     spectra: list[Curve]
     pcas: list[Curve]
     transfer: list[Matrix]
-    cosine: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    cosine: CosineMatrix | None
 
 
 def figure_data(m: Measurement, K: int, level: float = 0.95) -> FigureData:
@@ -198,7 +199,7 @@ def build_figures(
     for fd in measurements:
         if fd.cosine is None:
             continue
-        value, lo, hi = fd.cosine
+        value, lo, hi = fd.cosine.value, fd.cosine.ci_low, fd.cosine.ci_high
         cos_mats.append(Matrix(fd.condition, "mean cos(h_l, h_m)", value))
         cos_rows += [
             f"{fd.condition},mean cos(h_l h_m),{i},{j},{v:.6g},{lo[i, j]:.6g},{hi[i, j]:.6g}"

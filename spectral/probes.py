@@ -23,6 +23,7 @@ import torch
 from spectral.corpus import Batch, TokenWindows
 from spectral.models import LoadedModel
 from spectral.sites import hook_name
+from spectral.tables import CosineMatrix, LensTable
 from spectral.vocab import ModSegment, carrier_removed_logits, scan
 
 Hook = tuple[str, Callable[..., Any]]
@@ -338,7 +339,8 @@ class LensProbe:
         self.index.append(b.window_index.numpy().copy())
 
     def state_dict(self) -> dict[str, Any]:
-        idx, rows, margins = self.table()
+        t = self.table()
+        idx, rows, margins = t.index, t.rows, t.margins
         return {"sites": list(self.sites), "index": torch.from_numpy(idx), "rows": torch.from_numpy(rows),
                 "margins": torch.from_numpy(margins)}  # fmt: skip
 
@@ -354,12 +356,13 @@ class LensProbe:
             self.rows.append(state["rows"].numpy().copy())
             self.margins.append(state["margins"].numpy().copy())
 
-    def table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def table(self) -> LensTable:
         """(window_index (W,), lens rows (W, sites, columns), margin rows (W, sites, 2 (K + 1)): per site the
         band parts and bias part of the lens's top-1 margin, then those of the rotated-h null), by window."""
         idx = np.concatenate(self.index)
         order = np.argsort(idx, kind="stable")
-        return idx[order], np.concatenate(self.rows)[order], np.concatenate(self.margins)[order]
+        rows, margins = np.concatenate(self.rows)[order], np.concatenate(self.margins)[order]
+        return LensTable(idx[order], rows, margins, self.sites, LENS_COLUMNS)
 
 
 class HeadProbe:
@@ -623,7 +626,7 @@ class CosineProbe:
         self.sums += state["sums"]
         self.count += state["count"]
 
-    def matrix(self, level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def matrix(self, level: float) -> CosineMatrix:
         """(value, ci_low, ci_high), each (sites, sites); jackknife over the non-empty buckets."""
         from spectral.analysis.intervals import bucket_jackknife
 
@@ -635,4 +638,4 @@ class CosineProbe:
 
         est = bucket_jackknife([self.sums.numpy(), self.count.numpy()], cos, level, keep)
         value, lo, hi = (np.array([getattr(e, a) for e in est]).reshape(shape) for a in ("value", "ci_low", "ci_high"))
-        return value, lo, hi
+        return CosineMatrix(value, lo, hi, self.sites)

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
 
+from spectral.tables import WindowTable
+
 HIST_GAMMA = 1.01  # bin width ratio of the norm histogram
 HIST_MIN_EXP = -1852  # 1.01 ** -1852 ~ 1e-8
 HIST_BINS = 3704  # covers 1e-8 .. 1e8; values outside are clamped into the end bins
@@ -576,14 +578,14 @@ class SiteStats:
         count = self.count.cpu()
         return [b for b in range(self.n_buckets) if count[b] > 0]
 
-    def window_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """(window_index (W,), rows (W, len(WINDOW_COLUMNS))) sorted by window index."""
+    def window_table(self) -> WindowTable:
+        """(window_index (W,), rows (W, len(WINDOW_COLUMNS))) sorted by window index; columns by name."""
         if not self._win_index:
-            return np.zeros(0, dtype=np.int64), np.zeros((0, len(WINDOW_COLUMNS)))
+            return WindowTable(np.zeros(0, dtype=np.int64), np.zeros((0, len(WINDOW_COLUMNS))), WINDOW_COLUMNS)
         idx = np.concatenate(self._win_index)
         rows = torch.cat([r.cpu() for r in self._win_rows]).numpy()
         order = np.argsort(idx, kind="stable")
-        return idx[order], rows[order]
+        return WindowTable(idx[order], rows[order], WINDOW_COLUMNS)
 
     # ---- merge and serialisation --------------------------------------------------------
     def merge(self, other: "SiteStats") -> "SiteStats":
@@ -617,7 +619,8 @@ class SiteStats:
         self.spectrum_windows.add_(other.spectrum_windows.to(self.device))
         self.spectrum_skipped += other.spectrum_skipped
         self.spectrum_len = self.spectrum_len or other.spectrum_len
-        idx, rows = other.window_table()
+        theirs = other.window_table()
+        idx, rows = theirs.index, theirs.rows
         self._win_index.append(idx)
         self._win_rows.append(torch.from_numpy(rows).to(self.device))
         self._first_h += [t.clone() for t in other._first_h]
@@ -625,7 +628,8 @@ class SiteStats:
         return self
 
     def state_dict(self) -> dict[str, object]:
-        idx, rows = self.window_table()
+        mine = self.window_table()
+        idx, rows = mine.index, mine.rows
         return {
             "d": self.d,
             "n_buckets": self.n_buckets,

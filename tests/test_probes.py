@@ -37,7 +37,8 @@ def test_lens_reproduces_model_and_hf_accuracy(setup):
         model, ("resid_post.0", "resid_post.2"), {"resid_post.0": mu, "resid_post.2": mu}, unembedding_bands(W_U, 4)
     )
     _run(model, windows, [lens])
-    _, rows, margins = lens.table()
+    t = lens.table()
+    rows, margins = t.rows, t.margins
     col = {n: i for i, n in enumerate(LENS_COLUMNS)}
     tot = rows.sum(0)
     last, final = lens.sites.index("resid_post.2"), lens.sites.index("final")
@@ -120,7 +121,8 @@ def test_corpus_layer_cosine_equals_direct(setup):
     sites = tuple(f"resid_post.{i}" for i in range(model.arch.n_layers))
     probe = CosineProbe(model, sites, 3)
     _run(model, windows, [probe])
-    value, lo, hi = probe.matrix(0.95)
+    cm = probe.matrix(0.95)
+    value, lo, hi = cm.value, cm.ci_low, cm.ci_high
     acts = capture_activations(model, next(iter_batches(windows, len(windows), True)), sites)
     h = torch.stack([acts[s][:, 1:] for s in sites]).double()  # position 0 excluded
     u = h / h.norm(dim=-1, keepdim=True)
@@ -168,7 +170,8 @@ def test_lens_batched_products_and_the_fallback_give_the_same_table(setup, monke
         lens = LensProbe(model, sites, dict.fromkeys(sites, mu), unembedding_bands(W_U, 4))
         lens.rows_per_product = rows_per_product
         _run(model, windows, [lens])
-        return lens.table()
+        t = lens.table()
+        return t.index, t.rows, t.margins
 
     ref = table(1)  # one product per site
     for got in (table(10_000), table(50)):
@@ -260,7 +263,7 @@ def test_depth_spectrum_equals_numpy_fft_over_layers(setup):
     sites = tuple(f"resid_post.{layer}" for layer in range(L))
     probe = DepthProbe(model, sites)
     _run(model, windows, [probe])
-    _, rows = probe.table()
+    rows = probe.table().rows
     want = []
     for b in iter_batches(windows, 4):
         acts = capture_activations(model, b, sites)

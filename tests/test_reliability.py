@@ -146,8 +146,8 @@ def _same(a: SiteStats, b: SiteStats) -> None:
     assert ta.n == tb.n
     for f in ("sum_h", "sum_u", "second", "sink_second", "spectrum"):
         torch.testing.assert_close(getattr(ta, f), getattr(tb, f), rtol=1e-12, atol=1e-12)
-    ia, ra = a.window_table()
-    ib, rb = b.window_table()
+    ta, tb = a.window_table(), b.window_table()
+    ia, ra, ib, rb = ta.index, ta.rows, tb.index, tb.rows
     np.testing.assert_array_equal(ia, ib)
     np.testing.assert_allclose(ra, rb, rtol=1e-12, atol=1e-12)
 

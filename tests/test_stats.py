@@ -147,8 +147,8 @@ def test_merge_equals_one_pass_and_state_roundtrip():
     merged = a.merge(b2)
     for name in ("count", "sum_h", "sum_u", "second", "norm_hist", "spectrum"):
         assert torch.allclose(getattr(merged, name).double(), getattr(one, name).double()), name
-    i1, r1 = merged.window_table()
-    i2, r2 = one.window_table()
+    t1, t2 = merged.window_table(), one.window_table()
+    i1, r1, i2, r2 = t1.index, t1.rows, t2.index, t2.rows
     assert np.array_equal(i1, i2) and np.allclose(r1, r2, equal_nan=True)  # NaN: no centre, no carrier columns
     bank = StatsBank(("x",), {}, [merged])
     again = StatsBank.from_state_dict(bank.state_dict())
@@ -235,7 +235,7 @@ def test_planted_growth_rate_and_dominant_frequency():
         h = 10 * g_true**layer * direction
         st = SiteStats(d, 4)
         st.update(h, torch.ones(W, T, dtype=torch.bool), torch.arange(W), torch.arange(W) % 4)
-        tables.append(st.window_table()[1])
+        tables.append(st.window_table().rows)
     est = norms.growth_rate(layers, tables, bootstrap_weights(W, 200, 0), 0.95)
     assert est.value == pytest.approx(g_true, rel=1e-9)
     assert est.ci_low <= g_true <= est.ci_high
@@ -368,3 +368,13 @@ def test_spectrum_slope_equals_the_generic_jackknife():
     got = spectrum.spectrum_slope_jackknife(sts, list(xs), spectrum.seq_ac_lowfreq_share, 0.9)
     assert got.value == pytest.approx(want.value, rel=1e-12)
     assert got.ci_low == pytest.approx(want.ci_low, rel=1e-10) and got.ci_high == pytest.approx(want.ci_high, rel=1e-10)
+
+
+def test_result_tables_are_labelled():
+    """window_table() names its columns: column("sum_norm") is Σ‖h‖ per window, in window order."""
+    h = torch.randn(3, 5, 4, dtype=torch.float64)
+    st = SiteStats(4, 2, moment_dtype=torch.float64)
+    st.update(h, torch.ones(3, 5, dtype=torch.bool), torch.tensor([2, 0, 1]), torch.tensor([1, 0, 0]))
+    t = st.window_table()
+    assert t.index.tolist() == [0, 1, 2] and t.columns[0] == "count"
+    np.testing.assert_allclose(t.column("sum_norm"), h.norm(dim=-1).sum(1).numpy()[[1, 2, 0]])

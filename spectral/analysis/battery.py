@@ -30,9 +30,9 @@ from spectral.analysis.metrics import SUBLAYER_KINDS, MetricRow, alias_rows
 from spectral.analysis.spectrum import split_bands
 from spectral.config import ROGUE_SENSITIVITY, AnalysisSpec
 from spectral.depth import DepthProbe
-from spectral.probes import LENS_COLUMNS, CosineProbe, HeadProbe, LensProbe, TypeProbe
+from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.sites import site_kind, site_layer
-from spectral.stats import WINDOW_COLUMNS, StatsBank
+from spectral.stats import StatsBank
 
 NAN = Estimate(float("nan"), float("nan"), float("nan"))
 
@@ -116,9 +116,8 @@ def _site_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, weights: np.nda
             n_all = m_tot.n + m_tot.first_count  # sinks are found with position 0 included
             share = m_tot.sink_count / n_all if n_all > 0 else float("nan")
             out.add(site, "sink_fraction", Estimate(share, float("nan"), float("nan")))
-        _, table = st.window_table()
-        col = {n: i for i, n in enumerate(WINDOW_COLUMNS)}
-        intra = ratio_bootstrap(table[:, col["sum_intra"]], table[:, col["count"]], weights, level)
+        table = st.window_table()
+        intra = ratio_bootstrap(table.column("sum_intra"), table.column("count"), weights, level)
         base = carrier.anisotropy(st.total())
         out.add(site, "intra_similarity", Estimate(intra.value - base, intra.ci_low - base, intra.ci_high - base))
         for K, energies in spectrum.band_energy_jackknife(st, m.bands, level).items():
@@ -152,19 +151,22 @@ def _self_similarity(out: Rows, m: Measurement, spec: AnalysisSpec, seed: int) -
 
 
 def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, resonance_k: int) -> None:
-    _, rows, margins = lens.table()
-    w = bootstrap_weights(rows.shape[0], spec.n_boot, seed)
-    col = {n: i for i, n in enumerate(LENS_COLUMNS)}
+    table = lens.table()
+    margins = table.margins
+    w = bootstrap_weights(table.rows.shape[0], spec.n_boot, seed)
     level = spec.ci_level
-    for i, site in enumerate(lens.sites):
-        r = rows[:, i, :]
-        count = r[:, col["count"]]
+    for site in lens.sites:
+
+        def col(name: str, site: str = site) -> np.ndarray:
+            return table.column(site, name)
+
+        count = col("count")
         for metric, c in (("logit_lens_top1", "agree"), ("logit_lens_acc", "correct"), ("logit_lens_rank", "rank_sum")):
-            out.add(site, metric, ratio_bootstrap(r[:, col[c]], count, w, level))
-        if np.isfinite(r[:, col["mod_agree"]]).all() and site != "final":
-            out.add(site, "modulation_lens_top1", ratio_bootstrap(r[:, col["mod_agree"]], count, w, level))
-            out.add(site, "modulation_lens_acc", ratio_bootstrap(r[:, col["mod_correct"]], count, w, level))
-        abl = {name: r[:, col[f"abl_{name}_correct"]] for name in ("carrier", "toppc", "random")}
+            out.add(site, metric, ratio_bootstrap(col(c), count, w, level))
+        if np.isfinite(col("mod_agree")).all() and site != "final":
+            out.add(site, "modulation_lens_top1", ratio_bootstrap(col("mod_agree"), count, w, level))
+            out.add(site, "modulation_lens_acc", ratio_bootstrap(col("mod_correct"), count, w, level))
+        abl = {name: col(f"abl_{name}_correct") for name in ("carrier", "toppc", "random")}
         if site != "final" and all(np.isfinite(v).all() for v in abl.values()):
             for name, v in abl.items():
                 out.add(site, f"lens_acc_ablate_{name}", ratio_bootstrap(v, count, w, level))
@@ -338,7 +340,7 @@ def _spearman_boot(arr: np.ndarray, spec: AnalysisSpec, seed: int, ci: bool = Tr
 def _depth_metrics(out: Rows, depth: DepthProbe, spec: AnalysisSpec, weights: np.ndarray) -> None:
     """Depth spectrum of the resid_post trajectory (spectral.depth): DC share and AC low-frequency share
     with its exact layer-permutation null; bootstrap over windows."""
-    _, rows = depth.table()
+    rows = depth.table().rows
     if rows.shape[0] != weights.shape[1]:
         weights = bootstrap_weights(rows.shape[0], spec.n_boot, 0)
     level = spec.ci_level
@@ -368,7 +370,7 @@ def battery_metrics(
     """All battery metrics of one condition; ``light`` (a null member): the sequence-spectrum slope and
     the heads' effective rank and sink correlation only."""
     out = Rows(model, m.condition)
-    idx, _ = m.bank[m.bank.sites[0]].window_table()
+    idx = m.bank[m.bank.sites[0]].window_table().index
     weights = bootstrap_weights(len(idx), spec.n_boot, seed)
     if not light:
         _site_metrics(out, m, spec, weights)

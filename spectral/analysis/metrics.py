@@ -156,7 +156,7 @@ def compute_metrics(
     update alignment, sequence spectrum, growth), without quantiles, anisotropies or eigen-spectra."""
     rows: list[MetricRow] = []
     level = spec.ci_level
-    idx0, _ = bank[bank.sites[0]].window_table()
+    idx0 = bank[bank.sites[0]].window_table().index
     weights = bootstrap_weights(len(idx0), spec.n_boot, seed)
 
     def add(site: str, metric: str, est: Estimate) -> None:
@@ -168,7 +168,7 @@ def compute_metrics(
             rows += alias_rows(rows, site, bank.aliases[site], exclude=CHAIN_METRICS)
             continue
         st = bank[site]
-        _, table = st.window_table()
+        table = st.window_table().rows
         add(site, "norm_mean", norms.window_mean(table, "sum_norm", "count", weights, level))
         if not light:
             for q, name in ((0.5, "norm_median"), (0.05, "norm_p05"), (0.95, "norm_p95")):
@@ -205,7 +205,7 @@ def compute_metrics(
 
     resid_layers = sorted(site_layer(s) or 0 for s in bank.sites if site_kind(s) == "resid_post")
     layers_i = [layer for layer in resid_layers if layer >= spec.growth_first_layer]
-    tables = [bank[f"resid_post.{layer}"].window_table()[1] for layer in layers_i]
+    tables = [bank[f"resid_post.{layer}"].window_table().rows for layer in layers_i]
     if len(layers_i) >= 2:
         g = norms.growth_rate(layers_i, tables, weights, level)
         rows.append(MetricRow(model, condition, "resid_post", None, "growth_rate", g.value, g.ci_low, g.ci_high))
