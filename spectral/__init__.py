@@ -7,6 +7,7 @@ The notebook API (:mod:`spectral.api`)::
     res = sp.measure(model, ["Once upon a time ...", "The cat sat ..."], seq_len=64)
     res.verdicts, res.metrics, res.figure("verdicts"), res.save("reports/runs/mine")
     sp.open_run("reports/runs/mine")
+    sp.trace_prompt(model, "One prompt").carrier_share   # per token and layer, display only
 
 The names are loaded on first use, so ``import spectral`` (and the ``spectral`` command) stays light.
 """
@@ -21,10 +22,10 @@ try:
 except metadata.PackageNotFoundError:  # a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["PROBES", "Result", "__version__", "load_model", "measure", "open_run"]
+__all__ = ["PROBES", "Result", "__version__", "load_model", "measure", "open_run", "trace_prompt"]
 
 if TYPE_CHECKING:
-    from spectral.api import PROBES, Result, load_model, measure, open_run
+    from spectral.api import PROBES, Result, load_model, measure, open_run, trace_prompt
 
 
 def __getattr__(name: str) -> Any:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import plotly.graph_objects as go
 
     from spectral.models import LoadedModel
+    from spectral.prompt import PromptTrace
     from spectral.runner import Outputs
 
 METRIC_COLUMNS = ("model", "condition", "site", "layer", "metric", "value", "ci_low", "ci_high")
@@ -77,6 +78,14 @@ def _corpus_of(texts_or_corpus: str | Path | Sequence[str]) -> tuple[str, Any]:
 
 
 PROBES = ("interventions", "jacobian", "layer_cosine")
+
+
+def trace_prompt(model: LoadedModel | str, text: str, max_tokens: int = 64) -> PromptTrace:
+    """One prompt's resid_post activations with its per-token norms, carrier shares, layer cosines and PCA
+    trajectory (:class:`spectral.prompt.PromptTrace`; display only: one prompt has no null)."""
+    from spectral.prompt import trace_prompt as _trace
+
+    return _trace(load_model(model) if isinstance(model, str) else model, text, max_tokens)
 
 
 def measure(

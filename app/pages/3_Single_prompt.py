@@ -1,6 +1,6 @@
 """Single-prompt page: type a sentence; each token's norm and carrier share across layers (table
 and heatmap), its trajectory in the top-2 principal components, and the logit lens (top token per
-layer). The model is cached; the activations come from spectral.capture.capture_activations."""
+layer). The model is cached; the maths is spectral.prompt's (front ends hold none)."""
 
 import sys
 from pathlib import Path
@@ -8,16 +8,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
-import numpy as np  # noqa: E402
 import plotly.graph_objects as go  # noqa: E402
 import streamlit as st  # noqa: E402
-import torch  # noqa: E402
 
 from spectral import plotting  # noqa: E402
-from spectral.analysis.carrier import decompose  # noqa: E402
-from spectral.analysis.similarity import layer_cosine_matrix  # noqa: E402
-from spectral.capture import capture_activations  # noqa: E402
-from spectral.corpus import bos_id, pad_batch, tokenize  # noqa: E402
+from spectral.prompt import PromptTrace, lens_top_tokens, trace_prompt  # noqa: E402
 
 common.page_header(
     "Single prompt",
@@ -30,40 +25,15 @@ max_tokens = 64
 
 
 @st.cache_data(show_spinner="capturing…", max_entries=32)
-def activations(name: str, tok: str, text: str) -> tuple[list[str], np.ndarray]:
-    """(token strings, h as layers × tokens × d) for resid_post.0..L-1 of one prompt."""
-    model = common.get_model(name, tok or None)
-    ids = tokenize(model.tokenizer, text)[:max_tokens]
-    b = bos_id(model.tokenizer)
-    if b is not None:
-        ids = [b, *ids]
-    if not ids:
-        raise ValueError("the prompt has no tokens")
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    sites = tuple(f"resid_post.{layer}" for layer in range(model.arch.n_layers))
-    acts = capture_activations(model, pad_batch([ids], int(pad), [0]), sites)
-    h = np.stack([acts[s][0].numpy() for s in sites]).astype(np.float64)
-    return [model.tokenizer.decode([i]) for i in ids], h
+def activations(name: str, tok: str, text: str) -> PromptTrace:
+    """resid_post.0..L-1 of one prompt (spectral.prompt.trace_prompt)."""
+    return trace_prompt(common.get_model(name, tok or None), text, max_tokens)
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
 def lens_top(name: str, tok: str, text: str) -> list[list[str]] | None:
     """Top-1 token of final norm + W_U at each resid_post layer (None without an unembedding)."""
-    model = common.get_model(name, tok or None)
-    if not model.arch.has_unembedding:
-        return None
-    _, h = activations(name, tok, text)
-    w, bias = model.unembedding()
-    norm = model.final_norm()
-    out = []
-    with torch.inference_mode():
-        for layer in range(h.shape[0]):
-            x = torch.as_tensor(h[layer], dtype=w.dtype, device=w.device)
-            if norm is not None:
-                x = norm(x)
-            logits = x @ w + (0 if bias is None else bias)
-            out.append([model.tokenizer.decode([int(i)]) for i in logits.argmax(-1).tolist()])
-    return out
+    return lens_top_tokens(common.get_model(name, tok or None), activations(name, tok, text))
 
 
 if choice.name is None:
@@ -72,16 +42,11 @@ elif text.strip():
     with common.errors_shown():
         name = common.checked_model_name(choice.name)
         tok = str(common.safe_path(choice.tokenizer)) if choice.tokenizer else ""
-        tokens, h = activations(name, tok, text)
-        n_layers, n_tok, _ = h.shape
+        trace = activations(name, tok, text)
+        tokens = trace.tokens
+        n_layers, n_tok, _ = trace.h.shape
         labels = [f"{i}:{t!r}" for i, t in enumerate(tokens)]
-        norms = np.linalg.norm(h, axis=-1)  # layers × tokens
-        share = np.zeros_like(norms)
-        for layer in range(n_layers):
-            x = torch.as_tensor(h[layer])
-            mu = x[1:].mean(0) if n_tok > 1 else x[0]
-            coeff, _ = decompose(x, mu)
-            share[layer] = (coeff**2 / (x.norm(dim=-1) ** 2).clamp_min(1e-30)).numpy()
+        norms, share = trace.norms, trace.carrier_share  # layers × tokens
         st.write(f"{n_tok} tokens (BOS/CLS included as position 0), {n_layers} layers")
         layer_cols = [f"L{layer}" for layer in range(n_layers)]
         t1, t2 = st.tabs(["‖h‖ per token", "carrier share per token"])
@@ -111,7 +76,7 @@ elif text.strip():
                     key=f"table_{name_}",
                 )
         st.subheader("Layer × layer cosine (same token, position 0 excluded)")
-        cosm = layer_cosine_matrix(h)
+        cosm = trace.layer_cosine()
         fig = go.Figure(
             go.Heatmap(
                 z=cosm.tolist(), x=list(range(n_layers)), y=list(range(n_layers)), colorscale="Viridis", zmin=-1, zmax=1
@@ -126,10 +91,7 @@ elif text.strip():
         )
         common.figure_block(fig, "layer_cosine", csv)
         st.subheader("Trajectory in the top-2 principal components")
-        flat = h.reshape(-1, h.shape[-1])
-        centred = flat - flat.mean(0)
-        _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        pcs = (centred @ vt[:2].T).reshape(n_layers, n_tok, 2)
+        pcs = trace.pca_trajectory(2)
         show = st.multiselect(
             "tokens",
             labels,
