@@ -66,7 +66,34 @@ CAPTIONS = {
     "layer_cosine": "Layer × layer cosine of resid_post: mean over tokens of cos(h_l, h_m) for the same token "
     "(jackknife CIs over window buckets in the CSV).",
     "interventions": "ΔNLL (nats per token) when a W_U band is projected out of resid_post at each layer.",
+    "layer_drift": "Direction kept while the norm grows: mean cosine of each token with itself one layer earlier, "
+    "mean norm ratio, and the carrier drift cos(μ̂_l, μ̂_(l-1)), per layer.",
+    "rank_lowpass": "Effective rank and participation ratio of the centred covariance, and the sequence spectrum's "
+    "DC share and low-frequency (AC) share, per layer.",
 }
+
+# The figure registry: every figure a run can hold, by the tab the app shows it in, in order. Built by
+# build_figures (the runner saves each as figures/NAME.{json,csv,png,...} with CAPTIONS[NAME]); the app's
+# Explore page and the experiments load the saved JSON by these names (spectral.api.Result.figure).
+FIGURE_TABS: dict[str, tuple[str, ...]] = {
+    "Verdicts": ("verdicts",),
+    "Norms & carrier": ("norm_profile", "carrier_anisotropy", "carrier_robustness", "layer_drift", "layer_cosine"),
+    "Spectra": ("rank_lowpass", "pca_spectrum", "sequence_spectrum"),
+    "W_U bands": ("band_energy", "band_transfer", "interventions"),
+    "Logit lens": ("logit_lens",),
+}
+FIGURES: tuple[str, ...] = tuple(n for names in FIGURE_TABS.values() for n in names)
+DRIFT_PANELS = (
+    ("resid_post", "layer_cos", "layer cosine"),
+    ("resid_post", "norm_ratio", "norm ratio"),
+    ("resid_post", "carrier_drift", "carrier drift"),
+)
+RANK_PANELS = (
+    ("resid_post", "eff_rank", "effective rank"),
+    ("resid_post", "participation_ratio", "participation ratio"),
+    ("resid_post", "seq_dc_share", "DC share (sequence)"),
+    ("resid_post", "seq_ac_lowfreq_share", "low-frequency share (sequence)"),
+)
 
 
 @dataclass(frozen=True)
@@ -154,6 +181,15 @@ def build_figures(
         )
         data["carrier_robustness"] = _rows_csv(table, lambda r: r.metric.startswith("carrier_energy"))
 
+    for name, panels, fig_title in (
+        ("layer_drift", DRIFT_PANELS, "Layer cosine, norm ratio, carrier drift"),
+        ("rank_lowpass", RANK_PANELS, "Effective rank and sequence low-pass"),
+    ):
+        metrics = {p[1] for p in panels}
+        if any(r.metric in metrics and r.site.startswith("resid_post.") for r in table.rows):
+            figs[name] = plotting.layer_panels(table, panels, f"{fig_title} — {title}", level)
+            data[name] = _rows_csv(table, lambda r, metrics=metrics: resid(r, tuple(metrics)))
+
     spectra = [c for fd in measurements for c in fd.spectra]
     pcas = [c for fd in measurements for c in fd.pcas]
     if spectra:
@@ -161,10 +197,11 @@ def build_figures(
             spectra, f"Sequence-axis power P(f) — {title}", "frequency (cycles per window)", "P(f) / Σ P"
         )
         data["sequence_spectrum"] = _curves_csv(spectra, "frequency", "power_share")
-    figs["pca_spectrum"] = plotting.curves_by_layer(
-        pcas, f"PCA spectrum of the centred covariance — {title}", "component", "λ / Σλ", log_x=True
-    )
-    data["pca_spectrum"] = _curves_csv(pcas, "component", "eigenvalue_share")
+    if pcas:  # the run's measurements (in memory): a run read back from disk has none
+        figs["pca_spectrum"] = plotting.curves_by_layer(
+            pcas, f"PCA spectrum of the centred covariance — {title}", "component", "λ / Σλ", log_x=True
+        )
+        data["pca_spectrum"] = _curves_csv(pcas, "component", "eigenvalue_share")
 
     if any(r.metric == f"band_energy_k{K}_b0" for r in table.rows):
         figs["band_energy"] = plotting.metric_heatmap(
@@ -210,4 +247,5 @@ def build_figures(
             cos_mats, f"Layer × layer cosine (resid_post) — {title}", "layer m", "layer l"
         )
         data["layer_cosine"] = "\n".join(cos_rows) + "\n"
+    assert set(figs) <= set(FIGURES), set(figs) - set(FIGURES)  # the registry names every figure
     return figs, data, {name: CAPTIONS[name] for name in figs}

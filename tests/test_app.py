@@ -153,6 +153,34 @@ def test_explore_draws_the_run_figures_with_its_numbers(small_run):
     assert set(mt["metric"]) == {"norm_mean", "carrier_energy"}
 
 
+def test_explore_loads_the_saved_figures_and_rebuilds_those_of_an_older_run(small_run):
+    """The page draws figures/NAME.json as saved (a changed JSON shows); a run without JSON figures gets the
+    figures its metrics.csv alone can give, built by the same registry."""
+    import shutil
+
+    from spectral.figureset import FIGURES
+
+    old = small_run["root"] / "older"
+    shutil.copytree(small_run["run"], old)
+    spec = json.loads((old / "figures" / "norm_profile.json").read_text())
+    spec["layout"]["title"]["text"] = "edited on disk"
+    (old / "figures" / "norm_profile.json").write_text(json.dumps(spec))
+    at = page("pages/2_Explore.py", small_run, run_dir=str(old))
+    at.run()
+    no_errors(at)
+    figs = charts(at)
+    assert set(figs) <= set(FIGURES) | {k for k in figs if not any(n in k for n in FIGURES)}
+    assert figs[next(k for k in figs if "norm_profile" in k)]["layout"]["title"]["text"] == "edited on disk"
+    for f in (old / "figures").glob("*.json"):
+        f.unlink()
+    at = page("pages/2_Explore.py", small_run, run_dir=str(old))
+    at.run()
+    no_errors(at)
+    figs = charts(at)
+    assert any("norm_profile" in k for k in figs) and any("logit_lens" in k for k in figs)
+    assert not any("pca_spectrum" in k for k in figs)  # needs the run's measurements: not in metrics.csv
+
+
 def test_explore_refuses_paths_outside_the_roots(small_run):
     at = page("pages/2_Explore.py", small_run)
     at.run()
