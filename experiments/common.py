@@ -44,6 +44,11 @@ def family(name: str) -> dict[str, Any]:
     stray = sorted(set(data) - {"figures", "verdicts"})
     if stray:
         raise ValueError(f"configs/{name}.toml: {', '.join(stray)} belong in configs/run.toml (one run serves all)")
+    from spectral.figureset import FIGURES  # the registry the runner saves and the app shows
+
+    unknown = sorted(set(data.get("figures", [])) - set(FIGURES))
+    if unknown:
+        raise ValueError(f"configs/{name}.toml: no figure {', '.join(unknown)} (the registry has {', '.join(FIGURES)})")
     return data
 
 
