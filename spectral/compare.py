@@ -25,7 +25,7 @@ PANELS = (
     ("resid_post", "anisotropy", "anisotropy"),
     ("resid_post", "layer_cos", "layer cosine"),
     ("resid_post", "eff_rank", "effective rank"),
-    ("resid_post", "dc_fraction", "DC fraction"),
+    ("resid_post", "seq_ac_lowfreq_share", "low-frequency share (sequence)"),
 )
 
 
