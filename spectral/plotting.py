@@ -419,3 +419,149 @@ def declutter_ticks(fig: go.Figure, max_ticks: int = 16) -> go.Figure:
             if axis.dtick == 1 and span > max_ticks:
                 axis.dtick = _nice_step(span)
     return fig
+
+
+# ---- across runs: the outcome matrix, one prediction over models, effects against model size ----------------
+def _num(v: float) -> str:
+    return "–" if not math.isfinite(v) else f"{v:.3g}"
+
+
+def outcome_matrix(
+    runs: list[tuple[str, list[Any]]], title: str, stale: dict[str, set[str]] | None = None
+) -> go.Figure:
+    """Models (rows) × predictions (columns): colour = outcome, text = effect [CI]. ``runs``: (label, verdicts)
+    pairs; ``stale``: label -> predictions measured by an older battery (drawn hatched-grey, marked †)."""
+    preds = list(dict.fromkeys(v.prediction for _, vs in runs for v in vs))
+    order = list(OUTCOME_COLORS)
+    z, text = [], []
+    for label, vs in runs:
+        by = {v.prediction: v for v in vs}
+        zr, tr = [], []
+        for p in preds:
+            v = by.get(p)
+            old = stale is not None and p in stale.get(label, set())
+            if v is None:
+                zr.append(order.index("n/a") + 0.5)
+                tr.append("not run")
+                continue
+            zr.append(order.index(v.outcome) + 0.5 if v.outcome in order else math.nan)
+            cell = (
+                "n/a"
+                if v.outcome == "n/a"
+                else f"{_num(v.effect)}<br>[{_num(v.effect_ci_low)}, {_num(v.effect_ci_high)}]"
+            )
+            tr.append(cell + (" †" if old else ""))
+        z.append(zr)
+        text.append(tr)
+    n = len(order)
+    scale = []
+    for i, name in enumerate(order):
+        scale += [[i / n, OUTCOME_COLORS[name]], [(i + 1) / n, OUTCOME_COLORS[name]]]
+    short = [p.split(" ", 1)[0] + "<br>" + "<br>".join(_wrap(p.split(" ", 1)[1], 14)) for p in preds]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=short,
+            y=[label for label, _ in runs],
+            text=text,
+            texttemplate="%{text}",
+            textfont={"size": 10, "color": "white"},
+            colorscale=scale,
+            zmin=0,
+            zmax=n,
+            xgap=2,
+            ygap=2,
+            colorbar={"tickvals": [i + 0.5 for i in range(n)], "ticktext": order, "title": {"text": "outcome"}},
+            hovertemplate="%{y} · %{x}<br>effect %{text}<extra></extra>",
+        )
+    )
+    apply_theme(fig, title, width=max(900, 105 * len(preds) + 260), height=max(360, 62 * len(runs) + 200))
+    fig.update_yaxes(autorange="reversed", dtick=1)
+    fig.update_xaxes(side="top", tickangle=0, dtick=1)
+    fig.update_layout(margin={"t": 150, "l": 230})
+    return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, cur = [], ""
+    for word in text.split():
+        if cur and len(cur) + 1 + len(word) > width:
+            lines.append(cur)
+            cur = word
+        else:
+            cur = f"{cur} {word}".strip()
+    return [*lines, cur] if cur else lines
+
+
+def prediction_forest(runs: list[tuple[str, Any]], title: str, level: float = 0.95) -> go.Figure:
+    """One prediction across models: effect (trained − null) with its interval, coloured by outcome, the margin
+    δ dashed and 0 solid. ``runs``: (label, verdict) pairs (n/a rows are listed with their reason)."""
+    fig = go.Figure()
+    labels = [label for label, _ in runs]
+    for label, v in runs:
+        if v.outcome == "n/a" or not math.isfinite(v.effect):
+            continue
+        c = OUTCOME_COLORS.get(v.outcome, "#000000")
+        fig.add_trace(
+            go.Scatter(
+                x=[v.effect],
+                y=[label],
+                mode="markers",
+                marker={"color": c, "size": 10},
+                error_x={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [max(v.effect_ci_high - v.effect, 0.0)],
+                    "arrayminus": [max(v.effect - v.effect_ci_low, 0.0)],
+                    "color": c,
+                    "thickness": 2,
+                },
+                name=v.outcome,
+                showlegend=False,
+                hovertemplate=f"{label}: {v.statistic}<br>effect %{{x:.4g}} [{v.effect_ci_low:.4g}, "
+                f"{v.effect_ci_high:.4g}]<br>null {v.null:.4g}<extra></extra>",
+            )
+        )
+    margins = {round(v.margin, 12) for _, v in runs if v.outcome != "n/a" and math.isfinite(v.margin)}
+    for m in sorted(margins):
+        fig.add_vline(x=m, line={"color": "#555555", "dash": "dash", "width": 1})
+    fig.add_vline(x=0.0, line={"color": "#222222", "width": 1})
+    for name, c in OUTCOME_COLORS.items():  # legend: outcome colours
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker={"color": c, "size": 10}, name=name))
+    apply_theme(fig, band_subtitle(title, level), width=820, height=max(320, 42 * len(labels) + 170))
+    fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1], dtick=1)
+    fig.update_xaxes(title_text="effect = trained − null (dashed: the margin δ)", dtick=None)
+    return fig
+
+
+def effect_vs_size(points: list[tuple[str, float, Any]], title: str, level: float = 0.95) -> go.Figure:
+    """Effect (with interval) against parameter count (log axis), one marker per run: (label, params, verdict)."""
+    fig = go.Figure()
+    for label, params, v in points:
+        if v.outcome == "n/a" or not math.isfinite(v.effect) or not params > 0:
+            continue
+        c = OUTCOME_COLORS.get(v.outcome, "#000000")
+        fig.add_trace(
+            go.Scatter(
+                x=[params],
+                y=[v.effect],
+                mode="markers+text",
+                text=[label],
+                textposition="middle right",
+                textfont={"size": 9},
+                marker={"color": c, "size": 9},
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": [max(v.effect_ci_high - v.effect, 0.0)],
+                    "arrayminus": [max(v.effect - v.effect_ci_low, 0.0)],
+                    "color": c,
+                },
+                showlegend=False,
+            )
+        )
+    fig.add_hline(y=0.0, line={"color": "#222222", "width": 1})
+    apply_theme(fig, band_subtitle(title, level), width=760, height=420)
+    fig.update_xaxes(type="log", title_text="parameters", dtick=None)
+    fig.update_yaxes(title_text="effect (trained − null)", dtick=None)
+    return fig

@@ -34,7 +34,7 @@ from spectral.errors import RunDirError
 from spectral.export import save_figures
 from spectral.figureset import FigureData, build_figures, figure_data
 from spectral.models import LoadedModel, load_model
-from spectral.predictions import evaluate, sensitivity_csv, verdicts_csv
+from spectral.predictions import BATTERY_REVISION, evaluate, sensitivity_csv, verdicts_csv
 from spectral.runs import (
     STATE_DIR,
     atomic_write_text,
@@ -114,6 +114,7 @@ def setup_run(
         },
         "seed": cfg.seed,
         "git_commit": git_commit(),
+        "battery": BATTERY_REVISION,
         "packages": package_versions(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -144,6 +145,11 @@ def _check_resumable(s: Setup) -> dict[str, Any]:
             a, b = (a or {}).get("sha256"), b["sha256"]
         if a != b:
             raise RunDirError(f"cannot resume {s.run_dir}: the {what} changed since it started")
+    if old.get("battery") != s.manifest["battery"]:  # its saved statistics lack what this battery measures
+        raise RunDirError(
+            f"cannot resume {s.run_dir}: it was started by battery revision {old.get('battery', '< 3')}, this is "
+            f"revision {s.manifest['battery']} (start it again)"
+        )
     return old
 
 

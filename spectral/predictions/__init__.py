@@ -37,6 +37,19 @@ def evaluate(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: Analys
     return apply_holm([p.verdict(ctx) for p in PREDICTIONS], spec.alpha)
 
 
+# The battery's revision, written into every manifest ("battery"): raised whenever a prediction's statistic or
+# decision changes, with the predictions it touched, so readers of older runs (the research note, compare) know
+# which outcomes an older run cannot speak for. 2: P6 from head OV/QK band concentration, P7 from JVP transfer;
+# 3: P3's sink step with position 0 included, P10's per-layer rise.
+BATTERY_REVISION = 3
+BATTERY_CHANGES: dict[int, tuple[str, ...]] = {2: ("6", "7"), 3: ("3", "10")}
+
+
+def stale_predictions(revision: int) -> set[str]:
+    """The prediction numbers (as in verdicts.csv's first word) a run of battery ``revision`` is stale for."""
+    return {p for r, ps in BATTERY_CHANGES.items() if r > revision for p in ps}
+
+
 SENSITIVITY_VARIANTS = (
     ("middle layers 12.5–87.5 %", {"middle_from": 0.125, "middle_to": 0.875}, {}),
     ("middle layers 37.5–62.5 %", {"middle_from": 0.375, "middle_to": 0.625}, {}),
@@ -79,6 +92,7 @@ def sensitivity_csv(table: MetricTable, arch: dict, spec: VerdictSpec, analysis:
 
 
 __all__ = [
+    "BATTERY_REVISION",
     "PREDICTIONS",
     "VERDICT_COLUMNS",
     "Context",
@@ -88,5 +102,6 @@ __all__ = [
     "middle_layers",
     "read_verdicts",
     "sensitivity_csv",
+    "stale_predictions",
     "verdicts_csv",
 ]
