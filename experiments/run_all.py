@@ -31,6 +31,9 @@ def canonical(run_dir, model) -> None:
     for name in ("verdicts.csv", "sensitivity.csv"):
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, dest / name)
+    from spectral.synthesis import summary_csv  # the per-layer numbers the research note quotes
+
+    atomic_write_text(dest / "summary.csv", summary_csv((run_dir / "metrics.csv").read_text(encoding="utf-8")))
     # the manifest (config, versions, commit) without this machine's paths: the venv, the repository and home
     # prefixes become ".venv/", relative / "~"
     text = (run_dir / "manifest.json").read_text()
