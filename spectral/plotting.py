@@ -478,7 +478,7 @@ def outcome_matrix(
     apply_theme(fig, title, width=max(900, 105 * len(preds) + 260), height=max(360, 62 * len(runs) + 200))
     fig.update_yaxes(autorange="reversed", dtick=1)
     fig.update_xaxes(side="top", tickangle=0, dtick=1)
-    fig.update_layout(margin={"t": 150, "l": 230})
+    fig.update_layout(margin={"t": 190, "l": 230}, title={"y": 0.98, "yanchor": "top"})
     return fig
 
 
@@ -528,7 +528,8 @@ def prediction_forest(runs: list[tuple[str, Any]], title: str, level: float = 0.
     fig.add_vline(x=0.0, line={"color": "#222222", "width": 1})
     for name, c in OUTCOME_COLORS.items():  # legend: outcome colours
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker={"color": c, "size": 10}, name=name))
-    apply_theme(fig, band_subtitle(title, level), width=820, height=max(320, 42 * len(labels) + 170))
+    apply_theme(fig, f"{title}<br><sup>bars: {ci_label(level)} of the effect</sup>", width=820,
+                height=max(320, 42 * len(labels) + 170))  # fmt: skip
     fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1], dtick=1)
     fig.update_xaxes(title_text="effect = trained − null (dashed: the margin δ)", dtick=None)
     return fig
@@ -561,7 +562,7 @@ def effect_vs_size(points: list[tuple[str, float, Any]], title: str, level: floa
             )
         )
     fig.add_hline(y=0.0, line={"color": "#222222", "width": 1})
-    apply_theme(fig, band_subtitle(title, level), width=760, height=420)
+    apply_theme(fig, f"{title}<br><sup>bars: {ci_label(level)} of the effect</sup>", width=760, height=420)
     fig.update_xaxes(type="log", title_text="parameters", dtick=None)
     fig.update_yaxes(title_text="effect (trained − null)", dtick=None)
     return fig

