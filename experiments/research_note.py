@@ -28,7 +28,7 @@ from spectral.export import save_figures
 from spectral.predictions import PREDICTIONS
 from spectral.report import markdown_to_html
 from spectral.runs import atomic_write_text
-from spectral.synthesis import Facts, RunRecord, is_current, outcome_table, read_record
+from spectral.synthesis import Facts, RunRecord, corpus_flips, is_current, outcome_counts, outcome_table, read_record
 
 CANON = ROOT / "reports" / "canonical"
 REFERENCE = ROOT / "reports" / "training" / "sweep"
@@ -219,18 +219,14 @@ def trajectory_section(facts: Facts) -> str:
 
 
 def findings_section(runs: list[tuple[dict, RunRecord]]) -> str:
-    """Per prediction: how many of the runs that could answer support, contradict or leave it open."""
+    """Per prediction: how many of the runs support, contradict or leave it open, and which support it."""
     lines = ["## The answer, prediction by prediction", "",
              "| prediction | supported | contradicted | inconclusive | n/a | runs supporting |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for pred in PREDICTIONS:
-        n = pred.key.split(" ", 1)[0]
-        got = [(rec.key, rec.verdict(n)) for _, rec in runs]
-        got = [(k, v) for k, v in got if v is not None]
-        count = {o: sum(v.outcome == o for _, v in got) for o in ("supported", "contradicted", "inconclusive", "n/a")}
-        who = ", ".join(k for k, v in got if v.outcome == "supported") or "–"
-        lines.append(f"| {pred.key} | {count['supported']} | {count['contradicted']} | {count['inconclusive']} | "
-                     f"{count['n/a']} | {who} |")  # fmt: skip
+        c, who = outcome_counts([r for _, r in runs], pred.key.split(" ", 1)[0])
+        lines.append(f"| {pred.key} | {c['supported']} | {c['contradicted']} | {c['inconclusive']} | {c['n/a']} | "
+                     f"{', '.join(who) or '–'} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -240,20 +236,10 @@ def corpus_section(runs: list[tuple[dict, RunRecord]]) -> str:
     for model, rec in runs:
         by.setdefault(model["name"], []).append((model, rec))
     lines = ["## Does an outcome depend on the text?", ""]
-    for name, pairs in by.items():
-        if len(pairs) < 2:
-            continue
+    for name, pairs in ((n, p) for n, p in by.items() if len(p) > 1):
         corpora = " vs ".join(f"{Path(m['corpus']).name} ({r.key})" for m, r in pairs)
-        flips = []
-        for pred in PREDICTIONS:
-            n = pred.key.split(" ", 1)[0]
-            outs = [r.verdict(n) for _, r in pairs]
-            names = [v.outcome if v is not None else "not run" for v in outs]
-            if len(set(names)) > 1:
-                stale = any(n in r.stale for _, r in pairs)
-                flips.append(
-                    f"{pred.key}: {' / '.join(names)}" + (" (†: an older battery on one side)" if stale else "")
-                )
+        flips = [f"{k}: {' / '.join(outs)}" + (" (†: an older battery on one side)" if old else "")
+                 for k, outs, old in corpus_flips([r for _, r in pairs], [p.key for p in PREDICTIONS])]  # fmt: skip
         lines.append(f"- **{name}**, {corpora}: " + ("; ".join(flips) if flips else "every outcome the same") + ".")
     if len(lines) == 2:
         lines.append("No model was run on two corpora in this set.")

@@ -102,6 +102,25 @@ def outcome_table(records: list[RunRecord]) -> str:
     return buf.getvalue()
 
 
+def outcome_counts(records: list[RunRecord], number: str) -> tuple[dict[str, int], list[str]]:
+    """How many runs give each outcome for prediction ``number``, and the runs that support it."""
+    got = [(r.key, r.verdict(number)) for r in records]
+    got = [(k, v) for k, v in got if v is not None]
+    counts = {o: sum(v.outcome == o for _, v in got) for o in ("supported", "contradicted", "inconclusive", "n/a")}
+    return counts, [k for k, v in got if v.outcome == "supported"]
+
+
+def corpus_flips(records: list[RunRecord], keys: list[str]) -> list[tuple[str, list[str], bool]]:
+    """Runs of one model on several corpora: (prediction, outcome per run, one side stale) where they differ."""
+    out = []
+    for key in keys:
+        n = key.split(" ", 1)[0]
+        outs = [v.outcome if (v := r.verdict(n)) is not None else "not run" for r in records]
+        if len(set(outs)) > 1:
+            out.append((key, outs, any(n in r.stale for r in records)))
+    return out
+
+
 # ---- facts: every number a note prints, with where it came from ------------------------------------------
 
 

@@ -20,6 +20,9 @@ sys.path.append(str(REPO / "experiments"))
 import sweep_checkpoints as sweep  # noqa: E402
 import train_reference as train  # noqa: E402
 
+from spectral.training import EOT  # noqa: E402
+from spectral.trajectory import STATS  # noqa: E402
+
 needs_corpora = pytest.mark.skipif(
     not (SHARED / "corpora" / "tinyshakespeare.txt").is_file(),
     reason=f"corpora not found at {SHARED / 'corpora'} (../shared/data)",
@@ -39,10 +42,10 @@ def test_checkpoint_steps_are_log_spaced():
 
 
 def test_heldout_split_cuts_at_a_boundary():
-    text = "".join(f"story {i} text.\n{train.EOT}\n" for i in range(100))
+    text = "".join(f"story {i} text.\n{EOT}\n" for i in range(100))
     tr, ho = train.split_document(text, 0.05)
     assert text.startswith(tr) and text.endswith(ho) and len(tr) + len(ho) >= len(text) - 1
-    assert tr.endswith(train.EOT) and ho.startswith("story ")
+    assert tr.endswith(EOT) and ho.startswith("story ")
     assert 0.03 < len(ho) / len(text) < 0.07
 
 
@@ -60,7 +63,7 @@ def test_quick_training_writes_loadable_checkpoints(quick_run):
         m = load_model(ModelSpec(name=str(quick_run / "checkpoints" / name)))
         assert m.arch.architecture == "GPT2LMHeadModel" and m.arch.norm_placement == "pre"
         assert m.arch.n_layers == record["config"]["n_layer"] and m.arch.d_model == record["config"]["d_model"]
-        assert m.arch.has_unembedding and m.tokenizer.bos_token == train.EOT and m.bos_token_id is not None
+        assert m.arch.has_unembedding and m.tokenizer.bos_token == EOT and m.bos_token_id is not None
     rows = list(csv.DictReader((quick_run / "loss.csv").open()))
     val = [float(r["val_loss"]) for r in rows if r["val_loss"]]
     assert val[-1] < val[0] - 0.5  # the loss drops
@@ -92,7 +95,7 @@ def test_quick_sweep_one_row_per_checkpoint_and_statistic(quick_run, monkeypatch
         and steps[0] == 0
         and steps[-1] == json.loads((quick_run / "training.json").read_text())["config"]["steps"]
     )
-    stats = {m for m, _ in sweep.STATS}
+    stats = {m for m, _ in STATS}
     keys = [(int(r["step"]), r["statistic"]) for r in rows]
     assert sorted(keys) == sorted((s, m) for s in steps for m in stats)  # exactly one row each
     assert all(r["loss_source"] == "training log" for r in rows)
