@@ -233,6 +233,10 @@ def test_compare_overlays_runs(small_run):
     assert len(outcomes) == len(verdicts) == 11
     first = verdicts[0].split(",")
     assert outcomes.iloc[0, 1].startswith(first[1])
+    # the outcome matrix figure: runs × predictions, the cell text from verdicts.csv, the current battery unmarked
+    heat = figs[next(k for k in figs if "outcome_matrix" in k)]["data"][0]
+    assert len(heat["y"]) == 2 and len(heat["x"]) == 11
+    assert not any("†" in cell for row in heat["text"] for cell in row)
 
 
 def test_single_prompt_norms_and_carrier_share(small_run):
