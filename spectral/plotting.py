@@ -465,7 +465,7 @@ def outcome_matrix(
             y=[label for label, _ in runs],
             text=text,
             texttemplate="%{text}",
-            textfont={"size": 10, "color": "white"},
+            textfont={"size": 12, "color": "white"},
             colorscale=scale,
             zmin=0,
             zmax=n,
