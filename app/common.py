@@ -26,7 +26,7 @@ from spectral.analysis.metrics import MetricTable
 from spectral.errors import RunDirError, SpectralError
 from spectral.predictions import Verdict, read_verdicts
 from spectral.predictions.decision import OUTCOMES
-from spectral.runs import read_manifest
+from spectral.runs import Manifest, read_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS_DIR = Path("reports") / "runs"
@@ -107,7 +107,7 @@ class RunData:
     """What a page needs from a run directory (read once, cached)."""
 
     path: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     table: MetricTable
     verdicts: tuple[Verdict, ...]
     figure_csvs: dict[str, str]

@@ -15,6 +15,7 @@ this function followed by ``save`` with checkpoints on disk (:func:`spectral.run
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import time
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from spectral.models import LoadedModel
     from spectral.prompt import PromptTrace
     from spectral.runner import Outputs
+    from spectral.runs import Manifest
 
 METRIC_COLUMNS = ("model", "condition", "site", "layer", "metric", "value", "ci_low", "ci_high")
 
@@ -152,7 +154,7 @@ class Result:
     """One run's measurements: tidy tables, verdicts, figures; in memory (from :func:`measure`) or read back
     from a run directory (:func:`open_run`)."""
 
-    def __init__(self, manifest: dict[str, Any], outputs: Outputs, run_dir: Path | None = None) -> None:
+    def __init__(self, manifest: Manifest, outputs: Outputs, run_dir: Path | None = None) -> None:
         self.manifest, self._out, self.run_dir = manifest, outputs, run_dir
         self._figures: dict[str, go.Figure] | None = None
 
@@ -230,7 +232,8 @@ class Result:
         from spectral.runs import prepare_run_dir
 
         run_dir = Path(run_dir)
-        manifest = dict(self.manifest, config=dict(self.manifest["config"], out=str(run_dir)))
+        manifest = copy.copy(self.manifest)  # the same run, written elsewhere
+        manifest["config"] = {**self.manifest["config"], "out": str(run_dir)}
         prepare_run_dir(run_dir, manifest["config"], overwrite)
         timings = dict(manifest.get("timings", {}))
         write_outputs(run_dir, manifest, self._out, (lambda m: None) if quiet else print, timings)

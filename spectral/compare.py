@@ -8,7 +8,9 @@ controls (e.g. ``trained,random_init`` compares a model with its random-weight t
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from spectral import plotting
 from spectral.analysis.metrics import MetricTable
@@ -17,7 +19,7 @@ from spectral.errors import RunDirError
 from spectral.export import save_figures
 from spectral.predictions import middle_layers, read_verdicts
 from spectral.report import fmt, markdown_to_html
-from spectral.runs import atomic_write_text, prepare_run_dir, read_manifest
+from spectral.runs import Manifest, atomic_write_text, prepare_run_dir, read_manifest
 
 PANELS = (
     ("resid_post", "norm_mean", "mean ‖h‖"),
@@ -29,7 +31,7 @@ PANELS = (
 )
 
 
-def _load(run: Path) -> tuple[dict, MetricTable, list]:
+def _load(run: Path) -> tuple[Manifest, MetricTable, list]:
     man = read_manifest(run)
     if man.get("status") != "complete":
         raise RunDirError(f"run {run} is not complete (status {man.get('status')}: {man.get('reason', 'in progress')})")
@@ -39,14 +41,14 @@ def _load(run: Path) -> tuple[dict, MetricTable, list]:
     return man, table, verdicts
 
 
-def run_verdict_spec(man: dict) -> VerdictSpec:
+def run_verdict_spec(man: Mapping[str, Any]) -> VerdictSpec:
     """The run's own ``[verdicts]`` settings (its middle layers, margins), defaults for what it lacks."""
     names = {f.name for f in dataclasses.fields(VerdictSpec)}
     given = man.get("config", {}).get("verdicts", {}) or {}
     return VerdictSpec(**{k: v for k, v in given.items() if k in names})
 
 
-def run_ci_level(man: dict) -> float:
+def run_ci_level(man: Mapping[str, Any]) -> float:
     return float(man.get("config", {}).get("analysis", {}).get("ci_level", 0.95))
 
 

@@ -24,14 +24,14 @@ from spectral.config import config_from_dict
 from spectral.errors import RunDirError
 from spectral.figureset import FigureData, figure_data
 from spectral.runner import RunResult, analyse_condition, cfg_bands, condition_models, finish_run, setup_run
-from spectral.runs import failpoint, load_state, prepare_run_dir, read_manifest, state_path, write_manifest
+from spectral.runs import Manifest, failpoint, load_state, prepare_run_dir, read_manifest, state_path, write_manifest
 
 
-def _shards(runs: list[Path]) -> tuple[dict[str, Any], list[tuple[Path, dict[str, Any]]], int]:
+def _shards(runs: list[Path]) -> tuple[dict[str, Any], list[tuple[Path, Manifest]], int]:
     """(common config without shard, [(run, manifest)] ordered by shard index, n)."""
     if not runs:
         raise RunDirError("spectral merge needs at least one shard run")
-    found: dict[int, tuple[Path, dict[str, Any]]] = {}
+    found: dict[int, tuple[Path, Manifest]] = {}
     base: dict[str, Any] | None = None
     n_all: set[int] = set()
     ident: set[tuple[Any, Any]] = set()

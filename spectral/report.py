@@ -271,7 +271,7 @@ def build_report(run_dir: Path) -> Path:
             lines.append(f"*Figure {name}.* {caption.read_text(encoding='utf-8').strip()}")
         lines.append("Files: " + ", ".join(f"[{Path(f).suffix[1:]}]({f})" for f in files))
     if man.get("png_note"):
-        lines.append(f"\n_{man['png_note']}_")
+        lines.append(f"\n_{man.get('png_note')}_")
     if not figs:
         lines.append("(no figures)")
     lines += [

@@ -37,6 +37,7 @@ from spectral.models import LoadedModel, load_model
 from spectral.predictions import BATTERY_REVISION, evaluate, sensitivity_csv, verdicts_csv
 from spectral.runs import (
     STATE_DIR,
+    Manifest,
     atomic_write_text,
     check_free_space,
     config_diff,
@@ -73,7 +74,7 @@ class Setup:
     sites: tuple[str, ...]
     windows: TokenWindows
     label: str
-    manifest: dict[str, Any]
+    manifest: Manifest
     persist: bool = True  # capture states checkpointed in the run directory (False: in memory, nothing written)
     keep_model: bool = False  # the caller's model survives: W is undone in place, the weights are not released
 
@@ -92,13 +93,13 @@ def setup_run(
     windows = make_windows(model.tokenizer, cfg.corpus, n_ctx=model.arch.n_ctx, seed=cfg.seed, corpus=corpus)
     label = slug(cfg.model.name)
     n_stat = len(windows) * (windows.ids.shape[1] - (1 if cfg.capture.exclude_first else 0))
-    manifest: dict[str, Any] = {
+    manifest: Manifest = {
         "status": "running",
         "config": config,
         "model_label": label,
         "command": command or "spectral run --config " + shlex.quote(str(run_dir / "manifest.json")),
         "model_source": {"kind": model.source.kind, "path": str(model.source.path)},
-        **({"gguf": model.source.gguf} if model.source.gguf else {}),
+        "gguf": model.source.gguf or None,
         "weights_sha256": model.weights_sha256(),
         "arch": {k: getattr(model.arch, k) for k in model.arch.__dataclass_fields__},
         "sites": list(sites),
@@ -131,7 +132,7 @@ def estimate_state_bytes(s: Setup) -> int:
     return 2 * state + (32 << 20)
 
 
-def _check_resumable(s: Setup) -> dict[str, Any]:
+def _check_resumable(s: Setup) -> Manifest:
     """The manifest of the run to resume, after checking it is this run and not finished."""
     old = read_manifest(s.run_dir)
     diff = config_diff(old.get("config") or {}, s.manifest["config"])
@@ -145,10 +146,10 @@ def _check_resumable(s: Setup) -> dict[str, Any]:
             a, b = (a or {}).get("sha256"), b["sha256"]
         if a != b:
             raise RunDirError(f"cannot resume {s.run_dir}: the {what} changed since it started")
-    if old.get("battery") != s.manifest["battery"]:  # its saved statistics lack what this battery measures
+    if old.get("battery") != s.manifest.get("battery"):  # its saved statistics lack what this battery measures
         raise RunDirError(
             f"cannot resume {s.run_dir}: it was started by battery revision {old.get('battery', '< 3')}, this is "
-            f"revision {s.manifest['battery']} (start it again)"
+            f"revision {s.manifest.get('battery')} (start it again)"
         )
     return old
 
@@ -325,7 +326,7 @@ def _capture(
 
 
 def analyse_condition(
-    s: Setup, cc: ConditionCapture, manifest: dict[str, Any], timings: dict[str, float], log: Callable[[str], None]
+    s: Setup, cc: ConditionCapture, manifest: Manifest, timings: dict[str, float], log: Callable[[str], None]
 ) -> list[MetricRow]:
     """Interventions and every metric of one complete (possibly merged) condition."""
     cfg, cond = s.cfg, cc.condition
@@ -356,7 +357,7 @@ class Outputs:
     measurements: list[FigureData]
 
 
-def run_outputs(manifest: dict[str, Any], rows: list[MetricRow], measurements: list[FigureData]) -> Outputs:
+def run_outputs(manifest: Manifest, rows: list[MetricRow], measurements: list[FigureData]) -> Outputs:
     """The metric table, the verdicts and the sensitivity table of a run (its config in ``manifest``)."""
     from spectral.config import config_from_dict
 
@@ -366,7 +367,7 @@ def run_outputs(manifest: dict[str, Any], rows: list[MetricRow], measurements: l
     return Outputs(table, verdicts, sensitivity_csv(table, manifest["arch"], cfg.verdicts, cfg.analysis), measurements)
 
 
-def run_figures(manifest: dict[str, Any], out: Outputs) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+def run_figures(manifest: Manifest, out: Outputs) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """(figures, their CSV data, their captions) of a run, from its manifest and outputs."""
     from spectral.config import config_from_dict
 
@@ -390,7 +391,7 @@ def run_figures(manifest: dict[str, Any], out: Outputs) -> tuple[dict[str, Any],
 
 def write_outputs(
     run_dir: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     out: Outputs,
     log: Callable[[str], None],
     timings: dict[str, float],
@@ -420,7 +421,7 @@ def finish_run(
     s: Setup,
     rows: list[MetricRow],
     measurements: list[FigureData],
-    manifest: dict[str, Any],
+    manifest: Manifest,
     timings: dict[str, float],
     t0: float,
     log: Callable[[str], None],

@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NotRequired, TypedDict
 
 from spectral.errors import RunDirError
 
@@ -168,7 +168,38 @@ def git_commit() -> str | None:
     return res.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
+class Manifest(TypedDict):
+    """manifest.json: what a run directory says about itself (the run-directory contract, ARCHITECTURE.md). The
+    required keys are written when the run starts; the others appear when they apply (and older runs lack
+    ``battery``: read it with ``.get``)."""
+
+    status: str  # running | complete | failed
+    config: dict[str, Any]  # the resolved ExperimentConfig (config_from_dict reads it back)
+    model_label: str
+    command: str
+    model_source: dict[str, Any]
+    gguf: dict[str, Any] | None  # sha256, quant_type, ... of a GGUF source
+    weights_sha256: str | None
+    arch: dict[str, Any]  # ArchInfo: n_layers, d_model, norm_placement, has_unembedding, is_causal, ...
+    sites: list[str]
+    corpus: dict[str, Any]  # name, sha256, n_windows, n_tokens, has_bos, ...
+    seed: int
+    git_commit: str | None
+    packages: dict[str, str]
+    started: str
+    battery: NotRequired[int]  # spectral.predictions.BATTERY_REVISION of the code that measured it
+    reason: NotRequired[str]  # why it failed
+    finished: NotRequired[str]
+    resumed: NotRequired[list[str]]
+    shard: NotRequired[str]
+    merged_from: NotRequired[list[str]]
+    nonfinite: NotRequired[dict[str, Any]]  # NaN/inf tokens seen, windows left out (nonfinite = "exclude")
+    figures: NotRequired[dict[str, list[str]]]
+    png_note: NotRequired[str | None]
+    timings: NotRequired[dict[str, float]]
+
+
+def read_manifest(run_dir: Path) -> Manifest:
     p = run_dir / "manifest.json"
     if not p.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (no manifest.json)")
@@ -222,5 +253,5 @@ def prepare_run_dir(run_dir: Path, config: dict[str, Any], overwrite: bool) -> N
         raise RunDirError(f"output directory {run_dir} is not writable: {exc.strerror}") from None
 
 
-def write_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+def write_manifest(run_dir: Path, manifest: Manifest) -> None:
     atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
