@@ -5,9 +5,9 @@
 
 Writes ``reports/note/``: ``note.md``, a self-contained ``note.html``, ``note.pdf`` (printed by Chromium),
 ``figures/`` (PNG, PDF, JSON and the CSV behind each), ``outcomes.csv`` (every run × prediction) and
-``facts.csv`` (every number the note prints, with the file and row it was read from: a test reads each
-again). Per model it also measures, once, its parameter count and its massive activations
-(``reports/canonical/KEY/model.json``, ``massive.csv``). Nothing in the text is typed by hand.
+``facts.csv`` (every number the note prints, with the file and row it was read from: a test reads each again).
+Per model it measures once its parameter count and massive activations (``reports/canonical/KEY/model.json``,
+``massive.csv``). Nothing in the text is typed by hand.
 """
 
 import argparse
@@ -212,10 +212,12 @@ def trajectory_section(facts: Facts) -> str:
         except KeyError:
             continue
         lines.append(f"| {metric} | {a} | {b} [{lo}, {hi}] | {l0} → {l1} |")
-    return (
-        "\n".join(lines)
-        + "\n\n![The reference decoder's statistics against training step](figures/sweep_overview.png)\n"
-    )
+    if any(r["statistic"] == "dc_fraction" for r in csv.DictReader(io.StringIO(path.read_text()))):
+        lines += ["", "This sweep predates the null-based battery (its overview still draws the retired DC fraction; "
+                  "its checkpoints have no verdicts against nulls): rerun `train_reference.py` and "
+                  "`sweep_checkpoints.py` to refresh it."]  # fmt: skip
+    fig = "![The reference decoder's statistics against training step](figures/sweep_overview.png)"
+    return "\n".join(lines) + f"\n\n{fig}\n"
 
 
 def findings_section(runs: list[tuple[dict, RunRecord]]) -> str:
