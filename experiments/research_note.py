@@ -16,7 +16,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 from common import ROOT, ensure_run, models
 
 from spectral import plotting
-from spectral.export import save_figures
+from spectral.export import print_pdf, save_figures
 from spectral.predictions import PREDICTIONS
 from spectral.report import markdown_to_html
 from spectral.runs import atomic_write_text
@@ -358,16 +357,6 @@ def build(
         "",
     ])  # fmt: skip
     return md, facts
-
-
-def print_pdf(html: Path, pdf: Path) -> str | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if browser is None:
-        return "no Chromium found: note.pdf not written"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
-           f"--print-to-pdf={pdf}", html.resolve().as_uri()]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-    return None if pdf.is_file() else f"Chromium failed ({done.returncode}): {done.stderr[-300:]}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ why the static files are missing."""
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -87,3 +88,14 @@ def save_figures(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return written, note
+
+
+def print_pdf(html: Path, pdf: Path) -> str | None:
+    """Print a self-contained HTML page to PDF with headless Chromium; None on success, else why not."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        return f"no Chromium found: {pdf.name} not written"
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
+           f"--print-to-pdf={pdf}", html.resolve().as_uri()]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    return None if pdf.is_file() else f"Chromium failed ({done.returncode}): {done.stderr[-300:]}"
