@@ -241,7 +241,9 @@ def corpus_section(runs: list[tuple[dict, RunRecord]]) -> str:
         corpora = " vs ".join(f"{Path(m['corpus']).name} ({r.key})" for m, r in pairs)
         flips = [f"{k}: {' / '.join(outs)}" + (" (†: an older battery on one side)" if old else "")
                  for k, outs, old in corpus_flips([r for _, r in pairs], [p.key for p in PREDICTIONS])]  # fmt: skip
-        lines.append(f"- **{name}**, {corpora}: " + ("; ".join(flips) if flips else "every outcome the same") + ".")
+        lines.append(
+            f"- **{Path(name).name}**, {corpora}: " + ("; ".join(flips) if flips else "every outcome the same") + "."
+        )
     if len(lines) == 2:
         lines.append("No model was run on two corpora in this set.")
     return "\n".join(lines) + "\n"

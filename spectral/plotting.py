@@ -450,7 +450,7 @@ def outcome_matrix(
                 if v.outcome == "n/a"
                 else f"{_num(v.effect)}<br>[{_num(v.effect_ci_low)}, {_num(v.effect_ci_high)}]"
             )
-            tr.append(cell + (" †" if old else ""))
+            tr.append(("† " if old else "") + cell)
         z.append(zr)
         text.append(tr)
     n = len(order)
