@@ -380,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(out / "outcomes.csv", outcome_table([r for _, r in runs]))
     html = out / "note.html"
     page = markdown_to_html(md, out, "Does the carrier-signal hypothesis hold?")
-    page = page.replace("</style>", "@page{size:A4 landscape;margin:12mm}img{max-width:100%}</style>", 1)  # the PDF
+    page = page.replace(
+        "</style>", "@page{size:A4 landscape;margin:12mm}img{max-width:100%;max-height:150mm}</style>", 1
+    )
     atomic_write_text(html, page)
     problem = None if args.no_pdf else print_pdf(html, out / "note.pdf")
     print(f"note: {out / 'note.md'} ({len(runs)} runs, {len(facts.rows)} facts, {time.perf_counter() - t0:.1f} s)")
