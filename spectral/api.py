@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spectral.config import SECTIONS, CorpusSpec, ExperimentConfig, ModelSpec, replace_field
+from spectral.config import CorpusSpec, ExperimentConfig, ModelSpec, config_fields, replace_field
 from spectral.errors import ConfigError, CorpusError, RunDirError
 
 if TYPE_CHECKING:
@@ -54,13 +54,12 @@ def load_model(name_or_path: str, **options: Any) -> LoadedModel:
 
 
 def _field_owner(name: str) -> str | None:
-    """The config section holding the field ``name`` (None: the top level); field names are unique."""
-    if name in {f.name for f in dataclasses.fields(ExperimentConfig)} and name not in SECTIONS:
-        return None
-    for section, cls in SECTIONS.items():
-        if name in {f.name for f in dataclasses.fields(cls)}:
-            return section
-    raise ConfigError(f"measure: no setting named {name!r} (see `spectral run -h` for every setting)")
+    """The config section holding the field ``name`` (None: the top level): :func:`config.config_fields`, the
+    same map the CLI flags come from."""
+    owner = config_fields().get(name)
+    if owner is None:
+        raise ConfigError(f"measure: no setting named {name!r} (see `spectral run -h` for every setting)")
+    return owner[0]
 
 
 def _corpus_of(texts_or_corpus: str | Path | Sequence[str]) -> tuple[str, Any]:

@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from spectral.config import SECTIONS, ExperimentConfig, load_config, replace_field
+from spectral.config import ExperimentConfig, config_fields, load_config, replace_field
 from spectral.errors import ConfigError, RunDirError, SpectralError
 
 # the two flags whose names are not their field's: --model (model.name) and --corpus (corpus.source)
@@ -28,16 +28,9 @@ def run_flags() -> dict[str, tuple[str | None, dataclasses.Field[Any], Any]]:
     """flag -> (section or None, field, type) for every field of the config: each is reachable from the
     command line, named ``--field-name`` (field names are unique across sections; checked here)."""
     out: dict[str, tuple[str | None, dataclasses.Field[Any], Any]] = {}
-    owners: list[tuple[str | None, type]] = [(None, ExperimentConfig), *SECTIONS.items()]
-    for section, cls in owners:
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if section is None and f.name in SECTIONS:
-                continue
-            flag = RENAMED.get((section or "", f.name), "--" + f.name.replace("_", "-"))
-            if flag in out:  # pragma: no cover - a new field that repeats a name
-                raise AssertionError(f"config field {f.name} appears in two sections: give its flag a name")
-            out[flag] = (section, f, hints[f.name])
+    for name, (section, f, cls) in config_fields().items():
+        flag = RENAMED.get((section or "", name), "--" + name.replace("_", "-"))
+        out[flag] = (section, f, typing.get_type_hints(cls)[name])
     return out
 
 

@@ -510,6 +510,22 @@ def load_config(path: str | Path) -> ExperimentConfig:
     return config_from_dict(data, str(p), text)
 
 
+def config_fields() -> dict[str, tuple[str | None, dataclasses.Field[Any], type]]:
+    """Every settable field of the config by name: (its section, or None for the top level; the field; the
+    dataclass that holds it). Field names are unique across sections (checked here): the CLI flags and the
+    notebook API's keywords are these names."""
+    out: dict[str, tuple[str | None, dataclasses.Field[Any], type]] = {}
+    owners: list[tuple[str | None, type]] = [(None, ExperimentConfig), *SECTIONS.items()]
+    for section, cls in owners:
+        for f in dataclasses.fields(cls):
+            if section is None and f.name in SECTIONS:
+                continue
+            if f.name in out:  # pragma: no cover - a new field that repeats a name
+                raise AssertionError(f"config field {f.name} appears in two sections: rename one")
+            out[f.name] = (section, f, cls)
+    return out
+
+
 def replace_field(cfg: ExperimentConfig, section: str | None, name: str, value: Any) -> ExperimentConfig:
     """Return ``cfg`` with one field replaced (used for CLI overrides), re-validated."""
     try:
