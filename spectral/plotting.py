@@ -383,7 +383,7 @@ def verdict_panels(verdicts: list[Any], title: str, level: float = 0.95) -> go.F
             **at,
         )  # fmt: skip
         fig.update_xaxes(range=[-1, 1], showticklabels=False, **at)
-        fig.update_yaxes(title_text=v.statistic[:28], title_font={"size": 10}, **at)
+        fig.update_yaxes(title_text="<br>".join(_wrap(v.statistic, 24)), title_font={"size": 10}, **at)
     apply_theme(
         fig, f"{title}<br><sup>trained (point, {ci_label(level)}) against its null (grey band)</sup>", 1100, 300 * rows
     )
