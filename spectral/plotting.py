@@ -493,6 +493,17 @@ def _wrap(text: str, width: int) -> list[str]:
     return [*lines, cur] if cur else lines
 
 
+def _effect_bar(v: Any, color: str) -> dict[str, Any]:
+    """A verdict's effect interval as a plotly error bar (asymmetric, about the effect)."""
+    return {
+        "type": "data",
+        "symmetric": False,
+        "array": [max(v.effect_ci_high - v.effect, 0.0)],
+        "arrayminus": [max(v.effect - v.effect_ci_low, 0.0)],
+        "color": color,
+    }
+
+
 def prediction_forest(runs: list[tuple[str, Any]], title: str, level: float = 0.95) -> go.Figure:
     """One prediction across models: effect (trained − null) with its interval, coloured by outcome, the margin
     δ dashed and 0 solid. ``runs``: (label, verdict) pairs (n/a rows are listed with their reason)."""
@@ -508,14 +519,7 @@ def prediction_forest(runs: list[tuple[str, Any]], title: str, level: float = 0.
                 y=[label],
                 mode="markers",
                 marker={"color": c, "size": 10},
-                error_x={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [max(v.effect_ci_high - v.effect, 0.0)],
-                    "arrayminus": [max(v.effect - v.effect_ci_low, 0.0)],
-                    "color": c,
-                    "thickness": 2,
-                },
+                error_x={**_effect_bar(v, c), "thickness": 2},
                 name=v.outcome,
                 showlegend=False,
                 hovertemplate=f"{label}: {v.statistic}<br>effect %{{x:.4g}} [{v.effect_ci_low:.4g}, "
@@ -551,13 +555,7 @@ def effect_vs_size(points: list[tuple[str, float, Any]], title: str, level: floa
                 textposition="middle right",
                 textfont={"size": 9},
                 marker={"color": c, "size": 9},
-                error_y={
-                    "type": "data",
-                    "symmetric": False,
-                    "array": [max(v.effect_ci_high - v.effect, 0.0)],
-                    "arrayminus": [max(v.effect - v.effect_ci_low, 0.0)],
-                    "color": c,
-                },
+                error_y=_effect_bar(v, c),
                 showlegend=False,
             )
         )
