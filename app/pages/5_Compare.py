@@ -78,24 +78,22 @@ if loaded:
     st.subheader("Outcome matrix")
     with common.errors_shown():
         from spectral.predictions import stale_predictions
-        from spectral.synthesis import battery_revision
+        from spectral.synthesis import RunRecord, battery_revision, outcome_table
 
-        labelled = [(f"{run.label} ({Path(run.path).name})", run) for run in loaded]
-        stale = {lab: stale_predictions(battery_revision(run.manifest)) for lab, run in labelled}
+        records = [
+            RunRecord(f"{run.label} ({Path(run.path).name})", Path(run.path), dict(run.manifest), list(run.verdicts),
+                      rev := battery_revision(run.manifest), stale_predictions(rev))
+            for run in loaded
+        ]  # fmt: skip
         matrix = plotting.outcome_matrix(
-            [(lab, list(run.verdicts)) for lab, run in labelled], "Outcome of each prediction per run", stale
+            [(r.key, r.verdicts) for r in records],
+            "Outcome of each prediction per run",
+            {r.key: r.stale for r in records},
         )
-        rows = ["run,prediction,outcome,effect,effect_ci_low,effect_ci_high,margin,stale"]
-        rows += [
-            f'"{lab}","{v.prediction}",{v.outcome},{v.effect:.6g},{v.effect_ci_low:.6g},{v.effect_ci_high:.6g},'
-            f"{v.margin:.6g},{'yes' if v.prediction.split(' ', 1)[0] in stale[lab] else 'no'}"
-            for lab, run in labelled
-            for v in run.verdicts
-        ]
         common.figure_block(
             matrix,
             "outcome_matrix",
-            "\n".join(rows) + "\n",
+            outcome_table(records),  # the note's outcomes.csv columns (csv module: labels quoted as needed)
             caption="Colour: outcome; number: effect (trained − null) with its interval; † measured by an older "
             "battery revision (its statistic changed since).",
         )
