@@ -14,8 +14,19 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = "minilm,llama2xs-512,babyllama-105,babyllama-361"  # canonical runs whose model.json / massive.csv are committed
 
 
-def _note_module():
-    sys.path.insert(0, str(ROOT / "experiments"))
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _note_module(monkeypatch):
+    """experiments/research_note.py as its command line runs it: beside experiments/common.py, which must win
+    over the app's module of the same name that the app tests may have imported first."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    monkeypatch.setitem(sys.modules, "common", _load("common", ROOT / "experiments" / "common.py"))
     spec = importlib.util.spec_from_file_location("research_note", ROOT / "experiments" / "research_note.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -27,7 +38,7 @@ def test_every_number_in_the_note_is_traced_to_a_run_file(tmp_path, monkeypatch)
     for key in SMALL.split(","):
         if not (ROOT / "reports" / "canonical" / key / "massive.csv").is_file():
             pytest.skip(f"reports/canonical/{key}/massive.csv is not committed (the note would load the model)")
-    note = _note_module()
+    note = _note_module(monkeypatch)
     monkeypatch.chdir(ROOT)
     args = ["--reuse", "--models", SMALL, "--no-pdf", "--formats", ""]
     assert note.main([*args, "--out", str(tmp_path / "a")]) == 0
