@@ -40,6 +40,7 @@ from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
 from spectral.depth import DepthProbe
 from spectral.models import LoadedModel
+from spectral.predictions.base import is_random_member
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.sites import site_kind, site_layer
 from spectral.stats import StatsBank
@@ -142,6 +143,7 @@ class ConditionCapture:
         self.batches_done = 0
         self.complete = False
         self.interventions: list[InterventionResult] = []
+        self.modulation: list[InterventionResult] = []  # prediction 4's mean ablations, read on the output
         self.jacobian: BandTransfer | None = None
 
     def _ablation_sites(self, model: LoadedModel, sites: tuple[str, ...]) -> tuple[str, ...]:
@@ -254,15 +256,57 @@ class ConditionCapture:
                     )
                 )  # fmt: skip
 
+    def modulate(self) -> None:
+        """Prediction 4 read on the model's own output: at ``modulation_layers`` middle layers, mean-ablate
+        (amplitude set to its calibration mean) the carrier (the calibration mean's direction), the top centred
+        principal direction (of the calibration set) and ``modulation_directions`` random directions at
+        resid_post.l, run only the layers after it, and keep each window's KL(clean ‖ edited) and ΔNLL on
+        ``modulation_positions`` sampled positions (paired: the same positions for every pass). The trained
+        model only; needs a family whose tail can run alone."""
+        from spectral.predictions.base import middle_layers
+
+        cap, an = self.cfg.capture, self.cfg.analysis
+        self.modulation = []
+        if self.condition != "trained" or not self.lm or an.modulation_windows <= 0:
+            return
+        if not can_run_tails(self.model):
+            return
+        mid = middle_layers(self.model.arch.n_layers, self.cfg.verdicts)
+        n = an.modulation_layers
+        if 0 < n < len(mid):
+            mid = sorted({mid[round(i * (len(mid) - 1) / max(n - 1, 1))] for i in range(n)})
+        mid = [layer for layer in mid if f"resid_post.{layer}" in self.calib.top_pcs]
+        if not mid:
+            return
+        sub = self.windows.select(slice(0, an.modulation_windows))
+
+        def bases(layer: int) -> dict[str, Any]:
+            site = f"resid_post.{layer}"
+            c = self.calib.centers[site].double().cpu()
+            g = torch.Generator().manual_seed(self.cfg.seed * 7919 + 31 * layer + 5)
+            dirs = {"carrier": c / c.norm(), "toppc": self.calib.top_pcs[site].double().cpu()}
+            for j in range(an.modulation_directions):
+                r = torch.randn(c.shape[0], generator=g, dtype=torch.float64)
+                dirs[f"random{j}"] = r / r.norm()
+            return {f"ablate_{k}": mean_ablate(v, float(c @ v)) for k, v in dirs.items()}
+
+        self.modulation = tail_sweep(
+            self.model, sub, mid, bases, cap.batch_size, an.n_boot, self.cfg.seed, an.ci_level,
+            cap.exclude_first, an.modulation_positions,
+        )  # fmt: skip
+
     def transfer(self) -> None:
         """The Jacobian (JVP) band transfer of attention and the MLP at every layer (prediction 7), on the
-        first ``jacobian_windows`` windows cut to ``jacobian_positions`` positions; the trained model only
-        (its null is the exact chance level of an isotropic map). Recomputed on resume (seeded)."""
+        first ``jacobian_windows`` windows cut to ``jacobian_positions`` positions; the trained model and each R
+        seed (R's MLPs measured the same way are the null; the isotropic chance level is reported). Recomputed
+        on resume (seeded)."""
         from spectral.analysis import jacobian
 
         an = self.cfg.analysis
         self.jacobian = None
-        if self.condition != "trained" or not self.bands or an.jacobian_windows <= 0:
+        if not (self.condition == "trained" or is_random_member(self.condition)):
+            return  # R's MLPs measured the same way are prediction 7's null
+        if not self.bands or an.jacobian_windows <= 0:
             return
         if jacobian.supports(self.model) is not None:
             return
@@ -286,6 +330,7 @@ class ConditionCapture:
             self.cosines,
             self.depth,
             self.jacobian,
+            self.modulation,
         )
 
     # ---- state --------------------------------------------------------------------------

@@ -228,6 +228,26 @@ class AnalysisSpec:
         "each edit runs only the layers after its site",
         4,
     )
+    modulation_windows: int = _help(
+        "windows whose output is read by prediction 4's mean ablations (carrier, top centred principal direction, "
+        "random directions) at the middle layers; 0 = skip them (the canonical runs use 16)",
+        8,
+    )
+    modulation_layers: int = _help(
+        "middle layers (of [verdicts] middle_from..middle_to) edited for prediction 4, evenly spaced; 0 = every "
+        "middle layer (the canonical runs)",
+        4,
+    )
+    modulation_positions: int = _help(
+        "positions per window (a seeded sample, the same for the clean and every edited pass) whose next-token "
+        "distribution prediction 4 scores; 0 = every position",
+        32,
+    )
+    modulation_directions: int = _help(
+        "random directions mean-ablated at each of those layers: the null distribution of prediction 4 (the "
+        "canonical runs use 20)",
+        8,
+    )
     jacobian_windows: int = _help(
         "windows whose tokens linearise attention and the MLP for the Jacobian (JVP) band transfer of prediction 7 "
         "(0 = skip it)",
@@ -279,6 +299,10 @@ class AnalysisSpec:
         _check(self.max_types >= 1, "[analysis] max_types must be >= 1")
         _check(self.intervention_windows >= 0, "[analysis] intervention_windows must be >= 0")
         _check(self.intervention_layers >= 0, "[analysis] intervention_layers must be >= 0")
+        _check(self.modulation_windows >= 0, "[analysis] modulation_windows must be >= 0")
+        _check(self.modulation_layers >= 0, "[analysis] modulation_layers must be >= 0")
+        _check(self.modulation_positions >= 0, "[analysis] modulation_positions must be >= 0")
+        _check(self.modulation_directions >= 1, "[analysis] modulation_directions must be >= 1")
         _check(self.lens_positions >= 0, "[analysis] lens_positions must be >= 0")
         _check(self.sink_positions >= 0, "[analysis] sink_positions must be >= 0")
 
@@ -303,15 +327,22 @@ class VerdictSpec:
         "(the margin is −robust_margin)",
         0.1,
     )
-    modulation_margin: float = _help(
-        "P4: ablating the carrier must keep this much more lens accuracy than ablating the top principal "
-        "direction, and may lose at most this much more than ablating a random direction",
-        0.02,
+    modulation_kl_margin: float = _help(
+        "P4: mean-ablating the carrier must change the model's output (KL to the clean output, nats per token) "
+        "this much less than mean-ablating the top centred principal direction, and may change it at most this "
+        "much more than a random direction does",
+        0.01,
     )
-    alignment_margin: float = _help("P5: δ of the update/stream cosine over its random-direction null", 0.05)
+    alignment_margin_sqrt_d: float = _help(
+        "P5: δ × √d of the update/stream cosine over its nulls (δ = this / √d_model: 1 is one standard deviation "
+        "of a random direction's cosine per token)",
+        1.0,
+    )
     head_margin: float = _help("P6: δ of the heads' top-n W_U band share over R's heads and over data-PC bands", 0.02)
     mixing_margin: float = _help("P7: δ of the MLP's off-diagonal band transfer over chance and attention", 0.02)
-    sink_margin: float = _help("P8: minimum effect of the attention / tail-band Spearman over R", 0.1)
+    sink_tail_margin: float = _help(
+        "P8: δ of the sink tokens' tail-band energy share minus their window's other tokens', over R's", 0.02
+    )
     lowpass_margin: float = _help("P9: δ of seq_ac_lowfreq_share over its permutation null (middle layers)", 0.02)
     resonance_top_bands: int = _help("P10: number of top W_U bands (of K = first of [analysis] bands)", 2)
     resonance_margin: float = _help("P10: δ of the top centred bands' margin share over the rotated-h null", 0.05)

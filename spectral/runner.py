@@ -332,6 +332,10 @@ def analyse_condition(
     cfg, cond = s.cfg, cc.condition
     t = time.perf_counter()
     cc.intervene()
+    t_mod = time.perf_counter()
+    cc.modulate()
+    if cc.modulation:
+        timings[f"modulation_{cond}"] = time.perf_counter() - t_mod
     cc.transfer()
     meas = cc.measurement()
     if meas.bank.excluded or meas.bank.nonfinite_counts:

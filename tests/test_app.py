@@ -456,7 +456,25 @@ def fake_verdicts() -> list:
     nan = float("nan")
     outcomes = ["supported", "contradicted", "contradicted", "inconclusive", "n/a"]
     return [
-        Verdict(f"{i + 1} p", o, "stat", 1.0, 0.5, 1.5, 0.0, -0.1, 0.1, 1.0, 0.5, 1.5, 0.1, 0.01, nan, NOTES[o])
+        Verdict(
+            f"{i + 1} p",
+            o,
+            "stat",
+            1.0,
+            0.5,
+            1.5,
+            0.0,
+            -0.1,
+            0.1,
+            1.0,
+            0.5,
+            1.5,
+            0.1,
+            0.01,
+            nan,
+            float("inf"),
+            NOTES[o],
+        )
         for i, o in enumerate(outcomes)
     ]
 

@@ -56,9 +56,20 @@ def test_lens_reproduces_model_and_hf_accuracy(setup):
     # add up to the margin of the rotated rows' own top-2
     top2 = logits[:, 1:-1].topk(2, -1).values
     K = len(lens.bands)
-    assert margins.shape[1:] == (len(lens.sites), 2 * (K + 1))
+    assert margins.shape[1:] == (len(lens.sites), 2 * (K + 1) + 2 * K)
+    # prediction 10's per-token |contribution| shares: each token's K shares add up to 1 (real and rotated)
+    n_tok = tot[final, col["count"]]
+    assert margins[:, final, 2 * K + 2 : 3 * K + 2].sum() == pytest.approx(n_tok)
+    assert margins[:, final, 3 * K + 2 :].sum() == pytest.approx(n_tok)
+    with torch.no_grad():  # direct: each token's band parts of its margin from HF's final hidden state and logits
+        f = hf(windows.ids, output_hidden_states=True).hidden_states[-1][:, 1:-1].reshape(-1, W_U.shape[0]).float()
+        i2 = logits[:, 1:-1].topk(2, -1).indices.reshape(-1, 2)
+        dw = (W_U[:, i2[:, 0]] - W_U[:, i2[:, 1]]).T.float()
+        parts = torch.stack([((dw @ U.float()) * (f @ U.float())).sum(-1) for U in lens.bands], 1).abs()
+        share0 = (parts[:, 0] / parts.sum(1)).sum().item()
+    assert margins[:, final, 2 * K + 2].sum() == pytest.approx(share0, rel=1e-4)
     assert margins[:, final, : K + 1].sum() == pytest.approx(float((top2[..., 0] - top2[..., 1]).sum()), rel=1e-4)
-    assert (margins[:, final, K + 1 :].sum(1) >= 0).all()
+    assert (margins[:, final, K + 1 : 2 * K + 2].sum(1) >= 0).all()
     # per layer: the lens's own top-1 margin at resid_post.0 (final norm + W_U of the HF hidden state)
     first = lens.sites.index("resid_post.0")
     with torch.no_grad():
@@ -66,7 +77,7 @@ def test_lens_reproduces_model_and_hf_accuracy(setup):
         lens_logits = hf.lm_head(hf.model.norm(hs))[:, 1:-1]
     t2 = lens_logits.topk(2, -1).values
     assert margins[:, first, : K + 1].sum() == pytest.approx(float((t2[..., 0] - t2[..., 1]).sum()), rel=1e-4)
-    assert (margins[:, first, K + 1 :].sum(1) >= 0).all() and margins[:, first, K + 1 :].sum() > 0
+    assert (margins[:, first, K + 1 : 2 * K + 2].sum(1) >= 0).all() and margins[:, first, K + 1 : 2 * K + 2].sum() > 0
 
 
 def test_self_similarity_equals_direct(setup):

@@ -7,6 +7,7 @@ CIs (jackknife over buckets for moment statistics, bootstrap over windows for pe
 bootstrap over token types for self-similarity). Names are new and never change meaning.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -50,7 +51,8 @@ class Measurement:
     interventions: list[InterventionResult]
     cosines: CosineProbe | None = None  # corpus-level layer x layer cosine (resid_post sites)
     depth: DepthProbe | None = None  # per-window depth power spectra of the resid_post trajectory
-    jacobian: BandTransfer | None = None  # JVP band transfer of attention and the MLP (trained model only)
+    jacobian: BandTransfer | None = None  # JVP band transfer of attention and the MLP (trained model and R)
+    modulation: list[InterventionResult] | None = None  # prediction 4's mean ablations read on the output
 
 
 class Rows:
@@ -180,7 +182,7 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
     name = f"cband_margin_top{n}_share_k{K}"
     shares, layers = [], []  # per layer: (top, total, top_rot, total_rot) window sums, for the slope
     for i, site in enumerate(lens.sites):
-        real, rot = margins[:, i, : K + 1], margins[:, i, K + 1 :]  # band parts + bias, then the rotated null
+        real, rot = margins[:, i, : K + 1], margins[:, i, K + 1 : 2 * K + 2]  # band parts + bias, rotated null
         total, top, top_rot, total_rot = real.sum(1), real[:, :n].sum(1), rot[:, :n].sum(1), rot.sum(1)
         if site == "final":
             for b in range(K):
@@ -194,6 +196,7 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
             value = float(top.sum() / total.sum() - top_rot.sum() / total_rot.sum())
             boots = (w @ top) / (w @ total) - (w @ top_rot) / (w @ total_rot)
         out.add(site, f"{name}_excess", percentile_ci(value, boots, level))
+    _abs_margin_metrics(out, lens, table.column, margins, w, level, n)
     if len(layers) >= 2:
         # prediction 10's rise with depth: least-squares slope over layers of the excess share (trained − its
         # rotated-h null at the same layer), every layer's ratio resampled with the same windows
@@ -205,11 +208,49 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
         out.add("resid_post", f"{name}_excess_slope", percentile_ci(float(x @ ex), exb @ x, level))
 
 
+def _abs_margin_metrics(
+    out: Rows,
+    lens: LensProbe,
+    column: Callable[[str, str], np.ndarray],
+    margins: np.ndarray,
+    w: np.ndarray,
+    level: float,
+    n: int,
+) -> None:
+    """Prediction 10's bounded statistic: per token, the share of |margin contribution| (top-1 vs top-2, centred
+    bands, bias left out) held by the top ``n`` of K bands, mean over the lens tokens (in [0, 1]); the same with h
+    rotated at random (same W_U); their paired excess per site; and the least-squares slope over layers of the
+    excess (every layer resampled with the same windows)."""
+    K = len(lens.bands)
+    if margins.shape[2] < 2 * (K + 1) + 2 * K:
+        return  # a lens state written before the statistic existed
+    name = f"cband_margin_abs_top{n}_share_k{K}"
+    at = 2 * (K + 1)
+    layers, ex_rows = [], []
+    for i, site in enumerate(lens.sites):
+        count = column(site, "count")
+        real = margins[:, i, at : at + n].sum(1)
+        rot = margins[:, i, at + K : at + K + n].sum(1)
+        out.add(site, name, ratio_bootstrap(real, count, w, level))
+        out.add(site, f"{name}_rotnull", ratio_bootstrap(rot, count, w, level))
+        out.add(site, f"{name}_excess", ratio_bootstrap(real - rot, count, w, level))
+        if site != "final":
+            layers.append(site_layer(site) or 0)
+            ex_rows.append((real - rot, count))
+    if len(layers) >= 2:
+        x = np.asarray(layers, dtype=float)
+        x = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+        ex = np.array([d.sum() / c.sum() for d, c in ex_rows])
+        exb = np.stack([(w @ d) / (w @ c) for d, c in ex_rows], 1)
+        out.add("resid_post", f"{name}_excess_slope", percentile_ci(float(x @ ex), exb @ x, level))
+
+
 def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_battery: bool = True) -> None:
     """Head effective rank and sink correlation per layer; with ``full_battery`` also their intervals and
     the head-subspace overlap (a null member needs point values only: its spread is the ensemble's)."""
     level = spec.ci_level
     d = hp.model.arch.d_model
+    sink_rows: dict[int, dict[int, float]] = {}  # layer -> window -> sink tail-share excess
     for layer in range(hp.L):
         W_O = hp.W_O(layer)
         site = f"attn_out.{layer}"
@@ -244,6 +285,38 @@ def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_
             out.add(site, "attn_tail_spearman", _spearman_boot(rest, spec, sd, full_battery))
             out.add(site, "attn_tail_spearman_pos0", _spearman_boot(arr, spec, sd, full_battery))
             out.add(site, "attn_tail_partial_spearman", _spearman_boot(arr, spec, sd, full_battery, partial=True))
+            ids, diff = _sink_tail_excess(arr)
+            if ids.size:
+                sink_rows[layer] = dict(zip(ids.tolist(), diff.tolist(), strict=True))
+                out.add(site, "sink_tail_share_excess", _mean_boot(diff, spec.n_boot, sd, level) if full_battery
+                        else Estimate(float(diff.mean()), float("nan"), float("nan")))  # fmt: skip
+    if sink_rows:
+        # prediction 8: mean over layers of the per-window excess, bootstrap over windows (all layers together)
+        wins = sorted(set.intersection(*(set(r) for r in sink_rows.values())))
+        if wins:
+            M = np.array([[sink_rows[layer][w] for layer in sorted(sink_rows)] for w in wins]).mean(1)  # (windows,)
+            est = (
+                _mean_boot(M, spec.n_boot, seed + 8, level)
+                if full_battery
+                else Estimate(float(M.mean()), NAN.value, NAN.value)
+            )
+            out.add("resid_pre", "sink_tail_share_excess", est)
+
+
+def _sink_tail_excess(arr: np.ndarray, top: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per window (rows of ``arr``: window, attention received, tail-band energy share, position), the tail-band
+    share of its sink tokens (the ``top`` largest receivers, position 0 among the candidates) minus the mean
+    share of its other recorded tokens (Cancedda 2024, paired per window): (window ids, excess)."""
+    win = arr[:, 0].astype(np.int64)
+    order = np.lexsort((-arr[:, 1], win))  # by window, then attention received, largest first
+    a, w = arr[order], win[order]
+    ids, start, counts = np.unique(w, return_index=True, return_counts=True)
+    keep = counts > top
+    out = []
+    for s0, c in zip(start[keep], counts[keep], strict=True):
+        tail = a[s0 : s0 + c, 2]
+        out.append(tail[:top].mean() - tail[top:].mean())
+    return ids[keep], np.asarray(out, dtype=float)
 
 
 def _mean_boot(x: np.ndarray, n_boot: int, seed: int, level: float) -> Estimate:
@@ -364,6 +437,60 @@ def _jacobian_metrics(out: Rows, bt: BandTransfer, spec: AnalysisSpec) -> None:
     out.add("mlp_out", f"{name}_minus_attn", bt.interval("mlp_out", level, minus="attn_out"))
 
 
+def _modulation_metrics(out: Rows, results: list[InterventionResult], spec: AnalysisSpec, seed: int) -> None:
+    """Prediction 4 on the model's output: per edited layer the KL(clean ‖ edited) and ΔNLL of mean-ablating the
+    carrier, the top centred principal direction and random directions (their mean); over the edited middle
+    layers the paired contrasts ``out_kl_toppc_minus_carrier`` (bootstrap over windows, every layer resampled
+    with the same windows) and ``out_kl_random_minus_carrier`` (windows and random directions resampled), and
+    the share of random directions whose KL is below the carrier's (``out_kl_carrier_rank_random``)."""
+    level = spec.ci_level
+    by_layer: dict[str, dict[str, InterventionResult]] = {}
+    for r in results:
+        by_layer.setdefault(r.site, {})[r.target] = r
+    kl_c, kl_t, kl_r, ranks = [], [], [], []
+    for site, res in by_layer.items():
+        rnd = [r for t, r in res.items() if t.startswith("ablate_random")]
+        if "ablate_carrier" not in res or "ablate_toppc" not in res or not rnd:
+            continue
+        for name in ("carrier", "toppc"):
+            r = res[f"ablate_{name}"]
+            if r.kl is not None:
+                out.add(site, f"out_kl_ablate_{name}", r.kl)
+            out.add(site, f"out_dnll_ablate_{name}", r.delta_nll)
+        kr = np.stack([r.kl_windows for r in rnd if r.kl_windows is not None], 1)  # (windows, directions)
+        dr = np.stack([r.dnll_windows for r in rnd if r.dnll_windows is not None], 1)
+        w = bootstrap_weights(kr.shape[0], spec.n_boot, seed)
+        out.add(site, "out_kl_ablate_random", percentile_ci(float(kr.mean()), (w @ kr.mean(1)) / kr.shape[0], level))
+        out.add(site, "out_dnll_ablate_random", percentile_ci(float(dr.mean()), (w @ dr.mean(1)) / dr.shape[0], level))
+        c, t = res["ablate_carrier"].kl_windows, res["ablate_toppc"].kl_windows
+        assert c is not None and t is not None
+        kl_c.append(c)
+        kl_t.append(t)
+        kl_r.append(kr)
+        ranks.append(float((kr.mean(0) < c.mean()).mean()))
+    if not kl_c:
+        return
+    C, T, R = np.stack(kl_c, 1), np.stack(kl_t, 1), np.stack(kl_r, 1)  # (windows, layers[, directions])
+    nw, nd = C.shape[0], R.shape[2]
+    w = bootstrap_weights(nw, spec.n_boot, seed)
+    out.add("resid_post", "out_kl_ablate_carrier_mid", percentile_ci(float(C.mean()), (w @ C.mean(1)) / nw, level))
+    out.add("resid_post", "out_kl_ablate_toppc_mid", percentile_ci(float(T.mean()), (w @ T.mean(1)) / nw, level))
+    diff = (T - C).mean(1)  # per window, mean over layers
+    out.add("resid_post", "out_kl_toppc_minus_carrier", percentile_ci(float(diff.mean()), (w @ diff) / nw, level))
+    # the random directions are a sample of the null distribution: resample them too (the same for every layer)
+    rng = np.random.default_rng(seed + 404)
+    pick = rng.integers(0, nd, (spec.n_boot, nd))
+    per_dir = R.mean(1)  # (windows, directions)
+    rnd_boot = np.stack([per_dir[:, p].mean(1) for p in pick])  # (boot, windows)
+    cm = C.mean(1)
+    boots = ((w * (rnd_boot - cm[None, :])).sum(1)) / nw
+    out.add(
+        "resid_post", "out_kl_random_minus_carrier", percentile_ci(float((per_dir.mean(1) - cm).mean()), boots, level)
+    )
+    out.add("resid_post", "out_kl_ablate_random_mid", Estimate(float(R.mean()), float("nan"), float("nan")))
+    out.add("resid_post", "out_kl_carrier_rank_random", Estimate(float(np.mean(ranks)), float("nan"), float("nan")))
+
+
 def battery_metrics(
     model: str, m: Measurement, spec: AnalysisSpec, seed: int, resonance_k: int, light: bool = False
 ) -> list[MetricRow]:
@@ -392,6 +519,8 @@ def battery_metrics(
         _depth_metrics(out, m.depth, spec, weights)
     if m.jacobian is not None:
         _jacobian_metrics(out, m.jacobian, spec)
+    if m.modulation:
+        _modulation_metrics(out, m.modulation, spec, seed)
     for res in m.interventions:
         out.add(res.site, f"dnll_{res.target}", res.delta_nll)
         if res.kl is not None:

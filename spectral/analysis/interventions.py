@@ -50,6 +50,8 @@ class InterventionResult:
     clean_nll: float
     edited_nll: float
     kl: Estimate | None = None  # mean over windows of KL(clean ‖ edited) of the next-token distributions (nats)
+    kl_windows: np.ndarray | None = None  # (windows,) the per-window KL behind ``kl`` (paired statistics)
+    dnll_windows: np.ndarray | None = None  # (windows,) the per-window ΔNLL behind ``delta_nll``
 
 
 def _check_lm(model: LoadedModel) -> None:
@@ -388,6 +390,8 @@ def tail_sweep(
                     float(c.mean()),
                     float(e.mean()),
                     _mean_ci(kl, n_boot, seed, level),
+                    kl,
+                    e - c,
                 )
             )
     return out_rows

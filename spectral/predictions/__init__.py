@@ -40,9 +40,16 @@ def evaluate(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: Analys
 # The battery's revision, written into every manifest ("battery"): raised whenever a prediction's statistic or
 # decision changes, with the predictions it touched, so readers of older runs (the research note, compare) know
 # which outcomes an older run cannot speak for. 2: P6 from head OV/QK band concentration, P7 from JVP transfer;
-# 3: P3's sink step with position 0 included, P10's per-layer rise.
-BATTERY_REVISION = 3
-BATTERY_CHANGES: dict[int, tuple[str, ...]] = {2: ("6", "7"), 3: ("3", "10")}
+# 3: P3's sink step with position 0 included, P10's per-layer rise; 4: the decision rule with power (a test that
+# cannot reach δ says "no power", contradicted is Holm-corrected), P1 decided against R only, P3 n/a without a
+# carrier, P4 on the output's KL, P5's δ scaled by 1/√d and R as a second null, P7 against R's MLPs, P8 from the
+# sinks' paired tail-band share, P10 from a bounded per-token share: every outcome can change.
+BATTERY_REVISION = 4
+BATTERY_CHANGES: dict[int, tuple[str, ...]] = {
+    2: ("6", "7"),
+    3: ("3", "10"),
+    4: tuple(str(i) for i in range(1, 12)),
+}
 
 
 def stale_predictions(revision: int) -> set[str]:

@@ -5,7 +5,9 @@ interval is the mean of the per-layer bounds, conservative for positively correl
 R ensemble's null (one point per seed, ``random_init.s<seed>`` conditions) and W's. A
 :class:`Prediction` names the metrics it needs, says when it cannot apply and why, and builds its
 :class:`Test` list; :meth:`Prediction.verdict` combines them as an intersection-union test: supported
-only if every test is, contradicted if any is, the p-value the largest of the tests'.
+only if every test is (its p-value the largest of the tests'), contradicted if any test with power is
+(its p-value the smallest of theirs times the number of tests, Bonferroni: the claim is a conjunction);
+a test whose reachable effect (``power``) cannot clear δ makes the prediction inconclusive ("no power").
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from spectral.predictions.decision import (
     ensemble_null,
     outcome_of,
     p_above,
+    p_below,
+    rule_sentence,
 )
 
 
@@ -120,19 +124,37 @@ class Test:
     effect: Interval
     margin: float
     note: str = ""
+    power: float = math.inf  # the largest effect reachable on this run (inf: the statistic is unbounded)
 
     @staticmethod
-    def against(statistic: str, value: Interval, null: Null, margin: float, note: str = "") -> Test:
-        """Effect = value − null (independent samples; see :func:`effect_against`)."""
-        return Test(statistic, value, null, effect_against(value, null), margin, note)
+    def against(
+        statistic: str, value: Interval, null: Null, margin: float, note: str = "", upper: float = math.inf
+    ) -> Test:
+        """Effect = value − null (independent samples; see :func:`effect_against`); ``upper`` is the largest value
+        the statistic can take, so the reachable effect is ``upper`` − null."""
+        return Test(statistic, value, null, effect_against(value, null), margin, note, upper - null.interval.value)
 
     @staticmethod
-    def paired(statistic: str, value: Interval, effect: Interval, null: Null, margin: float, note: str = "") -> Test:
-        """An effect measured as a paired difference on the same windows (its own interval)."""
-        return Test(statistic, value, null, effect, margin, note)
+    def paired(
+        statistic: str,
+        value: Interval,
+        effect: Interval,
+        null: Null,
+        margin: float,
+        note: str = "",
+        power: float = math.inf,
+    ) -> Test:
+        """An effect measured as a paired difference on the same windows (its own interval), reaching at most
+        ``power``."""
+        return Test(statistic, value, null, effect, margin, note, power)
 
     def outcome(self) -> str:
-        return outcome_of(self.effect, self.margin)
+        return outcome_of(self.effect, self.margin, self.power)
+
+    def describe(self) -> str:
+        """The sub-test in words, its null named: "sub-test X against Y: effect … lies below δ … → contradicted"."""
+        rule = rule_sentence(self.effect, self.margin, self.outcome(), self.power)
+        return f"sub-test {self.statistic} against {self.null.name}: {rule}"
 
 
 class Prediction(ABC):
@@ -155,25 +177,30 @@ class Prediction(ABC):
         tests = [] if why else [t for t in self.tests(ctx) if t.value.finite]
         if why or not tests:
             reason = why or f"the run did not measure {', '.join(self.needs)}"
-            return Verdict(self.key, "n/a", self.statistic, *([NAN] * 12), reason)  # type: ignore[arg-type]
+            return Verdict(self.key, "n/a", self.statistic, *([NAN] * 13), reason)  # type: ignore[arg-type]
         lvl = ctx.analysis.ci_level
-        p = [p_above(t.effect, t.margin, lvl) for t in tests]
         outs = [t.outcome() for t in tests]
+        sup = [p_above(t.effect, t.margin, lvl) for t in tests]
+        con = [p_below(t.effect, t.margin, lvl) if o != "no power" else NAN for t, o in zip(tests, outs, strict=True)]
+        p_sup = max((x for x in sup if math.isfinite(x)), default=NAN)  # intersection-union test
+        finite_con = [x for x in con if math.isfinite(x)]
+        p_con = min(1.0, len(tests) * min(finite_con)) if finite_con else NAN  # Bonferroni over the conjunction
         if "contradicted" in outs:
-            i = outs.index("contradicted")
+            i = min((j for j, o in enumerate(outs) if o == "contradicted"), key=lambda j: con[j])
+            outcome, p = "contradicted", p_con
         elif all(o == "supported" for o in outs):
-            i = int(np.nanargmax(p)) if np.isfinite(p).any() else 0
+            i = int(np.nanargmax(sup)) if np.isfinite(sup).any() else 0
+            outcome, p = "supported", p_sup
         else:
-            i = outs.index("inconclusive")
-        outcome = "contradicted" if "contradicted" in outs else ("supported" if outs[i] == "supported" else outs[i])
+            i = outs.index("no power") if "no power" in outs else outs.index("inconclusive")
+            outcome = "inconclusive"
+            p = min((x for x in (p_sup, p_con) if math.isfinite(x)), default=NAN)
         lead = tests[i]
-        others = [
-            f"{t.statistic}: {o} (effect {t.effect.value:.4g})"
-            for j, (t, o) in enumerate(zip(tests, outs, strict=True))
-            if j != i
-        ]
-        note = "; ".join(x for x in (f"null: {lead.null.name}", lead.note, *others) if x)
-        p_all = max((x for x in p if math.isfinite(x)), default=NAN)  # intersection-union test
+        lead_rule = rule_sentence(lead.effect, lead.margin, outs[i], lead.power)
+        if outs[i] == "no power":
+            lead_rule = f"no power: {lead_rule}"
+        others = [t.describe() for j, t in enumerate(tests) if j != i]
+        note = "; ".join(x for x in (lead_rule, f"null: {lead.null.name}", lead.note, *others) if x)
         ni, e = lead.null.interval, lead.effect
         return Verdict(
             self.key,
@@ -189,7 +216,8 @@ class Prediction(ABC):
             e.low,
             e.high,
             lead.margin,
-            p_all,
+            p,
             NAN,
+            lead.power,
             note,
         )

@@ -8,9 +8,16 @@ interval of the paired difference, computed where the data are), or an exact ana
 
 Outcome, for margin δ (config): **supported** when the effect's interval lies above δ and the
 one-sided p-value of "effect ≤ δ" survives Holm's correction across the run's predictions;
-**contradicted** when the interval lies below δ (the effect is reliably absent or reversed);
-**inconclusive** otherwise; **n/a** with the reason when the model cannot answer. p-values come
-from the normal approximation to the effect's interval (se = half-width / z).
+**contradicted** when the interval lies below δ (the effect is reliably absent or reversed) and the
+one-sided p-value of "effect ≥ δ" survives Holm's correction too; **inconclusive** otherwise;
+**n/a** with the reason when the model cannot answer. p-values come from the normal approximation
+to the effect's interval (se = half-width / z).
+
+**Power** (battery revision 4): a test carries the largest effect it can reach on this run (``power``:
+the metric's range minus the null, or an in-run bound such as prediction 4's top-PC KL). Where that is
+at most δ, or an effect at that bound would still have its interval reach δ (reachable − half-width ≤
+δ), the test could never say supported: it reads **inconclusive** with the reason "no power", never
+contradicted.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ VERDICT_COLUMNS = (
     "margin",
     "p_value",
     "p_holm",
+    "power",
     "note",
 )
 
@@ -92,8 +100,9 @@ class Verdict:
     effect_ci_low: float
     effect_ci_high: float
     margin: float
-    p_value: float
+    p_value: float  # one-sided p of the outcome's direction (supported: effect ≤ δ; else: effect ≥ δ)
     p_holm: float
+    power: float  # the largest effect the deciding test could reach on this run (inf: unbounded)
     note: str
 
 
@@ -133,15 +142,56 @@ def p_above(effect: Interval, margin: float, level: float) -> float:
     return float(sps.norm.sf((effect.value - margin) / se))
 
 
-def outcome_of(effect: Interval, margin: float) -> str:
-    """supported / contradicted / inconclusive from the effect's interval alone (Holm comes after)."""
+def p_below(effect: Interval, margin: float, level: float) -> float:
+    """One-sided p-value of "effect ≥ margin" (the evidence for contradicted), normal approximation."""
+    if not (effect.finite and math.isfinite(effect.low) and math.isfinite(effect.high)):
+        return NAN
+    hw = effect.half_width
+    if hw <= 0:
+        return 0.0 if effect.value < margin else 1.0
+    se = hw / float(sps.norm.ppf(0.5 + level / 2))
+    return float(sps.norm.cdf((effect.value - margin) / se))
+
+
+def has_power(effect: Interval, margin: float, power: float) -> bool:
+    """Whether the test could have said supported: its reachable effect exceeds δ by more than the interval's
+    half-width (NaN power: unknown, taken as unbounded)."""
+    if math.isnan(power):
+        return True
+    hw = effect.half_width if math.isfinite(effect.half_width) else 0.0
+    return power - hw > margin
+
+
+def outcome_of(effect: Interval, margin: float, power: float = math.inf) -> str:
+    """supported / contradicted / inconclusive / "no power" from the effect's interval and the reachable effect
+    (Holm comes after)."""
     if not (math.isfinite(effect.low) and math.isfinite(effect.high)):
         return "inconclusive"
     if effect.low > margin:
         return "supported"
+    if not has_power(effect, margin, power):
+        return "no power"
     if effect.high < margin:
         return "contradicted"
     return "inconclusive"
+
+
+def rule_sentence(effect: Interval, margin: float, outcome: str, power: float = math.inf) -> str:
+    """The decision rule applied to the numbers, in words: "effect 0.0030 [0.0018, 0.0042] lies below δ 0.005
+    → contradicted"."""
+    e = f"effect {effect.value:.4g} [{effect.low:.4g}, {effect.high:.4g}]"
+    if outcome == "no power":
+        return (
+            f"{e}: the largest reachable effect {power:.4g} minus the half-width {effect.half_width:.4g} "
+            f"does not clear δ {margin:.4g} → inconclusive (no power)"
+        )
+    where = {
+        "supported": "lies above",
+        "contradicted": "lies below",
+    }.get(outcome, "straddles")
+    if not (math.isfinite(effect.low) and math.isfinite(effect.high)):
+        return f"effect {effect.value:.4g} without an interval → inconclusive"
+    return f"{e} {where} δ {margin:.4g} → {outcome}"
 
 
 def holm(p: list[float]) -> list[float]:
@@ -157,14 +207,18 @@ def holm(p: list[float]) -> list[float]:
 
 
 def apply_holm(verdicts: list[Verdict], alpha: float) -> list[Verdict]:
-    """Fill ``p_holm`` across the run's predictions; a CI-supported outcome whose adjusted p-value is
-    not below ``alpha`` becomes inconclusive (said in the note)."""
+    """Fill ``p_holm`` across the run's predictions; a CI-supported or CI-contradicted outcome whose adjusted
+    p-value (of its own direction) is not below ``alpha`` becomes inconclusive (said in the note)."""
     adj = holm([v.p_value for v in verdicts])
     out = []
     for v, p in zip(verdicts, adj, strict=True):
         v = replace(v, p_holm=p)
-        if v.outcome == "supported" and not p < alpha:
-            v = replace(v, outcome="inconclusive", note=f"{v.note}; not significant after Holm (p_holm {p:.3g})")
+        if v.outcome in ("supported", "contradicted") and not p < alpha:
+            v = replace(
+                v,
+                outcome="inconclusive",
+                note=f"{v.outcome} by its interval but not after Holm (p_holm {p:.3g}); {v.note}",
+            )
         out.append(v)
     return out
 
@@ -182,6 +236,6 @@ def read_verdicts(text: str) -> list[Verdict]:
     """verdicts.csv back into :class:`Verdict` objects (NaN for empty numbers)."""
     out = []
     for d in csv.DictReader(io.StringIO(text)):
-        nums = [float(d[k]) if d.get(k) not in (None, "", "nan") else NAN for k in VERDICT_COLUMNS[3:15]]
+        nums = [float(d[k]) if d.get(k) not in (None, "", "nan") else NAN for k in VERDICT_COLUMNS[3:16]]
         out.append(Verdict(d["prediction"], d["outcome"], d["statistic"], *nums, d["note"]))  # type: ignore[arg-type]
     return out

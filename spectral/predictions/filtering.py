@@ -31,6 +31,7 @@ class LowPass(Prediction):
                 Null(Interval.exact(null.value), "permutation null (exact)"),
                 ctx.spec.lowpass_margin,
                 note,
+                upper=1.0,
             )
         ]
         slope = ctx.stat("trained", "resid_post", "seq_ac_lowfreq_slope")
@@ -43,19 +44,21 @@ class LowPass(Prediction):
 
 class Resonance(Prediction):
     key = "10 resonance"
-    statistic = "cband_margin_top_share"
+    statistic = "cband_margin_abs_top_share"
     needs = (
-        "cband_margin_top{n}_share_k{K}",
-        "cband_margin_top{n}_share_k{K}_excess",
-        "cband_margin_top{n}_share_k{K}_excess_slope",
+        "cband_margin_abs_top{n}_share_k{K}",
+        "cband_margin_abs_top{n}_share_k{K}_excess",
+        "cband_margin_abs_top{n}_share_k{K}_excess_slope",
     )
     explanation = (
-        "Next-token prediction filters for the channel that resonates with the unembedding: the top n of K "
-        "centred W_U bands (the mean unembedding removed: it shifts every logit equally) carry more of the "
-        "final top-1 vs top-2 logit margin than under the null that keeps W_U and turns h by a random "
-        "rotation (its own top-2 found again), by the margin; paired bootstrap over windows. Per layer, the "
-        "same share of the logit lens's margin rises with depth: the least-squares slope over layers of its excess "
-        "over the per-layer rotated-h null exceeds the slope margin (every layer resampled with the same windows)."
+        "Next-token prediction filters for the channel that resonates with the unembedding. Per token, the top-1 "
+        "vs top-2 logit margin splits over the K centred W_U bands (the mean unembedding removed: it shifts every "
+        "logit equally); the statistic is the share of the token's |margin contribution| held by the top n bands, "
+        "a bounded per-token share in [0, 1] (not a ratio of signed sums), mean over the lens tokens. At the final "
+        "site it must exceed the same share under the null that keeps W_U and turns h by a random rotation (its "
+        "own top-2 found again) by the margin, paired bootstrap over windows; per layer, the excess over that null "
+        "rises with depth: its least-squares slope over layers exceeds the slope margin (every layer resampled "
+        "with the same windows). The signed-sum share (cband_margin_top{n}_share_k{K}) is reported beside it."
     )
 
     def not_applicable(self, ctx: Context) -> str | None:
@@ -63,19 +66,23 @@ class Resonance(Prediction):
 
     def tests(self, ctx: Context) -> list[Test]:
         n, K = ctx.spec.resonance_top_bands, ctx.analysis.bands[0]
-        m = f"cband_margin_top{n}_share_k{K}"
+        m = f"cband_margin_abs_top{n}_share_k{K}"
         share = ctx.stat("trained", "final", m)
-        null = Null(ctx.stat("trained", "final", f"{m}_rotnull"), "h rotated at random, same W_U (paired)")
+        rot = ctx.stat("trained", "final", f"{m}_rotnull")
+        null = Null(rot, "h rotated at random, same W_U (paired)")
         excess = ctx.stat("trained", "final", f"{m}_excess")
         if not share.finite:  # no final margin: the lens did not run (the slope alone does not decide)
             return []
-        out = [Test.paired(m, share, excess, null, ctx.spec.resonance_margin)]
+        signed = ctx.stat("trained", "final", f"cband_margin_top{n}_share_k{K}")
+        note = f"signed-sum share (reported): {signed.value:.3f}" if signed.finite else ""
+        out = [Test.paired(m, share, excess, null, ctx.spec.resonance_margin, note, power=1 - rot.value)]
         slope = ctx.stat("trained", "resid_post", f"{m}_excess_slope")
         if slope.finite:
             mid = ctx.mid
             first = ctx.stat("trained", f"resid_post.{mid[0]}", f"{m}_excess")
             last = ctx.stat("trained", f"resid_post.{mid[-1]}", f"{m}_excess")
             note = f"excess share at layers {mid[0]} / {mid[-1]}: {first.value:+.3f} / {last.value:+.3f}"
+            L = int(ctx.arch["n_layers"])
             out.append(
                 Test.against(
                     f"{m}_excess_slope (per layer)",
@@ -83,6 +90,7 @@ class Resonance(Prediction):
                     Null(Interval.exact(0.0), "no rise: the excess over the per-layer rotated-h null is flat"),
                     ctx.spec.resonance_slope_margin,
                     note,
+                    upper=2.0 / max(L - 1, 1),  # an excess in [−1, 1] can rise by at most 2 over the layers
                 )
             )
         return out

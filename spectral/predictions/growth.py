@@ -23,12 +23,17 @@ class NormGrowth(Prediction):
     needs = ("growth_rate", "growth_r2", "growth_max_layer_share")
     explanation = (
         "The per-layer growth factor g of the mean residual norm (log-linear fit over the layers) exceeds "
-        "that of the random-weight ensemble R and of the weight-permuted twin W by more than the margin, "
-        "and the growth is steady: the fit's R² is high and no single layer holds most of the log growth."
+        "that of the random-weight ensemble R by more than the margin (the deciding null), and the growth is "
+        "steady: the fit's R² is high and no single layer holds most of the log growth. The weight-permuted "
+        "twin W keeps every matrix's learned scale, so it is reported beside R, not decided on."
     )
 
     def not_applicable(self, ctx: Context) -> str | None:
-        return POST_LN if ctx.post_ln else _no_null(ctx)
+        if ctx.post_ln:
+            return POST_LN
+        if not ctx.random_members:
+            return "needs the random-weight ensemble R (control random_init), the deciding null of growth"
+        return None
 
     def tests(self, ctx: Context) -> list[Test]:
         g = ctx.stat("trained", "resid_post", "growth_rate")
@@ -40,9 +45,10 @@ class NormGrowth(Prediction):
             f"fit R² {r2:.3f} (min {sp.growth_r2_min}), largest layer share {share:.3f} "
             f"(max {sp.growth_layer_share_max})"
         )
-        out = [
-            Test.against("growth_rate", g, n, sp.growth_margin, note) for n in ctx.nulls("resid_post", "growth_rate")
-        ]
+        if ctx.has_w:
+            w = ctx.null_w("resid_post", "growth_rate").interval
+            note += f"; W (reported, keeps the learned scale): g {w.value:.4f} [{w.low:.4f}, {w.high:.4f}]"
+        out = [Test.against("growth_rate", g, ctx.null_r("resid_post", "growth_rate"), sp.growth_margin, note)]
         if math.isfinite(r2) and math.isfinite(share) and not steady:
             # not steady: one jump or a fall and a jump is not learned growth (a point criterion, stated)
             unsteady = Interval(-1.0, -1.0, -1.0)
@@ -59,7 +65,9 @@ class DirectionKept(Prediction):
     explanation = (
         "Each block's update Δ_l = h_l − h_(l−1) points along the stream it is added to: the mean of "
         "cos(Δ_l, h_(l−1)) over the middle layers exceeds its null, a norm-matched random direction "
-        "(mean 0, s.d. 1/√d per token), by the margin; and the norm grows there (norm_ratio above 1)."
+        "(mean 0, s.d. 1/√d per token), and the same cosine in the random-weight ensemble R, each by the margin "
+        "δ = alignment_margin_sqrt_d / √d (it scales with the null's spread); and the norm grows there "
+        "(norm_ratio above 1)."
     )
 
     def not_applicable(self, ctx: Context) -> str | None:
@@ -72,11 +80,17 @@ class DirectionKept(Prediction):
         null = Null(Interval.exact(0.0), f"random direction (E cos = 0, s.d. {1 / math.sqrt(d):.3f} per token)")
         car = ctx.stat("trained", "resid_post", "update_cos_carrier", mid)
         ratio = ctx.stat("trained", "resid_post", "norm_ratio", mid)
-        note = f"cos(Δ, carrier) {car.value:.3f}; middle layers {mid[0]}–{mid[-1]}"
-        return [
-            Test.against("update_cos_stream (middle layers)", cos, null, ctx.spec.alignment_margin, note),
-            Test.against("norm_ratio (middle layers)", ratio, Null(Interval.exact(1.0), "no growth (ratio 1)"), 0.0),
-        ]
+        delta = ctx.spec.alignment_margin_sqrt_d / math.sqrt(d)
+        note = f"cos(Δ, carrier) {car.value:.3f}; middle layers {mid[0]}–{mid[-1]}; δ = {delta:.4f} (1/√d scaled)"
+        out = [Test.against("update_cos_stream (middle layers)", cos, null, delta, note, upper=1.0)]
+        if ctx.random_members:
+            r = ctx.null_r("resid_post", "update_cos_stream", mid)
+            if r.interval.finite:
+                out.append(Test.against("update_cos_stream (middle layers)", cos, r, delta, note, upper=1.0))
+        out.append(
+            Test.against("norm_ratio (middle layers)", ratio, Null(Interval.exact(1.0), "no growth (ratio 1)"), 0.0)
+        )
+        return out
 
 
 class CarrierGrowth(Prediction):
