@@ -122,6 +122,12 @@ class ConditionCapture:
                 self.calib.top_pcs,
                 self.calib.centers,
             )
+        elif self.lm and self.bands and is_random_member(condition):
+            # R's members: the final site's margin only (prediction 10's ensemble null of its bounded share)
+            self.lens = LensProbe(
+                model, (), {}, split_bands(model.unembedding_basis(centred=True), an.bands[0]), an.lens_positions,
+                cfg.seed,
+            )  # fmt: skip
         tail = self.bands[an.bands[0]][-1] if self.bands else None
         # attention patterns and per-head outputs: the bridge, or the fast path where it serves the family
         heads_ok = self.backend.serves_heads

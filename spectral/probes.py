@@ -83,8 +83,8 @@ class LensProbe:
         # per batch (windows, sites, 2 (K + 1) + 2 K): per site, the top-1 vs top-2 margin of its lens split into
         # per-band parts and the bias part, then the same for the rotated-h null, then per band the sum over the
         # window's tokens of its share of the token's |margin contribution| (real, then rotated). The null's own
-        # top-2 needs a second vocabulary scan of every lens row (on every 4th row only, the null's sampling noise at one layer
-        # was as large as the effect; the full scan cost no measurable time in the main job: 3:05 vs 3:13)
+        # top-2 needs a second vocabulary scan of every lens row (on every 4th row only, the null's sampling noise
+        # at one layer was as large as the effect; the full scan cost no measurable time in the main job)
         self.margins: list[np.ndarray] = []
         d = W.shape[0]
         q, r = torch.linalg.qr(

@@ -345,7 +345,10 @@ def analyse_condition(
         }
         log(f"{cond}: {len(set(meas.bank.excluded))} windows with NaN/inf excluded")
     light = is_null_condition(cond)  # a null member: what the predictions read of a null, nothing more
-    rows = list(compute_metrics(meas.bank, s.label, cond, cfg.analysis, cfg.seed, light).rows)
+    from spectral.predictions.base import middle_layers
+
+    mid = middle_layers(cc.model.arch.n_layers, cfg.verdicts)
+    rows = list(compute_metrics(meas.bank, s.label, cond, cfg.analysis, cfg.seed, light, mid).rows)
     rows += battery_metrics(s.label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands, light)
     timings[f"analysis_{cond}"] = time.perf_counter() - t
     return rows

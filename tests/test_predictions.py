@@ -93,6 +93,8 @@ def world(mode: str, skip: tuple[str, ...] = ()) -> MetricTable:
     m10 = "cband_margin_abs_top2_share_k10"
     _put(rows, "trained", "final", False, m10, 0.2 + ex, hw)
     _put(rows, "trained", "final", False, f"{m10}_rotnull", 0.2, hw)
+    for s in SEEDS:  # R's own share (a random model's embeddings may already align h with W_U)
+        _put(rows, f"random_init.s{s}", "final", False, m10, 0.2 + 0.001 * (s - 3), 0.002)
     _put(rows, "trained", "final", False, f"{m10}_excess", ex, hw)
     _put(rows, "trained", "final", False, "cband_margin_top2_share_k10", 0.2 + ex, hw)  # the signed sum: reported
     for layer in range(L):  # the per-layer excess over the rotated-h null rises (falls) with depth

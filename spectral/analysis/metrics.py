@@ -11,13 +11,21 @@ import csv
 import dataclasses
 import io
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, fields
 from functools import partial
 
 import numpy as np
 
 from spectral.analysis import carrier, norms, spectrum
-from spectral.analysis.intervals import Estimate, bootstrap_weights, jackknife, jackknife_many, percentile_ci
+from spectral.analysis.intervals import (
+    Estimate,
+    bootstrap_weights,
+    jackknife,
+    jackknife_interval,
+    jackknife_many,
+    percentile_ci,
+)
 from spectral.config import AnalysisSpec
 from spectral.sites import site_kind, site_layer
 from spectral.stats import StatsBank
@@ -148,14 +156,43 @@ def _growth_rows(
     return out
 
 
+MIDDLE_MEANS = ("carrier_energy", "carrier_drift", "seq_ac_lowfreq_share")  # their middle-layer mean: "<name>_mid"
+
+
+def _moment_loo(fn: Callable[..., float], stats: list) -> tuple[float, np.ndarray]:
+    """``fn`` of the sites' moments on every bucket and without each non-empty bucket (the jackknife's raw
+    material; buckets aligned across the sites)."""
+    value = float(fn(*(s.total() for s in stats)))
+    return value, np.array([float(fn(*(s.leave_one_out(b) for s in stats))) for b in stats[-1].nonempty_buckets()])
+
+
+def _spectrum_loo(fn: Callable[[np.ndarray], float], st) -> tuple[float, np.ndarray]:
+    """:func:`_moment_loo` for a statistic of a site's summed sequence spectrum."""
+    per = st.spectrum.cpu().double().numpy()
+    tot = per.sum(0)
+    bks = [b for b in st.nonempty_buckets() if st.spectrum_windows[b] > 0]
+    return float(fn(tot)), np.array([float(fn(tot - per[b])) for b in bks])
+
+
 def compute_metrics(
-    bank: StatsBank, model: str, condition: str, spec: AnalysisSpec, seed: int, light: bool = False
+    bank: StatsBank,
+    model: str,
+    condition: str,
+    spec: AnalysisSpec,
+    seed: int,
+    light: bool = False,
+    middle: Sequence[int] = (),
 ) -> MetricTable:
     """Every metric of issue 2 for every captured site, with CIs. ``light`` (the null members: each R seed
     and W): only what the predictions read of a null (norms, carrier energy and drift, layer cosine,
-    update alignment, sequence spectrum, growth), without quantiles, anisotropies or eigen-spectra."""
+    update alignment, sequence spectrum, growth), without quantiles, anisotropies or eigen-spectra.
+    With ``middle`` layers, the middle-layer mean of each :data:`MIDDLE_MEANS` statistic at resid_post is
+    jackknifed as one statistic (``<name>_mid``: the same bucket left out of every layer), not as the mean of
+    per-layer bounds."""
     rows: list[MetricRow] = []
     level = spec.ci_level
+    loo: dict[str, list[tuple[float, np.ndarray]]] = {m: [] for m in MIDDLE_MEANS}
+    mids = set(middle)
     idx0 = bank[bank.sites[0]].window_table().index
     weights = bootstrap_weights(len(idx0), spec.n_boot, seed)
 
@@ -175,7 +212,10 @@ def compute_metrics(
                 add(site, name, jackknife([st], lambda m, q=q: norms.norm_quantile(m, q), level))
             add(site, "anisotropy", jackknife([st], carrier.anisotropy, level))
             add(site, "centered_anisotropy", jackknife([st], carrier.centered_anisotropy, level))
+        in_mid = site_kind(site) == "resid_post" and site_layer(site) in mids
         add(site, "carrier_energy", jackknife([st], carrier.carrier_energy, level))
+        if in_mid:
+            loo["carrier_energy"].append(_moment_loo(carrier.carrier_energy, [st]))
         # one eigendecomposition per jackknife replicate serves all three spectrum summaries
         names = ("eff_rank", "participation_ratio", "isoscore")
         if not light and (spec.sublayer_spectra or site_kind(site) not in SUBLAYER_KINDS):
@@ -185,6 +225,8 @@ def compute_metrics(
             add(site, "seq_dc_share", spectrum.spectrum_jackknife(st, spectrum.seq_dc_share, level))
             low = partial(spectrum.seq_ac_lowfreq_share, share=spec.lowfreq_share)
             add(site, "seq_ac_lowfreq_share", spectrum.spectrum_jackknife(st, low, level))
+            if in_mid:
+                loo["seq_ac_lowfreq_share"].append(_spectrum_loo(low, st))
             null = spectrum.seq_ac_lowfreq_null(st.spectrum_len, spec.lowfreq_share)
             add(site, "seq_ac_lowfreq_null", Estimate(null, null, null))  # exact: no sampling error
         prev = bank.predecessors.get(site)
@@ -192,6 +234,8 @@ def compute_metrics(
             add(site, "layer_cos", norms.window_mean(table, "sum_cos", "pair_count", weights, level))
             add(site, "norm_ratio", norms.window_mean(table, "sum_ratio", "pair_count", weights, level))
             add(site, "carrier_drift", jackknife([bank[prev], st], carrier.carrier_drift, level))
+            if in_mid:
+                loo["carrier_drift"].append(_moment_loo(carrier.carrier_drift, [bank[prev], st]))
             add(site, "update_cos_stream", norms.window_mean(table, "sum_upd_cos_stream", "pair_count", weights, level))
             if np.isfinite(table[:, norms.COL["sum_upd_cos_carrier"]]).all():
                 add(
@@ -203,6 +247,14 @@ def compute_metrics(
         if site not in preds:  # a predecessor keeps its views until its successor's drift has read them
             st.release()
 
+    for name, per_layer in loo.items():
+        sizes = {v.size for _, v in per_layer}
+        if len(per_layer) == len(mids) and len(sizes) == 1:  # every middle layer, buckets aligned
+            value = float(np.mean([v for v, _ in per_layer]))
+            est = jackknife_interval(value, np.mean([v for _, v in per_layer], axis=0), level)
+            rows.append(
+                MetricRow(model, condition, "resid_post", None, f"{name}_mid", est.value, est.ci_low, est.ci_high)
+            )
     resid_layers = sorted(site_layer(s) or 0 for s in bank.sites if site_kind(s) == "resid_post")
     layers_i = [layer for layer in resid_layers if layer >= spec.growth_first_layer]
     tables = [bank[f"resid_post.{layer}"].window_table().rows for layer in layers_i]

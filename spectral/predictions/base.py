@@ -83,6 +83,10 @@ class Context:
         r = self.table.get(condition, where, metric)
         if r is not None and (layers is None or r.layer is None):
             return Interval(r.value, r.ci_low, r.ci_high)
+        if layers is not None and list(layers) == self.mid:  # the middle-layer mean jackknifed as one statistic
+            r = self.table.get(condition, where, f"{metric}_mid")
+            if r is not None:
+                return Interval(r.value, r.ci_low, r.ci_high)
         rows = [
             r
             for r in self.table.series(condition, where, metric)

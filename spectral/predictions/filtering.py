@@ -56,8 +56,10 @@ class Resonance(Prediction):
         "logit equally); the statistic is the share of the token's |margin contribution| held by the top n bands, "
         "a bounded per-token share in [0, 1] (not a ratio of signed sums), mean over the lens tokens. At the final "
         "site it must exceed the same share under the null that keeps W_U and turns h by a random rotation (its "
-        "own top-2 found again) by the margin, paired bootstrap over windows; per layer, the excess over that null "
-        "rises with depth: its least-squares slope over layers exceeds the slope margin (every layer resampled "
+        "own top-2 found again) and the same share in the random-weight ensemble R (a random model whose input "
+        "embeddings are its unembedding already aligns h with W_U) by the margin, paired bootstrap over windows; "
+        "per layer, the excess over the rotated null rises with depth: its least-squares slope over layers "
+        "exceeds the slope margin (every layer resampled "
         "with the same windows). The signed-sum share (cband_margin_top{n}_share_k{K}) is reported beside it."
     )
 
@@ -76,6 +78,10 @@ class Resonance(Prediction):
         signed = ctx.stat("trained", "final", f"cband_margin_top{n}_share_k{K}")
         note = f"signed-sum share (reported): {signed.value:.3f}" if signed.finite else ""
         out = [Test.paired(m, share, excess, null, ctx.spec.resonance_margin, note, power=1 - rot.value)]
+        if ctx.random_members:  # a random model's own W_U alignment (tied embeddings) is not learned resonance
+            r = ctx.null_r("final", m)
+            if r.interval.finite:
+                out.append(Test.against(m, share, r, ctx.spec.resonance_margin, upper=1.0))
         slope = ctx.stat("trained", "resid_post", f"{m}_excess_slope")
         if slope.finite:
             mid = ctx.mid
