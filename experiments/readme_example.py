@@ -46,7 +46,8 @@ def verdict_table(run: Path) -> str:
         for r in csv.DictReader(f):
             num = {k: float(r[k]) if r[k] else float("nan") for k in ("effect", "effect_ci_low", "effect_ci_high")}
             eff = f"{_fmt(num['effect'])} [{_fmt(num['effect_ci_low'])}, {_fmt(num['effect_ci_high'])}]"
-            null = r["note"].split("; ")[0].removeprefix("null: ") if r["note"].startswith("null: ") else ""
+            parts = r["note"].split("; ")
+            null = next((x.removeprefix("null: ") for x in parts if x.startswith("null: ")), "")
             if r["outcome"] == "n/a":  # no effect: the reason instead
                 eff, null = "–", r["note"]
             p = f"{float(r['p_holm']):.2g}" if r["p_holm"] not in ("", "nan") else "–"
