@@ -32,7 +32,7 @@ class NormGrowth(Prediction):
         if ctx.post_ln:
             return POST_LN
         if not ctx.random_members:
-            return "needs the random-weight ensemble R (control random_init), the deciding null of growth"
+            return "needs the random-weight ensemble R (control random_init), the deciding null of growth: none was run"
         return None
 
     def tests(self, ctx: Context) -> list[Test]:
