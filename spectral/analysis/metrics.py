@@ -21,6 +21,7 @@ from spectral.analysis import carrier, norms, spectrum
 from spectral.analysis.intervals import (
     Estimate,
     bootstrap_weights,
+    delete_one,
     jackknife,
     jackknife_interval,
     jackknife_many,
@@ -159,19 +160,32 @@ def _growth_rows(
 MIDDLE_MEANS = ("carrier_energy", "carrier_drift", "seq_ac_lowfreq_share")  # their middle-layer mean: "<name>_mid"
 
 
-def _moment_loo(fn: Callable[..., float], stats: list) -> tuple[float, np.ndarray]:
-    """``fn`` of the sites' moments on every bucket and without each non-empty bucket (the jackknife's raw
-    material; buckets aligned across the sites)."""
-    value = float(fn(*(s.total() for s in stats)))
-    return value, np.array([float(fn(*(s.leave_one_out(b) for s in stats))) for b in stats[-1].nonempty_buckets()])
+def _jackknife_keep(
+    stat: Callable[[int | None], float], buckets: Sequence[int], level: float
+) -> tuple[Estimate, np.ndarray]:
+    """:func:`~spectral.analysis.intervals.delete_one` of a scalar statistic that also gives back its delete-one
+    values (in ``buckets`` order): one evaluation per bucket serves the site's own interval and the middle-layer
+    mean's."""
+    vals = {b: float(stat(b)) for b in (None, *buckets)}
+    return delete_one(vals.__getitem__, buckets, level)[0], np.array([vals[b] for b in buckets])
 
 
-def _spectrum_loo(fn: Callable[[np.ndarray], float], st) -> tuple[float, np.ndarray]:
-    """:func:`_moment_loo` for a statistic of a site's summed sequence spectrum."""
+def _moment_jackknife(fn: Callable[..., float], stats: list, level: float) -> tuple[Estimate, np.ndarray]:
+    """:func:`~spectral.analysis.intervals.jackknife` of ``fn`` of the sites' moments (buckets aligned), with the
+    delete-one values."""
+    return _jackknife_keep(
+        lambda b: fn(*(s.total() if b is None else s.leave_one_out(b) for s in stats)),
+        stats[0].nonempty_buckets(),
+        level,
+    )
+
+
+def _spectrum_jackknife(fn: Callable[[np.ndarray], float], st, level: float) -> tuple[Estimate, np.ndarray]:
+    """:func:`~spectral.analysis.spectrum.spectrum_jackknife` with the delete-one values."""
     per = st.spectrum.cpu().double().numpy()
     tot = per.sum(0)
     bks = [b for b in st.nonempty_buckets() if st.spectrum_windows[b] > 0]
-    return float(fn(tot)), np.array([float(fn(tot - per[b])) for b in bks])
+    return _jackknife_keep(lambda b: fn(tot if b is None else tot - per[b]), bks, level)
 
 
 def compute_metrics(
@@ -213,9 +227,10 @@ def compute_metrics(
             add(site, "anisotropy", jackknife([st], carrier.anisotropy, level))
             add(site, "centered_anisotropy", jackknife([st], carrier.centered_anisotropy, level))
         in_mid = site_kind(site) == "resid_post" and site_layer(site) in mids
-        add(site, "carrier_energy", jackknife([st], carrier.carrier_energy, level))
+        est, per_bucket = _moment_jackknife(carrier.carrier_energy, [st], level)
+        add(site, "carrier_energy", est)
         if in_mid:
-            loo["carrier_energy"].append(_moment_loo(carrier.carrier_energy, [st]))
+            loo["carrier_energy"].append((est.value, per_bucket))
         # one eigendecomposition per jackknife replicate serves all three spectrum summaries
         names = ("eff_rank", "participation_ratio", "isoscore")
         if not light and (spec.sublayer_spectra or site_kind(site) not in SUBLAYER_KINDS):
@@ -224,18 +239,20 @@ def compute_metrics(
         if st.spectrum is not None and float(st.spectrum_windows.sum()) > 0:
             add(site, "seq_dc_share", spectrum.spectrum_jackknife(st, spectrum.seq_dc_share, level))
             low = partial(spectrum.seq_ac_lowfreq_share, share=spec.lowfreq_share)
-            add(site, "seq_ac_lowfreq_share", spectrum.spectrum_jackknife(st, low, level))
+            est, per_bucket = _spectrum_jackknife(low, st, level)
+            add(site, "seq_ac_lowfreq_share", est)
             if in_mid:
-                loo["seq_ac_lowfreq_share"].append(_spectrum_loo(low, st))
+                loo["seq_ac_lowfreq_share"].append((est.value, per_bucket))
             null = spectrum.seq_ac_lowfreq_null(st.spectrum_len, spec.lowfreq_share)
             add(site, "seq_ac_lowfreq_null", Estimate(null, null, null))  # exact: no sampling error
         prev = bank.predecessors.get(site)
         if prev is not None:
             add(site, "layer_cos", norms.window_mean(table, "sum_cos", "pair_count", weights, level))
             add(site, "norm_ratio", norms.window_mean(table, "sum_ratio", "pair_count", weights, level))
-            add(site, "carrier_drift", jackknife([bank[prev], st], carrier.carrier_drift, level))
+            est, per_bucket = _moment_jackknife(carrier.carrier_drift, [bank[prev], st], level)
+            add(site, "carrier_drift", est)
             if in_mid:
-                loo["carrier_drift"].append(_moment_loo(carrier.carrier_drift, [bank[prev], st]))
+                loo["carrier_drift"].append((est.value, per_bucket))
             add(site, "update_cos_stream", norms.window_mean(table, "sum_upd_cos_stream", "pair_count", weights, level))
             if np.isfinite(table[:, norms.COL["sum_upd_cos_carrier"]]).all():
                 add(
