@@ -59,6 +59,13 @@ def shard_windows(windows: TokenWindows, shard: tuple[int, int]) -> TokenWindows
     return windows.select(slice(i, None, n))
 
 
+def evenly_spaced(layers: list[int], n: int) -> list[int]:
+    """``n`` of ``layers`` evenly spaced from the first to the last (all of them for n = 0 or n ≥ their count)."""
+    if n == 0 or n >= len(layers):
+        return layers
+    return sorted({layers[round(i * (len(layers) - 1) / max(n - 1, 1))] for i in range(n)})
+
+
 class ConditionCapture:
     """Capture state of one condition (see the module docstring)."""
 
@@ -229,8 +236,7 @@ class ConditionCapture:
         K = an.bands[0]
         L = self.model.arch.n_layers
         n = an.intervention_layers
-        chosen = list(range(L)) if n == 0 or n >= L else sorted({round(i * (L - 1) / (n - 1)) for i in range(n)})
-        chosen = [layer for layer in chosen if f"resid_post.{layer}" in self.resid]
+        chosen = [layer for layer in evenly_spaced(list(range(L)), n) if f"resid_post.{layer}" in self.resid]
 
         def bases(layer: int) -> dict[str, Any]:
             tot = self.bank[f"resid_post.{layer}"].total()
@@ -277,10 +283,7 @@ class ConditionCapture:
             return
         if not can_run_tails(self.model):
             return
-        mid = middle_layers(self.model.arch.n_layers, self.cfg.verdicts)
-        n = an.modulation_layers
-        if 0 < n < len(mid):
-            mid = sorted({mid[round(i * (len(mid) - 1) / max(n - 1, 1))] for i in range(n)})
+        mid = evenly_spaced(middle_layers(self.model.arch.n_layers, self.cfg.verdicts), an.modulation_layers)
         mid = [layer for layer in mid if f"resid_post.{layer}" in self.calib.top_pcs]
         if not mid:
             return

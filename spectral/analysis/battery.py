@@ -200,12 +200,18 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
     if len(layers) >= 2:
         # prediction 10's rise with depth: least-squares slope over layers of the excess share (trained − its
         # rotated-h null at the same layer), every layer's ratio resampled with the same windows
-        x = np.asarray(layers, dtype=float)
-        x = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
         with np.errstate(invalid="ignore", divide="ignore"):
             ex = np.array([t.sum() / s.sum() - tr.sum() / sr.sum() for t, s, tr, sr in shares])
             exb = np.stack([(w @ t) / (w @ s) - (w @ tr) / (w @ sr) for t, s, tr, sr in shares], 1)  # (boot, L)
-        out.add("resid_post", f"{name}_excess_slope", percentile_ci(float(x @ ex), exb @ x, level))
+        out.add("resid_post", f"{name}_excess_slope", _layer_slope(layers, ex, exb, level))
+
+
+def _layer_slope(layers: list[int], values: np.ndarray, boots: np.ndarray, level: float) -> Estimate:
+    """Least-squares slope over ``layers`` of per-layer ``values`` (L,), its interval from the same slope of each
+    bootstrap row of ``boots`` (boot, L) (every layer resampled with the same windows)."""
+    x = np.asarray(layers, dtype=float)
+    x = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
+    return percentile_ci(float(x @ values), boots @ x, level)
 
 
 def _abs_margin_metrics(
@@ -238,11 +244,9 @@ def _abs_margin_metrics(
             layers.append(site_layer(site) or 0)
             ex_rows.append((real - rot, count))
     if len(layers) >= 2:
-        x = np.asarray(layers, dtype=float)
-        x = (x - x.mean()) / ((x - x.mean()) ** 2).sum()
         ex = np.array([d.sum() / c.sum() for d, c in ex_rows])
         exb = np.stack([(w @ d) / (w @ c) for d, c in ex_rows], 1)
-        out.add("resid_post", f"{name}_excess_slope", percentile_ci(float(x @ ex), exb @ x, level))
+        out.add("resid_post", f"{name}_excess_slope", _layer_slope(layers, ex, exb, level))
 
 
 def _head_metrics(out: Rows, hp: HeadProbe, spec: AnalysisSpec, seed: int, full_battery: bool = True) -> None:
@@ -448,6 +452,7 @@ def _modulation_metrics(out: Rows, results: list[InterventionResult], spec: Anal
     for r in results:
         by_layer.setdefault(r.site, {})[r.target] = r
     kl_c, kl_t, kl_r, ranks = [], [], [], []
+    w = np.zeros((0, 0))  # the bootstrap weights over windows, the same for every layer (made at the first)
     for site, res in by_layer.items():
         rnd = [r for t, r in res.items() if t.startswith("ablate_random")]
         if "ablate_carrier" not in res or "ablate_toppc" not in res or not rnd:
@@ -459,7 +464,8 @@ def _modulation_metrics(out: Rows, results: list[InterventionResult], spec: Anal
             out.add(site, f"out_dnll_ablate_{name}", r.delta_nll)
         kr = np.stack([r.kl_windows for r in rnd if r.kl_windows is not None], 1)  # (windows, directions)
         dr = np.stack([r.dnll_windows for r in rnd if r.dnll_windows is not None], 1)
-        w = bootstrap_weights(kr.shape[0], spec.n_boot, seed)
+        if w.shape[1] != kr.shape[0]:
+            w = bootstrap_weights(kr.shape[0], spec.n_boot, seed)
         out.add(site, "out_kl_ablate_random", percentile_ci(float(kr.mean()), (w @ kr.mean(1)) / kr.shape[0], level))
         out.add(site, "out_dnll_ablate_random", percentile_ci(float(dr.mean()), (w @ dr.mean(1)) / dr.shape[0], level))
         c, t = res["ablate_carrier"].kl_windows, res["ablate_toppc"].kl_windows
@@ -472,7 +478,6 @@ def _modulation_metrics(out: Rows, results: list[InterventionResult], spec: Anal
         return
     C, T, R = np.stack(kl_c, 1), np.stack(kl_t, 1), np.stack(kl_r, 1)  # (windows, layers[, directions])
     nw, nd = C.shape[0], R.shape[2]
-    w = bootstrap_weights(nw, spec.n_boot, seed)
     out.add("resid_post", "out_kl_ablate_carrier_mid", percentile_ci(float(C.mean()), (w @ C.mean(1)) / nw, level))
     out.add("resid_post", "out_kl_ablate_toppc_mid", percentile_ci(float(T.mean()), (w @ T.mean(1)) / nw, level))
     diff = (T - C).mean(1)  # per window, mean over layers
