@@ -25,9 +25,13 @@ def predictions_md() -> str:
         "The eleven predictions of the carrier-signal hypothesis as the code decides them (generated from",
         "`spectral.predictions` by `docs/gen_reference.py`). Each is an intersection-union test over its",
         "comparisons: **supported** when every effect's interval lies above its margin δ and the Holm-adjusted",
-        "p-value is below α, **contradicted** when any interval lies below δ, **inconclusive** otherwise, and",
-        "**n/a** with its reason when the model or run cannot answer. The effect is trained − null; a null from",
-        "the random-weight ensemble R is the prediction interval of a new seed, t·sd·√(1 + 1/n).",
+        "p-value of \"effect ≤ δ\" is below α; **contradicted** when a test that has power lies below δ and the",
+        "Holm-adjusted p-value of \"effect ≥ δ\" (Bonferroni over the prediction's tests) is below α;",
+        "**inconclusive** otherwise, with the reason \"no power\" where a test's largest reachable effect (the",
+        "`power` column) minus its interval's half-width does not clear δ; **n/a** with its reason when the model",
+        "or run cannot answer. The effect is trained − null; a null from the random-weight ensemble R is the",
+        "prediction interval of a new seed, t·sd·√(1 + 1/n). Every prediction is driven to supported and to",
+        "contradicted by constructed models in [the planted-truth zoo](planted.md).",
         "",
     ]
     for p in PREDICTIONS:
