@@ -60,7 +60,8 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
 
     st = run_settings(quick)
     out = (reports or ROOT / "reports") / "runs" / f"{model['key']}-{'quick' if quick else 'full'}"
-    analysis = ("n_boot", "intervention_windows", "jacobian_windows", "jacobian_positions")
+    analysis = ("n_boot", "intervention_windows", "jacobian_windows", "jacobian_positions", "modulation_layers",
+                "modulation_directions", "modulation_windows")  # fmt: skip
     data = {
         "model": {"name": model["name"]},
         "corpus": {"source": model["corpus"], "seq_len": st["seq_len"], "max_seqs": st["max_seqs"]},

@@ -3,7 +3,8 @@
     .venv/bin/python experiments/false_support.py                     # the small decoders, 20 seeds each
     .venv/bin/python experiments/false_support.py --arch smollm2 --seeds 20 --windows 8 --seq-len 64
 
-Writes reports/calibration/false_support-<arch>.md (the table) and .csv (one row per seed and prediction).
+Writes reports/calibration/false_support-<arch>.md (the table), -rates.csv (the table's numbers) and .csv (one row
+per seed and prediction: outcome, effect [CI], δ, null, Holm p).
 """
 
 import argparse
@@ -33,7 +34,7 @@ def smollm2_config_dir(out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from spectral.calibration import base_config, false_support, rate_table
+    from spectral.calibration import base_config, false_support, rate_table, rates_csv
 
     ap = argparse.ArgumentParser(description="The false-support rate: random-init models treated as trained.")
     ap.add_argument(
@@ -53,12 +54,16 @@ def main(argv: list[str] | None = None) -> int:
             res = false_support(src, range(1, a.seeds + 1), cfg, Path(tmp) / "runs")
         title = f"{arch}: {a.windows} windows × {a.seq_len} tokens of {Path(a.corpus).name}"
         (out / f"false_support-{arch}.md").write_text(rate_table(res, title), encoding="utf-8")
+        (out / f"false_support-{arch}-rates.csv").write_text(rates_csv(res, arch), encoding="utf-8")
         with open(out / f"false_support-{arch}.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
-            w.writerow(["arch", "seed", "prediction", "outcome"])
+            w.writerow(["arch", "seed", "prediction", "outcome", "statistic", "effect", "effect_ci_low",
+                        "effect_ci_high", "margin", "null", "null_ci_low", "null_ci_high", "p_holm"])  # fmt: skip
             for r in res:
-                for k, o in r.outcomes.items():
-                    w.writerow([arch, r.seed, k, o])
+                for v in r.verdicts:
+                    w.writerow([arch, r.seed, v.prediction.split()[0], v.outcome, v.statistic, v.effect,
+                                v.effect_ci_low, v.effect_ci_high, v.margin, v.null, v.null_ci_low, v.null_ci_high,
+                                v.p_holm])  # fmt: skip
         print(rate_table(res, title))
     return 0
 

@@ -84,6 +84,15 @@ def params_of(key: str) -> float:
     return float(json.loads(p.read_text())["params"]) if p.is_file() else float("nan")
 
 
+def _null_of(note: str) -> str:
+    """The null's description in a verdict's note: its "null: ..." clause (revision 4 notes open with the rule),
+    else the note's first clause."""
+    for part in note.split("; "):
+        if part.startswith("null: "):
+            return part.removeprefix("null: ")
+    return note.split(";", 1)[0]
+
+
 def claim_section(number: str, runs: list[tuple[dict, RunRecord]], facts: Facts) -> tuple[str, list[str]]:
     pred = next(p for p in PREDICTIONS if p.key.split(" ", 1)[0] == number)
     rows, counts, nulls = [], {}, []
@@ -97,10 +106,13 @@ def claim_section(number: str, runs: list[tuple[dict, RunRecord]], facts: Facts)
         eff = "–" if v.outcome == "n/a" else facts.effect(src, v.prediction)
         margin = "–" if v.outcome == "n/a" else facts.csv(src, {"prediction": v.prediction}, "margin")
         note = facts.text(src, {"prediction": v.prediction}, "note")  # the null's description: numbers traced
-        why = note.split(";", 1)[0].removeprefix("null: ") if v.outcome != "n/a" else note
+        why = note if v.outcome == "n/a" else _null_of(note)
         nulls.append(why)
-        rows.append(f"| {rec.key}{mark} | {v.outcome} | {v.statistic} | {eff} | {margin} | {why} |")
+        has_power = "power" in (src.read_text(encoding="utf-8").splitlines() or [""])[0].split(",")
+        power = facts.csv(src, {"prediction": v.prediction}, "power") if has_power and v.outcome != "n/a" else "–"
+        rows.append(f"| {rec.key}{mark} | {v.outcome} | {v.statistic} | {eff} | {margin} | {power} | {why} |")
     tally = ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))
+    tally += " (every run; † marks an older battery's outcome, not counted in the summary)"
     text = [
         f"## Prediction {pred.key}",
         "",
@@ -108,8 +120,8 @@ def claim_section(number: str, runs: list[tuple[dict, RunRecord]], facts: Facts)
         "",
         f"Outcomes across the runs: {tally}.",
         "",
-        "| run | outcome | statistic | effect [CI] | margin δ | null (or why n/a) |",
-        "|---|---|---|---|---|---|",
+        "| run | outcome | statistic | effect [CI] | margin δ | power | null (or why n/a) |",
+        "|---|---|---|---|---|---|---|",
         *rows,
         "",
         f"![Prediction {number} across models](figures/p{number}_forest.png)",
@@ -222,13 +234,102 @@ def trajectory_section(facts: Facts) -> str:
 def findings_section(runs: list[tuple[dict, RunRecord]]) -> str:
     """Per prediction: how many of the runs support, contradict or leave it open, and which support it."""
     lines = ["## The answer, prediction by prediction", "",
-             "| prediction | supported | contradicted | inconclusive | n/a | runs supporting |",
-             "|---|---|---|---|---|---|"]  # fmt: skip
+             "Current battery only: an outcome an older battery revision measured (†) is left out of the counts and "
+             "shown in the last column.", "",
+             "| prediction | supported | contradicted | inconclusive (no power) | n/a | runs supporting | stale, "
+             "not counted |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for pred in PREDICTIONS:
         c, who = outcome_counts([r for _, r in runs], pred.key.split(" ", 1)[0])
-        lines.append(f"| {pred.key} | {c['supported']} | {c['contradicted']} | {c['inconclusive']} | {c['n/a']} | "
-                     f"{', '.join(who) or '–'} |")  # fmt: skip
+        lines.append(f"| {pred.key} | {c['supported']} | {c['contradicted']} | {c['inconclusive']} "
+                     f"({c['no power']}) | {c['n/a']} | {', '.join(who) or '–'} | {c['stale']} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+PLANTED_CSV = ROOT / "reports" / "calibration" / "planted.csv"
+CALIBRATION = ROOT / "reports" / "calibration"
+
+
+def headline_section(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
+    """## Findings: what the battery can see (the planted zoo), how often it is fooled (the false-support rate),
+    then per prediction what the current runs say; every decimal read from a file."""
+    lines = ["## Findings", ""]
+    if PLANTED_CSV.is_file():
+        rows = list(csv.DictReader(io.StringIO(PLANTED_CSV.read_text(encoding="utf-8"))))
+        want = {"with": "supported", "without": "contradicted"}
+        hit = sum(r["outcome"] == want[r["role"]] for r in rows)
+        ex = {r["role"]: r for r in rows if r["prediction"] == "4"}
+
+        def cell(r: dict) -> str:
+            w = {"prediction": r["prediction"], "role": r["role"]}
+            e, lo, hi = (facts.csv(PLANTED_CSV, w, c) for c in ("effect", "effect_ci_low", "effect_ci_high"))
+            return f"{e} [{lo}, {hi}] (δ {facts.csv(PLANTED_CSV, w, 'margin')})"
+
+        p4 = (f" For prediction 4 the carrier model's output changes less with its carrier ablated than with a random "
+              f"direction ablated by {cell(ex['with'])} nats, while the model whose carrier amplitude is the content "
+              f"gives {cell(ex['without'])}." if {"with", "without"} <= set(ex) else "")  # fmt: skip
+        lines.append(
+            f"**The battery can say both.** {hit} of {len(rows)} planted-truth runs come out as planted: every "
+            "prediction is supported on a constructed model that has its property and contradicted on one that "
+            f"lacks it (table below; docs/planted.md).{p4} A contradicted outcome below therefore means the test "
+            "could have said supported, up to the power column."
+        )
+        lines.append("")
+    fs = sorted(CALIBRATION.glob("false_support-*-rates.csv"))
+    if fs:
+        parts = []
+        for f in fs:
+            arch = f.name.removeprefix("false_support-").removesuffix("-rates.csv")
+            rows = list(csv.DictReader(io.StringIO(f.read_text(encoding="utf-8"))))
+            anyrow = next(r for r in rows if r["prediction"] == "any")
+            worst = max((r for r in rows if r["prediction"] != "any"), key=lambda r: int(r["supported"]))
+            w = {"prediction": "any"}
+            parts.append(
+                f"{arch}: any prediction supported in {anyrow['supported']}/{anyrow['n']} seeds (rate "
+                f"{facts.csv(f, w, 'rate')} [{facts.csv(f, w, 'rate_ci_low')}, {facts.csv(f, w, 'rate_ci_high')}]), "
+                f"the most-fooled prediction P{worst['prediction']} {worst['supported']}/{worst['n']}"
+            )
+        lines.append(
+            "**How often a random model is called trained.** Random-init models treated as trained, each with an R "
+            "ensemble of its own: " + "; ".join(parts) + ". The target is ≤ 0.05 per prediction."
+        )
+        lines.append("")
+    for pred in PREDICTIONS:
+        n = pred.key.split(" ", 1)[0]
+        c, who = outcome_counts([r for _, r in runs], n)
+        cur = [(r, v) for _, r in runs if (v := r.verdict(n)) is not None and n not in r.stale]
+        decided = [(r, v) for r, v in cur if v.outcome in ("supported", "contradicted")][:3]
+        ex = "; ".join(
+            f"{r.key} {v.outcome} {facts.effect(r.path / 'verdicts.csv', v.prediction)} against δ "
+            f"{facts.csv(r.path / 'verdicts.csv', {'prediction': v.prediction}, 'margin')}"
+            for r, v in decided
+        )
+        lines.append(
+            f"**Prediction {pred.key}.** Of {len(cur)} runs measured by the current battery: supported "
+            f"{c['supported']}, contradicted {c['contradicted']}, inconclusive {c['inconclusive']} ({c['no power']} "
+            f"for lack of power), n/a {c['n/a']}; {c['stale']} older outcomes not counted."
+            + (f" Decided: {ex}." if ex else "")
+        )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def planted_section(facts: Facts) -> str:
+    """The planted-zoo table, read from reports/calibration/planted.csv."""
+    if not PLANTED_CSV.is_file():
+        return ""
+    rows = list(csv.DictReader(io.StringIO(PLANTED_CSV.read_text(encoding="utf-8"))))
+    out = ["## The planted-truth zoo", "",
+           "Constructed models with a known answer (`spectral.planted`, docs/planted.md): per prediction the model "
+           "that has the property and the one that lacks it, run end to end.", "",
+           "| prediction | role | model | outcome | effect [CI] | δ | power |",
+           "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        w = {"prediction": r["prediction"], "role": r["role"]}
+        e, lo, hi = (facts.csv(PLANTED_CSV, w, c) for c in ("effect", "effect_ci_low", "effect_ci_high"))
+        out.append(f"| {r['prediction']} | {r['role']} | `{r['model']}` | {r['outcome']} | {e} [{lo}, {hi}] | "
+                   f"{facts.csv(PLANTED_CSV, w, 'margin')} | {facts.csv(PLANTED_CSV, w, 'power')} |")  # fmt: skip
+    return "\n".join(out) + "\n"
 
 
 def corpus_section(runs: list[tuple[dict, RunRecord]]) -> str:
@@ -321,9 +422,11 @@ def build(
         "resonates with the unembedding. Eleven predictions, each decided against an explicit null with an effect "
         "CI, Holm-corrected per run, and allowed to come out inconclusive (ARCHITECTURE.md section 1).",
         "",
+        headline_section(runs, facts),
         "![Outcome matrix](figures/outcome_matrix.png)",
         "",
         findings_section(runs),
+        planted_section(facts),
         "## Models and runs",
         "",
         "| run | parameters | layers | d | corpus | battery revision |",

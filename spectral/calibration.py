@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from scipy import stats as sps
 
@@ -35,6 +36,7 @@ class SeedOutcome:
     seed: int
     outcomes: dict[str, str]
     run_dir: str
+    verdicts: tuple[Any, ...] = ()  # the run's Verdicts (effect, interval, δ, null of each deciding test)
 
 
 def random_model_dir(arch_dir: str | Path, seed: int, out: Path) -> Path:
@@ -67,6 +69,16 @@ def base_config(corpus: str, seq_len: int, windows: int) -> ExperimentConfig:
     )
 
 
+def r_ensemble_seeds(seed: int, n: int) -> tuple[int, ...]:
+    """The R ensemble of fake-trained model ``seed`` (1, 2, …): n seeds of its own, disjoint from every other
+    fake model's ensemble and from the fake models' seeds. One shared ensemble would make the 20 runs one draw of
+    R: the prediction interval's coverage holds over R's draws, so a shared draw with a small spread turns into
+    false supports for many seeds at once (the first measurement on babyllama-105: 5/20)."""
+    if seed < 1 or n * seed >= FAKE_SEED_OFFSET:
+        raise ValueError(f"fake seed {seed} with {n} R seeds would overlap the fake models' seeds")
+    return tuple(range(n * (seed - 1) + 1, n * seed + 1))
+
+
 def false_support(
     arch_dir: str | Path,
     seeds: Sequence[int],
@@ -74,23 +86,25 @@ def false_support(
     out: Path,
     log: Callable[[str], None] = print,
 ) -> list[SeedOutcome]:
-    """Run the battery on a random-init model of ``arch_dir``'s architecture for each seed (its R ensemble is
-    ``cfg.random_seeds``, disjoint from the fake-trained seeds). Run directories go under ``out``."""
+    """Run the battery on a random-init model of ``arch_dir``'s architecture for each seed, with an R ensemble of
+    ``len(cfg.random_seeds)`` seeds of its own (:func:`r_ensemble_seeds`). Run directories go under ``out``."""
     from spectral.predictions import read_verdicts
     from spectral.runner import run_experiment
 
-    bad = set(cfg.random_seeds) & {FAKE_SEED_OFFSET + s for s in seeds}
-    if bad:
-        raise ValueError(f"the R ensemble's seeds {sorted(bad)} repeat a fake-trained model's seed")
     got = []
     with tempfile.TemporaryDirectory() as tmp:
         for s in seeds:
+            r_seeds = r_ensemble_seeds(s, len(cfg.random_seeds))
             mdir = random_model_dir(arch_dir, FAKE_SEED_OFFSET + s, Path(tmp) / f"random-{s}")
             run_dir = out / f"seed{s}"
-            c = dataclasses.replace(cfg, model=ModelSpec(name=str(mdir)), out=str(run_dir))
+            c = dataclasses.replace(cfg, model=ModelSpec(name=str(mdir)), out=str(run_dir), random_seeds=r_seeds)
             res = run_experiment(c, overwrite=True, progress=False, log=lambda _: None)
             verdicts = read_verdicts((res.run_dir / "verdicts.csv").read_text(encoding="utf-8"))
-            got.append(SeedOutcome(s, {v.prediction.split()[0]: v.outcome for v in verdicts}, str(res.run_dir)))
+            got.append(
+                SeedOutcome(
+                    s, {v.prediction.split()[0]: v.outcome for v in verdicts}, str(res.run_dir), tuple(verdicts)
+                )
+            )
             shutil.rmtree(mdir, ignore_errors=True)
             sup = [k for k, o in got[-1].outcomes.items() if o == "supported"]
             log(f"seed {s}: supported {', '.join(sup) or 'none'}")
@@ -139,3 +153,29 @@ def rate_table(results: Sequence[SeedOutcome], title: str, alpha: float = 0.05) 
             f"| {name} | {sup}/{n} | {sup / n:.3f} | [{lo:.3f}, {hi:.3f}] | {ok} | {con if k != 'any' else ''} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def rates_csv(results: Sequence[SeedOutcome], arch: str) -> str:
+    """CSV of the rate table: arch, prediction ("1" … "11", "any"), supported, contradicted, n, rate and its exact
+    95 % interval (the research note reads its numbers from here)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["arch", "prediction", "supported", "contradicted", "n", "rate", "rate_ci_low", "rate_ci_high"])
+    for k, sup, con, n in rates(results):
+        lo, hi = clopper_pearson(sup, n)
+        w.writerow([arch, k, sup, con if k != "any" else "", n, f"{sup / n:.4g}", f"{lo:.4g}", f"{hi:.4g}"])
+    return buf.getvalue()
+
+
+def read_seed_csv(text: str) -> list[SeedOutcome]:
+    """The per-seed outcomes of a false_support-<arch>.csv (experiments/false_support.py) back as SeedOutcomes."""
+    import csv
+    import io
+
+    by: dict[int, dict[str, str]] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        by.setdefault(int(row["seed"]), {})[row["prediction"]] = row["outcome"]
+    return [SeedOutcome(s, o, "") for s, o in sorted(by.items())]

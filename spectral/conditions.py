@@ -49,8 +49,9 @@ STATE_VERSION = 5  # 2: packed float32 moments, stream aliases; 3: contiguous bu
 
 
 def is_null_condition(condition: str) -> bool:
-    """An R ensemble member (``random_init.s<seed>``) or W (``permuted_weights``)."""
-    return condition.startswith("random_init") or condition == "permuted_weights"
+    """An R ensemble member (``random_init.s<seed>``), a rescaled R member (``random_scaled.s<seed>``) or a W
+    member (``permuted_weights``, ``permuted_weights.s<seed>``)."""
+    return condition.startswith(("random_init", "random_scaled", "permuted_weights"))
 
 
 def shard_windows(windows: TokenWindows, shard: tuple[int, int]) -> TokenWindows:

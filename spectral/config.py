@@ -26,7 +26,7 @@ NonFinite = Literal["fail", "exclude"]
 Backend = Literal["auto", "bridge", "fast"]
 MomentDtype = Literal["float32", "float64"]
 Sampling = Literal["consecutive", "random"]
-Control = Literal["random_init", "permuted_weights", "shuffled", "permuted"]
+Control = Literal["random_init", "random_scaled", "permuted_weights", "shuffled", "permuted"]
 ImageFormat = Literal["png", "pdf", "svg"]
 
 
@@ -369,14 +369,27 @@ class ExperimentConfig:
     verdicts: VerdictSpec = field(default_factory=VerdictSpec)
     controls: tuple[Control, ...] = _help(
         "conditions run beside the trained model: the nulls random_init (R, an ensemble of random-weight twins, "
-        "one per random_seeds entry) and permuted_weights (W, every weight matrix's entries permuted), and the "
-        "controls shuffled (S, tokens shuffled within windows) and permuted (P, permuted position ids)",
-        ("random_init", "permuted_weights", "shuffled", "permuted"),
+        "one per random_seeds entry), random_scaled (R rescaled: each twin's parameters rescaled to the trained "
+        "ones' norms, one per scaled_seeds entry) and permuted_weights (W, every weight matrix's entries permuted, "
+        "permutations of them), and the controls shuffled (S, tokens shuffled within windows) and permuted (P, "
+        "permuted position ids)",
+        ("random_init", "random_scaled", "permuted_weights", "shuffled", "permuted"),
     )
     random_seeds: tuple[int, ...] = _help(
         "seeds of the R ensemble (each a random-weight twin at the library's init; at least 2 give a "
         "between-seed spread, 5 or more a usable one)",
         (1, 2, 3, 4, 5),
+    )
+    scaled_seeds: tuple[int, ...] = _help(
+        "seeds of the rescaled R ensemble (control random_scaled: a random-weight twin whose every parameter "
+        "tensor is rescaled to the trained one's Frobenius norm, so the learned scale is kept and the learned "
+        "structure is not; prediction 1's second deciding null)",
+        (1, 2, 3),
+    )
+    permutations: int = _help(
+        "weight permutations of W (seeds seed, seed + 1, ...; the first is condition permuted_weights, the others "
+        "permuted_weights.s<seed>): W's null is their prediction interval, the between-permutation spread in it",
+        5,
     )
     null_windows: int = _help(
         "windows per null member (each R seed and W): the first N of the run's windows (0 = all); their "
@@ -398,6 +411,9 @@ class ExperimentConfig:
         _check(len(set(self.random_seeds)) == len(self.random_seeds), f"random_seeds repeat: {self.random_seeds}")
         _check(all(x >= 0 for x in self.random_seeds), f"random_seeds must be >= 0, got {self.random_seeds}")
         _check(self.null_windows >= 0, f"null_windows must be >= 0, got {self.null_windows}")
+        _check(self.permutations >= 1, f"permutations must be >= 1, got {self.permutations}")
+        _check(len(self.scaled_seeds) >= 1, "scaled_seeds must list at least one seed")
+        _check(len(set(self.scaled_seeds)) == len(self.scaled_seeds), f"scaled_seeds repeat: {self.scaled_seeds}")
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from spectral.planted import PLANTED, build, planted_for, run, zoo_table
+from spectral.planted import PLANTED, build, planted_for, run, zoo_csv, zoo_table
 
 WHY: dict[str, tuple[str, str]] = {
     "1": ("every block adds to the carrier: the norm grows ×1.4 per layer, steadily (R² ≈ 1)",
@@ -54,8 +54,9 @@ NOTES = (
     "The silent model's content is centred on the vocabulary, not on the corpus: a mean planted exactly 0 on the very "
     "windows measured puts ρ at its boundary, where the delete-one-bucket jackknife interval of ρ explodes (0.02 "
     "[−0.47, 0.52] in a trial); the weak mean the token frequencies leave (ρ ≈ 0.15) is measured cleanly.",
-    "The drift sub-test of prediction 2 against W has little room: W's blocks write little, so its drift is 1 − 5e-5; "
-    "the carrier model's drift is closer still to 1 (its interval is tight enough to decide).",
+    "The drift sub-test of prediction 2 against W is blind: W's blocks write little, so its drift is 1 − 5e-5 and no "
+    "model can clear it by an interval's width; it is reported and decides nothing beside the drift against R "
+    "(battery revision 5). With one W permutation it had decided (a spread-free null); with five it could not.",
 )
 
 
@@ -75,7 +76,8 @@ def zoo_page(results: dict[str, dict[str, Any]], seconds: float | None = None) -
         "*contradicted* by one that truly lacks it, through the whole pipeline (capture, statistics, nulls, "
         "decision). The models are real `LlamaForCausalLM`s (d = 64, 8 layers, 4 heads, a character tokenizer) "
         "whose weights are set by hand (`spectral/planted.py`); each runs with the built-in corpus (32 windows of "
-        "32 characters), the R ensemble (4 seeds) and W, every window for the nulls (`null_windows = 0`), "
+        "32 characters), the R ensemble (8 seeds), R rescaled to the model's norms (3 seeds) and W (5 "
+        "permutations), every window for the nulls (`null_windows = 0`), "
         "`n_boot = 200` and no ΔNLL sweep (`intervention_windows = 0`); every other setting is the default. "
         "`tests/test_planted_zoo.py` asserts each outcome. Regenerate: `python -m spectral.planted docs/planted.md`; "
         "write one model for your own runs: `python -m spectral.planted build carrier DIR`, then `spectral run --model "
@@ -95,7 +97,8 @@ def zoo_page(results: dict[str, dict[str, Any]], seconds: float | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m spectral.planted [page] OUT.md``: run the zoo in a temporary directory and write the page;
+    """``python -m spectral.planted [page] OUT.md``: run the zoo in a temporary directory and write the page (and,
+    in a checkout, reports/calibration/planted.csv beside the docs folder's parent);
     ``python -m spectral.planted build NAME DIR [SEED]``: write one planted model for ``spectral run --model DIR``."""
     import sys
     import tempfile
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as work:
         results = run_zoo(work)
     target.write_text(zoo_page(results, time.perf_counter() - t0), encoding="utf-8")
+    table = target.resolve().parents[1] / "reports" / "calibration" / "planted.csv"
+    if table.parent.is_dir():  # the numbers the research note quotes (a repository checkout)
+        table.write_text(zoo_csv(results), encoding="utf-8")
     print(zoo_table(results))
     return 0
 

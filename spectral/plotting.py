@@ -26,6 +26,7 @@ CONDITION_STYLE = {
     "shuffled": {"color": OKABE_ITO[1], "dash": "dot", "label": "shuffled tokens (S)"},
     "permuted": {"color": OKABE_ITO[2], "dash": "dashdot", "label": "permuted positions (P)"},
     "permuted_weights": {"color": OKABE_ITO[4], "dash": "longdash", "label": "permuted weights (W)"},
+    "random_scaled": {"color": "#B0B0B0", "dash": "dot", "label": "random weights, trained norms"},
 }
 
 
@@ -33,6 +34,10 @@ def condition_style(condition: str) -> dict[str, str]:
     """Colour, dash and label of a condition; R ensemble members (``random_init.s<seed>``) share R's."""
     if condition.startswith("random_init.s"):
         return {**CONDITION_STYLE["random_init"], "label": f"random weights (R, seed {condition[13:]})"}
+    if condition.startswith("random_scaled.s"):
+        return {**CONDITION_STYLE["random_scaled"], "label": f"random weights, trained norms (seed {condition[15:]})"}
+    if condition.startswith("permuted_weights.s"):
+        return {**CONDITION_STYLE["permuted_weights"], "label": f"permuted weights (W, seed {condition[18:]})"}
     return CONDITION_STYLE.get(condition, {"color": "#000000", "dash": "solid", "label": condition})
 
 

@@ -244,8 +244,11 @@ def measure_conditions(
         if not lead or shard[1] > 1 and dist is None:
             continue  # a shard: its state is its result (spectral merge analyses)
         rows += analyse_condition(s, cc, s.manifest, timings, log)
-        if not (cond.startswith("random_init.s") and any(x.condition.startswith("random_init") for x in measurements)):
-            # figures show R's first seed; the ensemble's spread is in the verdicts
+        if not (
+            cond.startswith(("random_scaled.", "permuted_weights.s"))
+            or cond.startswith("random_init.s")
+            and any(x.condition.startswith("random_init") for x in measurements)
+        ):  # figures show R's first seed and W's first permutation; the ensembles' spread is in the verdicts
             measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
         del cc  # the d x d moments of this condition are no longer needed
     return rows, measurements
@@ -261,32 +264,48 @@ def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
     two models at once: the conditions that run the trained weights (S, P) first, then W (the trained
     weights permuted in place), then the R ensemble (one random-weight twin, given each next seed's init
     in place). ``s.model`` keeps its ``arch`` and tokenizer for the report."""
-    from spectral.analysis.controls import permute_weights, reinitialise
+    from spectral.analysis.controls import parameter_norms, permute_weights, reinitialise, rescale_to
 
     cfg = s.cfg
     for cond in ("trained", *(c for c in ("shuffled", "permuted") if c in cfg.controls)):
         yield cond, s.model
+    scaled = "random_scaled" in cfg.controls
+    norms = parameter_norms(s.model.hf_model) if scaled else {}  # W keeps every matrix's norm; taken before it
     if "permuted_weights" in cfg.controls:
-        permute_weights(s.model.hf_model, cfg.seed)
-        s.model.forget_unembedding_basis()  # W's unembedding is permuted too
-        try:
-            yield "permuted_weights", s.model
-        finally:
-            if s.keep_model:  # the caller's weights back, exactly (the inverse permutations)
-                permute_weights(s.model.hf_model, cfg.seed, inverse=True)
-                s.model.forget_unembedding_basis()
-    if "random_init" in cfg.controls:
+        for k in range(cfg.permutations):
+            seed = cfg.seed + k
+            permute_weights(s.model.hf_model, seed)
+            s.model.forget_unembedding_basis()  # W's unembedding is permuted too
+            try:
+                yield ("permuted_weights" if k == 0 else f"permuted_weights.s{seed}"), s.model
+            finally:
+                if s.keep_model or k < cfg.permutations - 1:  # the trained weights back, exactly
+                    permute_weights(s.model.hf_model, seed, inverse=True)
+                    s.model.forget_unembedding_basis()
+    if "random_init" in cfg.controls or scaled:
         if not s.keep_model:
             s.model.release_weights()
         twin: LoadedModel | None = None
-        for seed in cfg.random_seeds:
+
+        def fresh(seed: int) -> LoadedModel:
+            nonlocal twin
             if twin is None:
                 twin = load_model(cfg.model, random_init=True, seed=seed)
             else:
                 reinitialise(twin.hf_model, seed)
                 twin.seed = seed
                 twin.forget_unembedding_basis()
-            yield f"random_init.s{seed}", twin
+            return twin
+
+        if "random_init" in cfg.controls:
+            for seed in cfg.random_seeds:
+                yield f"random_init.s{seed}", fresh(seed)
+        if scaled:
+            for seed in cfg.scaled_seeds:
+                m = fresh(seed)
+                rescale_to(m.hf_model, norms)
+                m.forget_unembedding_basis()
+                yield f"random_scaled.s{seed}", m
 
 
 def takes_position_ids(model: LoadedModel) -> bool:

@@ -103,11 +103,14 @@ def outcome_table(records: list[RunRecord]) -> str:
 
 
 def outcome_counts(records: list[RunRecord], number: str) -> tuple[dict[str, int], list[str]]:
-    """How many runs give each outcome for prediction ``number``, and the runs that support it."""
-    got = [(r.key, r.verdict(number)) for r in records]
-    got = [(k, v) for k, v in got if v is not None]
-    counts = {o: sum(v.outcome == o for _, v in got) for o in ("supported", "contradicted", "inconclusive", "n/a")}
-    return counts, [k for k, v in got if v.outcome == "supported"]
+    """How many runs give each outcome for prediction ``number`` (an outcome an older battery measured is not
+    counted: ``counts["stale"]`` says how many were left out), and the current runs that support it."""
+    got = [(r.key, r.verdict(number), number in r.stale) for r in records]
+    cur = [(k, v) for k, v, old in got if v is not None and not old]
+    counts = {o: sum(v.outcome == o for _, v in cur) for o in ("supported", "contradicted", "inconclusive", "n/a")}
+    counts["no power"] = sum(v.outcome == "inconclusive" and v.note.startswith("no power") for _, v in cur)
+    counts["stale"] = sum(v is not None and old for _, v, old in got)
+    return counts, [k for k, v in cur if v.outcome == "supported"]
 
 
 def corpus_flips(records: list[RunRecord], keys: list[str]) -> list[tuple[str, list[str], bool]]:

@@ -5,7 +5,15 @@ prediction, over 20 seeds (each with its own R ensemble from other seeds)."""
 import pytest
 from conftest import LLAMA2XS, SHARED, needs_shared
 
-from spectral.calibration import FAKE_SEED_OFFSET, base_config, clopper_pearson, false_support, rate_table, rates
+from spectral.calibration import (
+    FAKE_SEED_OFFSET,
+    base_config,
+    clopper_pearson,
+    false_support,
+    r_ensemble_seeds,
+    rate_table,
+    rates,
+)
 
 
 def test_clopper_pearson():
@@ -23,4 +31,13 @@ def test_false_support_rate_on_a_small_decoder(tmp_path):
     table = {k: (sup, n) for k, sup, _, n in rates(res)}
     over = {k: f"{s}/{n}" for k, (s, n) in table.items() if s / n > 0.05}
     assert not over, rate_table(res, "llama2xs-512 random init") + f"\nover α: {over}"
-    assert FAKE_SEED_OFFSET + 1 not in cfg.random_seeds
+
+
+def test_each_fake_model_has_its_own_r_ensemble():
+    seen: set[int] = set()
+    for s in range(1, 21):
+        r = r_ensemble_seeds(s, 5)
+        assert len(r) == 5 and not seen & set(r) and FAKE_SEED_OFFSET + s not in r
+        seen |= set(r)
+    with pytest.raises(ValueError):
+        r_ensemble_seeds(300, 5)

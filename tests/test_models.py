@@ -315,3 +315,57 @@ def test_loading_leaves_the_callers_random_stream_and_progress_bars_alone(tiny_m
     # the seed still decides the twin: the same seed gives the same weights
     a, b = (load_model(ModelSpec(name=str(d)), random_init=True, seed=7) for _ in range(2))
     assert all(torch.equal(x, y) for x, y in zip(a.hf_model.parameters(), b.hf_model.parameters(), strict=True))
+
+
+def test_rescaled_twin_takes_the_trained_norms_and_keeps_its_directions(tiny_model_dir):
+    """Control random_scaled: every parameter tensor of a random twin rescaled to the trained one's Frobenius norm
+    (tied embeddings once); each tensor's direction is the twin's own."""
+    from spectral.analysis.controls import parameter_norms, rescale_to
+
+    d = tiny_model_dir("llama")
+    trained = load_model(ModelSpec(name=str(d)))
+    with torch.no_grad():  # give the "trained" model norms unlike any init
+        for i, p in enumerate(trained.hf_model.parameters()):
+            p.mul_(1.5 + 0.1 * i)
+    norms = parameter_norms(trained.hf_model)
+    twin = load_model(ModelSpec(name=str(d)), random_init=True, seed=3)
+    before = {n: p.detach().clone() for n, p in twin.hf_model.named_parameters()}
+    assert rescale_to(twin.hf_model, norms) == len(norms)
+    for n, p in twin.hf_model.named_parameters():
+        assert float(p.double().norm()) == pytest.approx(norms[n], rel=1e-5)
+        cos = torch.nn.functional.cosine_similarity(p.flatten().double(), before[n].flatten().double(), dim=0)
+        assert float(cos) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_w_ensemble_and_rescaled_r_are_conditions_and_nulls(tmp_path, tiny_model_dir, sample_text):
+    """A run with W of 3 permutations and R rescaled of 2 seeds: the conditions are measured, W's null is the
+    permutations' prediction interval and prediction 1 is decided against R and the rescaled R too."""
+    import csv
+
+    from spectral.config import AnalysisSpec, CaptureSpec, CorpusSpec, ExperimentConfig
+    from spectral.runner import run_experiment
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(sample_text)
+    cfg = ExperimentConfig(
+        model=ModelSpec(name=str(tiny_model_dir("llama"))),
+        corpus=CorpusSpec(source=str(corpus), seq_len=16, max_seqs=8),
+        capture=CaptureSpec(batch_size=8),
+        analysis=AnalysisSpec(n_boot=50, intervention_windows=0, modulation_windows=0, jacobian_windows=0),
+        controls=("random_init", "random_scaled", "permuted_weights"),
+        random_seeds=(1, 2),
+        scaled_seeds=(4, 5),
+        permutations=3,
+        formats=(),
+        out=str(tmp_path / "run"),
+    )
+    res = run_experiment(cfg, progress=False, log=lambda s: None)
+    rows = list(csv.DictReader((res.run_dir / "metrics.csv").open()))
+    conds = {r["condition"] for r in rows}
+    assert {"permuted_weights", "permuted_weights.s1", "permuted_weights.s2"} <= conds
+    assert {"random_scaled.s4", "random_scaled.s5", "random_init.s1", "random_init.s2"} <= conds
+    g = {r["condition"]: float(r["value"]) for r in rows if r["metric"] == "growth_rate"}
+    assert len({round(g[c], 9) for c in ("permuted_weights", "permuted_weights.s1", "permuted_weights.s2")}) == 3
+    v1 = next(r for r in csv.DictReader((res.run_dir / "verdicts.csv").open()) if r["prediction"].startswith("1 "))
+    assert "W ensemble (weight permutations) (3 seeds)" in v1["note"]
+    assert "R rescaled to the trained norms (2 seeds)" in v1["note"]

@@ -155,6 +155,17 @@ def test_contradicted_needs_power():
     assert v.outcome == "inconclusive" and v.note.startswith("no power") and v.power == pytest.approx(0.005)  # type: ignore[attr-defined]
 
 
+def test_a_subtest_without_power_is_reported_not_decided():
+    """Prediction 2 with its drift against W at the ceiling (W's drift 1 − 5e-5: no effect can clear δ by an interval's
+    width) and every other test supported, the drift against R among them: supported, the blind null of the drift
+    named in the note as not decided on (test_contradicted_needs_power: a statistic tested only blind decides)."""
+    rows = [r for r in world("strong").rows if not (r.condition == "permuted_weights" and r.metric == "carrier_drift")]
+    _put(rows, "permuted_weights", "resid_post", True, "carrier_drift", 1 - 5e-5, 5e-5)
+    v = outcomes(MetricTable(tuple(rows)))["2"]
+    assert v.outcome == "supported", v.note  # type: ignore[attr-defined]
+    assert "(blind beside another null of this statistic: reported, not decided on)" in v.note  # type: ignore[attr-defined]
+
+
 def test_subtests_name_their_null_and_never_read_as_the_outcome():
     """Every sub-test in a note is labelled "sub-test", names its null ("against ...") and states its own rule; the
     bare words of another outcome appear only inside such a labelled sub-test."""

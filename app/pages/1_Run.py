@@ -68,16 +68,22 @@ max_seqs = c2.number_input("number of windows", 1, 1_000_000, 32, key="max_seqs"
 seed = c3.number_input("seed", 0, 2**31 - 1, 0, key="seed")
 sites = st.text_input("sites (comma-separated names or patterns)", value="all", key="sites")
 st.write("controls")
-cc = st.columns(4)
+cc = st.columns(5)
 controls = tuple(
     c
     for col, c, label in zip(
         cc,
-        ("random_init", "permuted_weights", "shuffled", "permuted"),
-        ("random weights (R ensemble)", "permuted weights (W)", "shuffled tokens (S)", "permuted positions (P)"),
+        ("random_init", "random_scaled", "permuted_weights", "shuffled", "permuted"),
+        (
+            "random weights (R ensemble)",
+            "R rescaled to the trained norms",
+            "permuted weights (W ensemble)",
+            "shuffled tokens (S)",
+            "permuted positions (P)",
+        ),
         strict=True,
-    )
-    if col.checkbox(label, value=c in ("random_init", "permuted_weights"), key=f"ctl_{c}")
+    )  # fmt: skip
+    if col.checkbox(label, value=c in ("random_init", "random_scaled", "permuted_weights"), key=f"ctl_{c}")
 )
 c4, c5, c6 = st.columns(3)
 n_boot = c4.number_input("bootstrap resamples", 10, 100_000, 200, key="n_boot")

@@ -2,7 +2,10 @@
 
 * R, ``random_init.s<seed>``: the architecture at its library's init (spectral.models builds the
   first twin; :func:`reinitialise` gives it the next seed in place).
-* W, ``permuted_weights``: :func:`permute_weights` permutes each weight matrix's entries.
+* R rescaled, ``random_scaled.s<seed>``: an R twin with every parameter tensor rescaled to the trained
+  one's norm (:func:`rescale_to`, norms from :func:`parameter_norms`): the learned scale without the structure.
+* W, ``permuted_weights`` (and ``permuted_weights.s<seed>`` for the further permutations of the ensemble):
+  :func:`permute_weights` permutes each weight matrix's entries.
 
 * S, ``shuffled``: the tokens of each window are permuted (BOS/CLS stays in front), seeded by the
   run seed and the window index, so sequence order is destroyed while the bag of tokens is kept.
@@ -69,6 +72,25 @@ def permute_weights(model: torch.nn.Module, seed: int, inverse: bool = False) ->
             perm = torch.argsort(perm)
         flat.copy_(flat[perm.to(flat.device)])
         n += 1
+    return n
+
+
+def parameter_norms(model: torch.nn.Module) -> dict[str, float]:
+    """The Frobenius norm of every parameter tensor (tied ones once), by name: what the rescaled R keeps."""
+    return {n: float(p.detach().double().norm()) for n, p in model.named_parameters(remove_duplicate=True)}
+
+
+@torch.no_grad()
+def rescale_to(model: torch.nn.Module, norms: dict[str, float]) -> int:
+    """The rescaled random twin, in place: every parameter tensor named in ``norms`` multiplied so that its
+    Frobenius norm is the trained one's (matrices, norm gains and biases alike; a zero tensor stays zero). The
+    twin keeps its random structure and takes the learned scale. Returns the count."""
+    n = 0
+    for name, p in model.named_parameters(remove_duplicate=True):
+        cur = float(p.detach().double().norm())
+        if name in norms and cur > 0:
+            p.mul_(norms[name] / cur)
+            n += 1
     return n
 
 

@@ -43,12 +43,15 @@ def evaluate(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: Analys
 # 3: P3's sink step with position 0 included, P10's per-layer rise; 4: the decision rule with power (a test that
 # cannot reach δ says "no power", contradicted is Holm-corrected), P1 decided against R only, P3 n/a without a
 # carrier, P4 on the output's KL, P5's δ scaled by 1/√d and R as a second null, P7 against R's MLPs, P8 from the
-# sinks' paired tail-band share, P10 from a bounded per-token share: every outcome can change.
-BATTERY_REVISION = 4
+# sinks' paired tail-band share, P10 from a bounded per-token share: every outcome can change; 5: P1 also against
+# R rescaled to the trained norms, W an ensemble of permutations (P1's note, P2's W sub-tests), and a sub-test without
+# power reported, not decided on (any prediction with several tests).
+BATTERY_REVISION = 5
 BATTERY_CHANGES: dict[int, tuple[str, ...]] = {
     2: ("6", "7"),
     3: ("3", "10"),
     4: tuple(str(i) for i in range(1, 12)),
+    5: tuple(str(i) for i in range(1, 12)),
 }
 
 

@@ -27,6 +27,7 @@ from spectral.predictions.decision import (
     Verdict,
     effect_against,
     ensemble_null,
+    has_power,
     outcome_of,
     p_above,
     p_below,
@@ -42,6 +43,11 @@ def middle_layers(n_layers: int, spec: VerdictSpec) -> list[int]:
 
 def is_random_member(condition: str) -> bool:
     return condition == "random_init" or condition.startswith("random_init.s")
+
+
+def is_w_member(condition: str) -> bool:
+    """W's first permutation (``permuted_weights``) or a further one (``permuted_weights.s<seed>``)."""
+    return condition == "permuted_weights" or condition.startswith("permuted_weights.s")
 
 
 @dataclass(frozen=True)
@@ -105,8 +111,24 @@ class Context:
             return Null(iv, "R (1 seed: between-seed spread unknown)", (iv.value,))
         return ensemble_null(vals, self.analysis.ci_level, "R ensemble")
 
+    @property
+    def scaled_members(self) -> list[str]:
+        return [c for c in self.conditions if c.startswith("random_scaled.s")]
+
+    def null_rs(self, where: str, metric: str, layers: list[int] | None = None) -> Null:
+        """The rescaled R ensemble's null (R twins with the trained parameters' norms): a new seed's prediction
+        interval."""
+        vals = [self.stat(c, where, metric, layers).value for c in self.scaled_members]
+        return ensemble_null(vals, self.analysis.ci_level, "R rescaled to the trained norms")
+
     def null_w(self, where: str, metric: str, layers: list[int] | None = None) -> Null:
-        return Null(self.stat("permuted_weights", where, metric, layers), "W (weight-permuted twin)")
+        """W's null: with several permutations, a new permutation's prediction interval (the between-permutation
+        spread is in it); with one, that twin's own interval."""
+        members = [c for c in self.conditions if is_w_member(c)]
+        if len(members) > 1:
+            vals = [self.stat(c, where, metric, layers).value for c in members]
+            return ensemble_null(vals, self.analysis.ci_level, "W ensemble (weight permutations)")
+        return Null(self.stat("permuted_weights", where, metric, layers), "W (one weight permutation)")
 
     def nulls(self, where: str, metric: str, layers: list[int] | None = None) -> list[Null]:
         """R's and W's nulls of a statistic, those that were run and measured it."""
@@ -186,24 +208,34 @@ class Prediction(ABC):
         outs = [t.outcome() for t in tests]
         sup = [p_above(t.effect, t.margin, lvl) for t in tests]
         con = [p_below(t.effect, t.margin, lvl) if o != "no power" else NAN for t, o in zip(tests, outs, strict=True)]
-        p_sup = max((x for x in sup if math.isfinite(x)), default=NAN)  # intersection-union test
-        finite_con = [x for x in con if math.isfinite(x)]
-        p_con = min(1.0, len(tests) * min(finite_con)) if finite_con else NAN  # Bonferroni over the conjunction
-        if "contradicted" in outs:
-            i = min((j for j, o in enumerate(outs) if o == "contradicted"), key=lambda j: con[j])
+        # intersection-union test over the deciding tests. A blind test (its reachable effect within its interval's
+        # width of δ) against one null of a statistic that another null tests with sight (e.g. W's carrier drift at
+        # its ceiling of 1 beside R's) is reported and decides nothing, whatever its interval says; a statistic
+        # tested only blind keeps its tests (no power: the prediction stays inconclusive)
+        blind = [not has_power(t.effect, t.margin, t.power) for t in tests]
+        sighted = {t.statistic for t, b in zip(tests, blind, strict=True) if not b}
+        decides = [j for j, t in enumerate(tests) if not blind[j] or t.statistic not in sighted]
+        d_outs = [outs[j] for j in decides]
+        p_sup = max((sup[j] for j in decides if math.isfinite(sup[j])), default=NAN)
+        finite_con = [con[j] for j in decides if math.isfinite(con[j])]
+        p_con = min(1.0, len(decides) * min(finite_con)) if finite_con else NAN  # Bonferroni over the conjunction
+        if "contradicted" in d_outs:
+            i = min((j for j in decides if outs[j] == "contradicted"), key=lambda j: con[j])
             outcome, p = "contradicted", p_con
-        elif all(o == "supported" for o in outs):
-            i = int(np.nanargmax(sup)) if np.isfinite(sup).any() else 0
+        elif all(o == "supported" for o in d_outs):
+            i = max(decides, key=lambda j: sup[j] if math.isfinite(sup[j]) else -1.0)
             outcome, p = "supported", p_sup
         else:
-            i = outs.index("no power") if "no power" in outs else outs.index("inconclusive")
+            i = next((j for j in decides if outs[j] == "no power"), None)
+            i = i if i is not None else next(j for j in decides if outs[j] == "inconclusive")
             outcome = "inconclusive"
             p = min((x for x in (p_sup, p_con) if math.isfinite(x)), default=NAN)
         lead = tests[i]
         lead_rule = rule_sentence(lead.effect, lead.margin, outs[i], lead.power)
         if outs[i] == "no power":
             lead_rule = f"no power: {lead_rule}"
-        others = [t.describe() for j, t in enumerate(tests) if j != i]
+        others = [t.describe() + ("" if j in decides else " (blind beside another null of this statistic: reported, "
+                                  "not decided on)") for j, t in enumerate(tests) if j != i]  # fmt: skip
         note = "; ".join(x for x in (lead_rule, f"null: {lead.null.name}", lead.note, *others) if x)
         ni, e = lead.null.interval, lead.effect
         return Verdict(

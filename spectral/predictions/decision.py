@@ -15,9 +15,11 @@ to the effect's interval (se = half-width / z).
 
 **Power** (battery revision 4): a test carries the largest effect it can reach on this run (``power``:
 the metric's range minus the null, or an in-run bound such as prediction 4's top-PC KL). Where that is
-at most δ, or an effect at that bound would still have its interval reach δ (reachable − half-width ≤
-δ), the test could never say supported: it reads **inconclusive** with the reason "no power", never
-contradicted.
+at most δ, or the interval is wider than the distance from δ to that bound (reachable − δ ≤ the interval's
+width; revision 5, the half-width before), the test could never say supported: it reads **inconclusive**
+with the reason "no power", never contradicted. A test without power against one null of a statistic that
+another null tests with power is reported, not decided on (battery revision 5); a statistic tested only without
+power keeps the prediction inconclusive.
 """
 
 from __future__ import annotations
@@ -154,12 +156,13 @@ def p_below(effect: Interval, margin: float, level: float) -> float:
 
 
 def has_power(effect: Interval, margin: float, power: float) -> bool:
-    """Whether the test could have said supported: its reachable effect exceeds δ by more than the interval's
-    half-width (NaN power: unknown, taken as unbounded)."""
+    """Whether the test could have said supported: the distance from δ to its reachable effect exceeds the width of
+    its interval (an interval that wide cannot resolve that distance: ARCHITECTURE.md section 1, "Power"; NaN
+    power: unknown, taken as unbounded)."""
     if math.isnan(power):
         return True
     hw = effect.half_width if math.isfinite(effect.half_width) else 0.0
-    return power - hw > margin
+    return power - margin > 2 * hw
 
 
 def outcome_of(effect: Interval, margin: float, power: float = math.inf) -> str:
@@ -182,8 +185,8 @@ def rule_sentence(effect: Interval, margin: float, outcome: str, power: float = 
     e = f"effect {effect.value:.4g} [{effect.low:.4g}, {effect.high:.4g}]"
     if outcome == "no power":
         return (
-            f"{e}: the largest reachable effect {power:.4g} minus the half-width {effect.half_width:.4g} "
-            f"does not clear δ {margin:.4g} → inconclusive (no power)"
+            f"{e}: the largest reachable effect {power:.4g} lies within the interval's width "
+            f"{2 * effect.half_width:.4g} of δ {margin:.4g} → inconclusive (no power)"
         )
     where = {
         "supported": "lies above",

@@ -23,9 +23,11 @@ class NormGrowth(Prediction):
     needs = ("growth_rate", "growth_r2", "growth_max_layer_share")
     explanation = (
         "The per-layer growth factor g of the mean residual norm (log-linear fit over the layers) exceeds "
-        "that of the random-weight ensemble R by more than the margin (the deciding null), and the growth is "
-        "steady: the fit's R² is high and no single layer holds most of the log growth. The weight-permuted "
-        "twin W keeps every matrix's learned scale, so it is reported beside R, not decided on."
+        "that of the random-weight ensemble R by more than the margin, and that of R rescaled to the trained "
+        "parameters' norms (the learned scale without the learned structure) too: both are deciding nulls; and "
+        "the growth is steady: the fit's R² is high and no single layer holds most of the log growth. The "
+        "weight-permuted ensemble W keeps every matrix's learned scale and its entries, so it is reported beside "
+        "them, not decided on."
     )
 
     def not_applicable(self, ctx: Context) -> str | None:
@@ -46,9 +48,12 @@ class NormGrowth(Prediction):
             f"(max {sp.growth_layer_share_max})"
         )
         if ctx.has_w:
-            w = ctx.null_w("resid_post", "growth_rate").interval
-            note += f"; W (reported, keeps the learned scale): g {w.value:.4f} [{w.low:.4f}, {w.high:.4f}]"
+            wn = ctx.null_w("resid_post", "growth_rate")
+            w = wn.interval
+            note += f"; {wn.name} (reported, keeps the learned scale): g {w.value:.4f} [{w.low:.4f}, {w.high:.4f}]"
         out = [Test.against("growth_rate", g, ctx.null_r("resid_post", "growth_rate"), sp.growth_margin, note)]
+        if ctx.scaled_members:
+            out.append(Test.against("growth_rate", g, ctx.null_rs("resid_post", "growth_rate"), sp.growth_margin))
         if math.isfinite(r2) and math.isfinite(share) and not steady:
             # not steady: one jump or a fall and a jump is not learned growth (a point criterion, stated)
             unsteady = Interval(-1.0, -1.0, -1.0)
