@@ -288,6 +288,7 @@ def test_run_page_makes_a_run_directory(small_run, tmp_path):
     at.number_input(key="intervention_windows").set_value(2)
     at.checkbox(key="ctl_random_init").uncheck()
     at.checkbox(key="ctl_permuted_weights").uncheck()
+    at.checkbox(key="ctl_random_scaled").uncheck()
     at.text_input(key="out").input(str(out))
     at.button(key="start").click().run()
     no_errors(at)

@@ -175,7 +175,8 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
         box.fill(value)
         box.press("Enter")
         settle(page)
-    for label in ("random weights (R ensemble)", "permuted weights (W)"):  # the default keeps the nulls: off
+    nulls = ("random weights (R ensemble)", "R rescaled to the trained norms", "permuted weights (W ensemble)")
+    for label in nulls:  # the default keeps the nulls: off
         assert page.get_by_label(label).is_checked()
         page.get_by_text(label, exact=True).click()
         settle(page)
