@@ -99,7 +99,9 @@ def test_llama2xs_run_matches_independent_computation(tmp_path, capsys):
     assert man["status"] == "complete" and man["corpus"]["n_windows"] == 64
     assert man["weights_sha256"] and man["packages"]["torch"]
     members = {f"random_init.s{k}" for k in range(1, 6)}
-    assert {"trained", "permuted_weights", "shuffled", "permuted"} | members == set(table.conditions())
+    nulls = {"permuted_weights", *(f"permuted_weights.s{k}" for k in range(1, 5))}  # W: 5 permutations
+    nulls |= {f"random_scaled.s{k}" for k in range(1, 4)}  # R rescaled to the trained norms: 3 seeds
+    assert {"trained", "shuffled", "permuted"} | nulls | members == set(table.conditions())
     verdicts = (out / "verdicts.csv").read_text().splitlines()
     assert len(verdicts) == 12 and verdicts[0] == ",".join(VERDICT_COLUMNS)
     assert all(table.get(c, "resid_post", "growth_rate") is not None for c in members)
