@@ -108,7 +108,7 @@ def claim_section(number: str, runs: list[tuple[dict, RunRecord]], facts: Facts)
         note = facts.text(src, {"prediction": v.prediction}, "note")  # the null's description: numbers traced
         why = note if v.outcome == "n/a" else _null_of(note)
         nulls.append(why)
-        has_power = "power" in (src.read_text(encoding="utf-8").splitlines() or [""])[0].split(",")
+        has_power = rec.revision >= 4  # verdicts.csv has a power column from battery revision 4 on
         power = facts.csv(src, {"prediction": v.prediction}, "power") if has_power and v.outcome != "n/a" else "–"
         rows.append(f"| {rec.key}{mark} | {v.outcome} | {v.statistic} | {eff} | {margin} | {power} | {why} |")
     tally = ", ".join(f"{k} {n}" for k, n in sorted(counts.items()))

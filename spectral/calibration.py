@@ -20,11 +20,11 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from scipy import stats as sps
 
 from spectral.config import AnalysisSpec, CaptureSpec, CorpusSpec, ExperimentConfig, ModelSpec
+from spectral.predictions.decision import Verdict
 
 FAKE_SEED_OFFSET = 1000  # the "trained" random model's seeds: far from the R ensemble's (1..n)
 
@@ -36,7 +36,7 @@ class SeedOutcome:
     seed: int
     outcomes: dict[str, str]
     run_dir: str
-    verdicts: tuple[Any, ...] = ()  # the run's Verdicts (effect, interval, δ, null of each deciding test)
+    verdicts: tuple[Verdict, ...] = ()  # the run's Verdicts (effect, interval, δ, null of each deciding test)
 
 
 def random_model_dir(arch_dir: str | Path, seed: int, out: Path) -> Path:

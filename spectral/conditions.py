@@ -40,7 +40,7 @@ from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
 from spectral.depth import DepthProbe
 from spectral.models import LoadedModel
-from spectral.predictions.base import is_random_member
+from spectral.predictions.base import is_random_member, is_scaled_member, is_w_member
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.sites import site_kind, site_layer
 from spectral.stats import StatsBank
@@ -51,7 +51,7 @@ STATE_VERSION = 5  # 2: packed float32 moments, stream aliases; 3: contiguous bu
 def is_null_condition(condition: str) -> bool:
     """An R ensemble member (``random_init.s<seed>``), a rescaled R member (``random_scaled.s<seed>``) or a W
     member (``permuted_weights``, ``permuted_weights.s<seed>``)."""
-    return condition.startswith(("random_init", "random_scaled", "permuted_weights"))
+    return is_random_member(condition) or is_scaled_member(condition) or is_w_member(condition)
 
 
 def shard_windows(windows: TokenWindows, shard: tuple[int, int]) -> TokenWindows:

@@ -35,6 +35,7 @@ from spectral.export import save_figures
 from spectral.figureset import FigureData, build_figures, figure_data
 from spectral.models import LoadedModel, load_model
 from spectral.predictions import BATTERY_REVISION, evaluate, sensitivity_csv, verdicts_csv
+from spectral.predictions.base import is_scaled_member, is_w_member
 from spectral.runs import (
     STATE_DIR,
     Manifest,
@@ -244,11 +245,14 @@ def measure_conditions(
         if not lead or shard[1] > 1 and dist is None:
             continue  # a shard: its state is its result (spectral merge analyses)
         rows += analyse_condition(s, cc, s.manifest, timings, log)
-        if not (
-            cond.startswith(("random_scaled.", "permuted_weights.s"))
+        later_member = (
+            is_scaled_member(cond)
+            or is_w_member(cond)
+            and cond != "permuted_weights"
             or cond.startswith("random_init.s")
             and any(x.condition.startswith("random_init") for x in measurements)
-        ):  # figures show R's first seed and W's first permutation; the ensembles' spread is in the verdicts
+        )
+        if not later_member:  # figures show R's first seed and W's first permutation; the spread is in the verdicts
             measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
         del cc  # the d x d moments of this condition are no longer needed
     return rows, measurements

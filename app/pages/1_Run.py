@@ -164,9 +164,8 @@ if start:
             conds = ["trained", *cfg.controls]
 
             def on_batch(cond: str, done: int, total: int) -> None:
-                base = cond.split(".")[
-                    0
-                ]  # an ensemble member (random_init.s1, permuted_weights.s2) counts as its control
+                # an ensemble member (random_init.s1, permuted_weights.s2) counts as its control
+                base = cond.split(".")[0]
                 frac = ((conds.index(base) if base in conds else 0) + done / total) / len(conds)
                 try:
                     bar.progress(min(frac, 1.0), text=f"{cond}: batch {done}/{total}")

@@ -50,6 +50,11 @@ def is_w_member(condition: str) -> bool:
     return condition == "permuted_weights" or condition.startswith("permuted_weights.s")
 
 
+def is_scaled_member(condition: str) -> bool:
+    """A member of R rescaled to the trained norms (``random_scaled.s<seed>``)."""
+    return condition.startswith("random_scaled.s")
+
+
 @dataclass(frozen=True)
 class Context:
     """What the predictions read: the run's metrics, architecture facts and settings."""
@@ -102,33 +107,35 @@ class Context:
             return Interval(NAN)
         return Interval(*(float(np.mean([getattr(r, a) for r in rows])) for a in ("value", "ci_low", "ci_high")))
 
+    def _members_null(
+        self, members: list[str], name: str, single: str | None, where: str, metric: str, layers: list[int] | None
+    ) -> Null:
+        """An ensemble's null of a statistic: a new member's prediction interval (the between-member spread in
+        it); with one member and a ``single`` name, that member's own interval is all there is."""
+        if len(members) == 1 and single is not None:
+            iv = self.stat(members[0], where, metric, layers)
+            return Null(iv, single, (iv.value,))
+        vals = [self.stat(c, where, metric, layers).value for c in members]
+        return ensemble_null(vals, self.analysis.ci_level, name)
+
     def null_r(self, where: str, metric: str, layers: list[int] | None = None) -> Null:
         """The R ensemble's null of a statistic: one point per seed."""
-        members = self.random_members
-        vals = [self.stat(c, where, metric, layers).value for c in members]
-        if len(members) == 1:  # one twin: its own interval is all there is
-            iv = self.stat(members[0], where, metric, layers)
-            return Null(iv, "R (1 seed: between-seed spread unknown)", (iv.value,))
-        return ensemble_null(vals, self.analysis.ci_level, "R ensemble")
+        single = "R (1 seed: between-seed spread unknown)"
+        return self._members_null(self.random_members, "R ensemble", single, where, metric, layers)
 
     @property
     def scaled_members(self) -> list[str]:
-        return [c for c in self.conditions if c.startswith("random_scaled.s")]
+        return [c for c in self.conditions if is_scaled_member(c)]
 
     def null_rs(self, where: str, metric: str, layers: list[int] | None = None) -> Null:
-        """The rescaled R ensemble's null (R twins with the trained parameters' norms): a new seed's prediction
-        interval."""
-        vals = [self.stat(c, where, metric, layers).value for c in self.scaled_members]
-        return ensemble_null(vals, self.analysis.ci_level, "R rescaled to the trained norms")
+        """The rescaled R ensemble's null (R twins with the trained parameters' norms)."""
+        return self._members_null(self.scaled_members, "R rescaled to the trained norms", None, where, metric, layers)
 
     def null_w(self, where: str, metric: str, layers: list[int] | None = None) -> Null:
-        """W's null: with several permutations, a new permutation's prediction interval (the between-permutation
-        spread is in it); with one, that twin's own interval."""
+        """W's null: with several permutations, the between-permutation spread is in it."""
         members = [c for c in self.conditions if is_w_member(c)]
-        if len(members) > 1:
-            vals = [self.stat(c, where, metric, layers).value for c in members]
-            return ensemble_null(vals, self.analysis.ci_level, "W ensemble (weight permutations)")
-        return Null(self.stat("permuted_weights", where, metric, layers), "W (one weight permutation)")
+        name, single = "W ensemble (weight permutations)", "W (one weight permutation)"
+        return self._members_null(members, name, single, where, metric, layers)
 
     def nulls(self, where: str, metric: str, layers: list[int] | None = None) -> list[Null]:
         """R's and W's nulls of a statistic, those that were run and measured it."""
