@@ -24,23 +24,25 @@ needs_shared = pytest.mark.skipif(
     not LLAMA2XS.is_dir(), reason=f"real trained models and corpora not found at {SHARED} (../shared/data)"
 )
 
-CHARS = [chr(i) for i in range(32, 127)] + ["\n"]
+from spectral.planted import CHARS  # noqa: E402  (after the offline settings above; the zoo's vocabulary)
 
 
 def char_tokenizer(cls_style: bool = False):
-    """A character-level fast tokenizer with <s> (or [CLS]) as BOS and a pad token."""
+    """A character-level fast tokenizer with <s> (:func:`spectral.planted.char_tokenizer`) or [CLS] as BOS and a
+    pad token."""
+    if not cls_style:
+        from spectral.planted import char_tokenizer as planted_tokenizer
+
+        return planted_tokenizer()
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if cls_style else ["<pad>", "<unk>", "<s>", "</s>"]
-    vocab = {t: i for i, t in enumerate(specials + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=specials[1]))
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok = Tokenizer(models.WordLevel(vocab={t: i for i, t in enumerate(specials + CHARS)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    if cls_style:
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
-        )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>", bos_token="<s>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
+    )
 
 
 def _tiny_config(family: str):
