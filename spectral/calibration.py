@@ -168,14 +168,3 @@ def rates_csv(results: Sequence[SeedOutcome], arch: str) -> str:
         lo, hi = clopper_pearson(sup, n)
         w.writerow([arch, k, sup, con if k != "any" else "", n, f"{sup / n:.4g}", f"{lo:.4g}", f"{hi:.4g}"])
     return buf.getvalue()
-
-
-def read_seed_csv(text: str) -> list[SeedOutcome]:
-    """The per-seed outcomes of a false_support-<arch>.csv (experiments/false_support.py) back as SeedOutcomes."""
-    import csv
-    import io
-
-    by: dict[int, dict[str, str]] = {}
-    for row in csv.DictReader(io.StringIO(text)):
-        by.setdefault(int(row["seed"]), {})[row["prediction"]] = row["outcome"]
-    return [SeedOutcome(s, o, "") for s, o in sorted(by.items())]
