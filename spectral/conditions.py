@@ -39,13 +39,17 @@ from spectral.capture import Calibration, accumulate, calibrate, new_bank, selec
 from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
 from spectral.depth import DepthProbe
+from spectral.joint import JointProbe, chain_sites
 from spectral.models import LoadedModel
+from spectral.outliers import OutlierProbe
 from spectral.predictions.base import is_random_member, is_scaled_member, is_w_member
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.sites import site_kind, site_layer
 from spectral.stats import StatsBank
+from spectral.tuned_lens import TunedLens, fit_tuned_lens, score
 
-STATE_VERSION = 5  # 2: packed float32 moments, stream aliases; 3: contiguous buckets; 4: window columns; 5: depth
+STATE_VERSION = 6  # 2: packed float32 moments, stream aliases; 3: contiguous buckets; 4: window columns; 5: depth;
+# 6: outliers, joint moments (layer linearity, tuned lens), lens KL columns
 
 
 def is_null_condition(condition: str) -> bool:
@@ -154,6 +158,30 @@ class ConditionCapture:
         self.depth = (
             DepthProbe(model, self.resid) if not self.null and all(x in self.resid for x in resid_all) else None
         )
+        trained = condition == "trained"
+        self.outliers = OutlierProbe(model, self.bank.own_sites) if trained and an.outliers else None
+        chain = chain_sites(sites, model.arch.n_layers)
+        tuned = (
+            self.lens is not None
+            and an.tuned_lens_windows > 0
+            and chain[-1:] == (f"resid_post.{model.arch.n_layers - 1}",)
+        )
+        self.joint = (
+            JointProbe(
+                model,
+                chain,
+                self.calib.centers,
+                an.lens_positions,
+                cfg.seed,
+                an.tuned_lens_windows,
+                tuned,
+                an.layer_linearity,
+            )  # fmt: skip
+            if trained and len(chain) >= 2 and (an.layer_linearity or tuned)
+            else None
+        )
+        self.tuned: TunedLens | None = None
+        self.tuned_table: tuple[Any, Any] | None = None
         self.batches_done = 0
         self.complete = False
         self.interventions: list[InterventionResult] = []
@@ -178,6 +206,8 @@ class ConditionCapture:
             "types": self.types,
             "cosines": self.cosines,
             "depth": self.depth,
+            "outliers": self.outliers,
+            "joint": self.joint,
         }
         return {k: p for k, p in named.items() if p is not None}
 
@@ -328,6 +358,19 @@ class ConditionCapture:
             exclude_first=self.cfg.capture.exclude_first,
         )  # fmt: skip
 
+    def tune(self) -> None:
+        """The approximate tuned lens: translators fitted on the joint probe's fit windows, scored on its held-out
+        ones (recomputed on resume: deterministic)."""
+        self.tuned, self.tuned_table = None, None
+        j = self.joint
+        if j is None or not j.tuned:
+            return
+        self.tuned = fit_tuned_lens(j, self.cfg.analysis.tuned_lens_ridge, self.cfg.model.name)
+        if self.tuned is None:
+            return
+        rows, target, windows = j.held_out()
+        self.tuned_table = score(self.tuned, self.model, rows, target, windows, j.chain)
+
     def measurement(self) -> Measurement:
         return Measurement(
             self.condition,
@@ -341,6 +384,10 @@ class ConditionCapture:
             self.depth,
             self.jacobian,
             self.modulation,
+            self.outliers,
+            self.joint,
+            self.tuned,
+            self.tuned_table,
         )
 
     # ---- state --------------------------------------------------------------------------

@@ -278,6 +278,26 @@ class AnalysisSpec:
     layer_cosine: bool = _help(
         "corpus-level layer x layer cosine matrix of resid_post (holds one batch's unit vectors per layer)", True
     )
+    layer_linearity: bool = _help(
+        "LLM-Microscope's layer-to-layer linearity of consecutive resid_post layers, from streamed cross moments "
+        "(one d x d product per layer and batch)",
+        True,
+    )
+    outliers: bool = _help(
+        "corpus-wide outlier statistics at every site (max / min / RMS per dimension, the top-3 |h_i| against "
+        "the median, position 0 apart): massive.csv and the act_* metrics",
+        True,
+    )
+    tuned_lens_windows: int = _help(
+        "held-out windows (odd window index) on which the approximate tuned lens is scored; it is fitted in "
+        "closed form on the even windows (0 = no tuned lens)",
+        32,
+    )
+    tuned_lens_ridge: float = _help(
+        "ridge of the tuned lens's least-squares translators, toward the identity (the logit lens), as a share of "
+        "the mean eigenvalue of the input covariance",
+        1e-3,
+    )
 
     def rogue_dims(self, d: int, factor: float = 1.0) -> int:
         """k of the rogue-dimension checks for a model of width ``d``: a share of d, at least ``rogue_k``
@@ -305,6 +325,8 @@ class AnalysisSpec:
         _check(self.modulation_directions >= 1, "[analysis] modulation_directions must be >= 1")
         _check(self.lens_positions >= 0, "[analysis] lens_positions must be >= 0")
         _check(self.sink_positions >= 0, "[analysis] sink_positions must be >= 0")
+        _check(self.tuned_lens_windows >= 0, "[analysis] tuned_lens_windows must be >= 0")
+        _check(self.tuned_lens_ridge >= 0, "[analysis] tuned_lens_ridge must be >= 0")
 
 
 @dataclass(frozen=True)

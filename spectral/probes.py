@@ -24,7 +24,7 @@ from spectral.corpus import Batch, TokenWindows
 from spectral.models import LoadedModel
 from spectral.sites import hook_name
 from spectral.tables import CosineMatrix, LensTable
-from spectral.vocab import ModSegment, carrier_removed_logits, scan
+from spectral.vocab import ModSegment, Reference, carrier_removed_logits, scan
 
 Hook = tuple[str, Callable[..., Any]]
 LENS_COLUMNS = (
@@ -37,6 +37,8 @@ LENS_COLUMNS = (
     "abl_carrier_correct",  # carrier mean-ablated (its amplitude set to the calibration mean)
     "abl_toppc_correct",  # top principal direction mean-ablated (the null of prediction 4)
     "abl_random_correct",  # a seeded random direction mean-ablated (the null of prediction 4)
+    "kl_sum",  # Σ KL(model's output ‖ lens) in nats (tuned-lens's forward KL; 0 at final)
+    "entropy_sum",  # Σ entropy of the lens distribution in nats
 )
 ABLATIONS = ("carrier", "toppc", "random")
 
@@ -101,7 +103,7 @@ class LensProbe:
         self._margin_rot: dict[str, torch.Tensor] = {}  # per site (null rows, K + 1)
         # per site: (site, lens rows f, [(edit key, edited rows g or None, span coefficients or None)])
         self._pending: list[tuple[str, torch.Tensor, list[tuple[str, torch.Tensor | None, torch.Tensor | None]]]] = []
-        self.rows_per_product = 512
+        self.rows_per_product = 512  # the scan's row tile
         # per edit key (the site for the carrier projection, "site#ablation" for a mean ablation): the norm of
         # the edit's direction and norm(0), and their logits
         self._mod_basis: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -224,16 +226,15 @@ class LensProbe:
                     key = f"{site}#{name}"
                     coef = self._span(site, f, g, raw.dtype, key, v)
                     edits.append((key, None if coef is not None else g, coef))
-            self._pending.append((site, f, edits))
-            if sum(len(p[1]) for p in self._pending) >= self.rows_per_product:
-                self._flush()
+            self._pending.append((site, f, edits))  # scanned at the batch's end, with the model's output
             return x
 
         return fn
 
     def _flush(self) -> None:
-        """One streamed vocabulary scan for the pending sites (:func:`spectral.vocab.scan`: the logits are
-        reduced tile by tile, never written whole; batching ~512 rows keeps the product efficient)."""
+        """One streamed vocabulary scan for the batch's sites (:func:`spectral.vocab.scan`: the logits are
+        reduced tile by tile, never written whole), the model's output (the ``final`` rows) the reference of
+        every lens row's entropy and KL."""
         if not self._pending:
             return
         _, target = self._tokens()
@@ -260,16 +261,28 @@ class LensProbe:
         F = torch.cat(parts)
         dev = F.device
         tgt = target.to(dev)
+        ref = None
+        final = [p[1] for p in self._pending if p[0] == "final"]
+        if final:
+            of = torch.full((len(F),), -1, dtype=torch.long, device=dev)
+            for _, a, b, _ in where:
+                of[a:b] = torch.arange(b - a, device=dev)
+            ref = Reference(final[0], of)
         # every row is one of the selected tokens (lens rows and fallback rows alike) in the same order
         full_tgt = tgt.repeat(len(parts))
         bias = None if self.bias is None else self.bias.to(dev)
-        res = scan(F, self.W.to(dev), bias, full_tgt, mods, (0, len(F)))  # top-2 of every row: per-layer margins
+        res = scan(
+            F, self.W.to(dev), bias, full_tgt, mods, (0, len(F)), rows=self.rows_per_product, ref=ref
+        )  # top-2 of every row: margins
         assert res.top2 is not None
         null_rows: list[tuple[str, torch.Tensor, torch.Tensor]] = []  # (site, lens rows, their targets)
         for site, a, b, placed in where:
             self._top1[site] = res.top1[a:b].cpu()
             rank = res.rank[a:b].cpu().double()
-            self._acc[site] = torch.stack([(self._top1[site] == target).double(), rank], 1)
+            nan = torch.full((b - a,), float("nan"), dtype=torch.float64)
+            kl = nan if res.kl is None else res.kl[a:b].cpu().double()
+            ent = nan if res.entropy is None else res.entropy[a:b].cpu().double()
+            self._acc[site] = torch.stack([(self._top1[site] == target).double(), rank, kl, ent], 1)
             for key, mod, fb in placed:
                 if mod is not None:
                     self._mod_top1[key] = res.mod_top1[mod].cpu()
@@ -329,6 +342,7 @@ class LensProbe:
             for name in ABLATIONS:
                 abl = self._mod_top1.get(f"{site}#{name}")
                 cols.append((abl == target).double() if abl is not None else nan)
+            cols += [acc[:, 2], acc[:, 3]]
             rows[:, i, :].index_add_(0, tok_window, torch.stack(cols, 1))
         K1 = len(self.bands) + 1
         K = K1 - 1
@@ -360,7 +374,11 @@ class LensProbe:
             raise ValueError("cannot merge logit-lens states over different sites")
         if len(state["index"]):
             self.index.append(state["index"].numpy().copy())
-            self.rows.append(state["rows"].numpy().copy())
+            rows = state["rows"].numpy().copy()
+            if rows.shape[-1] < len(LENS_COLUMNS):  # written before the KL columns existed
+                pad = np.full(rows.shape[:-1] + (len(LENS_COLUMNS) - rows.shape[-1],), np.nan)
+                rows = np.concatenate([rows, pad], -1)
+            self.rows.append(rows)
             self.margins.append(state["margins"].numpy().copy())
 
     def table(self) -> LensTable:

@@ -360,6 +360,14 @@ def analyse_condition(
     if cc.modulation:
         timings[f"modulation_{cond}"] = time.perf_counter() - t_mod
     cc.transfer()
+    cc.tune()
+    if s.run_dir.is_dir():
+        if cc.outliers is not None:
+            from spectral.outliers import outlier_csv
+
+            atomic_write_text(s.run_dir / "massive.csv", outlier_csv(cc.outliers.rows()))
+        if cc.tuned is not None:
+            cc.tuned.save(s.run_dir / "tuned_lens.safetensors")
     meas = cc.measurement()
     if meas.bank.excluded or meas.bank.nonfinite_counts:
         manifest.setdefault("nonfinite", {})[cond] = {

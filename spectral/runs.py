@@ -24,7 +24,10 @@ from typing import Any, BinaryIO, NotRequired, TypedDict
 
 from spectral.errors import RunDirError
 
-RUN_OUTPUTS = ("manifest.json", "metrics.csv", "verdicts.csv", "figures", "report.md", "report.html", "state")
+RUN_OUTPUTS = (
+    "manifest.json", "metrics.csv", "verdicts.csv", "sensitivity.csv", "massive.csv", "tuned_lens.safetensors",
+    "figures", "report.md", "report.html", "state",
+)  # fmt: skip
 STATE_DIR = "state"
 PACKAGES = ("torch", "transformers", "transformer-lens", "numpy", "scipy", "plotly", "kaleido", "spectral")
 

@@ -11,6 +11,12 @@ The numbers are those of the full product: the argmax is the first maximal index
 lower token id, as ``torch.argmax``), the rank counts the logits strictly above the target's own
 logit from the same tile, and the carrier-removed logits are the same combination of lens logits
 and fixed basis logits that :class:`spectral.probes.LensProbe` uses.
+
+With a reference distribution (the model's own output for each row's token), :func:`scan` also folds an
+online log-sum-exp into each tile, giving every row's entropy and its forward KL(reference ‖ row) in
+the same pass (the lens metrics of tuned-lens: Belrose et al. 2023): per row a running maximum m,
+s = Σ exp(z − m), u = Σ exp(z − m)·z, rescaled when m grows, and c = Σ p_ref·z. Then
+log Z = m + log s, H = log Z − u/s and KL(p_ref ‖ q) = −H_ref − c + log Z.
 """
 
 from collections.abc import Sequence
@@ -36,6 +42,44 @@ class ScanResult:
     rank: Int[torch.Tensor, " n"]  # logits strictly above the target's (0 = the target is top-1)
     top2: Int[torch.Tensor, "m 2"] | None  # top-2 token ids of the rows asked for
     mod_top1: list[Int[torch.Tensor, " rows"]]  # per ModSegment
+    entropy: Float[torch.Tensor, " n"] | None = None  # nats (with a reference)
+    kl: Float[torch.Tensor, " n"] | None = None  # KL(reference ‖ row) in nats; NaN for rows without a reference
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Row i of a scan is compared with ``F_ref[of[i]]`` (``of[i] < 0``: no comparison)."""
+
+    F_ref: Float[torch.Tensor, "m d"]
+    of: Int[torch.Tensor, " n"]
+
+
+def _fold_lse(mx: torch.Tensor, s: torch.Tensor, u: torch.Tensor, tile: torch.Tensor) -> None:
+    """Online Σ exp(z − m) and Σ exp(z − m)·z of the tile's rows, in place (m the running maximum)."""
+    new = torch.maximum(mx, tile.amax(-1))
+    scale = torch.exp(mx - new)  # exp(−inf) = 0 on the first tile
+    e = torch.exp(tile - new[:, None])
+    s.mul_(scale).add_(e.sum(-1))
+    u.mul_(scale).add_((e * tile).sum(-1))
+    mx.copy_(new)
+
+
+def log_partition(
+    F: Float[torch.Tensor, "n d"], W: Float[torch.Tensor, "d V"], bias: Float[torch.Tensor, " V"] | None,
+    chunk: int = 2048,
+) -> tuple[Float[torch.Tensor, " n"], Float[torch.Tensor, " n"]]:  # fmt: skip
+    """(log Z, entropy) of softmax(F @ W + b) per row, tile by tile (float64 accumulators)."""
+    n = F.shape[0]
+    dev = F.device
+    mx = torch.full((n,), -torch.inf, dtype=torch.float64, device=dev)
+    s, u = torch.zeros(n, dtype=torch.float64, device=dev), torch.zeros(n, dtype=torch.float64, device=dev)
+    for c0 in range(0, W.shape[1], chunk):
+        L = F @ W[:, c0 : c0 + chunk]
+        if bias is not None:
+            L += bias[c0 : c0 + chunk]
+        _fold_lse(mx, s, u, L.double())
+    lse = mx + torch.log(s)
+    return lse, lse - u / s
 
 
 def carrier_removed_logits(
@@ -70,10 +114,22 @@ def scan(
     top2: tuple[int, int] | None = None,
     chunk: int = 2048,
     rows: int = 512,
+    ref: Reference | None = None,
 ) -> ScanResult:
-    """Top-1, target rank, top-2 (rows ``top2 = (start, stop)``) and carrier-removed top-1 of ``F @ W + b``."""
+    """Top-1, target rank, top-2 (rows ``top2 = (start, stop)``) and carrier-removed top-1 of ``F @ W + b``;
+    with ``ref``, each row's entropy and KL(reference ‖ row) as well."""
     n, V = F.shape[0], W.shape[1]
     dev = F.device
+    f64 = torch.float64
+    mx = torch.full((n,), -torch.inf, dtype=f64, device=dev)  # online log-sum-exp (used with a reference)
+    se, ue, ce = (torch.zeros(n, dtype=f64, device=dev) for _ in range(3))
+    lse_ref = h_ref = torch.zeros(0, dtype=f64, device=dev)
+    of = torch.zeros(n, dtype=torch.long, device=dev)
+    has = torch.zeros(n, dtype=torch.bool, device=dev)
+    if ref is not None:
+        lse_ref, h_ref = log_partition(ref.F_ref, W, bias, chunk)
+        has = (ref.of >= 0).to(dev)
+        of = ref.of.clamp_min(0).to(dev)
     neg = torch.full((n,), -torch.inf, dtype=F.dtype, device=dev)
     best, arg = neg.clone(), torch.zeros(n, dtype=torch.long, device=dev)
     above = torch.zeros(n, dtype=torch.long, device=dev)
@@ -96,6 +152,15 @@ def scan(
                 L += bias[c0:c1]
             _fold_max(best[r0:r1], arg[r0:r1], L, c0)
             above[r0:r1] += (L > tr).sum(-1)
+            if ref is not None:
+                Ld = L.double()
+                _fold_lse(mx[r0:r1], se[r0:r1], ue[r0:r1], Ld)
+                toks, inv = torch.unique(of[r0:r1], return_inverse=True)
+                R = ref.F_ref[toks] @ W[:, c0:c1]
+                if bias is not None:
+                    R += bias[c0:c1]
+                p_ref = torch.exp(R.double() - lse_ref[toks][:, None])  # (tokens, C)
+                ce[r0:r1] += (p_ref[inv] * Ld).sum(-1)
             inside = (target[r0:r1] >= c0) & (target[r0:r1] < c1)  # the target's own column is not "above"
             own = L.gather(1, (target[r0:r1] - c0).clamp(0, c1 - c0 - 1)[:, None])[:, 0]
             self_above[r0:r1] += (inside & (own > tr[:, 0])).long()
@@ -117,4 +182,9 @@ def scan(
                     # stable: on equal values the earlier (lower) id first, as topk of the full row
                     order = torch.sort(allv, dim=1, descending=True, stable=True).indices[:, :2]
                     t2v[sl], t2i[sl] = allv.gather(1, order), alli.gather(1, order)
-    return ScanResult(arg, above - self_above, t2i, marg)
+    if ref is None:
+        return ScanResult(arg, above - self_above, t2i, marg)
+    lse = mx + torch.log(se)
+    kl = (lse - ce - h_ref[of]).clamp_min(0.0)  # ≥ 0 up to round-off
+    kl = torch.where(has, kl, torch.full_like(kl, float("nan")))
+    return ScanResult(arg, above - self_above, t2i, marg, lse - ue / se, kl)

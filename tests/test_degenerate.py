@@ -134,8 +134,8 @@ def test_rank_one_site_gives_the_right_values():
     v64 = v.double()
     for name in ("anisotropy", "carrier_energy", "top_pc_energy", "carrier_pc_alignment", "carrier_drift"):
         assert got[name][0] == pytest.approx(1.0, abs=1e-5), name
-    eff, pr, iso = got["spectrum_summary"]
-    assert (eff, pr, iso) == pytest.approx((1.0, 1.0, 0.0), abs=1e-4)
+    eff, pr, iso, pc1 = got["spectrum_summary"]
+    assert (eff, pr, iso, pc1) == pytest.approx((1.0, 1.0, 0.0, 1.0), abs=1e-4)
     cc = (v64**2).numpy()  # every token along +v: CC_i = v_i²
     assert got["rogue_top1_share"][0] == pytest.approx(cc.max(), rel=1e-5)
     assert got["anisotropy_norogue"][0] == pytest.approx(np.sort(cc)[::-1][3:].sum(), rel=1e-4)

@@ -256,9 +256,13 @@ def test_spectrum_summary_matches_single_functions():
     from spectral.analysis.spectrum import isoscore
 
     m = _stream(_data(), batch=4).total()
-    eff, pr, iso = spectrum.spectrum_summary(m)
+    eff, pr, iso, pc1 = spectrum.spectrum_summary(m)
     assert eff == pytest.approx(spectrum.eff_rank(m)) and pr == pytest.approx(spectrum.participation_ratio(m))
     assert iso == pytest.approx(isoscore(m))
+    # LLM-Microscope's anisotropy, as its calculate_anisotropy_torch computes it: SVD of the centred tokens
+    h = _data()[:, 1:].reshape(-1, 8)  # the tokens the moments count (position 0 left out)
+    s = torch.linalg.svdvals(h - h.mean(0, keepdim=True)) ** 2
+    assert pc1 == pytest.approx(float(s.max() / s.sum()), rel=1e-6)
 
 
 def test_float32_packed_moments_agree_with_float64():

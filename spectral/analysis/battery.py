@@ -31,9 +31,12 @@ from spectral.analysis.metrics import SUBLAYER_KINDS, MetricRow, alias_rows
 from spectral.analysis.spectrum import split_bands
 from spectral.config import ROGUE_SENSITIVITY, AnalysisSpec
 from spectral.depth import DepthProbe
+from spectral.joint import JointProbe
+from spectral.outliers import OUTLIER_METRICS, OutlierProbe
 from spectral.probes import CosineProbe, HeadProbe, LensProbe, TypeProbe
 from spectral.sites import site_kind, site_layer
 from spectral.stats import StatsBank
+from spectral.tuned_lens import TUNED_COLUMNS, TunedLens
 
 NAN = Estimate(float("nan"), float("nan"), float("nan"))
 
@@ -53,6 +56,10 @@ class Measurement:
     depth: DepthProbe | None = None  # per-window depth power spectra of the resid_post trajectory
     jacobian: BandTransfer | None = None  # JVP band transfer of attention and the MLP (trained model and R)
     modulation: list[InterventionResult] | None = None  # prediction 4's mean ablations read on the output
+    outliers: OutlierProbe | None = None  # corpus-wide outlier statistics at every site (the trained model)
+    joint: JointProbe | None = None  # cross moments of consecutive resid_post layers, the tuned lens's rows
+    tuned: TunedLens | None = None  # the approximate tuned lens fitted on the joint probe's fit windows
+    tuned_table: tuple[np.ndarray, np.ndarray] | None = None  # its held-out (windows, (W, sites, TUNED_COLUMNS))
 
 
 class Rows:
@@ -165,6 +172,12 @@ def _lens_metrics(out: Rows, lens: LensProbe, spec: AnalysisSpec, seed: int, res
         count = col("count")
         for metric, c in (("logit_lens_top1", "agree"), ("logit_lens_acc", "correct"), ("logit_lens_rank", "rank_sum")):
             out.add(site, metric, ratio_bootstrap(col(c), count, w, level))
+        if np.isfinite(col("kl_sum")).all():  # a lens state written before the KL columns has NaN there
+            # tuned-lens's per-layer lens metrics (nats): KL(model's output ‖ lens) and the lens's entropy; at final
+            # the KL is 0 and the entropy is the model's own
+            if site != "final":
+                out.add(site, "logit_lens_kl", ratio_bootstrap(col("kl_sum"), count, w, level))
+            out.add(site, "logit_lens_entropy", ratio_bootstrap(col("entropy_sum"), count, w, level))
         if np.isfinite(col("mod_agree")).all() and site != "final":
             out.add(site, "modulation_lens_top1", ratio_bootstrap(col("mod_agree"), count, w, level))
             out.add(site, "modulation_lens_acc", ratio_bootstrap(col("mod_correct"), count, w, level))
@@ -496,6 +509,61 @@ def _modulation_metrics(out: Rows, results: list[InterventionResult], spec: Anal
     out.add("resid_post", "out_kl_carrier_rank_random", Estimate(float(np.mean(ranks)), float("nan"), float("nan")))
 
 
+def _outlier_metrics(out: Rows, probe: OutlierProbe) -> None:
+    """Extremes over the whole run at every site: no sampling interval (NaN bounds)."""
+    for r in probe.rows():
+        for metric, name in OUTLIER_METRICS.items():
+            out.add(r.site, metric, Estimate(float(getattr(r, name)), float("nan"), float("nan")))
+
+
+def _linearity_metrics(out: Rows, m: Measurement) -> None:
+    """LLM-Microscope's linearity of each consecutive resid_post pair, at the later site (an in-sample fit: NaN
+    bounds; read it beside its upward bias ≈ d/N)."""
+    from spectral.analysis.linearity import cross_second, linearity_scores
+
+    j = m.joint
+    assert j is not None
+    for x, y in j.pairs:
+        mx, my = m.bank[x].total(), m.bank[y].total()
+        sxy = cross_second(mx, my, j.cross[f"{x}>{y}"], j.centers[x], j.centers[y])
+        for name, v in zip(
+            ("layer_linearity", "layer_linearity_uncentred", "layer_linearity_update"),
+            linearity_scores(mx, my, sxy),
+            strict=True,
+        ):
+            out.add(y, name, Estimate(float(v), float("nan"), float("nan")))
+
+
+def _tuned_lens_metrics(out: Rows, m: Measurement, spec: AnalysisSpec, seed: int) -> None:
+    """The approximate tuned lens on its held-out windows: KL, entropy, accuracy, and the logit lens's KL minus the
+    tuned lens's on the very same tokens (paired: the logit lens samples the same positions)."""
+    assert m.tuned is not None and m.tuned_table is not None
+    windows, table = m.tuned_table
+    if len(windows) == 0:
+        return
+    w = bootstrap_weights(len(windows), spec.n_boot, seed + 77)
+    level = spec.ci_level
+    col = {c: i for i, c in enumerate(TUNED_COLUMNS)}
+    lens = m.lens.table() if m.lens is not None else None
+    for i, site in enumerate(m.tuned.sites):
+        count = table[:, i, col["count"]]
+        out.add(site, "tuned_lens_kl", ratio_bootstrap(table[:, i, col["kl_sum"]], count, w, level))
+        out.add(site, "tuned_lens_entropy", ratio_bootstrap(table[:, i, col["entropy_sum"]], count, w, level))
+        out.add(site, "tuned_lens_acc", ratio_bootstrap(table[:, i, col["correct"]], count, w, level))
+        if lens is None or site not in lens.sites:
+            continue
+        where = np.searchsorted(lens.index, windows)
+        if (
+            not (where < len(lens.index)).all()
+            or not (lens.index[np.minimum(where, len(lens.index) - 1)] == windows).all()
+        ):
+            continue
+        logit_kl = lens.column(site, "kl_sum")[where]
+        if not np.isfinite(logit_kl).all() or not np.allclose(lens.column(site, "count")[where], count):
+            continue
+        out.add(site, "tuned_lens_kl_gain", ratio_bootstrap(logit_kl - table[:, i, col["kl_sum"]], count, w, level))
+
+
 def battery_metrics(
     model: str, m: Measurement, spec: AnalysisSpec, seed: int, resonance_k: int, light: bool = False
 ) -> list[MetricRow]:
@@ -526,6 +594,12 @@ def battery_metrics(
         _jacobian_metrics(out, m.jacobian, spec)
     if m.modulation:
         _modulation_metrics(out, m.modulation, spec, seed)
+    if m.outliers is not None:
+        _outlier_metrics(out, m.outliers)
+    if m.joint is not None and m.joint.pairs:
+        _linearity_metrics(out, m)
+    if m.tuned is not None and m.tuned_table is not None:
+        _tuned_lens_metrics(out, m, spec, seed)
     for res in m.interventions:
         out.add(res.site, f"dnll_{res.target}", res.delta_nll)
         if res.kl is not None:

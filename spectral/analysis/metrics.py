@@ -231,8 +231,8 @@ def compute_metrics(
         add(site, "carrier_energy", est)
         if in_mid:
             loo["carrier_energy"].append((est.value, per_bucket))
-        # one eigendecomposition per jackknife replicate serves all three spectrum summaries
-        names = ("eff_rank", "participation_ratio", "isoscore")
+        # one eigendecomposition per jackknife replicate serves all four spectrum summaries
+        names = ("eff_rank", "participation_ratio", "isoscore", "pc1_variance_share")
         if not light and (spec.sublayer_spectra or site_kind(site) not in SUBLAYER_KINDS):
             for name, est in zip(names, jackknife_many([st], spectrum.spectrum_summary, level), strict=True):
                 add(site, name, est)

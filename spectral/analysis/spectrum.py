@@ -64,10 +64,20 @@ def isoscore(m: Moments) -> float:
     return isoscore_from_eigenvalues(pca_spectrum(m))
 
 
+def pc1_variance_share(ev: np.ndarray) -> float:
+    """λ_max / Σλ of a covariance spectrum: LLM-Microscope's "anisotropy" (Razzhigaev et al. 2024,
+    ``calculate_anisotropy_torch``), not Ethayarajh's mean cosine (``anisotropy`` here)."""
+    tot = float(np.sum(ev))
+    return float(ev[0]) / tot if ev.size and tot > 0 else float("nan")
+
+
 def spectrum_summary(m: Moments) -> np.ndarray:
-    """[eff_rank, participation_ratio, isoscore] from one eigendecomposition (NaN when degenerate)."""
+    """[eff_rank, participation_ratio, isoscore, pc1_variance_share] from one eigendecomposition (NaN when
+    degenerate)."""
     ev = pca_spectrum(m)
-    return np.array([eigen.effective_rank(ev), eigen.participation_ratio(ev), isoscore_from_eigenvalues(ev)])
+    return np.array(
+        [eigen.effective_rank(ev), eigen.participation_ratio(ev), isoscore_from_eigenvalues(ev), pc1_variance_share(ev)]
+    )
 
 
 def power_spectrum(m: Moments) -> np.ndarray:
