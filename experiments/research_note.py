@@ -200,6 +200,193 @@ def literature_section(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
     return "\n".join(lines) + "\n"
 
 
+FIELD = ROOT / "reports" / "field"
+FIELD_LLMS = ("smollm2-135m", "gemma3-270m", "qwen2.5-coder-0.5b")
+
+
+def field_figures(figs: dict, data: dict, caps: dict) -> None:
+    """Lens KL by layer and massive activations by layer, every LLM of the field runs (relative depth)."""
+    from spectral.analysis.metrics import MetricTable
+
+    series, csvs = [], []
+    for name in FIELD_LLMS:
+        path = FIELD / name / "metrics.csv"
+        if not path.is_file():
+            continue
+        table = MetricTable.from_csv(path.read_text())
+        L = int(json.loads((FIELD / name / "manifest.json").read_text())["arch"]["n_layers"])
+        series.append(plotting.Series(name, L, table, "trained"))
+        csvs.append(path.read_text())
+    if not series:
+        return
+    lens_panels = (
+        ("resid_post", "logit_lens_kl", "logit lens"),
+        ("resid_post", "tuned_lens_kl", "tuned lens (approx.)"),
+    )
+    figs["field_lens_kl"] = plotting.overlay(series, lens_panels, "KL(output ‖ lens) by depth, nats", True, 0.95, True)
+    caps["field_lens_kl"] = (
+        "Forward KL from each lens's next-token distribution to the model's own output, per layer (relative depth, "
+        "log scale), for the logit lens and the approximate (closed-form) tuned lens scored on held-out windows; "
+        "95% bootstrap bands over windows. Source: reports/field/<model>/metrics.csv."
+    )
+    act_panels = (
+        ("resid_post", "act_max_abs", "largest |h_i|"),
+        ("resid_post", "act_top1_ratio", "largest |h_i| / median"),
+    )
+    figs["field_massive"] = plotting.overlay(series, act_panels, "Massive activations by depth", True, None, True)
+    caps["field_massive"] = (
+        "The largest |h_i| of resid_post over every token of the field run (position 0 included) and its ratio to the "
+        "median |h_i|, per layer (relative depth, log scale). Source: reports/field/<model>/massive.csv."
+    )
+    data["field_lens_kl"] = data["field_massive"] = csvs[0] if len(csvs) == 1 else "\n".join(csvs)
+
+
+def field_section(facts: Facts) -> str:
+    """Issue 25: the quantities the field reports, the Qwen check and the table beside the literature."""
+    have = [n for n in FIELD_LLMS if (FIELD / n / "summary.csv").is_file()]
+    if not have:
+        return ""
+
+    def q(name: str, key: str, digits: int = 3) -> str:
+        return facts.csv(FIELD / name / "summary.csv", {"model": name, "quantity": key}, "value", digits)
+
+    def man(name: str) -> dict:
+        return json.loads((FIELD / name / "manifest.json").read_text())
+
+    first = man(have[0])
+    lines = [
+        "## Measured as the field reports it",
+        "",
+        f"Trained-model-only runs of each LLM (`experiments/field.py`: {first['corpus']['n_windows']} TinyStories "
+        f"windows of {first['config']['corpus']['seq_len']} tokens, `reports/field/<model>/`): the logit lens's "
+        "forward KL to the model's output and its entropy per layer (tuned-lens's metrics) on 16 sampled positions "
+        "per window, an approximate tuned lens (closed-form affine translators fitted on the even windows, scored "
+        "on the odd ones: not the KL-trained lens of Belrose et al.), outlier statistics at every site over every "
+        "token, and LLM-Microscope's layer linearity. Each is tested against a direct computation on Hugging Face "
+        "hidden states (and linearity against llm-microscope's own functions) in tests/test_field.py.",
+        "",
+        "![Lens KL by depth](figures/field_lens_kl.png)",
+        "",
+        "| model | layers | logit-lens KL: layer 0 / 1 / middle / second-last | tuned-lens KL (same layers) | tuned "
+        "lens better (CI of the paired gain > 0) | fit tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    for n in have:
+        lk = " / ".join(q(n, f"logit_kl_{k}") for k in ("l0", "l1", "mid", "penult"))
+        tk = " / ".join(q(n, f"tuned_kl_{k}") for k in ("l0", "l1", "mid", "penult"))
+        fit = q(n, "tuned_fit_tokens", 6) if _has(FIELD / n / "summary.csv", "tuned_fit_tokens") else "?"
+        lines.append(f"| {n} | {q(n, 'layers')} | {lk} | {tk} | {q(n, 'tuned_better_layers')} of "
+                     f"{q(n, 'tuned_layers')} layers | {fit} |")  # fmt: skip
+    lines += [
+        "",
+        "![Massive activations by depth](figures/field_massive.png)",
+        "",
+        "| model | layer of the largest \\|h_i\\| | value | position | × median | largest ratio (layer) | RMS first → "
+        "last layer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in have:
+        lines.append(f"| {n} | {q(n, 'max_abs_layer')} | {q(n, 'max_abs', 4)} | {q(n, 'max_abs_position')} | "
+                     f"{q(n, 'max_abs_ratio')} | {q(n, 'top1_ratio_max')} ({q(n, 'top1_ratio_layer')}) | "
+                     f"{q(n, 'rms_first')} → {q(n, 'rms_last')} |")  # fmt: skip
+    lines += ["", "### Are the dequantized weights intact? (the Qwen check)", "",
+              "Mean next-token NLL (nats, 95% bootstrap CI over windows) on TinyStories and on *Pride and "
+              "Prejudice*; a broken dequantization would sit near log V.", "",
+              "| model | TinyStories | Pride and Prejudice | log V |", "|---|---|---|---|"]  # fmt: skip
+    for n in have:
+        path = FIELD / n / "nll.csv"
+        if not path.is_file():
+            continue
+        cells = []
+        for corpus in ("tinystories", "austen"):
+            w = {"model": n, "corpus": corpus}
+            cells.append(
+                f"{facts.csv(path, w, 'nll')} [{facts.csv(path, w, 'ci_low')}, {facts.csv(path, w, 'ci_high')}]"
+            )
+        lines.append(
+            f"| {n} | {cells[0]} | {cells[1]} | {facts.csv(path, {'model': n, 'corpus': 'tinystories'}, 'log_vocab')} |"
+        )
+    lines.append("")
+    lines += qwen_paragraph(facts)
+    lines += literature_table(facts, have, q)
+    return "\n".join(lines) + "\n"
+
+
+def _has(path: Path, quantity: str) -> bool:
+    with path.open() as f:
+        return any(r["quantity"] == quantity for r in csv.DictReader(f))
+
+
+def qwen_paragraph(facts: Facts) -> list[str]:
+    """What the leading <|endoftext|> does to Qwen's largest activation (bos.csv), and the conclusion drawn."""
+    path = FIELD / "qwen2.5-coder-0.5b" / "bos.csv"
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    plain = max(rows, key=lambda r: float(r["max_abs"]))
+    eot = max(rows, key=lambda r: float(r["max_abs_eot"]))
+    p_layer, e_layer = {"layer": plain["layer"]}, {"layer": eot["layer"]}
+    a = facts.csv(path, p_layer, "max_abs", 4)
+    b = facts.csv(path, e_layer, "max_abs_eot", 4)
+    ratio = float(eot["max_abs_eot"]) / float(plain["max_abs"])
+    text = (
+        f"Qwen2.5's tokenizer declares no BOS, so our windows start mid-text. On the same windows the largest "
+        f"|h_i| is {a} (layer {plain['layer']}, position {facts.csv(path, p_layer, 'position')}) without and {b} "
+        f"(layer {eot['layer']}, position {facts.csv(path, e_layer, 'position_eot')}, "
+        f"{facts.csv(path, e_layer, 'ratio_eot')}× the median) with a leading `<|endoftext|>`."
+    )
+    if ratio > 10:
+        text += (
+            " The massive activation is there once the sequence starts with the token Qwen is trained to see first: "
+            "the earlier 204 was a property of BOS-less windows, not of a damaged model (its NLL above agrees)."
+        )
+    else:
+        text += (
+            " A leading `<|endoftext|>` does not bring the magnitudes published for other Qwen2.5 models: with an NLL "
+            "in line with the other LLMs, the weights work as a language model, and the small maximum is this "
+            "model's (or this quantisation's), not an artefact of the windows."
+        )
+    return [text, ""]
+
+
+def literature_table(facts: Facts, have: list[str], q) -> list[str]:
+    """Each published number beside ours for the closest model we have (not the same model: labelled)."""
+    lit = facts.literature
+    rows = [
+        "### Beside the literature (not the same models: the closest we have)",
+        "",
+        "| quantity | published | model there | ours | our model |",
+        "|---|---|---|---|---|",
+    ]
+    qw, gm = "qwen2.5-coder-0.5b", "gemma3-270m"
+    if qw in have:
+        src = "tuned-lens repository, Qwen support notes (Qwen3-0.6B, one prompt)"
+        pub = " / ".join(lit(v, src) for v in ("102.9", "11.5", "5.67", "0.448"))
+        ours = " / ".join(q(qw, f"logit_kl_{k}") for k in ("l0", "l1", "mid", "penult"))
+        layers = " / ".join(q(qw, f"layer_{k}") for k in ("l0", "l1", "mid", "penult"))
+        rows.append(f"| lens KL to the output, layers 0 / 1 / 14 / 27 (ours: {layers}), nats | {pub} | Qwen3-0.6B "
+                    f"| {ours} (logit lens) | {qw} |")  # fmt: skip
+        src = "Max_act_llm logs (Qwen2.5-1.5B)"
+        rows.append(f"| most negative h_i, middle layers | {lit('-7968', src)} (layers 5–25) | Qwen2.5-1.5B | "
+                    f"{q(qw, 'min_h_mid', 4)} (layer {q(qw, 'min_h_mid_layer')}) | {qw} |")  # fmt: skip
+        rows.append(f"| RMS of h_i, first → last layer | {lit('2.30', src)} → {lit('8.02', src)} | Qwen2.5-1.5B | "
+                    f"{q(qw, 'rms_first')} → {q(qw, 'rms_last')} | {qw} |")  # fmt: skip
+    if gm in have:
+        src = "Max_act_llm logs (gemma-3-4b-it)"
+        rows.append(f"| largest \\|h_i\\| | {lit('239616', src)} (layer 29) | gemma-3-4b-it | "
+                    f"{q(gm, 'max_abs', 4)} (layer {q(gm, 'max_abs_layer')}) | {gm} |")  # fmt: skip
+    src = "Sun et al. 2024, Massive activations in LLMs (LLaMA2-7B)"
+    for n in have:
+        rows.append(f"| largest \\|h_i\\| / median | {lit('1e3–1e4', src)} | LLaMA2-7B | "
+                    f"{q(n, 'top1_ratio_max')} (layer {q(n, 'top1_ratio_layer')}) | {n} |")  # fmt: skip
+    src = "Razzhigaev et al. 2024, Your Transformer is Secretly Linear (abstract)"
+    for n in have:
+        rows.append(f"| linearity of consecutive layers (Procrustes, centred) | {lit('0.99', src)} | several LLMs | "
+                    f"mean {q(n, 'linearity_mean')}, min {q(n, 'linearity_min')} | {n} |")  # fmt: skip
+    return rows + [""]
+
+
 def trajectory_section(facts: Facts) -> str:
     path = REFERENCE / "sweep.csv"
     if not path.is_file():
@@ -401,6 +588,7 @@ def build(
         caps[f"p{n}_size"] = f"Prediction {n}: effect with CI against the parameter count."
         text, _ = claim_section(n, runs, facts)
         sections.append(text)
+    field_figures(figs, data, caps)
     save_figures(out, figs, data, caps, lambda m: None, formats=formats)
     for ext in ("png", "csv", "txt"):  # the training sweep's overview, beside the note's own figures
         src = REFERENCE / "figures" / f"sweep_overview.{ext}"
@@ -439,6 +627,7 @@ def build(
         *sections,
         corpus_section(runs),
         massive_section(runs, facts),
+        field_section(facts),
         literature_section(runs, facts),
         trajectory_section(facts),
         "## Limitations",

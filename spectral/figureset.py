@@ -63,6 +63,17 @@ CAPTIONS = {
     "stream read to the write, mean over layers, normalised.",
     "logit_lens": "Logit lens (final norm + W_U) per layer: next-token accuracy, accuracy with the carrier direction "
     "removed, and mean rank of the true next token.",
+    "lens_kl": "Lens quality per layer as tuned-lens reports it: forward KL(model's output ‖ lens) in nats (log "
+    "scale) and the lens's entropy, for the logit lens (the lens's sampled positions of every window) and the "
+    "approximate tuned lens (closed-form affine translators fitted on the even windows, scored on held-out odd "
+    "windows; not the KL-trained tuned lens). Tuned-lens KL below the logit lens's = a better lens.",
+    "massive": "Massive activations per resid_post layer over every token of the run (Sun et al. 2024): the largest "
+    "|h_i| overall, at position 0 and elsewhere, the RMS and the median |h_i| (log scale); and the top-1/2/3 |h_i| "
+    "over the median (Sun et al.'s working cut for a massive activation: 100×). Extremes: no interval.",
+    "layer_linearity": "Layer-to-layer linearity (LLM-Microscope, Razzhigaev et al. 2024): 1 − ‖X̃A − Ỹ‖² of the "
+    "least-squares linear map from layer l−1 to layer l (centred and scaled; uncentred; of the update y − x), an "
+    "in-sample fit (upward bias ≈ d/N); and its anisotropy λ_max/Σλ of the centred covariance, with a jackknife "
+    "interval over window buckets.",
     "layer_cosine": "Layer × layer cosine of resid_post: mean over tokens of cos(h_l, h_m) for the same token "
     "(jackknife CIs over window buckets in the CSV).",
     "interventions": "ΔNLL (nats per token) when a W_U band is projected out of resid_post at each layer.",
@@ -80,7 +91,8 @@ FIGURE_TABS: dict[str, tuple[str, ...]] = {
     "Norms & carrier": ("norm_profile", "carrier_anisotropy", "carrier_robustness", "layer_drift", "layer_cosine"),
     "Spectra": ("rank_lowpass", "pca_spectrum", "sequence_spectrum"),
     "W_U bands": ("band_energy", "band_transfer", "interventions"),
-    "Logit lens": ("logit_lens",),
+    "Logit lens": ("logit_lens", "lens_kl"),
+    "Outliers & linearity": ("massive", "layer_linearity"),
 }
 FIGURES: tuple[str, ...] = tuple(n for names in FIGURE_TABS.values() for n in names)
 DRIFT_PANELS = (
@@ -222,6 +234,46 @@ def build_figures(
             level,
         )
         data["logit_lens"] = _rows_csv(table, lambda r: "lens" in r.metric)
+    if any(r.metric == "logit_lens_kl" for r in table.rows):
+        figs["lens_kl"] = plotting.styled_panels(
+            table,
+            (
+                ("KL(output ‖ lens), nats", (("logit_lens_kl", "logit lens"),
+                                              ("tuned_lens_kl", "tuned lens (approx.)")), True),
+                ("lens entropy, nats", (("logit_lens_entropy", "logit lens"),
+                                        ("tuned_lens_entropy", "tuned lens (approx.)")), False),
+            ),
+            f"Lens KL and entropy by layer — {title}",
+            level,
+        )  # fmt: skip
+        data["lens_kl"] = _rows_csv(table, lambda r: r.metric.startswith(("logit_lens_kl", "logit_lens_entropy",
+                                                                            "tuned_lens_")))  # fmt: skip
+    if any(r.metric == "act_max_abs" and r.site.startswith("resid_post.") for r in table.rows):
+        figs["massive"] = plotting.styled_panels(
+            table,
+            (
+                ("|h_i| over every token", (("act_max_abs", "largest |h_i|"), ("act_max_abs_pos0", "at position 0"),
+                                            ("act_max_abs_rest", "at positions ≥ 1"), ("act_rms", "RMS"),
+                                            ("act_median_abs", "median |h_i|")), True),
+                ("top-k |h_i| / median", (("act_top1_ratio", "top 1"), ("act_top2_ratio", "top 2"),
+                                          ("act_top3_ratio", "top 3")), True),
+            ),
+            f"Massive activations by layer — {title}",
+        )  # fmt: skip
+        data["massive"] = _rows_csv(table, lambda r: r.metric.startswith("act_"))
+    if any(r.metric == "layer_linearity" for r in table.rows):
+        figs["layer_linearity"] = plotting.styled_panels(
+            table,
+            (
+                ("linearity of layer l−1 → l", (("layer_linearity", "centred"),
+                                                ("layer_linearity_uncentred", "uncentred"),
+                                                ("layer_linearity_update", "update y − x")), False),
+                ("λ_max / Σλ (centred)", (("pc1_variance_share", "λ_max / Σλ"),), False),
+            ),
+            f"Layer linearity and anisotropy — {title}",
+            level,
+        )  # fmt: skip
+        data["layer_linearity"] = _rows_csv(table, lambda r: r.metric.startswith(("layer_linearity", "pc1_var")))
     if any(r.metric.startswith(f"dnll_band_k{K}") for r in table.rows):
         figs["interventions"] = plotting.metric_heatmap(
             table,

@@ -290,6 +290,40 @@ def layer_panels(
     return fig
 
 
+def styled_panels(
+    table: MetricTable,
+    panels: tuple[tuple[str, tuple[tuple[str, str], ...], bool], ...],
+    title: str,
+    level: float | None = None,
+    condition: str = "trained",
+) -> go.Figure:
+    """Side-by-side panels of one condition's per-layer resid_post metrics, several series per panel:
+    ``(panel title, ((metric, label), ...), log y)``; each series in its own Okabe-Ito colour (the same label keeps
+    its colour across panels), its interval shaded where it has one."""
+    fig = make_subplots(
+        rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=min(0.1, 0.3 / len(panels))
+    )
+    colors: dict[str, str] = {}
+    dashes = ("solid", "dash", "dot", "dashdot", "longdash")
+    for j, (_, series, log_y) in enumerate(panels, 1):
+        for k, (metric, label) in enumerate(series):
+            rows = [r for r in table.series(condition, "resid_post", metric) if r.layer is not None]
+            if log_y:  # a value that is 0 up to round-off (the logit lens's KL at the last layer) has no log
+                top = max((abs(r.value) for r in rows if math.isfinite(r.value)), default=0.0)
+                rows = [r for r in rows if r.value > 1e-9 * top]
+            if not rows:
+                continue
+            color = colors.setdefault(label, OKABE_ITO[len(colors) % len(OKABE_ITO)])
+            shown = label not in {t.name for t in fig.data if getattr(t, "showlegend", True)}
+            _band_and_line(fig, [float(r.layer or 0) for r in rows], rows, color, dashes[k % len(dashes)], label,
+                           label, shown, {"row": 1, "col": j})  # fmt: skip
+        if log_y:
+            fig.update_yaxes(type="log", row=1, col=j)
+    apply_theme(fig, band_subtitle(title, level), width=max(560, 380 * len(panels)), height=440)
+    fig.update_xaxes(title_text="layer")
+    return declutter_ticks(fig)
+
+
 @dataclass(frozen=True)
 class Series:
     """One run/condition to overlay in a comparison: its label, depth and metric rows."""
@@ -306,9 +340,10 @@ def overlay(
     title: str,
     relative: bool,
     level: float | None = None,
+    log_y: bool = False,
 ) -> go.Figure:
     """Panels of per-layer metrics, one line per series (x: layer index or relative depth; ``level``: see
-    :func:`band_subtitle`)."""
+    :func:`band_subtitle`; ``log_y``: every panel on a log scale, values ≤ 0 left out)."""
     fig = make_subplots(
         rows=1,
         cols=len(panels),
@@ -320,6 +355,9 @@ def overlay(
         dash = "dash" if s.condition.startswith("random_init") else "solid"
         for j, (kind, metric, _) in enumerate(panels, 1):
             rows = [r for r in s.table.series(s.condition, kind, metric) if r.layer is not None]
+            if log_y:
+                top = max((abs(r.value) for r in rows if math.isfinite(r.value)), default=0.0)
+                rows = [r for r in rows if r.value > 1e-9 * top]
             if not rows:
                 continue
             x = [(r.layer or 0) / max(s.n_layers - 1, 1) if relative else float(r.layer or 0) for r in rows]
@@ -327,7 +365,9 @@ def overlay(
     apply_theme(fig, band_subtitle(title, level), width=max(560, 300 * len(panels)) + 320, height=440)
     fig.update_layout(legend={"orientation": "v", "x": 1.01, "y": 1.0, "yanchor": "top"}, margin={"r": 330})
     fig.update_xaxes(title_text="relative depth" if relative else "layer", dtick=0.25 if relative else 1)
-    if panels and panels[0][1] == "norm_mean":
+    if log_y:
+        fig.update_yaxes(type="log")
+    elif panels and panels[0][1] == "norm_mean":
         fig.update_yaxes(type="log", row=1, col=1)
     return fig
 
