@@ -8,8 +8,8 @@ reported apart, since that is where massive activations live):
 * per dimension the running max, min and sum of squares (and the token count);
 * the three largest |h_i| over all (token, dimension) entries, with their window, position, dimension and token
   id; the same over positions ≥ 1 alone; the largest at position 0 alone;
-* a histogram of |h_i| in log bins (:data:`BINS_PER_DECADE` per decade), for the median: exact up to the bin
-  width (half a bin: ≈ ±0.6 % at 200 bins per decade).
+* a histogram of |h_i| by the top 16 bits of its float32 pattern (128 bins per octave), for the median: exact up
+  to half a bin (≤ 0.4 %).
 
 Nothing is stored per token; states merge exactly (max, min, sums, the top entries re-ranked), so sharded
 runs give the single run's numbers. Extreme values have no sampling interval here: metrics.csv carries them
@@ -32,29 +32,32 @@ from spectral.corpus import Batch
 from spectral.models import LoadedModel
 from spectral.sites import hook_name
 
-BINS_PER_DECADE = 200
-LOG_MIN, LOG_MAX = -10, 8  # |h_i| below 1e-10 (zeros included) go to bin 0; above 1e8 to the last bin
-N_BINS = (LOG_MAX - LOG_MIN) * BINS_PER_DECADE + 2
+N_BINS = 1 << 15  # float32 |h_i| by its top 16 bits: exponent and 7 mantissa bits (128 bins per octave)
 TOP = 3
 META = ("window", "position", "dim", "token")  # the columns of each top entry beside its signed value
 
 
 def _bin(a: torch.Tensor) -> torch.Tensor:
-    """Histogram bin of |h_i| values (float32 or float64 tensor of magnitudes)."""
-    idx = torch.floor((torch.log10(a.clamp_min(10.0**LOG_MIN)) - LOG_MIN) * BINS_PER_DECADE).long() + 1
-    idx = torch.where(a < 10.0**LOG_MIN, torch.zeros_like(idx), idx)
-    return idx.clamp(0, N_BINS - 1)
+    """Histogram bin of float32 magnitudes |h_i| ≥ 0: the top 16 bits of the IEEE pattern (sign 0, 8 exponent bits, 7
+    mantissa bits), so bins are 1/128 of an octave wide (≤ 0.78 % of the value) and binning is exact bit arithmetic."""
+    return (a.contiguous().view(torch.int32) >> 16).long()
+
+
+def _bin_edges(b: int) -> tuple[float, float]:
+    lo = torch.tensor([b << 16], dtype=torch.int32).view(torch.float32)
+    hi = torch.tensor([((b + 1) << 16) - 1], dtype=torch.int32).view(torch.float32)
+    return float(lo), float(hi)
 
 
 def hist_median(hist: np.ndarray) -> float:
-    """The median |h_i| from the histogram: the geometric centre of the bin holding the middle entry."""
+    """The median |h_i| from the histogram: the geometric centre of the bin holding the middle entry (within half a
+    bin, ≤ 0.4 %, of the exact median)."""
     total = int(hist.sum())
     if total == 0:
         return float("nan")
     b = int(np.searchsorted(np.cumsum(hist), (total + 1) / 2))
-    if b == 0:
-        return 0.0
-    return float(10.0 ** (LOG_MIN + (b - 1 + 0.5) / BINS_PER_DECADE))
+    lo, hi = _bin_edges(b)
+    return math.sqrt(lo * hi) if lo > 0 else hi / 2
 
 
 def _merge_top(values: np.ndarray, meta: np.ndarray, k: int = TOP) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +89,7 @@ class OutlierRow:
     token: str
     top2: float  # the second and third largest |h_i| (any token, any dimension)
     top3: float
-    median_abs: float  # median |h_i| over every token and dimension (histogram, ±0.6 %)
+    median_abs: float  # median |h_i| over every token and dimension (histogram, ≤ 0.4 %)
     ratio: float  # max_abs / median_abs (Sun et al.'s top-1 ratio)
     ratio2: float
     ratio3: float
@@ -140,22 +143,32 @@ class OutlierProbe:
     def _update(self, i: int, x: torch.Tensor) -> None:
         b = self._batch
         assert b is not None
-        h = x.float() if x.dtype != torch.float64 else x
+        h = x.detach().float()  # the bit-level histogram reads float32
         real = b.attention_mask.to(h.device).bool()  # every real token, position 0 included
-        m = real[..., None]
+        full = bool(real.all())  # the usual case: no padding, no masking passes
         self.count[i] += float(real.sum())
         self.pos0_count[i] += float(real[:, 0].sum())
-        neg, pos = torch.tensor(-math.inf, device=h.device), torch.tensor(math.inf, device=h.device)
-        self.dim_max[i] = torch.maximum(self.dim_max[i], torch.where(m, h, neg).amax((0, 1)).double().cpu())
-        self.dim_min[i] = torch.minimum(self.dim_min[i], torch.where(m, h, pos).amin((0, 1)).double().cpu())
-        hm = h * m
-        self.dim_sumsq[i] += (hm.double() ** 2).sum((0, 1)).cpu()
-        a = hm.abs()
-        self.hist[i] += torch.bincount(_bin(a[real]).reshape(-1), minlength=N_BINS).cpu()
+        if full:
+            hm, a = h, h.abs()
+            self.dim_max[i] = torch.maximum(self.dim_max[i], h.amax((0, 1)).double().cpu())
+            self.dim_min[i] = torch.minimum(self.dim_min[i], h.amin((0, 1)).double().cpu())
+        else:
+            m = real[..., None]
+            neg, pos = torch.tensor(-math.inf, device=h.device), torch.tensor(math.inf, device=h.device)
+            self.dim_max[i] = torch.maximum(self.dim_max[i], torch.where(m, h, neg).amax((0, 1)).double().cpu())
+            self.dim_min[i] = torch.minimum(self.dim_min[i], torch.where(m, h, pos).amin((0, 1)).double().cpu())
+            hm = h * m
+            a = hm.abs()
+        # Σ h_i² per window in float32 (≤ one window of tokens), then over windows in float64: the same sums
+        # whatever windows share a batch or a shard
+        self.dim_sumsq[i] += (hm * hm).sum(1).double().sum(0).cpu()
+        counted = a if full else a[real]
+        self.hist[i] += torch.bincount(_bin(counted).reshape(-1), minlength=N_BINS).cpu()
         ids = b.input_ids
         widx = b.window_index
         d = h.shape[2]
-        for lst, part, offset in ((0, a, 0), (1, a[:, 1:], 1), (2, a[:, :1], 0)):
+        found = {}
+        for lst, part, offset in ((1, a[:, 1:], 1), (2, a[:, :1], 0)):
             if part.shape[1] == 0:
                 continue
             flat = part.reshape(-1)
@@ -167,12 +180,17 @@ class OutlierProbe:
             where = where.cpu()
             w, rest = where // (part.shape[1] * d), where % (part.shape[1] * d)
             p, dim = rest // d + offset, rest % d
-            good = vals.cpu() > 0  # padded entries are zero: never a top entry
-            signed = h[w, p, dim].double().cpu().numpy()[good.numpy()]
-            meta = np.stack([widx[w].numpy(), p.numpy(), dim.numpy(), ids[w, p].numpy()], 1)[good.numpy()]
-            cand_v = np.concatenate([self.top[i, lst], signed])
-            cand_m = np.concatenate([self.top_meta[i, lst], meta.astype(np.int64)])
-            self.top[i, lst], self.top_meta[i, lst] = _merge_top(cand_v, cand_m)
+            good = (vals.cpu() > 0).numpy()  # padded entries are zero: never a top entry
+            signed = h[w, p, dim].double().cpu().numpy()[good]
+            meta = np.stack([widx[w].numpy(), p.numpy(), dim.numpy(), ids[w, p].numpy()], 1)[good].astype(np.int64)
+            found[lst] = (signed, meta)
+            self.top[i, lst], self.top_meta[i, lst] = _merge_top(
+                np.concatenate([self.top[i, lst], signed]), np.concatenate([self.top_meta[i, lst], meta])
+            )
+        # every position: the best of the two lists' candidates (the top 3 overall lie among them)
+        cand = [self.top[i, 0]] + [v for v, _ in found.values()]
+        cand_m = [self.top_meta[i, 0]] + [mm for _, mm in found.values()]
+        self.top[i, 0], self.top_meta[i, 0] = _merge_top(np.concatenate(cand), np.concatenate(cand_m))
 
     # ---- state --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -15,8 +15,10 @@ and fixed basis logits that :class:`spectral.probes.LensProbe` uses.
 With a reference distribution (the model's own output for each row's token), :func:`scan` also folds an
 online log-sum-exp into each tile, giving every row's entropy and its forward KL(reference ‖ row) in
 the same pass (the lens metrics of tuned-lens: Belrose et al. 2023): per row a running maximum m,
-s = Σ exp(z − m), u = Σ exp(z − m)·z, rescaled when m grows, and c = Σ p_ref·z. Then
-log Z = m + log s, H = log Z − u/s and KL(p_ref ‖ q) = −H_ref − c + log Z.
+s = Σ exp(z − m), u = Σ exp(z − m)·z, rescaled when m grows. Then log Z = m + log s and H = log Z − u/s.
+The cross term c = Σ_v p_ref(v) z(v) needs no per-element work: z = f·W + b, so c = f·(W p_ref) + b·p_ref,
+with the reference's expected unembedding W p_ref taken once per reference row (:func:`reference_moments`).
+Then KL(p_ref ‖ q) = −H_ref − c + log Z.
 """
 
 from collections.abc import Sequence
@@ -55,12 +57,13 @@ class Reference:
 
 
 def _fold_lse(mx: torch.Tensor, s: torch.Tensor, u: torch.Tensor, tile: torch.Tensor) -> None:
-    """Online Σ exp(z − m) and Σ exp(z − m)·z of the tile's rows, in place (m the running maximum)."""
-    new = torch.maximum(mx, tile.amax(-1))
+    """Online Σ exp(z − m) and Σ exp(z − m)·z of the tile's rows, in place (m the running maximum, float64;
+    the tile's exponentials in its own dtype: each is ≤ 1 after the shift)."""
+    new = torch.maximum(mx, tile.amax(-1).to(mx.dtype))
     scale = torch.exp(mx - new)  # exp(−inf) = 0 on the first tile
-    e = torch.exp(tile - new[:, None])
-    s.mul_(scale).add_(e.sum(-1))
-    u.mul_(scale).add_((e * tile).sum(-1))
+    e = torch.exp(tile - new[:, None].to(tile.dtype))
+    s.mul_(scale).add_(e.sum(-1).to(s.dtype))
+    u.mul_(scale).add_((e * tile).sum(-1).to(u.dtype))
     mx.copy_(new)
 
 
@@ -80,6 +83,26 @@ def log_partition(
         _fold_lse(mx, s, u, L.double())
     lse = mx + torch.log(s)
     return lse, lse - u / s
+
+
+def reference_moments(
+    F: Float[torch.Tensor, "m d"], W: Float[torch.Tensor, "d V"], bias: Float[torch.Tensor, " V"] | None,
+    chunk: int = 2048,
+) -> tuple[Float[torch.Tensor, " m"], Float[torch.Tensor, "m d"], Float[torch.Tensor, " m"]]:  # fmt: skip
+    """Per reference row: its entropy, its expected unembedding W p (d) and b·p, with p = softmax(F @ W + b)
+    (a second pass over the vocabulary once log Z is known; the reference rows are few)."""
+    lse, ent = log_partition(F, W, bias, chunk)
+    m = torch.zeros(F.shape[0], W.shape[0], dtype=torch.float64, device=F.device)
+    beta = torch.zeros(F.shape[0], dtype=torch.float64, device=F.device)
+    for c0 in range(0, W.shape[1], chunk):
+        L = (F @ W[:, c0 : c0 + chunk]).double()
+        if bias is not None:
+            L += bias[c0 : c0 + chunk].double()
+        P = torch.exp(L - lse[:, None])
+        m += P @ W[:, c0 : c0 + chunk].T.double()
+        if bias is not None:
+            beta += P @ bias[c0 : c0 + chunk].double()
+    return ent, m, beta
 
 
 def carrier_removed_logits(
@@ -122,14 +145,15 @@ def scan(
     dev = F.device
     f64 = torch.float64
     mx = torch.full((n,), -torch.inf, dtype=f64, device=dev)  # online log-sum-exp (used with a reference)
-    se, ue, ce = (torch.zeros(n, dtype=f64, device=dev) for _ in range(3))
-    lse_ref = h_ref = torch.zeros(0, dtype=f64, device=dev)
-    of = torch.zeros(n, dtype=torch.long, device=dev)
+    se, ue = torch.zeros(n, dtype=f64, device=dev), torch.zeros(n, dtype=f64, device=dev)
+    ce = h_ref = torch.zeros(n, dtype=f64, device=dev)
     has = torch.zeros(n, dtype=torch.bool, device=dev)
     if ref is not None:
-        lse_ref, h_ref = log_partition(ref.F_ref, W, bias, chunk)
+        ent_ref, m_ref, beta_ref = reference_moments(ref.F_ref, W, bias, chunk)
         has = (ref.of >= 0).to(dev)
         of = ref.of.clamp_min(0).to(dev)
+        ce = (F.double() * m_ref[of]).sum(-1) + beta_ref[of]  # Σ_v p_ref(v) z(v) = f·(W p_ref) + b·p_ref
+        h_ref = ent_ref[of]
     neg = torch.full((n,), -torch.inf, dtype=F.dtype, device=dev)
     best, arg = neg.clone(), torch.zeros(n, dtype=torch.long, device=dev)
     above = torch.zeros(n, dtype=torch.long, device=dev)
@@ -153,14 +177,7 @@ def scan(
             _fold_max(best[r0:r1], arg[r0:r1], L, c0)
             above[r0:r1] += (L > tr).sum(-1)
             if ref is not None:
-                Ld = L.double()
-                _fold_lse(mx[r0:r1], se[r0:r1], ue[r0:r1], Ld)
-                toks, inv = torch.unique(of[r0:r1], return_inverse=True)
-                R = ref.F_ref[toks] @ W[:, c0:c1]
-                if bias is not None:
-                    R += bias[c0:c1]
-                p_ref = torch.exp(R.double() - lse_ref[toks][:, None])  # (tokens, C)
-                ce[r0:r1] += (p_ref[inv] * Ld).sum(-1)
+                _fold_lse(mx[r0:r1], se[r0:r1], ue[r0:r1], L)
             inside = (target[r0:r1] >= c0) & (target[r0:r1] < c1)  # the target's own column is not "above"
             own = L.gather(1, (target[r0:r1] - c0).clamp(0, c1 - c0 - 1)[:, None])[:, 0]
             self_above[r0:r1] += (inside & (own > tr[:, 0])).long()
@@ -185,6 +202,6 @@ def scan(
     if ref is None:
         return ScanResult(arg, above - self_above, t2i, marg)
     lse = mx + torch.log(se)
-    kl = (lse - ce - h_ref[of]).clamp_min(0.0)  # ≥ 0 up to round-off
+    kl = (lse - ce - h_ref).clamp_min(0.0)  # ≥ 0 up to round-off
     kl = torch.where(has, kl, torch.full_like(kl, float("nan")))
     return ScanResult(arg, above - self_above, t2i, marg, lse - ue / se, kl)

@@ -136,7 +136,7 @@ def test_outliers_over_every_token_equal_a_direct_search(field_run, hidden):
         assert _value(table, site, "act_max_abs_pos0") == pytest.approx(float(a[:, 0].max()), rel=1e-6)
         assert _value(table, site, "act_max_abs_rest") == pytest.approx(float(a[:, 1:].max()), rel=1e-6)
         assert _value(table, site, "act_rms") == pytest.approx(float(h.pow(2).mean().sqrt()), rel=1e-6)
-        assert _value(table, site, "act_median_abs") == pytest.approx(float(a.median()), rel=0.006)
+        assert _value(table, site, "act_median_abs") == pytest.approx(float(a.median()), rel=0.004)
         top3 = a.flatten().topk(3).values
         med = _value(table, site, "act_median_abs")
         assert _value(table, site, "act_top3_ratio") == pytest.approx(float(top3[2]) / med, rel=1e-6)

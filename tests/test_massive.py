@@ -25,11 +25,11 @@ def test_massive_activations_match_a_direct_search_and_find_a_planted_one(tiny_m
         h = acts[s].double()
         a = h.abs()
         assert abs(r.value) == float(a.max()) and float(a[..., r.position, r.dim].max()) == abs(r.value)
-        assert r.median_abs == pytest.approx(float(a.median()), rel=0.006)  # half a histogram bin
+        assert r.median_abs == pytest.approx(float(a.median()), rel=0.004)  # half a histogram bin
         assert r.pos0_max == float(a[:, 0].max()) and r.rest_max == float(a[:, 1:].max())
         top = a.flatten().topk(3).values
         assert (r.max_abs, r.top2, r.top3) == pytest.approx(tuple(top.tolist()), rel=1e-6)
-        assert r.rms == pytest.approx(float(h.pow(2).mean().sqrt()), rel=1e-9)
+        assert r.rms == pytest.approx(float(h.pow(2).mean().sqrt()), rel=1e-6)  # float32 sums per window
         assert (r.max, r.min) == pytest.approx((float(h.max()), float(h.min())), rel=1e-6)
         assert r.n_tokens == h.shape[0] * h.shape[1]
 

@@ -198,10 +198,12 @@ def test_lens_batched_products_and_the_fallback_give_the_same_table(setup, monke
     ref = table(1)  # one row per tile
     for got in (table(10_000), table(50)):
         for a, b in zip(ref, got, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)  # KL at final is 0 up to round-off
+            # the KL (log Z − Σ p z − H, ~10 nats each, from float32 logits whose rounding moves with the row tile)
+            # agrees to ~1e-6 nats per window
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=2e-6)
     monkeypatch.setattr(LensProbe, "_span", lambda *a: None)  # every site takes the full carrier-removed product
     for a, b in zip(ref, table(50), strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=2e-6)
 
 
 def test_head_probe_keeps_the_sampled_pairs_only(setup):
