@@ -9,8 +9,8 @@ Per LLM (SmolLM2-135M, Gemma-3-270M, Qwen2.5-Coder-0.5B) this makes
 * ``nll.csv``: mean next-token NLL (nats, 95 % bootstrap CI over windows) on TinyStories and on Pride and
   Prejudice, the check that the dequantized GGUF weights are intact (a broken dequantization shows as an NLL
   near log V);
-* for models whose tokenizer declares no BOS (Qwen), ``bos.csv``: the largest |h_i| per resid_post layer with
-  and without a leading ``<|endoftext|>`` (the token Qwen documents put first), the same windows otherwise.
+* for Qwen, ``bos.csv``: the largest |h_i| per resid_post layer with and without the leading ``<|endoftext|>``
+  (its tokenizer's BOS), the same windows otherwise: does its massive activation need the first token?
 
 ``python experiments/field.py [--models smollm2-135m,gemma3-270m,qwen2.5-coder-0.5b] [--windows 128]``;
 reruns reuse a complete run with the same config. The research note reads these files (``--reuse``).
@@ -96,8 +96,10 @@ def nll_table(name: str, windows: int, seq_len: int) -> str:
     return buf.getvalue()
 
 
-def bos_table(name: str, windows: int, seq_len: int) -> str | None:
-    """Largest |h_i| per resid_post layer with and without a leading <|endoftext|> (tokenizers without a BOS)."""
+def bos_table(name: str, windows: int, seq_len: int) -> str:
+    """Largest |h_i| per resid_post layer with and without a leading special token: the windows as the run makes
+    them (with the tokenizer's BOS, for Qwen ``<|endoftext|>``) against the same windows without it; for a tokenizer
+    without a BOS, ``<|endoftext|>`` put in front instead. Does the massive activation need the first token?"""
     from spectral.config import CorpusSpec, ModelSpec
     from spectral.corpus import make_windows
     from spectral.massive import massive_activations
@@ -107,23 +109,27 @@ def bos_table(name: str, windows: int, seq_len: int) -> str | None:
     win = make_windows(m.tokenizer, CorpusSpec(source=CORPORA["tinystories"], seq_len=seq_len, max_seqs=windows),
                        n_ctx=m.arch.n_ctx)  # fmt: skip
     if win.has_bos:
-        return None
-    eot = m.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if not isinstance(eot, int) or eot < 0:
-        return None
-    lead = torch.full((len(win), 1), eot, dtype=win.ids.dtype)
-    with_eot = dataclasses.replace(win, ids=torch.cat([lead, win.ids[:, :-1]], 1))  # same width, first token EOT
-    plain, eoted = massive_activations(m, win), massive_activations(m, with_eot)
+        lead = m.tokenizer.convert_ids_to_tokens(int(win.ids[0, 0]))
+        with_lead, without = win, dataclasses.replace(win, ids=win.ids[:, 1:], has_bos=False)
+    else:
+        lead = "<|endoftext|>"
+        eot = m.tokenizer.convert_tokens_to_ids(lead)
+        col = torch.full((len(win), 1), int(eot), dtype=win.ids.dtype)
+        with_lead, without = dataclasses.replace(win, ids=torch.cat([col, win.ids], 1), has_bos=True), win
+    a_rows, b_rows = massive_activations(m, with_lead), massive_activations(m, without)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["layer", "max_abs", "position", "token", "pos0_max", "max_abs_eot", "position_eot", "token_eot",
-                "pos0_max_eot", "median_abs", "ratio_eot"])  # fmt: skip
-    for a, b in zip(plain, eoted, strict=True):
-        w.writerow([a.layer, f"{a.max_abs:.6g}", a.position, a.token, f"{a.pos0_max:.6g}", f"{b.max_abs:.6g}",
-                    b.position, b.token, f"{b.pos0_max:.6g}", f"{b.median_abs:.6g}", f"{b.ratio:.6g}"])  # fmt: skip
-    top = max(eoted, key=lambda r: r.max_abs)
-    print(f"{name}: max |h| without a leading EOT {max(r.max_abs for r in plain):.4g}; with it {top.max_abs:.4g} "
-          f"(layer {top.layer}, position {top.position})")  # fmt: skip
+    cols = ("max_abs", "position", "token", "dim", "pos0_max", "ratio", "median_abs", "rms")
+    w.writerow(["layer", "lead"] + [f"{c}_with" for c in cols] + [f"{c}_without" for c in cols])
+    for a, b in zip(a_rows, b_rows, strict=True):
+        cells = [a.layer, lead]
+        for r in (a, b):
+            cells += [f"{r.max_abs:.6g}", r.position, r.token, r.dim, f"{r.pos0_max:.6g}", f"{r.ratio:.6g}",
+                      f"{r.median_abs:.6g}", f"{r.rms:.6g}"]  # fmt: skip
+        w.writerow(cells)
+    ta, tb = max(a_rows, key=lambda r: r.max_abs), max(b_rows, key=lambda r: r.max_abs)
+    print(f"{name}: max |h| with a leading {lead!r} {ta.max_abs:.4g} (layer {ta.layer}, position {ta.position}); "
+          f"without {tb.max_abs:.4g} (layer {tb.layer}, position {tb.position})")  # fmt: skip
     return buf.getvalue()
 
 
@@ -199,10 +205,8 @@ def main() -> None:
         out = field_run(name, args.windows, args.seq_len)
         if not (out / "nll.csv").is_file():
             atomic_write_text(out / "nll.csv", nll_table(name, args.nll_windows, args.seq_len))
-        if not (out / "bos.csv").is_file():
-            table = bos_table(name, args.nll_windows, args.seq_len)
-            if table is not None:
-                atomic_write_text(out / "bos.csv", table)
+        if name.startswith("qwen") and not (out / "bos.csv").is_file():
+            atomic_write_text(out / "bos.csv", bos_table(name, args.nll_windows, args.seq_len))
         atomic_write_text(out / "summary.csv", summary_table(name, out))
 
 
