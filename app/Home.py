@@ -20,7 +20,7 @@ st.markdown(
 - **Run** — pick a model and a corpus, start a run; the result is a normal run directory.
 - **Explore** — norm growth, carrier and anisotropy, PCA and sequence spectra, W_U bands, logit lens.
 - **Single prompt** — type a sentence: each token's norm and carrier share per layer, its top-2 PC trajectory.
-- **Verdicts** — the ten predictions with their statistics and the reason for each verdict.
+- **Verdicts** — the eleven predictions with their statistics and the reason for each verdict.
 - **Compare** — overlay several saved runs on shared axes.
 """
 )

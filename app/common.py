@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 RUNS_DIR = Path("reports") / "runs"
 UPLOAD_LIMIT_MB = 20
 ROOTS_ENV = "SPECTRAL_APP_ROOTS"
+SHIPPED = (REPO / "reports" / "canonical", REPO / "reports" / "field")  # the reference runs the project commits
 
 
 class AppPathError(SpectralError):
@@ -55,6 +56,7 @@ def allowed_roots() -> list[Path]:
     roots = [Path.cwd(), Path.cwd() / RUNS_DIR, *cli_roots()]
     roots += [Path(p) for p in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if p]
     roots += [Path(p) for p in st.session_state.get("allowed_roots", [])]
+    roots += [p for p in SHIPPED if p.is_dir()]
     out: list[Path] = []
     for r in roots:
         rr = r.expanduser().resolve()
@@ -111,6 +113,7 @@ class RunData:
     table: MetricTable
     verdicts: tuple[Verdict, ...]
     figure_csvs: dict[str, str]
+    summary_only: bool = False  # a committed reference run: its summary.csv stands in for metrics.csv
 
     @property
     def label(self) -> str:
@@ -188,9 +191,16 @@ def _load_run(path: str, stamp: str) -> RunData:
     run_dir = Path(path)
     manifest = read_manifest(run_dir)
     mpath = run_dir / "metrics.csv"
+    summary_only = False
     if not mpath.is_file():
         status = manifest.get("status", "?")
-        raise RunDirError(f"{run_dir} has no metrics.csv (status {status}: {manifest.get('reason', 'in progress')})")
+        if status != "complete":
+            raise RunDirError(
+                f"{run_dir} has no metrics.csv yet (status {status}: {manifest.get('reason', 'in progress')})"
+            )
+        if not (run_dir / "summary.csv").is_file():
+            raise RunDirError(f"{run_dir} is complete but its metrics.csv is missing (and it has no summary.csv)")
+        mpath, summary_only = run_dir / "summary.csv", True  # a committed reference run ships its summary only
     table = MetricTable.from_csv(mpath.read_text(encoding="utf-8"))
     vpath = run_dir / "verdicts.csv"
     verdicts = tuple(read_verdicts(vpath.read_text(encoding="utf-8"))) if vpath.is_file() else ()
@@ -198,7 +208,7 @@ def _load_run(path: str, stamp: str) -> RunData:
     fdir = run_dir / "figures"
     if fdir.is_dir():
         figs = {f.stem: f.read_text(encoding="utf-8") for f in sorted(fdir.glob("*.csv"))}
-    return RunData(str(run_dir), manifest, table, verdicts, figs)
+    return RunData(str(run_dir), manifest, table, verdicts, figs, summary_only)
 
 
 def load_run(run_dir: Path) -> RunData:
@@ -207,7 +217,7 @@ def load_run(run_dir: Path) -> RunData:
 
 
 def list_runs() -> list[Path]:
-    """Run directories under the runs folder and the extra roots (one level deep)."""
+    """Run directories under the runs folder, the extra roots and the shipped reference runs (one level deep)."""
     found: list[Path] = []
     for root in [Path.cwd() / RUNS_DIR, *allowed_roots()[2:]]:
         if not root.is_dir():
@@ -246,7 +256,14 @@ def choose_run(key: str = "run") -> RunData | None:
         st.info("No run directory found. Start one on the **Run** page, or type a path.")
         return None
     with errors_shown():
-        return load_run(safe_path(target))
+        run = load_run(safe_path(target))
+        if run.summary_only:
+            st.info(
+                "A committed reference run: it ships summary.csv (the per-layer numbers the research note quotes, "
+                f"{len(run.table.rows)} rows), its verdicts, report and PNG figures, not the full metrics.csv. "
+                "Panels whose metrics are not in the summary say so; rerun its command (manifest) for all of them."
+            )
+        return run
     return None
 
 
@@ -446,3 +463,32 @@ def page_header(title: str, intro: str) -> None:
     st.set_page_config(page_title=f"spectral · {title}", layout="wide")
     st.title(title)
     st.caption(intro)
+
+
+# ---------------------------------------------------------------- reports
+
+
+def report_markdown(text: str) -> str:
+    """report.md for st.markdown: image links (relative to the run, not served) become their alt text."""
+    import re
+
+    return re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"*[figure: \1]*", text)
+
+
+@st.cache_data(show_spinner=False, max_entries=4)
+def _zip_bytes(path: str, stamp: str) -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    root = Path(path)
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(root.rglob("*")):
+            if f.is_file() and "state" not in f.relative_to(root).parts[:1]:  # the resumable state stays behind
+                z.write(f, Path(root.name) / f.relative_to(root))
+    return buf.getvalue()
+
+
+def run_zip(run_dir: Path) -> bytes:
+    """The run directory (without its resumable state) as a zip, cached until its files change."""
+    return _zip_bytes(str(run_dir), _stamp(run_dir))

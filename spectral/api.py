@@ -248,8 +248,6 @@ def open_run(run_dir: str | Path) -> Result:
     from spectral.runs import read_manifest
 
     run_dir = Path(run_dir)
-    if not (run_dir / "manifest.json").is_file():
-        raise RunDirError(f"{run_dir} is not a run directory (no manifest.json)")
     man = read_manifest(run_dir)
     if man.get("status") != "complete":
         raise RunDirError(f"run {run_dir} is not complete (status {man.get('status')})")

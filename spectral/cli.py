@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shlex
 import sys
 import types
@@ -22,6 +23,29 @@ from spectral.errors import ConfigError, RunDirError, SpectralError
 
 # the two flags whose names are not their field's: --model (model.name) and --corpus (corpus.source)
 RENAMED = {("model", "name"): "--model", ("corpus", "source"): "--corpus"}
+
+DESCRIPTION = (
+    "Test the carrier-signal hypothesis on a transformer's residual stream: capture statistics at every layer, "
+    "measure them against explicit nulls, write metrics, verdicts, figures and a report."
+)
+EPILOG = (
+    "commands: run (capture and analyse; also --resume RUN, --shard I/N), merge (combine shard runs), report "
+    "(rebuild report.md), compare (overlay runs), app (the Streamlit app), models (what can be loaded). "
+    "'spectral COMMAND --help' for a command's flags."
+)
+
+
+def plain(text: str) -> str:
+    """Help text without reST markup: ``x`` and :role:`x` become x."""
+    text = re.sub(r":[a-z]+:`~?([^`]+)`", r"\1", text)
+    return text.replace("``", "")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the message and where to look, never the whole usage."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def run_flags() -> dict[str, tuple[str | None, dataclasses.Field[Any], Any]]:
@@ -43,13 +67,18 @@ def _scalar(tp: Any) -> Any:
     return (tp if tp in (int, float) else str), None
 
 
-def _add_run_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML config, or a past run's manifest.json to rerun it")
-    p.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN from its last saved state")
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    top = parser.add_argument_group("the run", "what to run and where; the config sections follow")
+    top.add_argument("--config", help="TOML config, or a past run's manifest.json to rerun it")
+    top.add_argument("--resume", metavar="RUN", help="continue the interrupted run in RUN from its last saved state")
+    groups: dict[str | None, Any] = {None: top}
     for flag, (section, f, tp) in run_flags().items():
+        if section not in groups:
+            groups[section] = parser.add_argument_group(f"[{section}]", f"the config file's [{section}] section")
+        p = groups[section]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         where = f"[{section}] {f.name}" if section else f.name
-        help_text = f"{f.metadata.get('help', '')} ({where}; default: {default!r})".replace("%", "%%")
+        help_text = plain(f"{f.metadata.get('help', '')} ({where}; default: {default!r})").replace("%", "%%")
         dest = f"cfg__{section or ''}__{f.name}"
         if tp is bool:
             p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
@@ -64,9 +93,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
             kind, choices = _scalar(tp)
             p.add_argument(flag, dest=dest, type=kind, choices=choices, metavar=None if choices else f.name.upper(),
                            help=help_text)  # fmt: skip
-    p.add_argument("--no-controls", action="store_true", help="skip the nulls R and W and the controls S and P")
-    p.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    top.add_argument("--no-controls", action="store_true", help="skip the nulls R and W and the controls S and P")
+    top.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
+    top.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _tuple_value(raw: list[str], kind: Any, choices: list[str] | None, flag: str) -> tuple[Any, ...]:
@@ -141,7 +170,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from spectral.compare import compare_runs
+    from spectral.runs import read_manifest
 
+    for r in args.runs:  # the runs first: a missing run is the first thing to say
+        read_manifest(Path(r))
+    if not args.out:
+        raise SpectralError("compare needs --out DIR, the folder for the comparison")
     conds = tuple(c.strip() for c in args.conditions.split(",") if c.strip())
     out = compare_runs([Path(r) for r in args.runs], Path(args.out), conds, not args.by_layer, args.overwrite)
     print(f"comparison: {out}")
@@ -155,7 +189,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     if not home.is_file():
         raise SpectralError(f"the Streamlit app is not found at {home} (run from a source checkout)")
     cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", args.host]
-    cmd += ["--server.port", str(args.port), "--browser.gatherUsageStats", "false"]
+    cmd += ["--server.port", str(args.port), "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     if args.headless:
         cmd += ["--server.headless", "true"]
     cmd += ["--", "--roots", *args.roots]
@@ -191,39 +225,72 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spectral", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="capture statistics, write metrics, figures and report")
+    from spectral import __version__
+
+    parser = Parser(prog="spectral", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"spectral {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=description)
+
+    p_run = command(
+        "run",
+        "capture statistics, write metrics, figures and report",
+        "Capture the residual stream of a model on a corpus, with its nulls (random weights R, permuted weights W) "
+        "and controls (shuffled tokens S, permuted positions P), and write metrics.csv, verdicts.csv, figures and "
+        "report.md to --out. Every field of the config file has a flag; flags override --config.",
+    )
     _add_run_flags(p_run)
     p_run.set_defaults(func=cmd_run)
-    p_rep = sub.add_parser("report", help="rebuild RUN/report.md from a run directory")
-    p_rep.add_argument("run")
+    p_rep = command("report", "rebuild RUN/report.md from a run directory", "Rebuild RUN/report.md from its files.")
+    p_rep.add_argument("run", help="a run directory")
     p_rep.set_defaults(func=cmd_report)
-    p_cmp = sub.add_parser("compare", help="overlay several runs on shared axes, with a comparison table")
+    p_cmp = command(
+        "compare",
+        "overlay several runs on shared axes, with a comparison table",
+        "Overlay several runs' per-layer metrics on shared axes (relative depth), with a table of their verdicts "
+        "and middle-layer means, written to --out.",
+    )
     p_cmp.add_argument("runs", nargs="+", help="run directories")
-    p_cmp.add_argument("--out", required=True, help="output directory")
+    p_cmp.add_argument("--out", help="output directory (required)")
     p_cmp.add_argument("--conditions", default="trained", help="comma-separated, e.g. trained,random_init")
     p_cmp.add_argument("--by-layer", action="store_true", help="x axis: layer index instead of relative depth")
     p_cmp.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in --out")
     p_cmp.set_defaults(func=cmd_compare)
-    p_mrg = sub.add_parser("merge", help="combine shard runs (spectral run --shard i/n) into one run")
+    p_mrg = command(
+        "merge",
+        "combine shard runs (spectral run --shard i/n) into one run",
+        "Combine the shard runs of one config (spectral run --shard I/N) into one run: sums add, the analysis runs "
+        "once on the merged statistics.",
+    )
     p_mrg.add_argument("runs", nargs="+", help="the shard run directories")
     p_mrg.add_argument("--out", required=True, help="output run directory")
     p_mrg.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
     p_mrg.set_defaults(func=cmd_merge)
-    p_app = sub.add_parser("app", help="start the Streamlit app (bound to 127.0.0.1 by default)")
+    p_app = command(
+        "app", "start the Streamlit app (bound to 127.0.0.1 by default)", "Start the Streamlit app on HOST:PORT."
+    )
     p_app.add_argument("--host", default="127.0.0.1")
     p_app.add_argument("--port", type=int, default=8501)
     p_app.add_argument("--roots", nargs="*", default=[], help="extra folders whose paths the app may open")
     p_app.add_argument("--headless", action="store_true", help="do not open a browser")
     p_app.set_defaults(func=cmd_app)
-    p_mod = sub.add_parser("models", help="list the named models (installed? converted?) and other sources")
+    p_mod = command(
+        "models",
+        "list the named models (installed? converted?) and other sources",
+        "List the named models (installed? converted?) and the other sources a run can load.",
+    )
     p_mod.set_defaults(func=cmd_models)
+    parser.set_defaults(subparsers={name: p for name, p in sub.choices.items()})
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # an unknown flag: the command's own one-line error, not the top-level usage
+        args.subparsers[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except SpectralError as exc:

@@ -52,7 +52,7 @@ def run_ci_level(man: Mapping[str, Any]) -> float:
     return float(man.get("config", {}).get("analysis", {}).get("ci_level", 0.95))
 
 
-def _mean_middle(table: MetricTable, cond: str, metric: str, n_layers: int, spec: VerdictSpec) -> float:
+def mean_middle(table: MetricTable, cond: str, metric: str, n_layers: int, spec: VerdictSpec) -> float:
     mid = middle_layers(n_layers, spec)
     vals = [r.value for r in table.series(cond, "resid_post", metric) if r.layer in mid and math.isfinite(r.value)]
     return sum(vals) / len(vals) if vals else float("nan")
@@ -111,7 +111,7 @@ def compare_runs(
         dc = s.table.get(s.condition, "resid_post", "seq_ac_lowfreq_slope")
         gtxt = f"{fmt(g.value)} [{fmt(g.ci_low)}, {fmt(g.ci_high)}]" if g else "–"
         cells = [
-            fmt(_mean_middle(s.table, s.condition, m, s.n_layers, specs[s.label]))
+            fmt(mean_middle(s.table, s.condition, m, s.n_layers, specs[s.label]))
             for m in ("carrier_energy", "anisotropy", "layer_cos", "eff_rank")
         ]
         lines.append(f"| {s.label} | {gtxt} | " + " | ".join(cells) + f" | {fmt(dc.value) if dc else '–'} |")

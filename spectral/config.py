@@ -289,7 +289,7 @@ class AnalysisSpec:
         True,
     )
     tuned_lens_windows: int = _help(
-        "held-out windows (odd window index) on which the approximate tuned lens is scored; it is fitted in "
+        "held-out windows (odd place in the run) on which the approximate tuned lens is scored; it is fitted in "
         "closed form on the even windows (0 = no tuned lens)",
         32,
     )

@@ -6,10 +6,10 @@
   statistics' tokens (c: the calibration centres, so float32 products lose nothing to the carrier); with the
   sites' own moments (the statistics bank, same tokens) this gives LLM-Microscope's linearity scores
   (:mod:`spectral.analysis.linearity`);
-* for the tuned lens (:mod:`spectral.tuned_lens`), over the *fit* windows (even window index): Σ x̃x̃ᵀ, Σ x̃ỹᵀ,
-  Σ x̃ and Σ ỹ of every chain site x against the last layer's residual y; and over the first ``eval_windows``
-  *held-out* windows (odd index) the raw rows of every chain site at the logit lens's sampled positions, with
-  their next tokens, on which the fitted lens is scored.
+* for the tuned lens (:mod:`spectral.tuned_lens`), over the *fit* windows (even place in the run):
+  Σ x̃x̃ᵀ, Σ x̃ỹᵀ, Σ x̃ and Σ ỹ of every chain site x against the last layer's residual y; and over the
+  first ``eval_windows`` *held-out* windows (odd place) the raw rows of every chain site at the logit
+  lens's sampled positions, with their next tokens, on which the fitted lens is scored.
 
 Sums add and rows concatenate, so shards merge exactly. Activations are held within one forward pass only (the
 fit windows' rows until the last layer has fired).
@@ -100,8 +100,9 @@ class JointProbe:
         b = self._batch
         assert b is not None
         stat = b.stat_mask.bool()
-        fit = stat & (b.window_index % 2 == 0)[:, None]
-        held = (b.window_index % 2 == 1) & (b.window_index // 2 < self.eval_windows)
+        place = b.position  # the window's place in the run (the same in every shard), not its corpus index
+        fit = stat & (place % 2 == 0)[:, None]
+        held = (place % 2 == 1) & (place // 2 < self.eval_windows)
         lens = stat.clone()
         lens[:, -1] = False
         lens[:, :-1] &= b.attention_mask[:, 1:].bool()

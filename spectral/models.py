@@ -384,9 +384,26 @@ def _probe_norm_placement(bridge: Any, device: torch.device) -> tuple[NormPlacem
     return ("pre" if err < tol else "post"), parallel
 
 
+def check_device(device: str) -> None:
+    """Raise a one-line :class:`ModelLoadError` when ``device`` names an accelerator this machine lacks."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+            raise ModelLoadError(
+                f"device {device!r} is not available here: torch {torch.__version__} ({build}) sees no CUDA GPU; "
+                "use --device cpu"
+            )
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelLoadError("device 'mps' is not available here (no Apple GPU); use --device cpu")
+
+
 def load_model(spec: ModelSpec, *, random_init: bool = False, seed: int = 0) -> LoadedModel:
     """Load ``spec`` (or its seeded random-weight twin) behind a ``TransformerBridge``. Hugging Face's progress
     bars are off while it loads and as they were afterwards; the caller's random stream is not touched."""
+    check_device(spec.device)
     with quiet_hf():
         return _load_model(spec, random_init, seed)
 

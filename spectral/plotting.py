@@ -314,7 +314,7 @@ def styled_panels(
             if not rows:
                 continue
             color = colors.setdefault(label, OKABE_ITO[len(colors) % len(OKABE_ITO)])
-            shown = label not in {t.name for t in fig.data if getattr(t, "showlegend", True)}
+            shown = label not in {getattr(t, "name", None) for t in fig.data if getattr(t, "showlegend", True)}
             _band_and_line(fig, [float(r.layer or 0) for r in rows], rows, color, dashes[k % len(dashes)], label,
                            label, shown, {"row": 1, "col": j})  # fmt: skip
         if log_y:

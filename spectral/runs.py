@@ -204,6 +204,8 @@ class Manifest(TypedDict):
 
 def read_manifest(run_dir: Path) -> Manifest:
     p = run_dir / "manifest.json"
+    if not run_dir.exists():
+        raise RunDirError(f"{run_dir} does not exist")
     if not p.is_file():
         raise RunDirError(f"{run_dir} is not a run directory (no manifest.json)")
     try:

@@ -7,7 +7,7 @@ layer's residual, ridge-regularised toward the identity (the logit lens):
 
     A = (C_xx + λI)⁻¹ (C_xy + λI),  λ = ridge · tr(C_xx)/d,   ŷ = (x − x̄) A + ȳ,
 
-from the cross moments a run streams on its *fit* windows (even window index, :class:`spectral.joint.JointProbe`).
+from the cross moments a run streams on its *fit* windows (even place in the run, :class:`spectral.joint.JointProbe`).
 It is scored on *held-out* windows (odd index): forward KL(model's output ‖ lens), the lens's entropy and its
 next-token accuracy, on the logit lens's own sampled positions, so the two lenses are compared on the same tokens.
 It is an approximation of the tuned lens, not the tuned lens: every output says so, with its fit token count.

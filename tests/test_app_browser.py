@@ -102,11 +102,42 @@ def settle(page, timeout: float = 60.0) -> None:
     raise AssertionError("the app kept running")
 
 
+# every visible plotly chart: each cartesian subplot holds a trace with data, each visible axis of it shows tick
+# labels (plotly draws an axis's ticks as g.{axis id}tick > text)
+FIGURE_PROBLEMS_JS = """
+() => {
+  const out = [];
+  for (const el of document.querySelectorAll('.js-plotly-plot')) {
+    if (!el.offsetParent || !el._fullLayout) continue;  // in a hidden tab: not drawn
+    const fl = el._fullLayout, data = el._fullData || [];
+    const title = (fl.title && fl.title.text) || '(untitled)';
+    const n = (t) => ['x', 'y', 'z', 'values', 'cells'].reduce((a, k) => a + ((t[k] && t[k].length) || 0), 0);
+    for (const sp of ((fl._subplots && fl._subplots.cartesian) || [])) {
+      const m = sp.match(/^(x[0-9]*)(y[0-9]*)$/);
+      if (!m) continue;
+      const has = data.some(t => t.visible !== false && (t.xaxis || 'x') === m[1]
+                                 && (t.yaxis || 'y') === m[2] && n(t) > 0);
+      if (!has) out.push(title + ': empty subplot ' + sp);
+      for (const id of [m[1], m[2]]) {
+        const ax = fl[id.replace(/^x/, 'xaxis').replace(/^y/, 'yaxis')];
+        if (!ax || ax.visible === false || ax.showticklabels === false) continue;
+        const labels = [...el.querySelectorAll('g.' + id + 'tick text')].filter(t => t.textContent.trim());
+        if (labels.length === 0) out.push(title + ': axis ' + id + ' of ' + sp + ' has no tick labels');
+      }
+    }
+  }
+  return out;
+}
+"""
+
+
 def check_and_shoot(page, tmp: Path, name: str, charts: int) -> None:
     settle(page)
     if charts:
         page.wait_for_selector(".js-plotly-plot", timeout=30_000)
         page.wait_for_timeout(500)
+    problems = page.evaluate(FIGURE_PROBLEMS_JS)
+    assert not problems, f"{name}: {problems}"
     assert page.locator(".stException").count() == 0, page.locator(".stException").first.inner_text()
     assert page.locator('[data-testid="stException"]').count() == 0
     assert "Traceback" not in page.inner_text("body")
@@ -176,7 +207,8 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
         box.press("Enter")
         settle(page)
     nulls = ("random weights (R ensemble)", "R rescaled to the trained norms", "permuted weights (W ensemble)")
-    for label in nulls:  # the default keeps the nulls: off
+    nulls += ("shuffled tokens (S)", "permuted positions (P)")
+    for label in nulls:  # the default (the CLI's) keeps the nulls and controls: off
         assert page.get_by_label(label).is_checked()
         page.get_by_text(label, exact=True).click()
         settle(page)
@@ -231,4 +263,34 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
     area.fill(f"{root / 'saved'}\n{out}")
     area.press("Control+Enter")
     check_and_shoot(page, tmp_path, "6_compare", 1)
+
+    # every Explore tab of the saved run (each tab's charts drawn once it is shown)
+    page.goto(f"{url}/Explore?run={root / 'saved'}")
+    page.wait_for_selector("text=Explore a run", timeout=60_000)
+    settle(page)
+    from spectral.figureset import FIGURE_TABS
+
+    for k, tab in enumerate([*FIGURE_TABS, "Metrics table", "Report"]):
+        page.get_by_role("tab", name=tab, exact=True).click()
+        settle(page)
+        page.wait_for_timeout(600)
+        check_and_shoot(page, tmp_path, f"7_explore_{k}_{tab.split()[0].lower()}", 0)
+    assert page.get_by_role("button", name="the run as a zip").count() == 1
+
+    # a committed canonical LLM run (summary only) opens in Explore, Verdicts and Compare
+    canon = REPO / "reports" / "canonical" / "smollm2-135m-tinystories"
+    if canon.is_dir():
+        page.goto(f"{url}/Explore?run={canon}")
+        page.wait_for_selector("text=committed reference run", timeout=60_000)
+        check_and_shoot(page, tmp_path, "8_canonical_explore", 0)
+        assert page.locator('[data-testid="stImage"]').count() >= 1
+        page.goto(f"{url}/Verdicts?run={canon}")
+        page.wait_for_selector("text=Reasons", timeout=60_000)
+        check_and_shoot(page, tmp_path, "8_canonical_verdicts", 0)
+        page.goto(f"{url}/Compare")
+        page.wait_for_selector("text=Compare runs", timeout=60_000)
+        area = page.get_by_label("…or type run directories, one per line (within the allowed roots)")
+        area.fill(f"{canon}\n{out}")
+        area.press("Control+Enter")
+        check_and_shoot(page, tmp_path, "8_canonical_compare", 1)
     page.close()

@@ -15,6 +15,11 @@ from spectral.config import AnalysisSpec, CaptureSpec, CorpusSpec, ExperimentCon
 from spectral.runs import slug  # noqa: E402
 
 common.page_header("Start a run", "Model + corpus → streamed statistics → metrics, figures, verdicts, report.")
+st.caption(
+    "The fields start at `spectral run`'s defaults (the same config). That default job — SmolLM2-135M, 32 windows "
+    "× 128 tokens, all sites, the nulls R and W and the controls S and P — took about 9 minutes on 2 CPU cores "
+    "(benchmarks/RESULTS.md); fewer windows, sites or nulls cost proportionally less."
+)
 
 CORPUS_KINDS = ["built-in", "path", "pasted text", "upload"]
 
@@ -63,9 +68,9 @@ elif ckind == "upload":
             corpus_text = up.getvalue().decode("utf-8", errors="replace")
 
 c1, c2, c3 = st.columns(3)
-seq_len = c1.number_input("window length (tokens)", 1, 100_000, 64, key="seq_len")
-max_seqs = c2.number_input("number of windows", 1, 1_000_000, 32, key="max_seqs")
-seed = c3.number_input("seed", 0, 2**31 - 1, 0, key="seed")
+seq_len = c1.number_input("window length (tokens)", 1, 100_000, CorpusSpec().seq_len, key="seq_len")
+max_seqs = c2.number_input("number of windows", 1, 1_000_000, CorpusSpec().max_seqs, key="max_seqs")
+seed = c3.number_input("seed", 0, 2**31 - 1, ExperimentConfig().seed, key="seed")
 sites = st.text_input("sites (comma-separated names or patterns)", value="all", key="sites")
 st.write("controls")
 cc = st.columns(5)
@@ -83,10 +88,10 @@ controls = tuple(
         ),
         strict=True,
     )  # fmt: skip
-    if col.checkbox(label, value=c in ("random_init", "random_scaled", "permuted_weights"), key=f"ctl_{c}")
+    if col.checkbox(label, value=c in ExperimentConfig().controls, key=f"ctl_{c}")
 )
 c4, c5, c6 = st.columns(3)
-n_boot = c4.number_input("bootstrap resamples", 10, 100_000, 200, key="n_boot")
+n_boot = c4.number_input("bootstrap resamples", 10, 100_000, AnalysisSpec().n_boot, key="n_boot")
 interventions = c5.number_input(
     "intervention windows (ΔNLL; 0 = skip)",
     0,
@@ -104,7 +109,12 @@ b1, b2 = st.columns(2)
 start = b1.button(
     "Start run", type="primary", key="start", disabled=choice.pip_command is not None, help=choice.blocked
 )
-cancel = b2.button("Cancel", key="cancel", help="Stops the running job after its current batch.")
+cancel = b2.button(
+    "Cancel",
+    key="cancel",
+    disabled=not start,
+    help="Stops the running job after its current batch (enabled while one runs).",
+)
 
 
 def build_config(stack: contextlib.ExitStack) -> ExperimentConfig:

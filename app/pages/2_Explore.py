@@ -30,6 +30,12 @@ def show(name: str) -> None:
     """One registered figure: the run's saved JSON, else rebuilt from its metrics; with caption and CSV."""
     assert run is not None
     saved = Path(run.path) / "figures" / f"{name}.json"
+    png = saved.with_suffix(".png")
+    if run.summary_only or (not saved.is_file() and not (Path(run.path) / "metrics.csv").is_file()):
+        if png.is_file():  # a committed reference run: its PNG as the run drew it, the caption the run wrote
+            txt = png.with_suffix(".txt")
+            st.image(str(png), caption=txt.read_text(encoding="utf-8") if txt.is_file() else CAPTIONS.get(name))
+        return
     if saved.is_file():
         fig = pio.from_json(saved.read_text(encoding="utf-8"))
     else:
@@ -85,10 +91,22 @@ if run is not None:
         st.download_button("metrics.csv", table.to_csv(), file_name="metrics.csv", mime="text/csv", on_click="ignore")
     with tabs[-1], common.errors_shown():
         report = Path(run.path) / "report.md"
-        if st.button("Write / rebuild the run's report", key="build_report"):
+        if not run.summary_only and st.button("Write / rebuild the run's report", key="build_report"):
             from spectral.report import build_report
 
             report = build_report(Path(run.path))
             st.success(f"wrote {report}")
         if report.is_file():
-            st.markdown(f"Report: `{report}`")
+            text = report.read_text(encoding="utf-8")
+            c1, c2, c3 = st.columns(3)
+            c1.download_button("report.md", text, file_name="report.md", mime="text/markdown", on_click="ignore")
+            html = report.with_suffix(".html")
+            if html.is_file():
+                c2.download_button("report.html", html.read_bytes(), file_name="report.html", mime="text/html",
+                                   on_click="ignore")  # fmt: skip
+            zipped = common.run_zip(Path(run.path))
+            c3.download_button("the run as a zip", zipped, file_name=f"{Path(run.path).name}.zip",
+                               mime="application/zip", on_click="ignore")  # fmt: skip
+            st.markdown(common.report_markdown(text), unsafe_allow_html=False)
+        else:
+            st.info("This run has no report.md yet: the button above writes it.")

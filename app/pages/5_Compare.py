@@ -11,7 +11,7 @@ import streamlit as st  # noqa: E402
 
 from spectral import plotting  # noqa: E402
 from spectral.analysis.metrics import MetricTable  # noqa: E402
-from spectral.compare import PANELS, _mean_middle, run_verdict_spec  # noqa: E402
+from spectral.compare import PANELS, mean_middle, run_verdict_spec  # noqa: E402
 
 common.page_header(
     "Compare runs", "Per-layer statistics of several runs on shared axes, each with the CIs at its run's level."
@@ -67,7 +67,7 @@ else:
         st.dataframe(
             [
                 {"series": s.label, "layers": s.n_layers}
-                | {p[2]: _mean_middle(s.table, s.condition, p[1], s.n_layers, specs[s.label]) for p in panels}
+                | {p[2]: mean_middle(s.table, s.condition, p[1], s.n_layers, specs[s.label]) for p in panels}
                 for s in series
             ],
             hide_index=True,
