@@ -47,10 +47,12 @@ LENS_PANELS = (
 )
 
 CAPTIONS = {
-    "verdicts": "Each prediction's statistic on the trained model (point with its interval, coloured by the "
-    "outcome: green supported, orange inconclusive, red contradicted) against its null (grey band: the null's "
-    "interval; dashed: its value). Panel titles give the effect (trained − null) with its interval; the margins "
-    "and Holm-adjusted p-values are in verdicts.csv.",
+    "verdicts": "Each decided prediction on the scale of its decision: the effect (trained statistic − its null) "
+    "with its interval, the marker's colour and shape giving the outcome (green ▲ supported, blue ◆ inconclusive, "
+    "vermilion ▼ contradicted); solid line: the null (0), dashed: the margin δ. Supported: the whole interval "
+    "lies above δ; contradicted: below it (both also after Holm's correction); inconclusive: across it, or the "
+    "test cannot reach δ (no power). The statistic, its null and the Holm-adjusted p are in verdicts.csv and the "
+    "report's Verdicts section.",
     "norm_profile": "Mean residual norm ‖h‖ of resid_post per layer (log scale), trained model against its controls.",
     "carrier_anisotropy": "Carrier energy ρ = Σ⟨h, μ̂⟩²/Σ‖h‖² and anisotropy (mean pairwise cosine) per layer.",
     "carrier_robustness": "Carrier energy after scaling dimensions to unit std, removing the top rogue dimensions, "
@@ -103,8 +105,8 @@ DRIFT_PANELS = (
 RANK_PANELS = (
     ("resid_post", "eff_rank", "effective rank"),
     ("resid_post", "participation_ratio", "participation ratio"),
-    ("resid_post", "seq_dc_share", "DC share (sequence)"),
-    ("resid_post", "seq_ac_lowfreq_share", "low-frequency share (sequence)"),
+    ("resid_post", "seq_dc_share", "DC share"),
+    ("resid_post", "seq_ac_lowfreq_share", "low-freq. share"),
 )
 
 
@@ -206,7 +208,7 @@ def build_figures(
     pcas = [c for fd in measurements for c in fd.pcas]
     if spectra:
         figs["sequence_spectrum"] = plotting.curves_by_layer(
-            spectra, f"Sequence-axis power P(f) — {title}", "frequency (cycles per window)", "P(f) / Σ P"
+            spectra, f"Sequence-axis power P(f) — {title}", "frequency (cycles / window)", "P(f) / Σ P"
         )
         data["sequence_spectrum"] = _curves_csv(spectra, "frequency", "power_share")
     if pcas:  # the run's measurements (in memory): a run read back from disk has none

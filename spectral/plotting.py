@@ -17,7 +17,7 @@ import plotly.colors as pcolors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from spectral.analysis.metrics import MetricRow, MetricTable
+from spectral.analysis.metrics import MetricRow, MetricTable, metric_bounds
 
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 CONDITION_STYLE = {
@@ -52,6 +52,14 @@ def pick_conditions(wanted: tuple[str, ...], present: list[str]) -> list[str]:
     return out
 
 
+def trained_last(conditions: list[str]) -> list[str]:
+    """Conditions in drawing order: the controls first, the trained model last, so its line lies on top."""
+    return [c for c in conditions if c != "trained"] + [c for c in conditions if c == "trained"]
+
+
+LOG_METRICS = ("norm_ratio", "norm_mean")  # ratios and norms that span decades (layer 0's norm ratio is ≈ 17)
+
+
 FONT = {"family": "Arial, Helvetica, sans-serif", "size": 13, "color": "#222222"}
 
 
@@ -77,10 +85,10 @@ def apply_theme(fig: go.Figure, title: str, width: int = 720, height: int = 420)
         template="simple_white",
         width=width,
         height=height,
-        margin={"l": 70, "r": 20, "t": 60, "b": 90},
-        legend={"orientation": "h", "yanchor": "top", "y": -0.2, "x": 0.0},
+        margin={"l": 70, "r": 20, "t": 60, "b": 110},
+        legend={"orientation": "h", "yanchor": "top", "y": -0.26, "x": 0.0},
     )
-    fig.update_xaxes(showgrid=True, gridcolor="#EEEEEE", ticks="outside", dtick=1)
+    fig.update_xaxes(showgrid=True, gridcolor="#EEEEEE", ticks="outside", dtick=1, title_standoff=4)
     fig.update_yaxes(showgrid=True, gridcolor="#EEEEEE", ticks="outside")
     return fig
 
@@ -98,7 +106,11 @@ def _add_series(
     style = condition_style(condition)
     x = [float(r.layer or 0) for r in rows]
     kw = {} if row is None else {"row": row, "col": col}
-    _band_and_line(fig, x, rows, style["color"], style["dash"], style["label"], condition, show_legend, kw)
+    # an ensemble's members (R seeds, W permutations) share one legend entry that shows and hides them together
+    family = condition.split(".s")[0] if condition.split(".s")[-1].isdigit() else condition
+    label = style["label"] if family == condition else CONDITION_STYLE.get(family, style)["label"] + ", every seed"
+    first = not any(getattr(t, "legendgroup", None) == family and getattr(t, "showlegend", False) for t in fig.data)
+    _band_and_line(fig, x, rows, style["color"], style["dash"], label, family, show_legend and first, kw)
 
 
 def _band_and_line(
@@ -112,8 +124,11 @@ def _band_and_line(
     show_legend: bool,
     kw: dict[str, Any],
 ) -> None:
-    """A CI band (shaded) and the value line of one series."""
-    lo, hi = [r.ci_low for r in rows], [r.ci_high for r in rows]
+    """A CI band (shaded) and the value line of one series; the band is intersected with the metric's range
+    (:func:`spectral.analysis.metrics.metric_bounds`: no effective rank below 1, no share outside [0, 1])."""
+    low, high = metric_bounds(rows[0].metric) if rows else (-math.inf, math.inf)
+    lo = [r.ci_low if not math.isfinite(r.ci_low) else max(r.ci_low, low) for r in rows]
+    hi = [r.ci_high if not math.isfinite(r.ci_high) else min(r.ci_high, high) for r in rows]
     band = go.Scatter(
         x=x + x[::-1],
         y=hi + lo[::-1],
@@ -134,6 +149,7 @@ def _band_and_line(
         line={"color": color, "dash": dash, "width": 2},
         marker={"size": 6},
         legendgroup=group,
+        legendrank=1 if group == "trained" else 1000,  # drawn last (on top), listed first
         showlegend=show_legend,
     )
     fig.add_trace(line, **kw)
@@ -143,7 +159,7 @@ def norm_profile(table: MetricTable, title: str, level: float | None = None) -> 
     """Mean ‖h‖ of resid_post.l per layer (log scale), trained beside its controls (``level``: see
     :func:`band_subtitle`)."""
     fig = go.Figure()
-    for cond in table.conditions():
+    for cond in trained_last(table.conditions()):
         _add_series(fig, table.series(cond, "resid_post", "norm_mean"), cond)
     apply_theme(fig, band_subtitle(title, level))
     fig.update_xaxes(title_text="layer (resid_post)")
@@ -157,7 +173,7 @@ def carrier_and_anisotropy(table: MetricTable, title: str, level: float | None =
     fig = make_subplots(
         rows=1, cols=2, subplot_titles=("carrier energy ρ", "anisotropy (mean pairwise cos)"), horizontal_spacing=0.12
     )
-    for cond in table.conditions():
+    for cond in trained_last(table.conditions()):
         _add_series(fig, table.series(cond, "resid_post", "carrier_energy"), cond, 1, 1, show_legend=True)
         _add_series(fig, table.series(cond, "resid_post", "anisotropy"), cond, 1, 2, show_legend=False)
     apply_theme(fig, band_subtitle(title, level), width=900, height=420)
@@ -191,16 +207,20 @@ def _layer_color(i: int, n: int) -> str:
 
 
 def curves_by_layer(curves: list[Curve], title: str, x_title: str, y_title: str, log_x: bool = False) -> go.Figure:
-    """One panel per condition; one line per site coloured by depth (viridis)."""
+    """One panel per condition; one line per site coloured by depth (viridis), the depth read off a colour bar
+    (a legend of one row per layer would be 30 rows); the x title once, under the middle panel."""
     conds = list(dict.fromkeys(c.condition for c in curves))
     fig = make_subplots(
         rows=1,
         cols=len(conds),
         subplot_titles=[condition_style(c)["label"] for c in conds],
         shared_yaxes=True,
+        horizontal_spacing=0.03,
     )
+    n_sites = 1
     for j, cond in enumerate(conds, 1):
         mine = [c for c in curves if c.condition == cond]
+        n_sites = max(n_sites, len(mine))
         for i, c in enumerate(mine):
             fig.add_trace(
                 go.Scatter(
@@ -208,18 +228,30 @@ def curves_by_layer(curves: list[Curve], title: str, x_title: str, y_title: str,
                     y=c.y,
                     mode="lines",
                     name=c.site,
-                    legendgroup=c.site,
-                    showlegend=j == 1,
+                    showlegend=False,
+                    hovertemplate=f"{c.site}<br>%{{x}}: %{{y:.3g}}<extra></extra>",
                     line={"color": _layer_color(i, len(mine)), "width": 1.8},
                 ),
                 row=1,
                 col=j,
             )
-    apply_theme(fig, title, width=max(520, 330 * len(conds)), height=440)
-    fig.update_xaxes(title_text=x_title, dtick=None, type="log" if log_x else "linear")
+    first = next((c for c in curves), None)
+    if first is not None:  # the colour bar: site index 0 .. n-1 in depth order (the same scale as the lines)
+        scale = [[k / 10, _layer_color(k, 11)] for k in range(11)]
+        fig.add_trace(
+            go.Scatter(
+                x=[first.x[0]], y=[first.y[0]], mode="markers", showlegend=False, hoverinfo="skip",
+                marker={"size": 0.1, "opacity": 0, "color": [0], "cmin": 0, "cmax": max(n_sites - 1, 1),
+                        "colorscale": scale, "colorbar": {"title": {"text": "depth<br>(site)"}, "thickness": 14}},
+            ),
+            row=1, col=1,
+        )  # fmt: skip
+    apply_theme(fig, title, width=max(560, 300 * len(conds) + 120), height=440)
+    fig.update_xaxes(dtick=None, type="log" if log_x else "linear")
+    fig.update_xaxes(title_text=x_title, row=1, col=(len(conds) + 1) // 2)
     fig.update_yaxes(type="log", exponentformat="power")
     fig.update_yaxes(title_text=y_title, row=1, col=1)
-    fig.update_layout(legend={"orientation": "v", "y": 1.0, "x": 1.02, "yanchor": "top"}, margin={"r": 130})
+    fig.update_layout(margin={"r": 90})
     return fig
 
 
@@ -234,7 +266,12 @@ def metric_heatmap(
 ) -> go.Figure:
     """Heatmap of metric_prefix{i} (i < n) over sites ``kind.l`` (rows) for each condition; a site with a
     value in any band gets a row, a missing (site, band) value is a gap (NaN)."""
-    conds = pick_conditions(conditions, list(table.conditions()))
+    # only the conditions that measured the metric get a panel (R has no W_U bands of its own: no empty axes)
+    have = {r.condition for r in table.rows if r.metric.startswith(metric_prefix)}
+    conds = (
+        pick_conditions(conditions, [c for c in table.conditions() if c in have])
+        or [c for c in table.conditions() if c in have][:1]
+    )
     fig = make_subplots(
         rows=1, cols=len(conds), subplot_titles=[condition_style(c)["label"] for c in conds], horizontal_spacing=0.12
     )
@@ -242,15 +279,17 @@ def metric_heatmap(
     for j, cond in enumerate(conds, 1):
         cells = {(r.site, i): r for i in range(n) for r in table.series(cond, kind, f"{metric_prefix}{i}")}
         sites = sorted({(-1 if r.layer is None else r.layer, r.site, r.layer) for r in cells.values()})
-        layers = [layer for _, _, layer in sites]
+        # the measured layers as categories: four sampled layers are four rows, not blocks on a 0..L axis
+        labels = [site if layer is None else str(layer) for _, site, layer in sites]
         # a missing (layer, band) cell stays NaN (a gap), never another band's value
         z = [[cells[site, i].value if (site, i) in cells else nan for i in range(n)] for _, site, _ in sites]
         fig.add_trace(
-            go.Heatmap(z=z, x=list(range(n)), y=layers, colorscale="Viridis", coloraxis="coloraxis"), row=1, col=j
+            go.Heatmap(z=z, x=list(range(n)), y=labels, colorscale="Viridis", coloraxis="coloraxis"), row=1, col=j
         )
     apply_theme(fig, title, width=max(520, 380 * len(conds)), height=420)
     fig.update_xaxes(title_text="band (0 = top singular values)", dtick=1)
-    fig.update_yaxes(title_text=f"layer ({kind})", dtick=1, row=1, col=1)
+    fig.update_yaxes(type="category", row=1)
+    fig.update_yaxes(title_text=f"layer ({kind})", row=1, col=1)
     fig.update_layout(coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": z_title}}})
     return fig
 
@@ -283,8 +322,10 @@ def layer_panels(
         rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels], horizontal_spacing=min(0.1, 0.25 / len(panels))
     )
     for j, (kind, metric, _) in enumerate(panels, 1):
-        for cond in table.conditions():
-            _add_series(fig, table.series(cond, kind, metric), cond, 1, j, show_legend=j == 1)
+        for cond in trained_last(table.conditions()):
+            _add_series(fig, table.series(cond, kind, metric), cond, 1, j)  # one legend entry per family
+        if metric in LOG_METRICS:
+            fig.update_yaxes(type="log", row=1, col=j)
     apply_theme(fig, band_subtitle(title, level), width=max(520, 330 * len(panels)), height=420)
     fig.update_xaxes(title_text="layer")
     return fig
@@ -343,7 +384,13 @@ def overlay(
     log_y: bool = False,
 ) -> go.Figure:
     """Panels of per-layer metrics, one line per series (x: layer index or relative depth; ``level``: see
-    :func:`band_subtitle`; ``log_y``: every panel on a log scale, values ≤ 0 left out)."""
+    :func:`band_subtitle`; ``log_y``: every panel on a log scale, values ≤ 0 left out). A panel no series measured
+    is not drawn: the subtitle names it."""
+    measured = [p for p in panels if any(s.table.series(s.condition, p[0], p[1]) for s in series)]
+    absent = [p[2] for p in panels if p not in measured]
+    panels = tuple(measured) or panels[:1]
+    if absent:
+        title = f"{title}<br><sup>not measured by these runs: {', '.join(absent)}</sup>"
     fig = make_subplots(
         rows=1,
         cols=len(panels),
@@ -372,68 +419,75 @@ def overlay(
     return fig
 
 
-OUTCOME_COLORS = {"supported": "#009E73", "contradicted": "#D55E00", "inconclusive": "#E69F00", "n/a": "#7F7F7F"}
+# Okabe-Ito hues no reader confuses (blue and vermilion, not orange and red), each with its own marker shape
+OUTCOME_COLORS = {"supported": "#009E73", "contradicted": "#D55E00", "inconclusive": "#0072B2", "n/a": "#999999"}
+OUTCOME_SYMBOLS = {"supported": "triangle-up", "contradicted": "triangle-down", "inconclusive": "diamond", "n/a": "x"}
+OUTCOME_GLYPHS = {"supported": "▲", "contradicted": "▼", "inconclusive": "◆", "n/a": "–"}
+
+
+def _tint(hex_color: str, keep: float = 0.45) -> str:
+    """``hex_color`` mixed toward white (``keep`` of the colour): a cell fill black text reads on."""
+    rgb = [int(hex_color[k : k + 2], 16) for k in (1, 3, 5)]
+    return "#" + "".join(f"{round(255 - keep * (255 - c)):02X}" for c in rgb)
 
 
 def verdict_panels(verdicts: list[Any], title: str, level: float = 0.95) -> go.Figure:
-    """One panel per prediction: the trained statistic with its interval (a point and bar, coloured by the
-    outcome) against its null (a grey band for the null's interval, a dashed line at the null value);
-    the panel title gives the outcome and the effect with its interval. n/a panels say why."""
-    n = len(verdicts)
-    cols = 4
-    rows = max(1, math.ceil(n / cols))
+    """One panel per decided prediction, on the scale of the decision: the effect (trained − null) with its
+    interval, its marker coloured *and shaped* by the outcome; the null (0, solid) and the margin δ (dashed) drawn,
+    so the rule is read off the panel (the whole bar above δ: supported; below: contradicted; across:
+    inconclusive). Predictions the run could not answer (n/a) are listed under the title, not drawn empty."""
+    shown = [v for v in verdicts if v.outcome != "n/a" and math.isfinite(v.effect)]
+    missing = [v for v in verdicts if v not in shown]
+    cols = min(4, max(1, len(shown)))
+    rows = max(1, math.ceil(len(shown) / cols))
     titles = [
-        f"{v.prediction}<br><sup>{v.outcome}"
-        + (
-            f": effect {v.effect:.3g} [{v.effect_ci_low:.3g}, {v.effect_ci_high:.3g}]"
-            if math.isfinite(v.effect)
-            else ""
-        )
-        + "</sup>"
-        for v in verdicts
+        f"{'<br>'.join(_wrap(v.prediction, 34))}<br><sup>{OUTCOME_GLYPHS.get(v.outcome, '')} {v.outcome}: "
+        f"{_num(v.effect)} [{_num(v.effect_ci_low)}, {_num(v.effect_ci_high)}] vs δ {_num(v.margin)}</sup>"
+        for v in shown
     ]
-    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.16, horizontal_spacing=0.07)
-    for i, v in enumerate(verdicts):
-        r, c = i // cols + 1, i % cols + 1
-        at: dict[str, Any] = {"row": r, "col": c}
-        if v.outcome == "n/a" or not math.isfinite(v.value):
-            fig.add_annotation(text="n/a", x=0.5, y=0.5, showarrow=False, xref="x domain", yref="y domain", **at)
-            continue
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles or None, vertical_spacing=min(0.5 / rows, 0.22),
+                        horizontal_spacing=0.09)  # fmt: skip
+    for i, v in enumerate(shown):
+        at: dict[str, Any] = {"row": i // cols + 1, "col": i % cols + 1}
         color = OUTCOME_COLORS.get(v.outcome, "#000000")
-        if math.isfinite(v.null):
-            lo = v.null_ci_low if math.isfinite(v.null_ci_low) else v.null
-            hi = v.null_ci_high if math.isfinite(v.null_ci_high) else v.null
-            fig.add_shape(type="rect", x0=-0.5, x1=0.5, y0=lo, y1=hi, fillcolor="rgba(127,127,127,0.25)",
-                          line_width=0, **at)  # fmt: skip
-            fig.add_trace(go.Scatter(x=[-0.5, 0.5], y=[v.null, v.null], mode="lines", showlegend=False,
-                                     line={"color": "#555555", "dash": "dash", "width": 1.5}, hoverinfo="skip"),
-                          **at)  # fmt: skip
-            fig.add_trace(
-                go.Scatter(
-                    x=[0, 0], y=[lo, hi], mode="markers", marker={"opacity": 0}, showlegend=False, hoverinfo="skip"
-                ),
-                **at,
-            )  # fmt: skip  (the axis range takes the null in)
-        err = None
-        if math.isfinite(v.ci_low) and math.isfinite(v.ci_high):
-            err = {
-                "type": "data",
-                "symmetric": False,
-                "array": [v.ci_high - v.value],
-                "arrayminus": [v.value - v.ci_low],
-            }
+        lo = v.effect_ci_low if math.isfinite(v.effect_ci_low) else v.effect
+        hi = v.effect_ci_high if math.isfinite(v.effect_ci_high) else v.effect
+        margin = v.margin if math.isfinite(v.margin) else 0.0
+        span = max(hi, margin, 0.0) - min(lo, margin, 0.0) or 1.0
+        marks = ((0.0, "solid", "null (0)"), (margin, "dash", "δ")) if margin != 0 else ((0.0, "dash", "null (0) = δ"),)
+        for y, dash, name in marks:
+            fig.add_trace(go.Scatter(x=[-1, 1], y=[y, y], mode="lines", showlegend=False, hoverinfo="skip",
+                                     line={"color": "#444444", "dash": dash, "width": 1.2}), **at)  # fmt: skip
+            fig.add_annotation(x=1, y=y, text=name, showarrow=False, xanchor="right", yanchor="bottom",
+                               font={"size": 10, "color": "#444444"}, **at)  # fmt: skip
         fig.add_trace(
-            go.Scatter(x=[0], y=[v.value], mode="markers", marker={"color": color, "size": 10}, error_y=err,
-                       name=v.outcome, showlegend=False, hovertext=v.note),
+            go.Scatter(
+                x=[0], y=[v.effect], mode="markers", showlegend=False,
+                marker={"color": color, "size": 13, "symbol": OUTCOME_SYMBOLS.get(v.outcome, "circle")},
+                error_y={"type": "data", "symmetric": False, "array": [hi - v.effect],
+                         "arrayminus": [v.effect - lo], "color": color, "thickness": 2.5},
+                hovertext=["<br>".join(_wrap(v.note, 90))],
+                hovertemplate=f"{v.statistic}<br>effect %{{y:.4g}}<br>%{{hovertext}}<extra></extra>",
+            ),
             **at,
         )  # fmt: skip
-        fig.update_xaxes(range=[-1, 1], showticklabels=False, **at)
-        fig.update_yaxes(title_text="<br>".join(_wrap(v.statistic, 24)), title_font={"size": 10}, **at)
-    apply_theme(
-        fig, f"{title}<br><sup>trained (point, {ci_label(level)}) against its null (grey band)</sup>", 1100, 300 * rows
-    )
+        pad = 0.12 * span
+        fig.update_xaxes(range=[-1, 1], showticklabels=False, ticks="", showgrid=False, **at)
+        fig.update_yaxes(range=[min(lo, margin, 0.0) - pad, max(hi, margin, 0.0) + pad], dtick=None, nticks=5,
+                         title_text="<br>".join(_wrap(f"effect: {v.statistic}", 26)), title_font={"size": 10},
+                         **at)  # fmt: skip
+    for k in range(len(shown) + 1, rows * cols + 1):  # the grid's spare slots: no axes drawn
+        fig.layout[f"xaxis{k}"].visible = False
+        fig.layout[f"yaxis{k}"].visible = False
+    for name in ("supported", "contradicted", "inconclusive"):  # legend: colour and shape of each outcome
+        mark = {"color": OUTCOME_COLORS[name], "symbol": OUTCOME_SYMBOLS[name], "size": 11}
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=name, marker=mark))
+    sub = f"effect = trained − null with its {ci_label(level)}; solid: the null (0), dashed: the margin δ"
+    if missing:
+        sub += "<br>n/a (the run cannot answer): " + ", ".join(v.prediction.split(" ", 1)[0] for v in missing)
+    apply_theme(fig, f"{title}<br><sup>{sub}</sup>", 1200, 320 * rows + 120)
     fig.update_annotations(font_size=11)
-    fig.update_layout(margin={"t": 130})
+    fig.update_layout(margin={"t": 150 if missing else 130, "b": 70}, legend={"y": -0.06 if rows > 1 else -0.2})
     return fig
 
 
@@ -471,6 +525,11 @@ def _num(v: float) -> str:
     return "–" if not math.isfinite(v) else f"{v:.3g}"
 
 
+def _num2(v: float) -> str:
+    """Two significant digits: what fits a matrix cell (the full numbers are in verdicts.csv and the hover)."""
+    return "–" if not math.isfinite(v) else f"{v:.2g}"
+
+
 def outcome_matrix(
     runs: list[tuple[str, list[Any]]], title: str, stale: dict[str, set[str]] | None = None
 ) -> go.Figure:
@@ -490,10 +549,11 @@ def outcome_matrix(
                 tr.append("not run")
                 continue
             zr.append(order.index(v.outcome) + 0.5 if v.outcome in order else math.nan)
+            glyph = OUTCOME_GLYPHS.get(v.outcome, "")
             cell = (
                 "n/a"
                 if v.outcome == "n/a"
-                else f"{_num(v.effect)}<br>[{_num(v.effect_ci_low)}, {_num(v.effect_ci_high)}]"
+                else f"{glyph} {_num2(v.effect)}<br>[{_num2(v.effect_ci_low)}, {_num2(v.effect_ci_high)}]"
             )
             tr.append(("† " if old else "") + cell)
         z.append(zr)
@@ -501,7 +561,7 @@ def outcome_matrix(
     n = len(order)
     scale = []
     for i, name in enumerate(order):
-        scale += [[i / n, OUTCOME_COLORS[name]], [(i + 1) / n, OUTCOME_COLORS[name]]]
+        scale += [[i / n, _tint(OUTCOME_COLORS[name])], [(i + 1) / n, _tint(OUTCOME_COLORS[name])]]
     short = [p.split(" ", 1)[0] + "<br>" + "<br>".join(_wrap(p.split(" ", 1)[1], 14)) for p in preds]
     fig = go.Figure(
         go.Heatmap(
@@ -510,17 +570,21 @@ def outcome_matrix(
             y=[label for label, _ in runs],
             text=text,
             texttemplate="%{text}",
-            textfont={"size": 12, "color": "white"},
+            textfont={"size": 10, "color": "black"},
             colorscale=scale,
             zmin=0,
             zmax=n,
             xgap=2,
             ygap=2,
-            colorbar={"tickvals": [i + 0.5 for i in range(n)], "ticktext": order, "title": {"text": "outcome"}},
+            colorbar={
+                "tickvals": [i + 0.5 for i in range(n)],
+                "title": {"text": "outcome"},
+                "ticktext": [f"{OUTCOME_GLYPHS[o]} {o}" for o in order],
+            },  # fmt: skip
             hovertemplate="%{y} · %{x}<br>effect %{text}<extra></extra>",
         )
     )
-    apply_theme(fig, title, width=max(900, 105 * len(preds) + 260), height=max(360, 62 * len(runs) + 200))
+    apply_theme(fig, title, width=max(900, 118 * len(preds) + 300), height=max(360, 56 * len(runs) + 230))
     fig.update_yaxes(autorange="reversed", dtick=1)
     fig.update_xaxes(side="top", tickangle=0, dtick=1)
     fig.update_layout(margin={"t": 190, "l": 230}, title={"y": 0.98, "yanchor": "top"})

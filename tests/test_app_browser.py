@@ -42,7 +42,7 @@ def server(tiny_model_dir, tmp_path_factory, sample_text):
     root = tmp_path_factory.mktemp("browser-runs")
     (root / "corpus.txt").write_text(sample_text, encoding="utf-8")
     model = tiny_model_dir("llama")
-    # one saved run to explore before the browser makes its own
+    # one saved run with every null and control to explore before the browser makes its own
     from spectral.config import AnalysisSpec, CorpusSpec, ExperimentConfig, ModelSpec
     from spectral.runner import run_experiment
 
@@ -50,7 +50,10 @@ def server(tiny_model_dir, tmp_path_factory, sample_text):
         model=ModelSpec(name=str(model)),
         corpus=CorpusSpec(source=str(root / "corpus.txt"), seq_len=16, max_seqs=6),
         analysis=AnalysisSpec(n_boot=30, intervention_windows=2),
-        controls=(),
+        random_seeds=(1, 2, 3),  # every null and control, as the default job runs them: their panels are drawn too
+        scaled_seeds=(1, 2),
+        permutations=2,
+        null_windows=4,
         formats=(),
         out=str(root / "saved"),
     )
@@ -112,18 +115,17 @@ FIGURE_PROBLEMS_JS = """
     const fl = el._fullLayout, data = el._fullData || [];
     const title = (fl.title && fl.title.text) || '(untitled)';
     const n = (t) => ['x', 'y', 'z', 'values', 'cells'].reduce((a, k) => a + ((t[k] && t[k].length) || 0), 0);
-    for (const sp of ((fl._subplots && fl._subplots.cartesian) || [])) {
-      const m = sp.match(/^(x[0-9]*)(y[0-9]*)$/);
-      if (!m) continue;
-      const has = data.some(t => t.visible !== false && (t.xaxis || 'x') === m[1]
-                                 && (t.yaxis || 'y') === m[2] && n(t) > 0);
-      if (!has) out.push(title + ': empty subplot ' + sp);
-      for (const id of [m[1], m[2]]) {
-        const ax = fl[id.replace(/^x/, 'xaxis').replace(/^y/, 'yaxis')];
-        if (!ax || ax.visible === false || ax.showticklabels === false) continue;
-        const labels = [...el.querySelectorAll('g.' + id + 'tick text')].filter(t => t.textContent.trim());
-        if (labels.length === 0) out.push(title + ': axis ' + id + ' of ' + sp + ' has no tick labels');
-      }
+    for (const key of Object.keys(el.layout || {}).filter(k => /^[xy]axis[0-9]*$/.test(k))) {
+      if (!fl[key] && el.layout[key].visible !== false) out.push(title + ': ' + key + ' has nothing drawn on it');
+    }
+    for (const key of Object.keys(fl).filter(k => /^[xy]axis[0-9]*$/.test(k))) {
+      const ax = fl[key], id = ax._id;
+      if (!id || ax.visible === false) continue;
+      const used = data.filter(t => t.visible !== false && (t[id[0] + 'axis'] || id[0]) === id && n(t) > 0);
+      if (used.length === 0) { out.push(title + ': axis ' + id + ' has no data (an empty subplot)'); continue; }
+      if (ax.showticklabels === false) continue;
+      const labels = [...el.querySelectorAll('g.' + id + 'tick text')].filter(t => t.textContent.trim());
+      if (labels.length === 0) out.push(title + ': axis ' + id + ' has no tick labels');
     }
   }
   return out;

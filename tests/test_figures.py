@@ -1,5 +1,7 @@
 """Figures: PNG export through kaleido when a browser exists, a one-line note when none does."""
 
+import math
+
 import numpy as np
 
 from spectral import export, plotting
@@ -84,8 +86,9 @@ def test_band_heatmap_leaves_a_missing_cell_empty():
     fig = plotting.metric_heatmap(MetricTable(tuple(rows)), "band_energy_k3_b", 3, "resid_post", "t", "share")
     (heat,) = fig.data
     z = np.array(heat.z, dtype=float)
-    assert np.isnan(z[list(heat.y).index(1), 2]), "layer 1's missing band 2 was filled in"
-    assert list(heat.y) == [0, 1, 2, 3] and z.shape == (4, 3)  # layer 3 has a value, though not in band 0
+    assert np.isnan(z[list(heat.y).index("1"), 2]), "layer 1's missing band 2 was filled in"
+    assert list(heat.y) == ["0", "1", "2", "3"] and z.shape == (4, 3)  # layer 3 has a value, though not in band 0
+    assert fig.layout.yaxis.type == "category"  # sampled layers are rows, not blocks on a 0..L axis
     assert np.isnan(z[3, 0]) and np.isnan(z[3, 2]) and np.isnan(z).sum() == 3
     assert z[1, 0] == 1.1 and z[1, 1] == 1.2 and z[3, 1] == 7.0 and z[2, 2] == 2.3
 
@@ -106,7 +109,50 @@ def test_interval_level_is_the_one_passed_in():
     assert plotting.norm_profile(_table(), "t").layout.title.text == "t"  # no level given: no claim
     verdict = SimpleNamespace(
         prediction="P1", outcome="supported", effect=0.5, effect_ci_low=0.2, effect_ci_high=0.8, value=1.0,
-        null=0.5, null_ci_low=0.4, null_ci_high=0.6, ci_low=0.9, ci_high=1.1, note="", statistic="s",
+        null=0.5, null_ci_low=0.4, null_ci_high=0.6, ci_low=0.9, ci_high=1.1, note="", statistic="s", margin=0.1,
     )  # fmt: skip
     title = plotting.verdict_panels([verdict], "t", level=0.9).layout.title.text
     assert "90% CI" in title and "95" not in title
+
+
+def test_verdict_panels_draw_the_rule_and_leave_no_empty_panel():
+    """Every drawn panel has the null (0) and δ as lines and an outcome-shaped marker; an n/a prediction is listed
+    under the title, not drawn as an empty panel."""
+    from types import SimpleNamespace
+
+    base = dict(effect_ci_low=0.0018, effect_ci_high=0.0042, value=1.0, null=1.0, null_ci_low=0.9, null_ci_high=1.1,
+                ci_low=0.9, ci_high=1.1, note="why", statistic="s", margin=0.005)  # fmt: skip
+    vs = [
+        SimpleNamespace(prediction="1 a", outcome="contradicted", effect=0.003, **base),
+        SimpleNamespace(prediction="2 b", outcome="supported", effect=0.03, **base),
+        SimpleNamespace(prediction="3 c", outcome="n/a", effect=float("nan"), **base),
+    ]
+    fig = plotting.verdict_panels(vs, "t")
+    axes = {t.xaxis for t in fig.data if t.x is not None and t.x[0] is not None}
+    assert axes == {"x", "x2"}  # two panels, both drawn on
+    assert not [k for k in fig.layout if k.startswith("xaxis") and k not in ("xaxis", "xaxis2")]
+    for ax in ("x", "x2"):
+        lines = [t for t in fig.data if t.xaxis == ax and t.mode == "lines"]
+        assert sorted(t.y[0] for t in lines) == [0.0, 0.005]  # the null and δ
+        marker = next(t for t in fig.data if t.xaxis == ax and t.mode == "markers")
+        assert marker.marker.symbol == plotting.OUTCOME_SYMBOLS[{"x": "contradicted", "x2": "supported"}[ax]]
+    assert "n/a (the run cannot answer): 3" in fig.layout.title.text
+    assert "lies" not in fig.layout.title.text and "vs δ 0.005" in fig.layout.annotations[0].text
+    assert len(set(plotting.OUTCOME_COLORS.values())) == 4 and len(set(plotting.OUTCOME_SYMBOLS.values())) == 4
+
+
+def test_bands_stay_inside_the_metric_range():
+    """A jackknife interval may leave a metric's range (an effective rank below 1, a share above 1); the drawn band
+    is its intersection with the range."""
+    from spectral.analysis.metrics import metric_bounds
+
+    assert metric_bounds("eff_rank") == (1.0, math.inf) and metric_bounds("seq_dc_share") == (0.0, 1.0)
+    assert metric_bounds("layer_cos") == (-1.0, 1.0) and metric_bounds("carrier_minus_modulation_growth")[0] < -1e300
+    rows = [MetricRow("m", "trained", f"resid_post.{i}", i, "seq_dc_share", 0.5, -1.0, 1.5) for i in range(3)]
+    rows += [MetricRow("m", "trained", f"resid_post.{i}", i, "eff_rank", 3.0, -400.0, 9.0) for i in range(3)]
+    fig = plotting.layer_panels(MetricTable(tuple(rows)), (("resid_post", "seq_dc_share", "dc"),
+                                                           ("resid_post", "eff_rank", "rank")), "t")  # fmt: skip
+    bands = [t for t in fig.data if t.fill == "toself"]
+    assert len(bands) == 2
+    assert min(bands[0].y) == 0.0 and max(bands[0].y) == 1.0
+    assert min(bands[1].y) == 1.0 and max(bands[1].y) == 9.0

@@ -112,9 +112,11 @@ start = b1.button(
 cancel = b2.button(
     "Cancel",
     key="cancel",
-    disabled=not start,
+    disabled=not start,  # enabled only while a job runs (this script run); the click is kept by its callback
+    on_click=lambda: st.session_state.__setitem__("cancel_clicked", True),
     help="Stops the running job after its current batch (enabled while one runs).",
 )
+cancel = bool(st.session_state.pop("cancel_clicked", False) or cancel)
 
 
 def build_config(stack: contextlib.ExitStack) -> ExperimentConfig:

@@ -35,6 +35,24 @@ NAN = float("nan")
 COLUMNS = ("model", "condition", "site", "layer", "metric", "value", "ci_low", "ci_high")
 
 
+def metric_bounds(metric: str) -> tuple[float, float]:
+    """The range a metric can take (a share in [0, 1], a cosine in [-1, 1], an effective rank >= 1, a norm or a
+    divergence >= 0); (-inf, inf) for differences and anything unbounded. Figures draw an interval intersected with
+    this range: the true value lies in it, so the intersection covers it whenever the interval does."""
+    inf = math.inf
+    if any(k in metric for k in ("minus", "gain", "delta", "dnll", "keep", "margin", "diff", "slope", "growth")):
+        return -inf, inf
+    if metric in ("eff_rank", "participation_ratio") or metric.startswith(("eff_rank", "participation")):
+        return 1.0, inf
+    if "cos" in metric or metric in ("anisotropy",) or "spearman" in metric or "corr" in metric:
+        return -1.0, 1.0
+    if any(k in metric for k in ("share", "energy", "_acc", "linearity", "isoscore", "offdiag", "conc")):
+        return 0.0, 1.0
+    if any(k in metric for k in ("norm", "_kl", "entropy", "rank", "rms", "max_abs", "median_abs", "ratio")):
+        return 0.0, inf
+    return -inf, inf
+
+
 @dataclass(frozen=True)
 class MetricRow:
     """One line of metrics.csv."""
