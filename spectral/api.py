@@ -18,7 +18,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import sys
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -142,8 +144,21 @@ def measure(
     t0 = time.perf_counter()
     s = setup_run(cfg, "sp.measure(...)", model=model, corpus=corpus)
     s.persist, s.keep_model = False, True
+    n_win = int(s.windows.ids.shape[0])
+    need = max(16, cfg.null_windows)
+    if n_win < need:
+        warnings.warn(
+            f"sp.measure: the texts gave {n_win} windows of {cfg.corpus.seq_len} tokens; the nulls use "
+            f"{cfg.null_windows} windows each and per-window intervals need at least 16: expect wide intervals and "
+            "inconclusive verdicts (pass more text, or a smaller seq_len)",
+            stacklevel=2,
+        )
     timings: dict[str, float] = {}
-    rows, measurements = measure_conditions(s, progress=progress, timings=timings)
+    say = (lambda m: print(f"sp.measure: {m}", file=sys.stderr)) if progress else (lambda m: None)
+    if progress:
+        conds = 1 + len(cfg.controls)
+        say(f"{n_win} windows × {cfg.corpus.seq_len} tokens; the trained model and {conds - 1} control/null kinds")
+    rows, measurements = measure_conditions(s, progress=progress, timings=timings, log=say)
     timings["total"] = time.perf_counter() - t0
     s.manifest.update(status="measured", timings=timings)
     return Result(s.manifest, run_outputs(s.manifest, rows, measurements))

@@ -244,7 +244,12 @@ def measure_conditions(
         timings[f"capture_{cond}"] = time.perf_counter() - t
         if not lead or shard[1] > 1 and dist is None:
             continue  # a shard: its state is its result (spectral merge analyses)
+        t_an = time.perf_counter()
+        if progress:
+            log(f"{cond}: analysing the captured statistics")
         rows += analyse_condition(s, cc, s.manifest, timings, log)
+        if progress:
+            log(f"{cond}: analysed in {time.perf_counter() - t_an:.1f} s")
         later_member = (
             is_scaled_member(cond)
             or is_w_member(cond)

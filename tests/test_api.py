@@ -122,3 +122,13 @@ def test_the_readme_notebook_lines_on_the_default_model(monkeypatch):
     assert isinstance(res.figure("verdicts"), go.Figure) and len(res.verdicts) == 11
     assert set(res.verdicts["outcome"]) <= {"supported", "contradicted", "inconclusive", "n/a"}
     assert dataclasses.is_dataclass(res.config)
+
+
+def test_measure_warns_on_too_few_windows_and_reports_progress(tiny, capsys):
+    """Texts that give fewer windows than the intervals need are said to, and the analysis shows its progress."""
+    model = sp.load_model(tiny)
+    settings = dict(SETTINGS, controls=(), max_seqs=4)
+    with pytest.warns(UserWarning, match=r"the texts gave \d+ windows of 16 tokens.*expect wide intervals"):
+        sp.measure(model, TEXTS, progress=True, **settings)
+    err = capsys.readouterr().err
+    assert "sp.measure: " in err and "trained: analysing the captured statistics" in err and "analysed in" in err

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import common  # noqa: E402
 import streamlit as st  # noqa: E402
 
+from spectral import plotting  # noqa: E402
 from spectral.predictions import verdicts_csv  # noqa: E402
 
 common.page_header(
@@ -31,29 +32,54 @@ if run is not None:
         def iv(lo: float, hi: float) -> str:
             return "" if not (math.isfinite(lo) and math.isfinite(hi)) else f"[{f(lo)}, {f(hi)}]"
 
+        from spectral.predictions import BATTERY_REVISION
+        from spectral.synthesis import read_record
+
+        record = read_record(Path(run.path), repo=common.REPO)
+        if record is not None and record.revision < BATTERY_REVISION:
+            st.warning(
+                f"These verdicts were written by battery revision {record.revision}; the current one is "
+                f"{BATTERY_REVISION}. Their statistics, nulls and wording are that revision's (the Reasons below "
+                "may read differently from a new run's); rerun the run's command to decide them again."
+            )
         rows = [
             {
                 "prediction": v.prediction,
-                "outcome": v.outcome,
+                "outcome": f"{plotting.OUTCOME_GLYPHS.get(v.outcome, '')} {v.outcome}",
+                "effect": f(v.effect),
+                f"effect {common.ci_label(level)}": iv(v.effect_ci_low, v.effect_ci_high),
+                "margin δ": f(v.margin),
+                "p (Holm)": f(v.p_holm),
                 "statistic": v.statistic,
                 "trained": f(v.value),
-                f"{common.ci_label(level)} CI": iv(v.ci_low, v.ci_high),
+                "trained CI": iv(v.ci_low, v.ci_high),
                 "null": f(v.null),
                 "null interval": iv(v.null_ci_low, v.null_ci_high),
-                "effect": f(v.effect),
-                "effect CI": iv(v.effect_ci_low, v.effect_ci_high),
-                "margin δ": f(v.margin),
                 "p": f(v.p_value),
-                "p (Holm)": f(v.p_holm),
-                "note": v.note,
             }
             for v in run.verdicts
         ]
+        st.caption(
+            "The decision columns come first: effect (trained − null) with its interval, the margin δ and the "
+            "Holm-adjusted p. Supported: the interval lies above δ; contradicted: below δ; inconclusive: across δ "
+            "or without power to reach it. The statistic each prediction decides on is its deciding sub-test (the "
+            "one whose outcome settles the prediction): it can differ between runs, and the reason says which."
+        )
         st.dataframe(rows, hide_index=True, key="verdicts_table", width="stretch")
         st.subheader("Reasons")
+        st.caption(
+            "First the rule applied to the deciding statistic and its null; then each other sub-test, labelled as "
+            "a sub-test with its own null and its own outcome word (not the prediction's)."
+        )
+        colors = {"supported": "green", "contradicted": "red", "inconclusive": "blue"}
         for v in run.verdicts:
-            color = {"supported": "green", "contradicted": "red", "inconclusive": "orange"}.get(v.outcome, "gray")
-            st.markdown(f":{color}-badge[{v.outcome}] **{v.prediction}** — {v.note}")
+            parts = [p.strip() for p in v.note.split("; ") if p.strip()]
+            lead = [p for p in parts if not p.startswith("sub-test ")]
+            subs = [p for p in parts if p.startswith("sub-test ")]
+            badge = f":{colors.get(v.outcome, 'gray')}-badge[{plotting.OUTCOME_GLYPHS.get(v.outcome, '')} {v.outcome}]"
+            st.markdown(f"{badge} **{v.prediction}** — {'; '.join(lead)}")
+            if subs:
+                st.caption("\n".join(f"- {p}" for p in subs))
         st.download_button(
             "verdicts.csv",
             verdicts_csv(list(run.verdicts)),
