@@ -22,7 +22,7 @@ from typing import Any
 import plotly.graph_objects as go
 import streamlit as st
 
-from spectral.analysis.metrics import MetricTable
+from spectral.api import MetricTable
 from spectral.errors import RunDirError, SpectralError
 from spectral.predictions import Verdict, read_verdicts
 from spectral.predictions.decision import OUTCOMES

@@ -80,6 +80,7 @@ def variants(name: str, device: str, dtype: str, windows, batch_size: int):
     """name -> callable, all over the same windows."""
     from transformers import AutoModel, AutoModelForCausalLM
 
+    from spectral.backends import backend_of
     from spectral.capture import accumulate, all_sites, new_bank
     from spectral.conditions import ConditionCapture
     from spectral.config import CaptureSpec, ExperimentConfig, ModelSpec
@@ -126,7 +127,7 @@ def variants(name: str, device: str, dtype: str, windows, batch_size: int):
                     stats[s].update(cache[n], b.stat_mask, b.window_index, b.buckets(10))
 
     def residual_fast() -> None:
-        accumulate(model, windows, new_bank(model, resid, 10), batch_size, backend=model.backend("fast"))
+        accumulate(model, windows, new_bank(model, resid, 10), batch_size, backend=backend_of(model, "fast"))
 
     def all_stats() -> None:
         accumulate(model, windows, new_bank(model, every, 10), batch_size)
@@ -164,6 +165,7 @@ def peak_child(args: argparse.Namespace, name: str, variant: str, tokens: int) -
 
 def child(args: argparse.Namespace) -> None:
     name, variant, tokens = json.loads(args._child)
+    from spectral.backends import backend_of
     from spectral.capture import accumulate, all_sites, new_bank
     from spectral.models import load_model
 
@@ -179,7 +181,7 @@ def child(args: argparse.Namespace) -> None:
         windows,
         new_bank(model, sites, 10),
         args.batch_size,
-        backend=model.backend("fast" if variant == "d" else "bridge"),
+        backend=backend_of(model, "fast" if variant == "d" else "bridge"),
     )
     print(peak_mib(args.device))
 

@@ -63,6 +63,7 @@ def peak_child(args: argparse.Namespace, variant: str, n_windows: int) -> float:
 
 
 def child(args: argparse.Namespace) -> None:
+    from spectral.backends import backend_of
     from spectral.capture import accumulate, all_sites, new_bank
     from spectral.conditions import ConditionCapture
     from spectral.models import load_model
@@ -72,7 +73,7 @@ def child(args: argparse.Namespace) -> None:
     w = repeat_windows(windows(model, 10_000, 128), n)
     if variant == "d":
         resid = tuple(s for s in all_sites(model.arch) if s.startswith("resid_post."))
-        accumulate(model, w, new_bank(model, resid, 5), args.batch_size, backend=model.backend("fast"))
+        accumulate(model, w, new_bank(model, resid, 5), args.batch_size, backend=backend_of(model, "fast"))
     else:
         ConditionCapture(model, w, all_sites(model.arch), config(args), "trained").run()
     print(peak_mib(args.device))
@@ -96,6 +97,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from spectral.analysis.metrics import compute_metrics
+    from spectral.backends import backend_of
     from spectral.capture import accumulate, all_sites, new_bank
     from spectral.conditions import ConditionCapture
     from spectral.models import load_model
@@ -125,7 +127,7 @@ def main() -> None:
     every = all_sites(model.arch)
 
     def residual() -> None:
-        accumulate(model, w, new_bank(model, resid, 5), a.batch_size, backend=model.backend("fast"))
+        accumulate(model, w, new_bank(model, resid, 5), a.batch_size, backend=backend_of(model, "fast"))
 
     cfg = config(a)
     holder: dict = {}

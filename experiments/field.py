@@ -75,9 +75,9 @@ def field_run(name: str, windows: int, seq_len: int) -> Path:
 
 def nll_table(name: str, windows: int, seq_len: int) -> str:
     """Mean next-token NLL per corpus with a bootstrap CI over windows (position 0 not scored)."""
-    from spectral.analysis.interventions import nll_per_window
     from spectral.config import CorpusSpec, ModelSpec
     from spectral.corpus import make_windows
+    from spectral.interventions import nll_per_window
     from spectral.models import load_model
 
     m = load_model(ModelSpec(name=name))

@@ -30,9 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from spectral.analysis.interventions import nll_per_window
 from spectral.config import ExperimentConfig, ModelSpec, config_from_dict
 from spectral.corpus import make_windows
+from spectral.interventions import nll_per_window
 from spectral.models import load_model
 from spectral.runner import run_experiment
 from spectral.runs import read_manifest, slug

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spectral.analysis.metrics import MetricTable  # the tidy table, public for front ends
 from spectral.config import CorpusSpec, ExperimentConfig, ModelSpec, config_fields, replace_field
 from spectral.errors import ConfigError, CorpusError, RunDirError
 
@@ -257,7 +258,6 @@ class Result:
 
 def open_run(run_dir: str | Path) -> Result:
     """A past run directory as a :class:`Result` (its figures from their saved JSON)."""
-    from spectral.analysis.metrics import MetricTable
     from spectral.predictions import read_verdicts
     from spectral.runner import Outputs
     from spectral.runs import read_manifest

@@ -5,8 +5,8 @@
   (:mod:`spectral.fastpath`), equal to the bridge and several times cheaper; it serves every site and the
   head hooks for the common decoder families, the residual sites for the others.
 
-``model.backend(name)`` ("bridge", "fast" or "auto") builds one once and keeps it (the fast one holds
-the plain module sharing the model's weights); capture, probes and interventions take the object, never
+``backend_of(model, name)`` ("bridge", "fast" or "auto") builds one once and keeps it with the model (the
+fast one runs the plain module sharing the model's weights); capture, probes and interventions take the object, never
 a name. Hook names are the bridge's (``blocks.3.hook_resid_post``) whatever the backend.
 """
 
@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from spectral import fastpath
 
 if TYPE_CHECKING:
     from spectral.models import LoadedModel
@@ -66,46 +68,41 @@ class BridgeBackend(Backend):
 class FastBackend(Backend):
     name = "fast"
 
-    def __init__(self, model: LoadedModel) -> None:
-        super().__init__(model)
-        self._plain: torch.nn.Module | None = None
-
     @property
     def plain(self) -> torch.nn.Module:
         """The un-bridged base model sharing the model's weights (built on first use)."""
-        if self._plain is None:
-            from spectral import fastpath
-
-            self._plain = fastpath.build_plain(self.model)
-        return self._plain
+        return fastpath.plain_model(self.model)
 
     @property
     def serves_heads(self) -> bool:
-        from spectral import fastpath
-
         return fastpath.supports(self.model) is None
 
     @contextmanager
     def hooks(self, fwd_hooks: list[Hook]) -> Iterator[None]:
-        from spectral import fastpath
-
         with fastpath.hooks(self.model, fwd_hooks):
             yield
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **extra: Any) -> None:
-        from spectral import fastpath
-
         fastpath.forward(self.model, input_ids, attention_mask, **extra)
 
 
 def make_backend(model: LoadedModel, name: str) -> Backend:
     """The backend called ``name``; "auto" is the fast one where it serves the family completely."""
     if name == "auto":
-        from spectral import fastpath
-
         name = "fast" if fastpath.supports(model) is None else "bridge"
     if name == "bridge":
         return BridgeBackend(model)
     if name == "fast":
         return FastBackend(model)
     raise ValueError(f"unknown backend {name!r} (bridge, fast or auto)")
+
+
+def backend_of(model: LoadedModel, name: str = "bridge") -> Backend:
+    """The backend that runs and hooks ``model``'s forward passes: "bridge", "fast" or "auto" (fast where it
+    serves the family completely); built once and kept with the model."""
+    cache = model._backends
+    if name not in cache:
+        b = make_backend(model, name)
+        cache.setdefault(b.name, b)
+        cache[name] = cache[b.name]
+    return cache[name]

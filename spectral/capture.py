@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from tqdm import tqdm
 
-from spectral.backends import Backend
+from spectral.backends import Backend, backend_of
 from spectral.corpus import Batch, TokenWindows, iter_batches
 from spectral.errors import NumericsError
 from spectral.models import LoadedModel
@@ -51,7 +51,7 @@ def hooked(
 ) -> Iterator[None]:
     """Bridge-named hooks registered for the block on ``backend`` (default: the model's bridge), removed on
     exit, also on error."""
-    with (backend or model.backend()).hooks(hooks):
+    with (backend or backend_of(model)).hooks(hooks):
         yield
 
 
@@ -84,7 +84,7 @@ def forward(
     """One forward pass without computing logits (hooks do the work), on ``backend`` (default: the bridge)."""
     dev = model.device
     extra = {} if position_ids is None else {"position_ids": position_ids.to(dev)}
-    (backend or model.backend()).forward(batch.input_ids.to(dev), batch.attention_mask.to(dev), **extra)
+    (backend or backend_of(model)).forward(batch.input_ids.to(dev), batch.attention_mask.to(dev), **extra)
 
 
 def capture_activations(

@@ -25,20 +25,15 @@ import torch
 
 from spectral.analysis.battery import Measurement
 from spectral.analysis.controls import permuted_positions, shuffle_windows
-from spectral.analysis.interventions import (
-    InterventionResult,
-    can_run_tails,
-    intervene,
-    mean_ablate,
-    nll_per_window,
-    tail_sweep,
-)
+from spectral.analysis.interventions import InterventionResult, mean_ablate
 from spectral.analysis.jacobian import BandTransfer
 from spectral.analysis.spectrum import split_bands
+from spectral.backends import backend_of
 from spectral.capture import Calibration, accumulate, calibrate, new_bank, select_sites
 from spectral.config import ExperimentConfig
 from spectral.corpus import TokenWindows
 from spectral.depth import DepthProbe
+from spectral.interventions import can_run_tails, intervene, nll_per_window, tail_sweep
 from spectral.joint import JointProbe, chain_sites
 from spectral.models import LoadedModel
 from spectral.outliers import OutlierProbe
@@ -94,7 +89,7 @@ class ConditionCapture:
         self.model, self.cfg, self.condition, self.sites = model, cfg, condition, sites
         self.positions = permuted_positions(cfg.seed, windows.has_bos) if condition == "permuted" else None
         self.windows = shuffle_windows(windows, cfg.seed) if condition == "shuffled" else windows
-        self.backend = model.backend(cap.backend)  # "auto": the fast path where it serves the family
+        self.backend = backend_of(model, cap.backend)  # "auto": the fast path where it serves the family
         if self.backend.name == "fast":
             from spectral.fastpath import check_sites
 
@@ -340,7 +335,7 @@ class ConditionCapture:
         first ``jacobian_windows`` windows cut to ``jacobian_positions`` positions; the trained model and each R
         seed (R's MLPs measured the same way are the null; the isotropic chance level is reported). Recomputed
         on resume (seeded)."""
-        from spectral.analysis import jacobian
+        from spectral import jacobian
 
         an = self.cfg.analysis
         self.jacobian = None

@@ -157,12 +157,11 @@ def _register() -> None:
 
 # ---- the plain model ---------------------------------------------------------------------------
 def plain_model(model: LoadedModel) -> torch.nn.Module:
-    """The un-bridged base model sharing ``model``'s weights: the one its fast backend holds."""
-    from spectral.backends import FastBackend
-
-    backend = model.backend("fast")
-    assert isinstance(backend, FastBackend)
-    return backend.plain
+    """The un-bridged base model sharing ``model``'s weights, built on first use and kept with the model (its
+    fast backend runs it; :meth:`~spectral.models.LoadedModel.release_weights` drops it)."""
+    if model._plain is None:
+        model._plain = build_plain(model)
+    return model._plain
 
 
 def build_plain(model: LoadedModel) -> torch.nn.Module:

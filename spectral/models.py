@@ -25,38 +25,19 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 
 from spectral import zoo
+from spectral.arch import ArchInfo, NormPlacement
 from spectral.config import ModelSpec
 from spectral.errors import ModelLoadError
 from spectral.scoped import quiet_hf, seeded
 
-if TYPE_CHECKING:
-    from spectral.backends import Backend
-
-NormPlacement = Literal["pre", "post"]
 BUILTIN_MODELS = ("minilm",)
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _ENCODER_TYPES = ("bert", "roberta", "distilbert", "electra", "xlm-roberta", "camembert")
-
-
-@dataclass(frozen=True)
-class ArchInfo:
-    """Facts about a loaded architecture that the analyses depend on."""
-
-    architecture: str  # Hugging Face class, e.g. "LlamaForCausalLM"
-    model_type: str  # Hugging Face model_type, e.g. "llama"
-    n_layers: int
-    d_model: int
-    d_vocab: int
-    n_ctx: int  # maximum positions, BOS included
-    norm_placement: NormPlacement
-    parallel_residual: bool  # attention and MLP read the same input (GPT-NeoX, GPT-J)
-    has_unembedding: bool  # the checkpoint holds a trained LM head (or ties one)
-    is_causal: bool
 
 
 @dataclass(frozen=True)
@@ -84,18 +65,10 @@ class LoadedModel:
     _basis: torch.Tensor | None = field(default=None, init=False, repr=False)
     _cbasis: torch.Tensor | None = field(default=None, init=False, repr=False)
     _gram: tuple[torch.Tensor, torch.Tensor, int] | None = field(default=None, init=False, repr=False)
+    # the backends built for it (spectral.backends.backend_of) and the fast path's un-bridged module sharing its
+    # weights (spectral.fastpath.plain_model): kept here, built there, so the loader knows neither
     _backends: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
-
-    def backend(self, name: str = "bridge") -> Backend:
-        """The backend that runs and hooks this model's forward passes (:mod:`spectral.backends`): "bridge",
-        "fast" or "auto" (fast where it serves the family completely); built once and kept."""
-        from spectral.backends import make_backend
-
-        if name not in self._backends:
-            b = make_backend(self, name)
-            self._backends.setdefault(b.name, b)
-            self._backends[name] = self._backends[b.name]
-        return self._backends[name]
+    _plain: Any = field(default=None, init=False, repr=False)
 
     def release_weights(self) -> None:
         """Drop the network (bridge and Hugging Face modules) and keep ``arch``, ``source`` and the
@@ -103,6 +76,7 @@ class LoadedModel:
         self.bridge = None
         self.forget_unembedding_basis()
         self._backends.clear()  # the fast backend's plain module shares the weights
+        self._plain = None
         gc.collect()
 
     @property

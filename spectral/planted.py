@@ -8,7 +8,7 @@ mean, so the W_U bands and the centred W_U bands are the same blocks of Q's colu
 inside chosen bands (unit norm, centred) and, where a construction needs one, a carrier direction v.
 :func:`build` writes one as a Hugging Face directory that ``spectral run --model DIR`` loads; :func:`zoo_config` is
 the zoo's run configuration and :func:`run` one model's run (tests/test_planted_zoo.py); :func:`zoo_table` renders
-the outcomes, and ``python -m spectral.planted docs/planted.md`` (:mod:`spectral.planted_page`) runs them all and
+the outcomes, and ``python -m spectral.planted_page docs/planted.md`` (:mod:`spectral.planted_page`) runs them all and
 writes the page.
 """
 
@@ -446,9 +446,3 @@ def zoo_csv(results: dict[str, dict[str, Any]]) -> str:
                 w.writerow([num, role, name, v.outcome, *(f"{x:.6g}" for x in (v.effect, v.effect_ci_low,
                             v.effect_ci_high, v.margin, v.power))])  # fmt: skip
     return buf.getvalue()
-
-
-if __name__ == "__main__":  # python -m spectral.planted docs/planted.md
-    from spectral.planted_page import main
-
-    raise SystemExit(main())

@@ -2,8 +2,8 @@
 lacks its property.
 
 :func:`run_zoo` runs every model of :data:`spectral.planted.PLANTED` with :func:`spectral.planted.zoo_config`;
-:func:`zoo_page` renders the page around :func:`spectral.planted.zoo_table`; ``python -m spectral.planted
-docs/planted.md`` (or ``python -m spectral.planted_page``) regenerates it. tests/test_planted_zoo.py checks that the
+:func:`zoo_page` renders the page around :func:`spectral.planted.zoo_table`; ``python -m spectral.planted_page
+docs/planted.md`` regenerates it. tests/test_planted_zoo.py checks that the
 page shows the table its own runs give.
 """
 
@@ -79,9 +79,9 @@ def zoo_page(results: dict[str, dict[str, Any]], seconds: float | None = None) -
         "32 characters), the R ensemble (8 seeds), R rescaled to the model's norms (3 seeds) and W (5 "
         "permutations), every window for the nulls (`null_windows = 0`), "
         "`n_boot = 200` and no ΔNLL sweep (`intervention_windows = 0`); every other setting is the default. "
-        "`tests/test_planted_zoo.py` asserts each outcome. Regenerate: `python -m spectral.planted docs/planted.md`; "
-        "write one model for your own runs: `python -m spectral.planted build carrier DIR`, then `spectral run --model "
-        "DIR --corpus builtin`."
+        "`tests/test_planted_zoo.py` asserts each outcome. Regenerate: "
+        "`python -m spectral.planted_page docs/planted.md`; write one model for your own runs: "
+        "`python -m spectral.planted_page build carrier DIR`, then `spectral run --model DIR --corpus builtin`."
         f"{took}\n",
         zoo_table(results),
         "\n## The models\n",
@@ -97,9 +97,10 @@ def zoo_page(results: dict[str, dict[str, Any]], seconds: float | None = None) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m spectral.planted [page] OUT.md``: run the zoo in a temporary directory and write the page (and,
+    """``python -m spectral.planted_page [page] OUT.md``: run the zoo in a temporary directory and write the page (and,
     in a checkout, reports/calibration/planted.csv beside the docs folder's parent);
-    ``python -m spectral.planted build NAME DIR [SEED]``: write one planted model for ``spectral run --model DIR``."""
+    ``python -m spectral.planted_page build NAME DIR [SEED]``: write one planted model for
+    ``spectral run --model DIR``."""
     import sys
     import tempfile
     import time
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args and args[0] == "build":
         if len(args) not in (3, 4) or args[1] not in PLANTED:
-            print(f"usage: python -m spectral.planted build NAME DIR [SEED]; NAME one of {', '.join(PLANTED)}")
+            print(f"usage: python -m spectral.planted_page build NAME DIR [SEED]; NAME one of {', '.join(PLANTED)}")
             return 2
         print(build(args[1], args[2], int(args[3]) if len(args) == 4 else 0))
         return 0

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from spectral.errors import ConfigError
 
 if TYPE_CHECKING:
-    from spectral.models import ArchInfo
+    from spectral.arch import ArchInfo
 
 KINDS = ("embed", "resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post", "final")
 

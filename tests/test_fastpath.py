@@ -14,6 +14,7 @@ import torch
 from conftest import LLAMA2XS, needs_shared
 
 from spectral import fastpath
+from spectral.backends import backend_of
 from spectral.capture import accumulate, all_sites, forward, hook_name, hooked, new_bank
 from spectral.config import CaptureSpec, CorpusSpec, ExperimentConfig, ModelSpec
 from spectral.corpus import make_windows, pad_batch
@@ -28,7 +29,7 @@ def _banks(model, windows, sites):
     out = {}
     for backend in ("bridge", "fast"):
         bank = new_bank(model, sites, 3)
-        accumulate(model, windows, bank, 4, True, None, backend=model.backend(backend))
+        accumulate(model, windows, bank, 4, True, None, backend=backend_of(model, backend))
         out[backend] = bank
     return out
 
@@ -89,8 +90,8 @@ def _collect(model, batch, names, backend):
 
         return fn
 
-    with hooked(model, [(n, keep(n)) for n in names], model.backend(backend)):
-        forward(model, batch, backend=model.backend(backend))
+    with hooked(model, [(n, keep(n)) for n in names], backend_of(model, backend)):
+        forward(model, batch, backend=backend_of(model, backend))
     assert set(got) == set(names)
     return got
 
@@ -173,7 +174,7 @@ def test_hooks_that_edit_act_like_the_bridge(family, tiny_model_dir, sample_text
             out[backend] = x.detach().float().clone()
             return x
 
-        b = model.backend(backend)
+        b = backend_of(model, backend)
         with hooked(model, edits, b), hooked(model, [(hook_name("final", model.arch), final)], b):
             forward(model, batch, backend=b)
     plain = _collect(model, batch, ["ln_final.hook_out"], "fast")["ln_final.hook_out"]
@@ -196,7 +197,7 @@ def test_head_hooks_leave_no_state_and_cost_nothing_unregistered(tiny_model_dir,
     assert calls == [1] and fastpath._HEADS == {}  # only the hooked layer left SDPA
     with (
         pytest.raises(RuntimeError, match="boom"),
-        hooked(model, [("blocks.1.attn.hook_z", lambda z, hook: z)], model.backend("fast")),
+        hooked(model, [("blocks.1.attn.hook_z", lambda z, hook: z)], backend_of(model, "fast")),
     ):
         assert fastpath._HEADS
         raise RuntimeError("boom")
@@ -287,17 +288,17 @@ def test_fast_backend_equals_the_bridge_on_smollm2(sample_text):
 
 
 def test_the_backend_is_an_object_the_model_owns(tiny_model_dir):
-    """model.backend(name) builds each backend once and keeps it ("auto" resolves to the fast one where it
-    serves the family); the fast one holds the plain module (nothing patched onto the model); releasing the
-    weights drops them."""
+    """backend_of(model, name) builds each backend once and keeps it ("auto" resolves to the fast one where it
+    serves the family); the plain module is built once and kept in the model's declared field (nothing patched
+    onto it); releasing the weights drops both."""
     from spectral.backends import BridgeBackend, FastBackend
 
     model = load_model(ModelSpec(name=str(tiny_model_dir("llama"))))
-    fast = model.backend("fast")
-    assert isinstance(fast, FastBackend) and model.backend("auto") is fast and model.backend("fast") is fast
-    assert isinstance(model.backend(), BridgeBackend) and model.backend("bridge").serves_heads
-    assert fastpath.plain_model(model) is fast.plain and not hasattr(model, "_plain")
+    fast = backend_of(model, "fast")
+    assert isinstance(fast, FastBackend) and backend_of(model, "auto") is fast and backend_of(model, "fast") is fast
+    assert isinstance(backend_of(model), BridgeBackend) and backend_of(model, "bridge").serves_heads
+    assert fastpath.plain_model(model) is fast.plain is model._plain
     with pytest.raises(ValueError, match="unknown backend"):
-        model.backend("fats")
+        backend_of(model, "fats")
     model.release_weights()
-    assert model._backends == {}
+    assert model._backends == {} and model._plain is None

@@ -9,17 +9,12 @@ import torch
 import torch.nn.functional as F
 from conftest import LLAMA2XS, TINYSTORIES, needs_shared
 
-from spectral.analysis.interventions import (
-    band_bases,
-    intervene,
-    nll_per_window,
-    project_out,
-    sweep,
-)
+from spectral.analysis.interventions import band_bases, project_out
 from spectral.capture import capture_activations, hook_name
 from spectral.config import CorpusSpec, ModelSpec
 from spectral.corpus import iter_batches, make_windows
 from spectral.errors import SpectralError
+from spectral.interventions import intervene, nll_per_window, sweep
 from spectral.models import load_model
 
 
@@ -47,7 +42,7 @@ def test_identity_edit_gives_exact_zero(model, windows, monkeypatch):
     np.testing.assert_array_equal(edited, clean)
 
     # the whole intervene path (hook, paired difference, bootstrap) with an identity edit
-    import spectral.analysis.interventions as iv
+    import spectral.interventions as iv
 
     monkeypatch.setattr(iv, "project_out", lambda basis: lambda h: h)
     for pre in (None, clean):
@@ -60,7 +55,7 @@ def test_identity_edit_gives_exact_zero(model, windows, monkeypatch):
 def test_identity_edit_scores_the_same_tokens_with_position_0(model, windows, monkeypatch):
     """With exclude_first=False the clean and the edited NLL score the same positions (they once did not:
     the clean one took the run's setting, the edited one the default)."""
-    import spectral.analysis.interventions as iv
+    import spectral.interventions as iv
 
     monkeypatch.setattr(iv, "project_out", lambda basis: lambda h: h)
     clean = nll_per_window(model, windows, batch_size=4, exclude_first=False)
@@ -183,7 +178,7 @@ def test_llama2xs_top_band_removal_hurts():
 @pytest.mark.parametrize("family", ["llama", "qwen2", "gemma3", "neox"])
 def test_tail_sweep_equals_full_forward_edits(family, tiny_model_dir, tmp_path, sample_text):
     """Running only the layers after the edited site == a full forward with the edit hooked there."""
-    from spectral.analysis.interventions import can_run_tails, tail_sweep
+    from spectral.interventions import can_run_tails, tail_sweep
 
     model = load_model(ModelSpec(name=str(tiny_model_dir(family))))
     assert can_run_tails(model)
@@ -208,7 +203,8 @@ def test_mean_ablation_and_kl(tiny_model_dir, tmp_path, sample_text):
     """A mean ablation sets the component along v to the given mean and leaves the rest of h; in the tail
     sweep an identity edit has ΔNLL 0 and KL 0, a real edit a positive KL equal to the one computed from two
     full forward passes."""
-    from spectral.analysis.interventions import mean_ablate, tail_sweep
+    from spectral.analysis.interventions import mean_ablate
+    from spectral.interventions import tail_sweep
 
     g = torch.Generator().manual_seed(1)
     h = torch.randn(5, 7, 32, generator=g)

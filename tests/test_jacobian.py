@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from spectral.analysis import heads, jacobian
+from spectral import jacobian
+from spectral.analysis import heads
 from spectral.analysis.spectrum import split_bands
 from spectral.config import CorpusSpec, ModelSpec
 from spectral.corpus import make_windows

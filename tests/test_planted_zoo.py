@@ -68,7 +68,7 @@ def test_every_prediction_has_a_pair_and_the_page_is_current(zoo):
         w, wo = planted.planted_for(number)
         assert w != wo
     results = {name: zoo(name) for name in planted.PLANTED}
-    hint = "regenerate: python -m spectral.planted docs/planted.md"
+    hint = "regenerate: python -m spectral.planted_page docs/planted.md"
     page = _page_rows((ROOT / "docs" / "planted.md").read_text(encoding="utf-8"))
     fresh = _page_rows(planted.zoo_table(results))
     assert sorted(page) == sorted(fresh) == sorted(NUMBERS), hint

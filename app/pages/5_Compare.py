@@ -10,7 +10,7 @@ import common  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from spectral import plotting  # noqa: E402
-from spectral.analysis.metrics import MetricTable  # noqa: E402
+from spectral.api import MetricTable  # noqa: E402
 from spectral.compare import PANELS, mean_middle, run_verdict_spec  # noqa: E402
 
 common.page_header(
