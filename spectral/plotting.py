@@ -52,6 +52,13 @@ def pick_conditions(wanted: tuple[str, ...], present: list[str]) -> list[str]:
     return out
 
 
+def panel_titles(titles: list[str]) -> list[str]:
+    """Subplot titles wrapped to what a panel's width holds (five panels side by side leave ≈ 20 characters each;
+    unwrapped, neighbouring titles run into each other)."""
+    width = max(14, 110 // max(len(titles), 1))
+    return ["<br>".join(_wrap(t, width)) if len(t) > width else t for t in titles]
+
+
 def trained_last(conditions: list[str]) -> list[str]:
     """Conditions in drawing order: the controls first, the trained model last, so its line lies on top."""
     return [c for c in conditions if c != "trained"] + [c for c in conditions if c == "trained"]
@@ -319,7 +326,10 @@ def layer_panels(
     """Side-by-side panels of per-layer metrics (kind, metric, panel title), every condition drawn (``level``:
     see :func:`band_subtitle`)."""
     fig = make_subplots(
-        rows=1, cols=len(panels), subplot_titles=[p[2] for p in panels], horizontal_spacing=min(0.1, 0.25 / len(panels))
+        rows=1,
+        cols=len(panels),
+        subplot_titles=panel_titles([p[2] for p in panels]),
+        horizontal_spacing=min(0.1, 0.25 / len(panels)),
     )
     for j, (kind, metric, _) in enumerate(panels, 1):
         for cond in trained_last(table.conditions()):
@@ -342,7 +352,10 @@ def styled_panels(
     ``(panel title, ((metric, label), ...), log y)``; each series in its own Okabe-Ito colour (the same label keeps
     its colour across panels), its interval shaded where it has one."""
     fig = make_subplots(
-        rows=1, cols=len(panels), subplot_titles=[p[0] for p in panels], horizontal_spacing=min(0.1, 0.3 / len(panels))
+        rows=1,
+        cols=len(panels),
+        subplot_titles=panel_titles([p[0] for p in panels]),
+        horizontal_spacing=min(0.1, 0.3 / len(panels)),
     )
     colors: dict[str, str] = {}
     dashes = ("solid", "dash", "dot", "dashdot", "longdash")
@@ -394,7 +407,7 @@ def overlay(
     fig = make_subplots(
         rows=1,
         cols=len(panels),
-        subplot_titles=[p[2] for p in panels],
+        subplot_titles=panel_titles([p[2] for p in panels]),
         horizontal_spacing=min(0.08, 0.25 / len(panels)),
     )
     for i, s in enumerate(series):

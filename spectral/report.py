@@ -229,7 +229,11 @@ def build_report(run_dir: Path) -> Path:
             f"ensemble, W: the weight-permuted twin, or the in-run / exact null it names); effect = trained − null "
             f"with its {level:.0%} interval; supported when the interval lies above the margin δ and the "
             f"one-sided p-value survives Holm's correction across the run's predictions (α "
-            f"{cfg['verdicts'].get('alpha', 0.05)}), contradicted when it lies below δ, inconclusive otherwise. "
+            f"{cfg['verdicts'].get('alpha', 0.05)}), contradicted when it lies below δ and the one-sided p-value of "
+            '"effect ≥ δ" survives Holm too, inconclusive when it straddles δ or the test has no power (the '
+            "largest effect it can reach on this run lies within the interval's width of δ). Each note starts with "
+            "the rule applied to the deciding statistic and names its null; the other sub-tests follow, each "
+            'labelled "sub-test" with its own null and its own outcome word (not the prediction\'s). '
             "Layer averages carry the average of the per-layer interval bounds.",
             "",
             f"| prediction | outcome | statistic | trained [{level:.0%} CI] | null [interval] | effect [CI] | δ | "

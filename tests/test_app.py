@@ -269,8 +269,9 @@ def test_single_prompt_norms_and_carrier_share(small_run):
     cos = np.array(figs["layer_cosine"]["data"][0]["z"])
     assert cos.shape == (3, 3) and np.allclose(np.diag(cos), 1.0)
     assert len(figs["token_pca"]["data"]) == 7  # default: every token after BOS
-    lens = [d.value for d in at.dataframe if "L2" in d.value.columns][2]  # logit lens: top token per layer
-    assert len(lens) == 8 and all(isinstance(t, str) for t in lens["L2"])
+    lens = next(d.value for d in at.dataframe if "layer" in d.value.columns)  # logit lens: a row per layer
+    assert list(lens["layer"]) == ["L0", "L1", "L2"] and len(lens.columns) == 1 + 8  # every layer, every token
+    assert all(isinstance(t, str) and t for t in lens.iloc[:, 1:].to_numpy().ravel())  # no blank cell
 
 
 def test_run_page_makes_a_run_directory(small_run, tmp_path):
@@ -289,6 +290,8 @@ def test_run_page_makes_a_run_directory(small_run, tmp_path):
     at.checkbox(key="ctl_random_init").uncheck()
     at.checkbox(key="ctl_permuted_weights").uncheck()
     at.checkbox(key="ctl_random_scaled").uncheck()
+    at.checkbox(key="ctl_shuffled").uncheck()  # the defaults are spectral run's: every null and control on
+    at.checkbox(key="ctl_permuted").uncheck()
     at.text_input(key="out").input(str(out))
     at.button(key="start").click().run()
     no_errors(at)

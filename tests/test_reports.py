@@ -129,3 +129,28 @@ def test_progress_callback_and_cancel(tiny_model_dir, tmp_path, sample_text):
         run_experiment(cfg2, progress=False, log=lambda s: None, on_batch=cancel)
     man = read_manifest(tmp_path / "r2")
     assert man["status"] == "failed" and "cancelled by the user" in man["reason"]
+
+
+def test_report_subtest_words_never_read_as_the_outcome(tiny_runs):
+    """In report.md's Verdicts table, the words supported / contradicted appear in a row's note other than as
+    its outcome only inside a labelled sub-test that names its null; the lead of each note states the rule."""
+    from spectral.predictions import read_verdicts
+
+    a, _ = tiny_runs
+    report = (a / "report.md").read_text(encoding="utf-8")
+    rows = [ln for ln in report.splitlines() if ln.startswith("| ") and " | **" in ln]
+    verdicts = read_verdicts((a / "verdicts.csv").read_text(encoding="utf-8"))
+    assert len(rows) == len(verdicts) > 0
+    for v in verdicts:
+        row = next(r for r in rows if r.startswith(f"| {v.prediction} |"))
+        assert f"**{v.outcome}**" in row
+        if v.outcome == "n/a":
+            continue
+        parts = v.note.split("; ")
+        if "not after Holm" in parts[0]:  # "supported by its interval but not after Holm (p_holm …)", then the rule
+            parts = parts[1:]
+        assert "→" in parts[0] or parts[0].startswith("no power"), parts[0]  # the rule applied, in words
+        for part in parts[1:]:
+            for word in ("supported", "contradicted"):
+                if word in part and word != v.outcome:
+                    assert part.startswith("sub-test ") and " against " in part, (v.prediction, part)

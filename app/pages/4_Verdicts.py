@@ -45,22 +45,25 @@ if run is not None:
         rows = [
             {
                 "prediction": v.prediction,
-                "outcome": f"{plotting.OUTCOME_GLYPHS.get(v.outcome, '')} {v.outcome}",
+                "": plotting.OUTCOME_GLYPHS.get(v.outcome, ""),
+                "outcome": v.outcome,
                 "effect": f(v.effect),
-                f"effect {common.ci_label(level)}": iv(v.effect_ci_low, v.effect_ci_high),
+                "effect CI": iv(v.effect_ci_low, v.effect_ci_high),
                 "margin δ": f(v.margin),
                 "p (Holm)": f(v.p_holm),
                 "statistic": v.statistic,
                 "trained": f(v.value),
-                "trained CI": iv(v.ci_low, v.ci_high),
+                f"{common.ci_label(level)} CI": iv(v.ci_low, v.ci_high),
                 "null": f(v.null),
                 "null interval": iv(v.null_ci_low, v.null_ci_high),
                 "p": f(v.p_value),
+                "note": v.note,
             }
             for v in run.verdicts
         ]
         st.caption(
-            "The decision columns come first: effect (trained − null) with its interval, the margin δ and the "
+            f"The decision columns come first: effect (trained − null) with its {common.ci_label(level)}, the margin δ "
+            "and the "
             "Holm-adjusted p. Supported: the interval lies above δ; contradicted: below δ; inconclusive: across δ "
             "or without power to reach it. The statistic each prediction decides on is its deciding sub-test (the "
             "one whose outcome settles the prediction): it can differ between runs, and the reason says which."
