@@ -542,7 +542,9 @@ class SiteStats:
             s = self.sum_h.to("cpu") - 0.5 * self.count.to("cpu")[:, None] * c
             Ud = U.to("cpu", torch.float64)
             q += 2.0 * (c @ Ud)[None, :] * (s @ Ud)
-        return q
+        # Σ (uᵀh)² over a bucket is never negative; float32 storage of the centred part can leave −1e-9 where the
+        # true energy is ~0 (an embedding's tail bands): that is rounding, clamped, so no energy or share is < 0
+        return q.clamp_min(0.0)
 
     def total(self) -> Moments:
         """Sums over all buckets (cached until the next update or merge)."""

@@ -382,3 +382,30 @@ def test_result_tables_are_labelled():
     t = st.window_table()
     assert t.index.tolist() == [0, 1, 2] and t.columns[0] == "count"
     np.testing.assert_allclose(t.column("sum_norm"), h.norm(dim=-1).sum(1).numpy()[[1, 2, 0]])
+
+
+def test_principal_basis_fixes_the_null_space_and_energies_stay_nonnegative():
+    """Bands cut from a rank-deficient covariance's eigenvectors changed with rounding (issue 24: a sharded run
+    against the single one); the numerical null space is now spanned by a fixed basis, so a rounding-level
+    perturbation leaves every band's span in place. And a bucket's band energy is never below 0."""
+    from spectral.analysis.spectrum import principal_basis
+
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(200, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 12, generator=g, dtype=torch.float64)
+    C = X.T @ X / 200  # rank 5 in 12 dimensions
+    noise = torch.randn(12, 12, generator=g, dtype=torch.float64) * 1e-12
+    P1, P2 = principal_basis(C), principal_basis(C + noise + noise.T)
+    assert torch.allclose(P1.T @ P1, torch.eye(12, dtype=torch.float64), atol=1e-10)
+    for lo, hi in ((0, 5), (5, 8), (8, 12)):  # the span of every band of columns is the same
+        A, B = P1[:, lo:hi], P2[:, lo:hi]
+        assert torch.allclose(A @ A.T, B @ B.T, atol=1e-6), (lo, hi)
+    from spectral.stats import _triu_flat
+
+    st = SiteStats(12, 2)
+    h = torch.zeros(2, 3, 12)
+    h[..., 0] = 1.0  # energy only along e0: the other directions hold 0
+    st.update(h, torch.ones(2, 3, dtype=torch.bool), torch.arange(2), torch.arange(2))
+    tiny = (1e-9 * torch.eye(12)).reshape(-1)[_triu_flat(12, "cpu")]  # packed like the stored moments
+    st.second -= tiny.to(st.second.dtype)  # what float32 rounding of the centred part can leave
+    q = st.bucket_quadratic(torch.eye(12))
+    assert (q >= 0).all() and float(q[:, 0].sum()) == pytest.approx(6.0)

@@ -368,8 +368,7 @@ def _head_band_metrics(
         if data_bands and src in bank.sites:
             m = bank[bank.aliases.get(src, src)].total()
             if spectrum.degenerate(m) is None:
-                w, V = torch.linalg.eigh(spectrum.covariance(m).double())
-                P = V[:, torch.argsort(w, descending=True, stable=True)]
+                P = spectrum.principal_basis(spectrum.covariance(m))
                 pc = heads.head_band_concentration(model, layer, P, sizes, n)
                 for name in ("ov", "qk"):
                     pooled[f"{name}_pc"].append(pc[name])

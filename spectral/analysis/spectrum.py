@@ -200,6 +200,30 @@ def band_energy_jackknife(
     return out
 
 
+def principal_basis(cov: torch.Tensor, rel_tol: float = 1e-6) -> torch.Tensor:
+    """The covariance's eigenvectors by eigenvalue descending (d × d, float64), with its numerical null space
+    (eigenvalues below ``rel_tol`` of the largest: a rank-deficient input, e.g. the embeddings of fewer distinct
+    tokens than dimensions) spanned by a fixed basis instead of eigh's arbitrary one. Those eigenvectors are not
+    determined by the data (rounding picks them), so bands cut from them changed with the order moments were
+    summed in (a sharded run against the single one); the complement of the resolved directions is."""
+    c = cov.double()
+    w, V = torch.linalg.eigh(c)
+    order = torch.argsort(w, descending=True, stable=True)
+    w, V = w[order], V[:, order]
+    k = int((w > rel_tol * max(float(w[0]), 0.0)).sum())
+    d = c.shape[0]
+    if k >= d or k == 0:
+        return V
+    top = V[:, :k]
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(d, d - k, generator=g, dtype=torch.float64)  # fixed: the same in every run
+    Q, _ = torch.linalg.qr(G - top @ (top.T @ G))  # an orthonormal basis of the resolved directions' complement
+    return torch.cat([top, Q], dim=1)
+
+
+RIDGE_REL = 1e-6  # of tr(E[x xᵀ]): the least-squares band transfer's ridge (see band_transfers)
+
+
 def band_transfer(write: Moments, inp: Moments, bands: list[torch.Tensor]) -> np.ndarray:
     """T[i, j] = ‖U_iᵀ A U_j‖²_F normalised to sum 1, with A = E[w xᵀ] E[x xᵀ]⁻¹ the least-squares
     linear map from the stream x a sub-layer read to its write w: how much of the write's band i
@@ -214,9 +238,13 @@ def band_transfers(write: Moments, inp: Moments, band_sets: list[list[torch.Tens
         raise ValueError("no cross moment: band transfer needs the write's input stream")
     if write.n <= 0 or inp.n <= 0 or not float(torch.trace(inp.second)) > 0:  # no input energy: no map
         return [np.full((len(bands), len(bands)), np.nan) for bands in band_sets]
-    C = write.cross / write.n
-    S = inp.second / inp.n
-    ridge = 1e-8 * float(torch.trace(S)) / S.shape[0]
+    C = (write.cross / write.n).double()
+    S = (inp.second / inp.n).double()
+    # the ridge sits at the resolution of float32 moment storage (~1e-7 of the trace, summed over buckets): input
+    # directions below it are not determined by the data, and solving for them made the map, hence the shares,
+    # depend on the order the buckets were summed in (a sharded run against the single one, issue 24). They
+    # carry under 1e-6 of the input's energy, so the shares lose nothing measurable.
+    ridge = RIDGE_REL * float(torch.trace(S))
     A = torch.linalg.solve(S + ridge * torch.eye(S.shape[0], dtype=S.dtype), C.T).T  # C S⁻¹
     out = []
     U_prev, R2 = None, np.zeros(0)
