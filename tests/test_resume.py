@@ -158,3 +158,46 @@ def test_two_process_torchrun_matches_the_single_run(base):
         MetricTable.from_csv((base["ref"] / "metrics.csv").read_text()),
         MetricTable.from_csv((out / "metrics.csv").read_text()),
     )
+
+
+def test_float32_shards_merge_within_accumulation_error(base):
+    """With the default float32 moment storage, a run split into n shards (n drawn by a seeded RNG) merges to the
+    single run within float32 accumulation error, |a − b| ≤ 1e-5·|a| + 1e-8, for every metric, calibrated or
+    subset statistics included, and no energy or share is negative. Known gap (issue 24, stated in RESULTS.md):
+    the jackknife bounds of the least-squares band transfer at layer 0, whose input (the embeddings of few
+    distinct tokens) is rank-deficient, are checked to 1e-3 relative; lens KLs carry float32 log-sum-exp rounding,
+    absolute (1e-6)."""
+    import random
+
+    root = base["root"]
+    args = [a for a in base["args"]]
+    i = args.index("--moment-dtype")
+    args[i + 1] = "float32"
+    n = random.Random(24).choice((2, 3, 4))
+    ref_dir = root / "f32-ref"
+    assert main([*args, "--out", str(ref_dir)]) == 0
+    shards = [root / f"f32-shard{k}" for k in range(n)]
+    for k, d in enumerate(shards):
+        assert main([*args, "--shard", f"{k}/{n}", "--out", str(d)]) == 0
+    assert main(["merge", *map(str, shards), "--out", str(root / "f32-merged")]) == 0
+    ref = MetricTable.from_csv((ref_dir / "metrics.csv").read_text())
+    got = {
+        (r.condition, r.site, r.metric): r
+        for r in MetricTable.from_csv((root / "f32-merged" / "metrics.csv").read_text()).rows
+    }
+    assert got.keys() == {(r.condition, r.site, r.metric) for r in ref.rows}
+    bad = []
+    for r in ref.rows:
+        o = got[(r.condition, r.site, r.metric)]
+        for what, a, b in (("value", r.value, o.value), ("lo", r.ci_low, o.ci_low), ("hi", r.ci_high, o.ci_high)):
+            if not (np.isfinite(a) or np.isfinite(b)):
+                continue
+            rel = 1e-3 if r.metric.startswith("band_offdiag") and r.site.endswith(".0") and what != "value" else 1e-5
+            # a KL is a difference of float32 log-partition functions: its rounding is absolute, ~1e-7 of the
+            # logits' size, whatever the KL (the tuned lens's held-out KL sits at 1e-4 here)
+            absolute = 1e-6 if "_kl" in r.metric else 1e-8
+            if not abs(a - b) <= rel * abs(a) + absolute:
+                bad.append((r.condition, r.site, r.metric, what, a, b))
+        if "energy" in r.metric or r.metric.endswith("_share"):
+            assert not o.value < 0, (r.condition, r.site, r.metric, o.value)
+    assert not bad, f"{n} shards: {len(bad)} numbers differ: {bad[:40]}"
