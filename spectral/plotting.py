@@ -640,7 +640,7 @@ def prediction_forest(runs: list[tuple[str, Any]], title: str, level: float = 0.
                 x=[v.effect],
                 y=[label],
                 mode="markers",
-                marker={"color": c, "size": 10},
+                marker={"color": c, "size": 11, "symbol": OUTCOME_SYMBOLS.get(v.outcome, "circle")},
                 error_x={**_effect_bar(v, c), "thickness": 2},
                 name=v.outcome,
                 showlegend=False,
@@ -653,7 +653,10 @@ def prediction_forest(runs: list[tuple[str, Any]], title: str, level: float = 0.
         fig.add_vline(x=m, line={"color": "#555555", "dash": "dash", "width": 1})
     fig.add_vline(x=0.0, line={"color": "#222222", "width": 1})
     for name, c in OUTCOME_COLORS.items():  # legend: outcome colours
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", marker={"color": c, "size": 10}, name=name))
+        mark = {"color": c, "size": 10, "symbol": OUTCOME_SYMBOLS[name]}
+        fig.add_trace(
+            go.Scatter(x=[None], y=[None], mode="markers", marker=mark, name=f"{OUTCOME_GLYPHS[name]} {name}")
+        )
     apply_theme(fig, f"{title}<br><sup>bars: {ci_label(level)} of the effect</sup>", width=820,
                 height=max(320, 42 * len(labels) + 170))  # fmt: skip
     fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1], dtick=1)
@@ -676,7 +679,7 @@ def effect_vs_size(points: list[tuple[str, float, Any]], title: str, level: floa
                 text=[label],
                 textposition="middle right",
                 textfont={"size": 9},
-                marker={"color": c, "size": 9},
+                marker={"color": c, "size": 10, "symbol": OUTCOME_SYMBOLS.get(v.outcome, "circle")},
                 error_y=_effect_bar(v, c),
                 showlegend=False,
             )
