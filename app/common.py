@@ -407,9 +407,15 @@ def _image_bytes(fig_json: str, fmt: str) -> bytes:
 MIME = {"png": "image/png", "svg": "image/svg+xml", "pdf": "application/pdf"}
 
 
-def figure_block(fig: go.Figure, name: str, csv_text: str | None = None, caption: str | None = None) -> None:
-    """Render a figure with CSV download and on-demand PNG / SVG / PDF export (kaleido)."""
-    st.plotly_chart(fig, key=f"fig_{name}", width="stretch")
+def figure_block(
+    fig: go.Figure, name: str, csv_text: str | None = None, caption: str | None = None, natural: bool = False
+) -> None:
+    """Render a figure with CSV download and on-demand PNG / SVG / PDF export (kaleido); ``natural``: at the
+    figure's own width (a table-like figure whose cells must not shrink, e.g. the outcome matrix)."""
+    if natural:
+        st.plotly_chart(fig, key=f"fig_{name}", width="content")
+    else:
+        st.plotly_chart(fig, key=f"fig_{name}", width="stretch")
     if caption:
         st.caption(caption)
     cols = st.columns(4)

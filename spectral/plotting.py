@@ -403,7 +403,7 @@ def overlay(
     absent = [p[2] for p in panels if p not in measured]
     panels = tuple(measured) or panels[:1]
     if absent:
-        title = f"{title}<br><sup>not measured by these runs: {', '.join(absent)}</sup>"
+        title = f"{title} (not measured by these runs: {', '.join(absent)})"
     fig = make_subplots(
         rows=1,
         cols=len(panels),
@@ -576,31 +576,39 @@ def outcome_matrix(
     for i, name in enumerate(order):
         scale += [[i / n, _tint(OUTCOME_COLORS[name])], [(i + 1) / n, _tint(OUTCOME_COLORS[name])]]
     short = [p.split(" ", 1)[0] + "<br>" + "<br>".join(_wrap(p.split(" ", 1)[1], 14)) for p in preds]
-    fig = go.Figure(
-        go.Heatmap(
-            z=z,
-            x=short,
-            y=[label for label, _ in runs],
-            text=text,
-            texttemplate="%{text}",
-            textfont={"size": 10, "color": "black"},
-            colorscale=scale,
-            zmin=0,
-            zmax=n,
-            xgap=2,
-            ygap=2,
-            colorbar={
-                "tickvals": [i + 0.5 for i in range(n)],
-                "title": {"text": "outcome"},
-                "ticktext": [f"{OUTCOME_GLYPHS[o]} {o}" for o in order],
-            },  # fmt: skip
-            hovertemplate="%{y} · %{x}<br>effect %{text}<extra></extra>",
-        )
+    labels = [label for label, _ in runs]
+    # a few runs: predictions down the side, runs across (a narrow figure whose cells keep their size on a page);
+    # many runs: runs down the side, predictions across (the note's 13 × 11)
+    tall = len(runs) <= 4
+    bar = {
+        "tickvals": [i + 0.5 for i in range(n)],
+        "title": {"text": "outcome"},
+        "ticktext": [f"{OUTCOME_GLYPHS[o]} {o}" for o in order],
+    }
+    heat = go.Heatmap(
+        z=[list(col) for col in zip(*z, strict=True)] if tall else z,
+        x=["<br>".join(_wrap(lab, 22)) for lab in labels] if tall else short,
+        y=[p if len(p) <= 46 else p[:44] + "…" for p in preds] if tall else labels,
+        text=[list(col) for col in zip(*text, strict=True)] if tall else text,
+        texttemplate="%{text}",
+        textfont={"size": 10, "color": "black"},
+        colorscale=scale,
+        zmin=0,
+        zmax=n,
+        xgap=2,
+        ygap=2,
+        colorbar=bar,
+        hovertemplate="%{y} · %{x}<br>effect %{text}<extra></extra>",
     )
-    apply_theme(fig, title, width=max(900, 118 * len(preds) + 300), height=max(360, 56 * len(runs) + 230))
+    fig = go.Figure(heat)
+    if tall:
+        apply_theme(fig, title, width=330 + 170 * len(runs) + 120, height=48 * len(preds) + 230)
+        fig.update_layout(margin={"t": 150, "l": 300}, title={"y": 0.98, "yanchor": "top"})
+    else:
+        apply_theme(fig, title, width=max(900, 118 * len(preds) + 300), height=max(360, 56 * len(runs) + 230))
+        fig.update_layout(margin={"t": 190, "l": 230}, title={"y": 0.98, "yanchor": "top"})
     fig.update_yaxes(autorange="reversed", dtick=1)
     fig.update_xaxes(side="top", tickangle=0, dtick=1)
-    fig.update_layout(margin={"t": 190, "l": 230}, title={"y": 0.98, "yanchor": "top"})
     return fig
 
 

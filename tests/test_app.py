@@ -222,11 +222,12 @@ def test_compare_overlays_runs(small_run):
     lines = line_traces(spec)
     table: MetricTable = small_run["table"]
     norm = [r.value for r in table.series("trained", "resid_post", "norm_mean")]
-    # two series × four panels; the first panel is the norm, x is relative depth
-    assert len(lines) == 8
+    # the same run typed twice is one series; one series × four panels; the first panel is the norm, x is
+    # relative depth
+    assert len(lines) == 4
     assert lines[0]["y"] == pytest.approx(norm, rel=1e-8)
     assert lines[0]["x"] == pytest.approx([0.0, 0.5, 1.0])
-    assert len(at.dataframe[0].value) == 2
+    assert len(at.dataframe[0].value) == 1
     # the outcome matrix: one row per prediction, one column per run, cells from verdicts.csv
     outcomes = next(d.value for d in at.dataframe if "prediction" in d.value.columns)
     verdicts = (small_run["run"] / "verdicts.csv").read_text().splitlines()[1:]
@@ -235,7 +236,7 @@ def test_compare_overlays_runs(small_run):
     assert outcomes.iloc[0, 1].startswith(first[1])
     # the outcome matrix figure: runs × predictions, the cell text from verdicts.csv, the current battery unmarked
     heat = figs[next(k for k in figs if "outcome_matrix" in k)]["data"][0]
-    assert len(heat["y"]) == 2 and len(heat["x"]) == 11
+    assert len(heat["x"]) == 1 and len(heat["y"]) == 11  # one run: predictions down the side, the run across
     assert not any("†" in cell for row in heat["text"] for cell in row)
 
 

@@ -33,9 +33,14 @@ panel_names = [p[2] for p in PANELS]
 chosen = st.multiselect("panels", panel_names, default=panel_names[:4], key="compare_panels")
 
 loaded = []
+seen: set[str] = set()
 for target in [*picked, *(line.strip() for line in typed.splitlines() if line.strip())]:
     with common.errors_shown(f"{target}: "):
-        run = common.load_run(common.safe_path(target))
+        where = common.safe_path(target)
+        if str(where) in seen:  # the same run picked and typed: one series, not two
+            continue
+        seen.add(str(where))
+        run = common.load_run(where)
         if run.manifest.get("status") != "complete":
             st.warning(f"{target}: status {run.manifest.get('status')} — shown anyway")
         loaded.append(run)
@@ -94,8 +99,10 @@ if loaded:
             matrix,
             "outcome_matrix",
             outcome_table(records),  # the note's outcomes.csv columns (csv module: labels quoted as needed)
-            caption="Colour: outcome; number: effect (trained − null) with its interval; † measured by an older "
-            "battery revision (its statistic changed since).",
+            caption="Colour and glyph: outcome (▲ supported, ◆ inconclusive, ▼ contradicted); number: effect "
+            "(trained − null) with its interval; † measured by an older battery revision (its statistic changed "
+            "since). Drawn at its own width: scroll sideways on a narrow screen.",
+            natural=True,
         )
     st.subheader("Outcomes side by side")
     st.caption(
