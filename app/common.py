@@ -481,20 +481,14 @@ def report_markdown(text: str) -> str:
     return re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"*[figure: \1]*", text)
 
 
-@st.cache_data(show_spinner=False, max_entries=4)
-def _zip_bytes(path: str, stamp: str) -> bytes:
+def run_zip(run_dir: Path) -> bytes:
+    """The run directory (without its resumable state) as a zip; made when the download is clicked."""
     import io
     import zipfile
 
     buf = io.BytesIO()
-    root = Path(path)
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(root.rglob("*")):
-            if f.is_file() and "state" not in f.relative_to(root).parts[:1]:  # the resumable state stays behind
-                z.write(f, Path(root.name) / f.relative_to(root))
+        for f in sorted(run_dir.rglob("*")):
+            if f.is_file() and "state" not in f.relative_to(run_dir).parts[:1]:  # the resumable state stays behind
+                z.write(f, Path(run_dir.name) / f.relative_to(run_dir))
     return buf.getvalue()
-
-
-def run_zip(run_dir: Path) -> bytes:
-    """The run directory (without its resumable state) as a zip, cached until its files change."""
-    return _zip_bytes(str(run_dir), _stamp(run_dir))

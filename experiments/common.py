@@ -21,6 +21,17 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 FAMILIES = ("norm_growth", "carrier", "sequence_spectra", "bands", "lenses", "interventions", "controls")
 
 
+def portable_manifest(run_dir: Path) -> str:
+    """A run's manifest.json (config, versions, commit) without this machine's paths, for committing: the venv,
+    the repository and home prefixes become ".venv/", relative and "~/"."""
+    text = (run_dir / "manifest.json").read_text()
+    roots = {str(run_dir.resolve().parents[2]) + "/", str(ROOT.resolve()) + "/"}  # the run's checkout and this one
+    venv = str(Path(sys.prefix).resolve()) + "/"  # installed packages (GGUF files, MiniLM) live in the venv
+    for prefix, repl in [(venv, ".venv/"), *((r, "") for r in roots), (str(Path.home()) + "/", "~/")]:
+        text = text.replace(json.dumps(prefix)[1:-1], repl)
+    return text
+
+
 def models(selection: str | None = None) -> list[dict[str, Any]]:
     """Models from configs/models.toml, optionally only the comma-separated keys (or paths) given."""
     listed = tomllib.loads((CONFIGS / "models.toml").read_text())["model"]

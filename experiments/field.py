@@ -58,9 +58,11 @@ def field_config(name: str, windows: int, seq_len: int) -> dict:
 
 
 def field_run(name: str, windows: int, seq_len: int) -> Path:
+    from common import portable_manifest
+
     from spectral.config import config_from_dict
     from spectral.runner import run_experiment
-    from spectral.runs import read_manifest
+    from spectral.runs import atomic_write_text, read_manifest
 
     cfg = config_from_dict(field_config(name, windows, seq_len), "experiments/field")
     out = OUT / name
@@ -70,6 +72,7 @@ def field_run(name: str, windows: int, seq_len: int) -> Path:
             print(f"{name}: reusing {out}")
             return out
     run_experiment(cfg, command="python experiments/field.py --models " + name, overwrite=True)
+    atomic_write_text(out / "manifest.json", portable_manifest(out))  # committed: no machine paths
     return out
 
 

@@ -9,13 +9,11 @@ with the credits of the model and corpus): the few generated files that are comm
 """
 
 import argparse
-import json
 import os
 import shutil
 import sys
-from pathlib import Path
 
-from common import FAMILIES, ROOT, ensure_run, export_family, models
+from common import FAMILIES, ROOT, ensure_run, export_family, models, portable_manifest
 
 
 def canonical(run_dir, model) -> None:
@@ -34,14 +32,7 @@ def canonical(run_dir, model) -> None:
     from spectral.synthesis import summary_csv  # the per-layer numbers the research note quotes
 
     atomic_write_text(dest / "summary.csv", summary_csv((run_dir / "metrics.csv").read_text(encoding="utf-8")))
-    # the manifest (config, versions, commit) without this machine's paths: the venv, the repository and home
-    # prefixes become ".venv/", relative / "~"
-    text = (run_dir / "manifest.json").read_text()
-    roots = {str(run_dir.resolve().parents[2]) + "/", str(ROOT.resolve()) + "/"}  # the run's checkout and this one
-    venv = str(Path(sys.prefix).resolve()) + "/"  # installed packages (GGUF files, MiniLM) live in the venv
-    for prefix, repl in [(venv, ".venv/"), *((r, "") for r in roots), (str(Path.home()) + "/", "~/")]:
-        text = text.replace(json.dumps(prefix)[1:-1], repl)
-    atomic_write_text(dest / "manifest.json", text)
+    atomic_write_text(dest / "manifest.json", portable_manifest(run_dir))
     from readme_example import layer_table, verdict_table
 
     example = f"{layer_table(run_dir)}\n\n{verdict_table(run_dir)}\n"

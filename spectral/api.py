@@ -157,8 +157,7 @@ def measure(
     timings: dict[str, float] = {}
     say = (lambda m: print(f"sp.measure: {m}", file=sys.stderr)) if progress else (lambda m: None)
     if progress:
-        conds = 1 + len(cfg.controls)
-        say(f"{n_win} windows × {cfg.corpus.seq_len} tokens; the trained model and {conds - 1} control/null kinds")
+        say(f"{n_win} windows × {cfg.corpus.seq_len} tokens; the trained model and {len(cfg.controls)} controls/nulls")
     rows, measurements = measure_conditions(s, progress=progress, timings=timings, log=say)
     timings["total"] = time.perf_counter() - t0
     s.manifest.update(status="measured", timings=timings)

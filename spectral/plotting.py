@@ -275,10 +275,8 @@ def metric_heatmap(
     value in any band gets a row, a missing (site, band) value is a gap (NaN)."""
     # only the conditions that measured the metric get a panel (R has no W_U bands of its own: no empty axes)
     have = {r.condition for r in table.rows if r.metric.startswith(metric_prefix)}
-    conds = (
-        pick_conditions(conditions, [c for c in table.conditions() if c in have])
-        or [c for c in table.conditions() if c in have][:1]
-    )
+    present = [c for c in table.conditions() if c in have]
+    conds = pick_conditions(conditions, present) or present[:1]
     fig = make_subplots(
         rows=1, cols=len(conds), subplot_titles=[condition_style(c)["label"] for c in conds], horizontal_spacing=0.12
     )

@@ -150,6 +150,15 @@ def check_and_shoot(page, tmp: Path, name: str, charts: int) -> None:
     shutil.copy(shot, SHOTS / shot.name)
 
 
+def compare(page, url: str, runs: list[Path]) -> None:
+    """Open the Compare page and type ``runs`` into its run-directory box."""
+    page.goto(f"{url}/Compare")
+    page.wait_for_selector("text=Compare runs", timeout=60_000)
+    area = page.get_by_label("…or type run directories, one per line (within the allowed roots)")
+    area.fill("\n".join(map(str, runs)))
+    area.press("Control+Enter")
+
+
 DEFAULT_MODEL = "smollm2-135m"
 # a small job on the 30-layer default: the analysis costs per site (d x d eigendecompositions), not per window
 SMALL_SITES = "embed, resid_post.0, resid_post.14, resid_post.29, final"
@@ -259,11 +268,7 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
     check_and_shoot(page, tmp_path, "5_verdicts", 0)
     assert page.locator('[data-testid="stDataFrame"]').count() >= 1
 
-    page.goto(f"{url}/Compare")
-    page.wait_for_selector("text=Compare runs", timeout=60_000)
-    area = page.get_by_label("…or type run directories, one per line (within the allowed roots)")
-    area.fill(f"{root / 'saved'}\n{out}")
-    area.press("Control+Enter")
+    compare(page, url, [root / "saved", out])
     check_and_shoot(page, tmp_path, "6_compare", 1)
 
     # every Explore tab of the saved run (each tab's charts drawn once it is shown)
@@ -289,10 +294,6 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
         page.goto(f"{url}/Verdicts?run={canon}")
         page.wait_for_selector("text=Reasons", timeout=60_000)
         check_and_shoot(page, tmp_path, "8_canonical_verdicts", 0)
-        page.goto(f"{url}/Compare")
-        page.wait_for_selector("text=Compare runs", timeout=60_000)
-        area = page.get_by_label("…or type run directories, one per line (within the allowed roots)")
-        area.fill(f"{canon}\n{out}")
-        area.press("Control+Enter")
+        compare(page, url, [canon, out])
         check_and_shoot(page, tmp_path, "8_canonical_compare", 1)
     page.close()

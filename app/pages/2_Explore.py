@@ -3,6 +3,7 @@ spectral.figureset.FIGURE_TABS names them and their captions), each with the CSV
 before figures were kept as JSON has them built again from its metrics (spectral.api.Result.figure)."""
 
 import sys
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -104,7 +105,7 @@ if run is not None:
             if html.is_file():
                 c2.download_button("report.html", html.read_bytes(), file_name="report.html", mime="text/html",
                                    on_click="ignore")  # fmt: skip
-            zipped = common.run_zip(Path(run.path))
+            zipped = partial(common.run_zip, Path(run.path))  # built when clicked, not on every page render
             c3.download_button("the run as a zip", zipped, file_name=f"{Path(run.path).name}.zip",
                                mime="application/zip", on_click="ignore")  # fmt: skip
             st.markdown(common.report_markdown(text), unsafe_allow_html=False)
