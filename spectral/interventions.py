@@ -35,7 +35,7 @@ from spectral.errors import ConfigError, SpectralError
 from spectral.models import LoadedModel
 from spectral.sites import all_sites, hook_name
 
-__all__ = ["TAIL_FAMILIES", "can_run_tails", "intervene", "nll_per_window", "sweep", "tail_sweep"]
+__all__ = ["TAIL_FAMILIES", "can_run_tails", "intervene", "nll_per_window", "sweep", "tail_layers", "tail_sweep"]
 
 
 def _check_lm(model: LoadedModel) -> None:
@@ -175,7 +175,7 @@ def _keeper(kept: dict[int, torch.Tensor], layer: int) -> Callable[..., None]:
 
 
 @contextmanager
-def _tail(base: Any, start: int) -> Iterator[None]:
+def tail_layers(base: Any, start: int) -> Iterator[None]:
     """Within the block, ``base`` runs only its layers ``start:`` (inputs_embeds = the stream entering them)."""
     layers, cfg = base.layers, base.config
     kinds = getattr(cfg, "layer_types", None)
@@ -244,7 +244,7 @@ def tail_sweep(
                     if layer == L - 1:  # nothing after it: the final norm only
                         final = fastpath.final_norm_module(base)(h)
                     else:
-                        with _tail(base, layer + 1):
+                        with tail_layers(base, layer + 1):
                             final = base(inputs_embeds=h, attention_mask=att, use_cache=False).last_hidden_state
                     nll, logp = scored_nll(final, ids, mask, W.to(dev), None if bias is None else bias.to(dev), True)
                     edited.setdefault((layer, target), []).append(nll)

@@ -359,13 +359,12 @@ def analyse_condition(
     """Interventions and every metric of one complete (possibly merged) condition."""
     cfg, cond = s.cfg, cc.condition
     t = time.perf_counter()
-    cc.intervene()
-    t_mod = time.perf_counter()
-    cc.modulate()
-    if cc.modulation:
-        timings[f"modulation_{cond}"] = time.perf_counter() - t_mod
-    cc.transfer()
-    cc.tune()
+    phases = {"interventions": cc.intervene, "modulation": cc.modulate, "transfer": cc.transfer, "tune": cc.tune}
+    for phase, step in phases.items():  # the forward-running steps of the analysis, each timed apart
+        t_step = time.perf_counter()
+        step()
+        if time.perf_counter() - t_step > 0.05:
+            timings[f"{phase}_{cond}"] = time.perf_counter() - t_step
     if s.run_dir.is_dir():
         if cc.outliers is not None:
             from spectral.outliers import outlier_csv
@@ -384,8 +383,10 @@ def analyse_condition(
     from spectral.predictions.base import middle_layers
 
     mid = middle_layers(cc.model.arch.n_layers, cfg.verdicts)
+    t_stats = time.perf_counter()
     rows = list(compute_metrics(meas.bank, s.label, cond, cfg.analysis, cfg.seed, light, mid).rows)
     rows += battery_metrics(s.label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands, light)
+    timings[f"statistics_{cond}"] = time.perf_counter() - t_stats  # the metrics from the captured sums alone
     timings[f"analysis_{cond}"] = time.perf_counter() - t
     return rows
 

@@ -13,6 +13,7 @@ variance.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -157,44 +158,54 @@ def carrier_energy_robust(m: Moments, *, zscore: bool, drop_dims: int, drop_sink
         if bool(torch.isnan(cc).any()):  # no pairwise cosine: no rogue dimensions to name
             return float("nan")
         keep[cc.argsort(descending=True)[:drop_dims]] = False
-    second, sum_h = second[keep][:, keep], sum_h[keep]
+    scale = keep.to(second.dtype)  # the kept dimensions' weights (1/σ with z-scoring), 0 for a dropped one
     if zscore:
         mu = sum_h / n
         energy = torch.diagonal(second) / n
         var = energy - mu**2
-        if bool(((energy > 0) & (var <= ZSCORE_RTOL * energy)).any()):
+        if bool((keep & (energy > 0) & (var <= ZSCORE_RTOL * energy)).any()):
             return float("nan")
-        std = var.clamp_min(1e-300).sqrt()  # dimensions without energy stay zero
-        second = second / torch.outer(std, std)
-        sum_h = sum_h / std
-    norm = float(sum_h.norm())
-    tr = float(torch.trace(second))
-    if not norm > 0 or not tr > 0:
-        return float("nan")
-    direction = sum_h / norm
-    return float(direction @ second @ direction) / tr
+        scale = scale / var.clamp_min(1e-300).sqrt()  # dimensions without energy stay zero
+    return _quadratic_share(second, sum_h, scale)
 
 
-def _rho_without(second: torch.Tensor, sum_h: torch.Tensor, drop: torch.Tensor) -> float:
-    keep = torch.ones(second.shape[0], dtype=torch.bool)
-    keep[drop] = False
-    s, mu = second[keep][:, keep], sum_h[keep]
-    norm, tr = float(mu.norm()), float(torch.trace(s))
+def _quadratic_share(second: torch.Tensor, sum_h: torch.Tensor, scale: torch.Tensor) -> float:
+    """ρ of the tokens D h with D = diag(``scale``) (a zero drops a dimension, 1/σ z-scores it), without forming
+    D Σhhᵀ D: the direction is D Σh normalised, the energy (D u)ᵀ Σhhᵀ (D u), the trace Σ_i scale_i² Σhhᵀ_ii (one
+    matrix-vector product instead of a copy of the kept block)."""
+    mu = sum_h * scale
+    norm = float(mu.norm())
+    tr = float((torch.diagonal(second) * scale**2).sum())
     if not norm > 0 or not tr > 0:
         return float("nan")
-    u = mu / norm
-    return float(u @ s @ u) / tr
+    v = mu * scale / norm
+    return float(v @ second @ v) / tr
+
+
+@functools.lru_cache(maxsize=8)
+def _random_keeps(d: int, k: int, draws: int, seed: int) -> torch.Tensor:
+    """(draws, d) float64 masks, each 0 on ``k`` dimensions drawn at random (the seeded draws, made once)."""
+    g = torch.Generator().manual_seed(seed)
+    keeps = torch.ones(draws, d, dtype=torch.float64)
+    for i in range(draws):
+        keeps[i, torch.randperm(d, generator=g)[:k]] = 0.0
+    return keeps
 
 
 def carrier_energy_drop_random(m: Moments, k: int, draws: int = 10, seed: int = 0) -> float:
     """ρ after dropping ``k`` dimensions chosen at random (mean over ``draws`` seeded draws): the null of
     dropping the top-k rogue dimensions (a carrier spread over many dimensions loses about k/d of itself
-    either way; one living in the rogue dimensions loses far more to them)."""
+    either way; one living in the rogue dimensions loses far more to them). All draws in one product."""
     d = m.second.shape[0]
     if k <= 0 or k >= d:
         return float("nan")
-    g = torch.Generator().manual_seed(seed)
-    vals = [_rho_without(m.second, m.sum_h, torch.randperm(d, generator=g)[:k]) for _ in range(draws)]
+    keeps = _random_keeps(d, k, draws, seed).to(m.second.dtype)
+    mu = m.sum_h[None, :] * keeps  # (draws, d)
+    norm = mu.norm(dim=1)
+    tr = keeps @ torch.diagonal(m.second)
+    energy = ((mu @ m.second) * mu).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vals = np.where((norm > 0).numpy() & (tr > 0).numpy(), (energy / norm**2 / tr).numpy(), np.nan)
     return float(np.mean(vals))
 
 

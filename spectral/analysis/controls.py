@@ -67,10 +67,11 @@ def permute_weights(model: torch.nn.Module, seed: int, inverse: bool = False) ->
         seen.add(id(p))
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         flat = p.data.reshape(-1)
-        perm = torch.randperm(flat.numel(), generator=g)
-        if inverse:
-            perm = torch.argsort(perm)
-        flat.copy_(flat[perm.to(flat.device)])
+        perm = torch.randperm(flat.numel(), generator=g).to(flat.device)
+        if inverse:  # x[perm] = y undoes y = x[perm] (no argsort of the permutation)
+            flat[perm] = flat.clone()
+        else:
+            flat.copy_(flat[perm])
         n += 1
     return n
 

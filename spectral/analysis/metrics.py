@@ -13,7 +13,7 @@ import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import astuple, dataclass, fields
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 
@@ -74,10 +74,15 @@ class MetricTable:
     rows: tuple[MetricRow, ...]
 
     def get(self, condition: str, site: str, metric: str) -> MetricRow | None:
+        return self._index.get((condition, site, metric))
+
+    @cached_property
+    def _index(self) -> dict[tuple[str, str, str], MetricRow]:
+        """(condition, site, metric) -> its first row: built once (a run has ~10⁵ rows, read ~10⁴ times)."""
+        index: dict[tuple[str, str, str], MetricRow] = {}
         for r in self.rows:
-            if (r.condition, r.site, r.metric) == (condition, site, metric):
-                return r
-        return None
+            index.setdefault((r.condition, r.site, r.metric), r)
+        return index
 
     def series(self, condition: str, kind: str, metric: str) -> list[MetricRow]:
         """Rows of ``metric`` at sites ``kind.l`` ordered by layer."""
