@@ -41,27 +41,38 @@ def bare_forward(model, windows, batch_size: int, device: str):
     return run
 
 
-def bare_tails(model, windows, layers: list[int], edits: int, batch_size: int, device: str):
-    """Layers l+1.. of the plain model from the clean resid_post.l, ``edits`` times per layer (no hooks, no scoring)."""
+def bare_tails(model, windows, layers: list[int], edits: int, positions: int, batch_size: int, device: str):
+    """What a sweep computes, bare: per batch one clean forward, then for each layer l and each of its ``edits``
+    the plain model's layers l+1.. (final norm included) from the clean resid_post.l, each with the logits of
+    ``positions`` rows per window (the scored positions); no hooks, no edit, no scoring."""
     from spectral import fastpath
     from spectral.corpus import iter_batches
     from spectral.interventions import tail_layers
 
     base = fastpath.plain_model(model)
+    W, bias = model.unembedding()
+    W = W.float().to(device)
+    batches = [(b.input_ids.to(device), b.attention_mask.to(device)) for b in iter_batches(windows, batch_size)]
     streams = []
     with torch.inference_mode():
-        for b in iter_batches(windows, batch_size):
-            ids, att = b.input_ids.to(device), b.attention_mask.to(device)
+        for ids, att in batches:
             hs = base(input_ids=ids, attention_mask=att, output_hidden_states=True, use_cache=False).hidden_states
-            streams.append((att, {layer: hs[layer + 1] for layer in layers}))
+            streams.append((ids, att, {layer: hs[layer + 1] for layer in layers}))
+    rows = slice(1, 1 + positions)
 
     def run() -> None:
         with torch.inference_mode():
-            for att, kept in streams:
+            for ids, att, kept in streams:
+                _ = base(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state[:, rows] @ W
                 for layer in layers:
                     with tail_layers(base, layer + 1):
                         for _ in range(edits):
-                            base(inputs_embeds=kept[layer], attention_mask=att, use_cache=False)
+                            _ = (
+                                base(inputs_embeds=kept[layer], attention_mask=att, use_cache=False).last_hidden_state[
+                                    :, rows
+                                ]
+                                @ W
+                            )
 
     return run
 
@@ -103,11 +114,18 @@ def main() -> None:
         n_iv = 1 + an.bands[0] + 2  # the carrier, each W_U band, two mean ablations
         iv_layers = evenly_spaced(list(range(L)), an.intervention_layers)
         mod_layers = evenly_spaced(middle_layers(L, cfg.verdicts), an.modulation_layers)
-        for name, sub, layers, edits in (
-            ("interventions", w.select(slice(0, an.intervention_windows)), iv_layers, n_iv),
-            ("modulation", w.select(slice(0, an.modulation_windows)), mod_layers, 2 + an.modulation_directions),
+        for name, sub, layers, edits, pos in (
+            ("interventions", w.select(slice(0, an.intervention_windows)), iv_layers, n_iv, an.lens_positions),
+            (
+                "modulation",
+                w.select(slice(0, an.modulation_windows)),
+                mod_layers,
+                2 + an.modulation_directions,
+                an.modulation_positions,
+            ),
         ):
-            tails[name] = timed(bare_tails(model, sub, layers, edits, cap.batch_size, a.device), a.device, a.repeat)
+            run = bare_tails(model, sub, layers, edits, pos, cap.batch_size, a.device)
+            tails[name] = timed(run, a.device, a.repeat)
     del s, model
     print(f"anchors (s): bare forward {anchors['trained']:.2f} (run windows), {anchors['null']:.2f} (null windows); "
           + ", ".join(f"bare tails of the {k} sweep {v:.2f}" for k, v in tails.items()), flush=True)  # fmt: skip
@@ -119,7 +137,7 @@ def main() -> None:
     if prof is not None:
         prof.disable()
     wall = time.perf_counter() - t0
-    timings: dict[str, float] = read_manifest(tmp / "run")["timings"]
+    timings: dict[str, float] = read_manifest(tmp / "run").get("timings", {})
     conds = [k.removeprefix("capture_") for k in timings if k.startswith("capture_")]
     print("\n| condition | capture | forward steps of the analysis | statistics | capture + statistics | bare forward "
           "| ratio |\n|---|---|---|---|---|---|---|")  # fmt: skip
@@ -138,8 +156,15 @@ def main() -> None:
     nulls = [timings.get(f"statistics_{c}", 0.0) for c in conds if c not in ("trained", "shuffled", "permuted")]
     if nulls:
         print(f"statistics of a null member: median {sorted(nulls)[len(nulls) // 2]:.2f} s, max {max(nulls):.2f} s")
-    print(f"figures {timings.get('figures', float('nan')):.1f} s; load {timings['load']:.1f} s; manifest total "
-          f"{timings['total']:.1f} s; wall of run_experiment {wall:.1f} s; peak memory {peak_mib(a.device):,.0f} MiB")  # fmt: skip
+    prep = sum(v for k, v in timings.items() if k.startswith("prepare_"))
+    floor = 3 * anchors["trained"] + (len(conds) - 3) * anchors["null"] + sum(tails.values())
+    print(
+        f"figures {timings.get('figures', float('nan')):.1f} s; load {timings['load']:.1f} s; preparing the null "
+        f"models (W's permutations, R's inits) {prep:.1f} s; verdicts {timings.get('verdicts', 0.0):.1f} s; report "
+        f"{wall - timings['total']:.1f} s; manifest total {timings['total']:.1f} s; wall of run_experiment "
+        f"{wall:.1f} s; peak memory {peak_mib(a.device):,.0f} MiB\nthe bare forwards of the whole job (every "
+        f"condition's windows and both sweeps' tails): {floor:.1f} s; the job is {wall / floor:.2f}× them"
+    )
     if prof is not None:
         prof.dump_stats(a.profile)
         st = pstats.Stats(prof, stream=sys.stdout)

@@ -39,7 +39,6 @@ def save_figures(
 ) -> tuple[dict[str, list[str]], str | None]:
     """Write every figure under ``out_dir/prefix``; returns the files per figure (relative to
     ``out_dir``) and a note when static export was impossible."""
-    import plotly.io as pio
     from plotly.offline import get_plotlyjs
 
     from spectral.plotting import declutter_ticks
@@ -68,16 +67,26 @@ def save_figures(
         return written, note
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=fig_dir))
     try:
-        figs, files, kinds, scales, widths, heights = [], [], [], [], [], []
-        for name, fig in figures.items():
-            for ext in formats:
-                figs.append(fig)
-                files.append(tmp / f"{name}.{ext}")
-                kinds.append(ext)
-                scales.append(2 if ext == "png" else 1)
-                widths.append(fig.layout.width or 720)  # write_images ignores the layout's own size
-                heights.append(fig.layout.height or 420)
-        pio.write_images(figs, files, format=kinds, scale=scales, width=widths, height=heights)
+        import kaleido
+
+        specs = [
+            {
+                "fig": fig.to_plotly_json(),
+                "path": tmp / f"{name}.{ext}",
+                # the layout's own size (kaleido's default would ignore it); PNG at twice the resolution
+                "opts": {
+                    "format": ext,
+                    "width": fig.layout.width or 720,
+                    "height": fig.layout.height or 420,
+                    "scale": 2 if ext == "png" else 1,
+                },  # fmt: skip
+            }
+            for name, fig in figures.items()
+            for ext in formats
+        ]
+        # one Chromium, two tabs rendering at once (a sixth off the export on 2 cores); no MathJax (no figure has
+        # TeX, and kaleido would fetch it from a CDN)
+        kaleido.write_fig_from_object_sync(specs, kopts={"n": min(2, os.cpu_count() or 1), "mathjax": False})
         for name in figures:
             for ext in formats:
                 os.replace(tmp / f"{name}.{ext}", fig_dir / f"{name}.{ext}")

@@ -234,7 +234,7 @@ def measure_conditions(
     lead = dist is None or dist.rank == 0
     rows: list[MetricRow] = []
     measurements: list[FigureData] = []
-    for cond, m in condition_models(s):
+    for cond, m in _timed_models(condition_models(s), timings):
         t = time.perf_counter()
         cc = _capture(s, m, cond, shard, resume, progress, log, on_batch)
         if cc is None:
@@ -261,6 +261,19 @@ def measure_conditions(
             measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
         del cc  # the d x d moments of this condition are no longer needed
     return rows, measurements
+
+
+def _timed_models(
+    models: Iterator[tuple[str, LoadedModel]], timings: dict[str, float]
+) -> Iterator[tuple[str, LoadedModel]]:
+    """``models`` with the time each took to prepare (W's permutation with the previous one undone, an R
+    seed's init) in ``timings["prepare_<condition>"]``."""
+    t = time.perf_counter()
+    for cond, m in models:
+        if time.perf_counter() - t > 0.05:
+            timings[f"prepare_{cond}"] = time.perf_counter() - t
+        yield cond, m
+        t = time.perf_counter()
 
 
 def cfg_bands(s: Setup) -> int:
@@ -471,7 +484,9 @@ def finish_run(
     log: Callable[[str], None],
 ) -> Path:
     """Write the run's outputs (:func:`write_outputs`) and drop its capture state unless asked to keep it."""
+    t = time.perf_counter()
     out = run_outputs(manifest, rows, measurements)
+    timings["verdicts"] = time.perf_counter() - t
     report = write_outputs(s.run_dir, manifest, out, log, timings, t0)
     if not s.cfg.capture.keep_state:
         shutil.rmtree(s.run_dir / STATE_DIR, ignore_errors=True)

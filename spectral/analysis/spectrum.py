@@ -245,7 +245,9 @@ def band_transfers(write: Moments, inp: Moments, band_sets: list[list[torch.Tens
     # depend on the order the buckets were summed in (a sharded run against the single one, issue 24). They
     # carry under 1e-6 of the input's energy, so the shares lose nothing measurable.
     ridge = RIDGE_REL * float(torch.trace(S))
-    A = torch.linalg.solve(S + ridge * torch.eye(S.shape[0], dtype=S.dtype), C.T).T  # C S⁻¹
+    Sr = S + ridge * torch.eye(S.shape[0], dtype=S.dtype)
+    chol, info = torch.linalg.cholesky_ex(Sr)  # symmetric positive definite with the ridge: half an LU's work
+    A = (torch.cholesky_solve(C.T, chol) if int(info) == 0 else torch.linalg.solve(Sr, C.T)).T  # C S⁻¹
     out = []
     U_prev, R2 = None, np.zeros(0)
     for bands in band_sets:
