@@ -63,7 +63,7 @@ def bare_tails(model, windows, layers: list[int], edits: int, positions: int, ba
     def run() -> None:
         with torch.inference_mode():
             for ids, att, kept in streams:
-                _ = base(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state[:, rows] @ W
+                _ = base(input_ids=ids, attention_mask=att, use_cache=False).last_hidden_state[:, rows] @ W  # clean
                 for layer in layers:
                     with tail_layers(base, layer + 1):
                         for _ in range(edits):
