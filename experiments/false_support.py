@@ -25,7 +25,7 @@ def smollm2_config_dir(out: Path) -> Path:
     """SmolLM2-135M's config and tokenizer (from the dequantized GGUF in the cache), no weights."""
     from spectral import zoo
 
-    src = zoo.prepare("smollm2-135m")
+    src = zoo.prepare("smollm2-135m").dir
     from transformers import AutoConfig, AutoTokenizer
 
     AutoConfig.from_pretrained(str(src)).save_pretrained(out)
