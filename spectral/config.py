@@ -343,6 +343,11 @@ class VerdictSpec:
         "P1: steady growth has no single layer holding more than this share of the positive log growth", 0.5
     )
     carrier_margin: float = _help("P2: δ of ρ(trained) − ρ(null) over the middle layers", 0.05)
+    exclude_massive: bool = _help(
+        "P2 / P9: decide on ρ and the low-frequency share with the massive-activation tokens (sinks: ‖h‖ above "
+        "sink_factor × the median) left out (the sensitivity table's variant)",
+        False,
+    )
     drift_margin: float = _help("P2: δ of carrier_drift(trained) − carrier_drift(null) over the middle layers", 0.0)
     robust_margin: float = _help(
         "P3: the carrier may lose at most this much ρ beyond its null to z-scoring, rogue dimensions or sinks "

@@ -202,6 +202,10 @@ class SiteStats:
         with torch.device(self.device):
             self._alloc(B, d, sink_threshold, cross)
         self.spectrum: torch.Tensor | None = None  # (B, F), sized by the first full window
+        # the same spectrum with each window's sinks (‖h‖ > sink_threshold) set to the mean of its other tokens:
+        # the massive-activation-excluded variant (sites that track sinks only)
+        self.spectrum_nosink: torch.Tensor | None = None
+        self.spectrum_nosink_ok = True  # False for a state saved before it existed: its windows are missing
         self.spectrum_skipped = 0  # full windows of another length than the first one
         self.spectrum_len = 0  # positions T of the windows in the spectrum (0 until the first full window)
         self._win_index: list[np.ndarray] = []
@@ -414,7 +418,34 @@ class SiteStats:
         power = power * weight  # Parseval-weighted one-sided power: Σ_k P(k) = Σ_t ‖h_t‖²
         idx = bucket[sel].to(self.device)
         self.spectrum.index_add_(0, idx, power.to(self.device, torch.float64))
+        if self.sink_threshold is not None:
+            self._update_spectrum_nosink(x, power, weight, idx)
         self.spectrum_windows.index_add_(0, idx, torch.ones(sel.numel(), dtype=torch.float64, device=self.device))
+
+    def _update_spectrum_nosink(
+        self, x: torch.Tensor, power: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor
+    ) -> None:
+        """:attr:`spectrum_nosink`: each window's sink tokens (‖h‖ above the sink threshold: massive activations)
+        replaced by the mean of its other tokens, so a sink position carries no deviation from the window mean
+        and adds no power at any non-zero frequency. Only the windows that hold a sink are transformed again;
+        the others add the power already computed."""
+        assert self.spectrum is not None and self.sink_threshold is not None
+        if not self.spectrum_nosink_ok:
+            return
+        if self.spectrum_nosink is None:
+            self.spectrum_nosink = torch.zeros_like(self.spectrum)
+        sink = x.norm(dim=-1) > self.sink_threshold  # (w, T)
+        has = sink.any(1)
+        if bool(has.any()):  # sinks are rare: one device sync to look
+            power = power.clone()
+            rows = torch.nonzero(has).flatten()
+            xs, ss = x[rows], sink[rows].unsqueeze(-1)
+            keep = (~ss).to(x.dtype)
+            mean = (xs * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1.0)
+            xr = torch.where(ss, mean, xs)
+            spec = torch.fft.rfft(xr.transpose(1, 2).contiguous(), dim=-1)
+            power[rows] = torch.view_as_real(spec).pow(2).sum(dim=(1, 3)) * weight
+        self.spectrum_nosink.index_add_(0, idx, power.to(self.device, torch.float64))
 
     # ---- views ----------------------------------------------------------------------------
     def _drop_views(self) -> None:
@@ -618,6 +649,15 @@ class SiteStats:
                 if self.spectrum.is_inference():  # made inside a forward's inference_mode
                     self.spectrum = self.spectrum.clone()
                 self.spectrum.add_(other.spectrum.to(self.device))
+        if not (self.spectrum_nosink_ok and other.spectrum_nosink_ok):
+            self.spectrum_nosink, self.spectrum_nosink_ok = None, False
+        elif other.spectrum_nosink is not None:
+            if self.spectrum_nosink is None:
+                self.spectrum_nosink = other.spectrum_nosink.to(self.device, copy=True)
+            else:
+                if self.spectrum_nosink.is_inference():
+                    self.spectrum_nosink = self.spectrum_nosink.clone()
+                self.spectrum_nosink.add_(other.spectrum_nosink.to(self.device))
         self.spectrum_windows.add_(other.spectrum_windows.to(self.device))
         self.spectrum_skipped += other.spectrum_skipped
         self.spectrum_len = self.spectrum_len or other.spectrum_len
@@ -641,6 +681,7 @@ class SiteStats:
             "device": str(self.device),
             **{name: _cpu(getattr(self, name)) for name in MOMENT_FIELDS + EXTRA_FIELDS},
             "spectrum": _cpu(self.spectrum),
+            "spectrum_nosink": _cpu(self.spectrum_nosink),
             "spectrum_windows": self.spectrum_windows.cpu(),
             "spectrum_skipped": self.spectrum_skipped,
             "spectrum_len": self.spectrum_len,
@@ -674,6 +715,9 @@ class SiteStats:
                 setattr(out, name, value.to(dev, copy=True))
         spec = state["spectrum"]
         out.spectrum = spec.to(dev, copy=True) if isinstance(spec, torch.Tensor) else None
+        spec = state.get("spectrum_nosink")  # absent in states saved before it existed
+        out.spectrum_nosink = spec.to(dev, copy=True) if isinstance(spec, torch.Tensor) else None
+        out.spectrum_nosink_ok = out.spectrum is None or out.spectrum_nosink is not None or thr is None
         out.spectrum_windows = state["spectrum_windows"].to(dev, copy=True)  # type: ignore[union-attr]
         out.spectrum_skipped = int(state["spectrum_skipped"])  # type: ignore[arg-type]
         out.spectrum_len = int(state.get("spectrum_len", 0))  # type: ignore[arg-type]

@@ -298,3 +298,37 @@ def test_sensitivity_table_varies_the_rogue_share():
     # without the variant's metric the column is left out
     plain = sensitivity_csv(MetricTable(tuple(rows)), arch, VerdictSpec(), AnalysisSpec())
     assert "rogue share" not in plain.splitlines()[0]
+
+
+def test_sensitivity_table_leaves_massive_activations_out():
+    """The massive-activation variant decides P2 on carrier_energy_nosink and P9 on seq_ac_lowfreq_share_nosink
+    (each condition's own): a carrier that lived in the massive tokens (the trained ρ at the null's level without
+    them) and a smoothness that did (the share at its permutation null) flip, the other predictions do not; a run
+    without the variant's metrics has no such column."""
+    import csv
+    import io
+
+    from spectral.predictions import sensitivity_csv
+
+    base = list(world("strong").rows)
+    name = "massive-activation tokens left out (P2, P9)"
+    plain = sensitivity_csv(MetricTable(tuple(base)), ARCH, VerdictSpec(), AnalysisSpec())
+    assert name not in plain.splitlines()[0]
+
+    def variant(rows):
+        return {r["prediction"].split()[0]: r for r in csv.DictReader(io.StringIO(
+            sensitivity_csv(MetricTable(tuple(rows)), ARCH, VerdictSpec(), AnalysisSpec())))}  # fmt: skip
+
+    same = [dataclasses.replace(r, metric=f"{r.metric}_nosink") for r in base
+            if r.metric in ("carrier_energy", "seq_ac_lowfreq_share")]  # fmt: skip
+    mid = [_row("trained", "resid_post", "seq_ac_lowfreq_share_nosink_mid", 0.4, 0.002)]
+    got = variant(base + same + mid)
+    assert got["2"]["run"] == got["2"][name] == "supported" and got["9"][name] == "supported"
+    assert all(r["flips"] == "no" for r in got.values())
+    gone = [dataclasses.replace(r, value=0.30, ci_low=0.298, ci_high=0.302) if r.condition == "trained"
+            and r.metric == "carrier_energy_nosink" else r for r in same]  # fmt: skip
+    mid = [_row("trained", "resid_post", "seq_ac_lowfreq_share_nosink_mid", 0.1, 0.002)]
+    got = variant(base + gone + mid)
+    assert got["2"]["run"] == "supported" and got["2"][name] in ("contradicted", "inconclusive")
+    assert got["9"]["run"] == "supported" and got["9"][name] in ("contradicted", "inconclusive")
+    assert got["2"]["flips"] == got["9"]["flips"] == "yes" and got["1"]["flips"] == "no"

@@ -409,3 +409,45 @@ def test_principal_basis_fixes_the_null_space_and_energies_stay_nonnegative():
     st.second -= tiny.to(st.second.dtype)  # what float32 rounding of the centred part can leave
     q = st.bucket_quadratic(torch.eye(12))
     assert (q >= 0).all() and float(q[:, 0].sum()) == pytest.approx(6.0)
+
+
+def test_spectrum_without_sinks_matches_a_direct_computation():
+    """spectrum_nosink: each window's sink tokens (‖h‖ above the threshold) set to the mean of its other tokens,
+    then the same Parseval-weighted power as the spectrum; windows without a sink add their plain power; it
+    merges and survives a state round trip, and a state saved without it does not pretend to have it."""
+    torch.manual_seed(3)
+    n_win, T, d, B = 8, 12, 6, 4
+    h = torch.randn(n_win, T, d, dtype=torch.float64)
+    h[1, 4] *= 40
+    h[1, 9] *= 30
+    h[6, 0] *= 50
+    thr = float(h.norm(dim=-1).median()) * 10
+    mask = torch.ones(n_win, T, dtype=torch.bool)
+    bucket = torch.arange(n_win) % B
+    st = SiteStats(d, B, sink_threshold=thr, moment_dtype=torch.float64)
+    st.update(h[:5], mask[:5], torch.arange(5), bucket[:5])
+    other = SiteStats(d, B, sink_threshold=thr, moment_dtype=torch.float64)
+    other.update(h[5:], mask[5:], torch.arange(5, n_win), bucket[5:])
+    st.merge(other)
+
+    want = np.zeros((B, T // 2 + 1))
+    plain = np.zeros_like(want)
+    w = np.full(T // 2 + 1, 2.0 / T)
+    w[0] = w[-1] = 1.0 / T
+    for i in range(n_win):
+        x = h[i].numpy()
+        plain[int(bucket[i])] += (np.abs(np.fft.rfft(x, axis=0)) ** 2).sum(1) * w
+        sink = np.linalg.norm(x, axis=1) > thr
+        y = x.copy()
+        y[sink] = x[~sink].mean(0)
+        want[int(bucket[i])] += (np.abs(np.fft.rfft(y, axis=0)) ** 2).sum(1) * w
+    assert st.spectrum_nosink is not None
+    np.testing.assert_allclose(st.spectrum.numpy(), plain, rtol=1e-10)
+    np.testing.assert_allclose(st.spectrum_nosink.numpy(), want, rtol=1e-10)
+    assert not np.allclose(want, plain)  # the sinks' power is gone
+    back = SiteStats.from_state_dict(st.state_dict())
+    assert back.spectrum_nosink is not None and torch.equal(back.spectrum_nosink, st.spectrum_nosink)
+    old = SiteStats.from_state_dict({k: v for k, v in st.state_dict().items() if k != "spectrum_nosink"})
+    old.update(h[:2], mask[:2], torch.arange(2), bucket[:2])
+    assert old.spectrum_nosink is None and not old.spectrum_nosink_ok
+    assert SiteStats(d, B, moment_dtype=torch.float64).spectrum_nosink is None  # no sink threshold: no variant

@@ -180,7 +180,14 @@ def _growth_rows(
     return out
 
 
-MIDDLE_MEANS = ("carrier_energy", "carrier_drift", "seq_ac_lowfreq_share")  # their middle-layer mean: "<name>_mid"
+# their middle-layer mean: "<name>_mid"; the _nosink ones (massive activations left out) feed the sensitivity table
+MIDDLE_MEANS = (
+    "carrier_energy",
+    "carrier_drift",
+    "seq_ac_lowfreq_share",
+    "carrier_energy_nosink",
+    "seq_ac_lowfreq_share_nosink",
+)
 
 
 def _jackknife_keep(
@@ -203,9 +210,12 @@ def _moment_jackknife(fn: Callable[..., float], stats: list, level: float) -> tu
     )
 
 
-def _spectrum_jackknife(fn: Callable[[np.ndarray], float], st, level: float) -> tuple[Estimate, np.ndarray]:
-    """:func:`~spectral.analysis.spectrum.spectrum_jackknife` with the delete-one values."""
-    per = st.spectrum.cpu().double().numpy()
+def _spectrum_jackknife(
+    fn: Callable[[np.ndarray], float], st, level: float, nosink: bool = False
+) -> tuple[Estimate, np.ndarray]:
+    """:func:`~spectral.analysis.spectrum.spectrum_jackknife` with the delete-one values (of the sink-excluded
+    spectrum with ``nosink``)."""
+    per = (st.spectrum_nosink if nosink else st.spectrum).cpu().double().numpy()
     tot = per.sum(0)
     bks = [b for b in st.nonempty_buckets() if st.spectrum_windows[b] > 0]
     return _jackknife_keep(lambda b: fn(tot if b is None else tot - per[b]), bks, level)
@@ -254,6 +264,10 @@ def compute_metrics(
         add(site, "carrier_energy", est)
         if in_mid:
             loo["carrier_energy"].append((est.value, per_bucket))
+            if st.sink_threshold is not None:  # its per-site rows come from the battery (full conditions)
+                nosink = partial(carrier.carrier_energy_robust, zscore=False, drop_dims=0, drop_sinks=True)
+                est_ns, per_ns = _moment_jackknife(nosink, [st], level)
+                loo["carrier_energy_nosink"].append((est_ns.value, per_ns))
         # one eigendecomposition per jackknife replicate serves all four spectrum summaries
         names = ("eff_rank", "participation_ratio", "isoscore", "pc1_variance_share")
         if not light and (spec.sublayer_spectra or site_kind(site) not in SUBLAYER_KINDS):
@@ -266,6 +280,11 @@ def compute_metrics(
             add(site, "seq_ac_lowfreq_share", est)
             if in_mid:
                 loo["seq_ac_lowfreq_share"].append((est.value, per_bucket))
+            if st.spectrum_nosink is not None:
+                est, per_bucket = _spectrum_jackknife(low, st, level, nosink=True)
+                add(site, "seq_ac_lowfreq_share_nosink", est)
+                if in_mid:
+                    loo["seq_ac_lowfreq_share_nosink"].append((est.value, per_bucket))
             null = spectrum.seq_ac_lowfreq_null(st.spectrum_len, spec.lowfreq_share)
             add(site, "seq_ac_lowfreq_null", Estimate(null, null, null))  # exact: no sampling error
         prev = bank.predecessors.get(site)

@@ -69,7 +69,8 @@ SENSITIVITY_VARIANTS = (
 
 def sensitivity_csv(table: MetricTable, arch: dict, spec: VerdictSpec, analysis: AnalysisSpec) -> str:
     """The outcomes under each robustness variant (middle-layer choice, K = 20, the rogue share ×
-    :data:`~spectral.config.ROGUE_SENSITIVITY`) beside the run's own, and whether any flips (a variant whose
+    :data:`~spectral.config.ROGUE_SENSITIVITY`, massive-activation tokens left out of P2's ρ and P9's share)
+    beside the run's own, and whether any flips (a variant whose
     metrics the run lacks is left out; one giving n/a is not counted as a flip)."""
     import csv
     import dataclasses
@@ -81,7 +82,10 @@ def sensitivity_csv(table: MetricTable, arch: dict, spec: VerdictSpec, analysis:
     share = analysis.rogue_share * ROGUE_SENSITIVITY
     k_alt = analysis.rogue_dims(d, ROGUE_SENSITIVITY)
     rogue: tuple[str, dict, dict] = (f"rogue share {share:g} of d (k = {k_alt})", {}, {"rogue_share": share})
-    for name, vs, an in (*SENSITIVITY_VARIANTS, rogue):
+    massive = ("massive-activation tokens left out (P2, P9)", {"exclude_massive": True}, {})
+    for name, vs, an in (*SENSITIVITY_VARIANTS, rogue, massive):
+        if vs.get("exclude_massive") and table.get("trained", "resid_post", "seq_ac_lowfreq_share_nosink_mid") is None:
+            continue  # a run from before the variant's metrics
         bands = an.get("bands")
         if bands and not any(r.metric.startswith(f"band_offdiag_k{bands[0]}") for r in table.rows):
             continue

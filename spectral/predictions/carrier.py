@@ -23,12 +23,15 @@ class CarrierExists(Prediction):
 
     def tests(self, ctx: Context) -> list[Test]:
         mid, sp = ctx.mid, ctx.spec
-        rho = ctx.stat("trained", "resid_post", "carrier_energy", mid)
+        energy = "carrier_energy_nosink" if sp.exclude_massive else "carrier_energy"
+        rho = ctx.stat("trained", "resid_post", energy, mid)
         drift = ctx.stat("trained", "resid_post", "carrier_drift", mid)
         note = f"middle layers {mid[0]}–{mid[-1]}"
+        if sp.exclude_massive:
+            note += ", massive-activation tokens left out"
         out = [
-            Test.against("carrier_energy (middle layers)", rho, n, sp.carrier_margin, note, upper=1.0)
-            for n in ctx.nulls("resid_post", "carrier_energy", mid)
+            Test.against(f"{energy} (middle layers)", rho, n, sp.carrier_margin, note, upper=1.0)
+            for n in ctx.nulls("resid_post", energy, mid)
         ]
         out += [
             Test.against("carrier_drift (middle layers)", drift, n, sp.drift_margin, note, upper=1.0)

@@ -20,13 +20,16 @@ class LowPass(Prediction):
 
     def tests(self, ctx: Context) -> list[Test]:
         mid = ctx.mid
-        share = ctx.stat("trained", "resid_post", "seq_ac_lowfreq_share", mid)
+        name = "seq_ac_lowfreq_share_nosink" if ctx.spec.exclude_massive else "seq_ac_lowfreq_share"
+        share = ctx.stat("trained", "resid_post", name, mid)
         null = ctx.stat("trained", "resid_post", "seq_ac_lowfreq_null", mid)
-        s = ctx.stat("shuffled", "resid_post", "seq_ac_lowfreq_share", mid)
+        s = ctx.stat("shuffled", "resid_post", name, mid)
         note = f"shuffled tokens (S): {s.value:.4f}" if s.finite else "control S not run"
+        if ctx.spec.exclude_massive:
+            note += "; massive-activation tokens set to their window's mean"
         out = [
             Test.against(
-                "seq_ac_lowfreq_share (middle layers)",
+                f"{name} (middle layers)",
                 share,
                 Null(Interval.exact(null.value), "permutation null (exact)"),
                 ctx.spec.lowpass_margin,
