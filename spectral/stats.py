@@ -121,6 +121,20 @@ def unpack_symmetric(packed: torch.Tensor, d: int) -> torch.Tensor:
     return full.reshape(*lead, d, d)
 
 
+def _seq_power(x: torch.Tensor) -> torch.Tensor:
+    """(w, F) Parseval-weighted one-sided power along the positions of windows x (w, T, d), summed over the
+    dimensions: Σ_k P(k) = Σ_t ‖h_t‖² per window."""
+    T = x.shape[1]
+    # positions made the contiguous (last) axis first: the transform along a strided axis is ~10x slower on the CPU
+    spec = torch.fft.rfft(x.transpose(1, 2).contiguous(), dim=-1)  # (w, d, F)
+    power = torch.view_as_real(spec).pow(2).sum(dim=(1, 3))  # (w, F) |X_k|² summed over dimensions
+    weight = torch.full((power.shape[1],), 2.0 / T, dtype=power.dtype, device=power.device)
+    weight[0] = 1.0 / T
+    if T % 2 == 0:
+        weight[-1] = 1.0 / T  # the Nyquist bin has no mirror image
+    return power * weight
+
+
 def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.cpu()
 
@@ -274,10 +288,10 @@ class SiteStats:
             raise ValueError(f"bucket indices must lie in 0..{self.n_buckets - 1}, got {bucket.tolist()}")
         if full is None:
             full = torch.ones(x.shape[0], dtype=torch.bool)
-        self._update_spectrum(x, mask_c, bucket, full.to("cpu"))
+        norms = x.norm(dim=-1)  # (B, T)
+        self._update_spectrum(x, norms, mask_c, bucket, full.to("cpu"))
 
         m = mask_c.to(dev, f32).unsqueeze(-1)  # (B, T, 1)
-        norms = x.norm(dim=-1)  # (B, T)
         # (B, T): 1/‖h‖ on counted non-zero tokens, 0 elsewhere (a zero vector has no direction); the clamp keeps
         # 1/‖h‖² finite in float32 (norms below 1e-18 are round-off, not activations)
         inv = torch.where(norms > 0, m[..., 0] / norms.clamp_min(1e-18), 0.0)
@@ -394,7 +408,9 @@ class SiteStats:
                 self._first_h.append(h[sel.to(h.device), 0].detach().to("cpu", f64))
                 self._first_b.append(bucket[sel].clone())
 
-    def _update_spectrum(self, h: torch.Tensor, mask: torch.Tensor, bucket: torch.Tensor, full: torch.Tensor) -> None:
+    def _update_spectrum(
+        self, h: torch.Tensor, norms: torch.Tensor, mask: torch.Tensor, bucket: torch.Tensor, full: torch.Tensor
+    ) -> None:
         sel = torch.nonzero(full).flatten()
         if sel.numel() == 0:
             return
@@ -407,23 +423,15 @@ class SiteStats:
         if x.shape[1] != self.spectrum_len:
             self.spectrum_skipped += int(sel.numel())
             return
-        # positions made the contiguous (last) axis first: the transform along a strided axis is ~10x slower on the CPU
-        spec = torch.fft.rfft(x.transpose(1, 2).contiguous(), dim=-1)  # (w, d, F)
-        power = torch.view_as_real(spec).pow(2).sum(dim=(1, 3))  # (w, F) |X_k|² summed over dimensions
-        T = x.shape[1]
-        weight = torch.full((n_freq,), 2.0 / T, dtype=power.dtype, device=power.device)
-        weight[0] = 1.0 / T
-        if T % 2 == 0:
-            weight[-1] = 1.0 / T  # the Nyquist bin has no mirror image
-        power = power * weight  # Parseval-weighted one-sided power: Σ_k P(k) = Σ_t ‖h_t‖²
+        power = _seq_power(x)
         idx = bucket[sel].to(self.device)
         self.spectrum.index_add_(0, idx, power.to(self.device, torch.float64))
         if self.sink_threshold is not None:
-            self._update_spectrum_nosink(x, power, weight, idx)
+            self._update_spectrum_nosink(x, norms[sel.to(norms.device), start:], power, idx)
         self.spectrum_windows.index_add_(0, idx, torch.ones(sel.numel(), dtype=torch.float64, device=self.device))
 
     def _update_spectrum_nosink(
-        self, x: torch.Tensor, power: torch.Tensor, weight: torch.Tensor, idx: torch.Tensor
+        self, x: torch.Tensor, norms: torch.Tensor, power: torch.Tensor, idx: torch.Tensor
     ) -> None:
         """:attr:`spectrum_nosink`: each window's sink tokens (‖h‖ above the sink threshold: massive activations)
         replaced by the mean of its other tokens, so a sink position carries no deviation from the window mean
@@ -434,7 +442,7 @@ class SiteStats:
             return
         if self.spectrum_nosink is None:
             self.spectrum_nosink = torch.zeros_like(self.spectrum)
-        sink = x.norm(dim=-1) > self.sink_threshold  # (w, T)
+        sink = norms > self.sink_threshold  # (w, T)
         has = sink.any(1)
         if bool(has.any()):  # sinks are rare: one device sync to look
             power = power.clone()
@@ -442,10 +450,17 @@ class SiteStats:
             xs, ss = x[rows], sink[rows].unsqueeze(-1)
             keep = (~ss).to(x.dtype)
             mean = (xs * keep).sum(1, keepdim=True) / keep.sum(1, keepdim=True).clamp_min(1.0)
-            xr = torch.where(ss, mean, xs)
-            spec = torch.fft.rfft(xr.transpose(1, 2).contiguous(), dim=-1)
-            power[rows] = torch.view_as_real(spec).pow(2).sum(dim=(1, 3)) * weight
+            power[rows] = _seq_power(torch.where(ss, mean, xs))
         self.spectrum_nosink.index_add_(0, idx, power.to(self.device, torch.float64))
+
+    def _summed(self, mine: torch.Tensor | None, theirs: torch.Tensor) -> torch.Tensor:
+        """``mine + theirs`` on this site's device, in place where it may be (a tensor made inside a forward's
+        inference_mode is cloned first; a missing one starts as a copy of ``theirs``)."""
+        if mine is None:
+            return theirs.to(self.device, copy=True)
+        if mine.is_inference():
+            mine = mine.clone()
+        return mine.add_(theirs.to(self.device))
 
     # ---- views ----------------------------------------------------------------------------
     def _drop_views(self) -> None:
@@ -641,23 +656,15 @@ class SiteStats:
             elif theirs is not None:  # allocated lazily on the other side only (sink moments)
                 setattr(self, name, theirs.to(self.device, copy=True))
         if other.spectrum is not None:
-            if self.spectrum is None:
-                self.spectrum = other.spectrum.to(self.device, copy=True)
-            elif self.spectrum.shape != other.spectrum.shape or self.spectrum_len != other.spectrum_len:
+            if self.spectrum is not None and (
+                self.spectrum.shape != other.spectrum.shape or self.spectrum_len != other.spectrum_len
+            ):
                 raise ValueError("cannot merge sequence spectra of different window lengths")
-            else:
-                if self.spectrum.is_inference():  # made inside a forward's inference_mode
-                    self.spectrum = self.spectrum.clone()
-                self.spectrum.add_(other.spectrum.to(self.device))
+            self.spectrum = self._summed(self.spectrum, other.spectrum)
         if not (self.spectrum_nosink_ok and other.spectrum_nosink_ok):
             self.spectrum_nosink, self.spectrum_nosink_ok = None, False
         elif other.spectrum_nosink is not None:
-            if self.spectrum_nosink is None:
-                self.spectrum_nosink = other.spectrum_nosink.to(self.device, copy=True)
-            else:
-                if self.spectrum_nosink.is_inference():
-                    self.spectrum_nosink = self.spectrum_nosink.clone()
-                self.spectrum_nosink.add_(other.spectrum_nosink.to(self.device))
+            self.spectrum_nosink = self._summed(self.spectrum_nosink, other.spectrum_nosink)
         self.spectrum_windows.add_(other.spectrum_windows.to(self.device))
         self.spectrum_skipped += other.spectrum_skipped
         self.spectrum_len = self.spectrum_len or other.spectrum_len
