@@ -20,9 +20,13 @@ def canonical(run_dir, model) -> None:
     from spectral.runs import atomic_write_text
 
     dest = ROOT / "reports" / "canonical" / model["key"]
+    # the model's own measurements (research_note.py measures them once): kept across reruns
+    kept = {n: (dest / n).read_bytes() for n in ("model.json", "massive.csv") if (dest / n).is_file()}
     if dest.exists():
         shutil.rmtree(dest)
     (dest / "figures").mkdir(parents=True)
+    for name, data in kept.items():
+        (dest / name).write_bytes(data)
     for f in (run_dir / "figures").iterdir():
         if f.suffix in (".png", ".txt"):
             shutil.copy2(f, dest / "figures" / f.name)
