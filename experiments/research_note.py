@@ -497,6 +497,9 @@ def headline_section(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
             "ensemble of its own: " + "; ".join(parts) + ". The target is ≤ 0.05 per prediction."
         )
         lines.append("")
+    massive = massive_paragraph(runs, facts)
+    if massive:
+        lines += [massive, ""]
     for pred in PREDICTIONS:
         n = pred.key.split(" ", 1)[0]
         c, who = outcome_counts([r for _, r in runs], n)
@@ -515,6 +518,48 @@ def headline_section(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
         )
         lines.append("")
     return "\n".join(lines)
+
+
+MASSIVE_COLUMN = "massive-activation tokens left out (P2, P9)"
+
+
+def massive_paragraph(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
+    """Do a few massive-activation tokens decide P2 or P9? The sensitivity row that leaves them out, per current
+    run, and ρ over the middle layers with and without them where the summary holds both."""
+    flips: dict[str, list[str]] = {"2": [], "9": []}
+    n, rhos = 0, []
+    for _, r in runs:
+        sens = r.path / "sensitivity.csv"
+        if not is_current(r) or not sens.is_file():
+            continue
+        rows = list(csv.DictReader(io.StringIO(sens.read_text(encoding="utf-8"))))
+        if not rows or MASSIVE_COLUMN not in rows[0]:
+            continue
+        n += 1
+        for row in rows:
+            num = row["prediction"].split(" ", 1)[0]
+            if num in flips and row[MASSIVE_COLUMN] != row["run"]:
+                w = {"prediction": row["prediction"]}
+                flips[num].append(f"{r.key} ({facts.text(sens, w, 'run')} → {facts.text(sens, w, MASSIVE_COLUMN)})")
+        summ = r.path / "summary.csv"
+        keys = {"condition": "trained", "site": "resid_post", "layer": ""}
+        if summ.is_file() and "carrier_energy_nosink_mid" in summ.read_text(encoding="utf-8"):
+            cell = [
+                f"{facts.csv(summ, {**keys, 'metric': m}, 'value')} [{facts.csv(summ, {**keys, 'metric': m}, 'ci_low')}"
+                f", {facts.csv(summ, {**keys, 'metric': m}, 'ci_high')}]"
+                for m in ("carrier_energy_mid", "carrier_energy_nosink_mid")
+            ]
+            rhos.append(f"{r.key} {cell[0]} with them, {cell[1]} without")
+    if not n:
+        return ""
+    said = {k: ("; ".join(v) if v else "in none") for k, v in flips.items()}
+    title = ("Massive activations do not decide P2 or P9 by themselves." if not any(flips.values())
+             else "Some P2 / P9 outcomes hang on a few massive-activation tokens.")  # fmt: skip
+    return (
+        f"**{title}** In {n} current runs the sensitivity row that "
+        "leaves the massive-activation tokens out (‖h‖ above sink_factor × the median, each condition's own) flips "
+        f"P2 {said['2']} and P9 {said['9']}." + (f" ρ over the middle layers: {'; '.join(rhos)}." if rhos else "")
+    )
 
 
 def planted_section(facts: Facts) -> str:

@@ -245,6 +245,8 @@ SUMMARY_METRICS = (
     "norm_mean",
     "growth_rate",
     "carrier_energy",
+    "carrier_energy_mid",  # prediction 2's statistic, and the same with the massive-activation tokens left out
+    "carrier_energy_nosink_mid",
     "anisotropy",
     "centered_anisotropy",
     "rogue_top1_share",
