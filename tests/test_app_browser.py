@@ -61,7 +61,7 @@ def server(tiny_model_dir, tmp_path_factory, sample_text):
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", STREAMLIT_BROWSER_GATHER_USAGE_STATS="false")
     cmd = [sys.executable, "-m", "spectral.cli", "app", "--headless", "--port", str(port), "--host", "127.0.0.1"]
-    cmd += ["--roots", str(root), str(model)]
+    cmd += ["--roots", str(root), str(model), *map(str, FULL_RUNS)]
     log = open(root / "server.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -150,6 +150,21 @@ def check_and_shoot(page, tmp: Path, name: str, charts: int) -> None:
     shutil.copy(shot, SHOTS / shot.name)
 
 
+def walk_explore(page, url: str, run: Path, tmp: Path, prefix: str) -> None:
+    """Every Explore tab of ``run`` (each tab's charts are drawn once it is shown), checked and shot."""
+    from spectral.figureset import FIGURE_TABS
+
+    page.goto(f"{url}/Explore?run={run}")
+    page.wait_for_selector("text=Explore a run", timeout=60_000)
+    settle(page)
+    for k, tab in enumerate([*FIGURE_TABS, "Metrics table", "Report"]):
+        page.get_by_role("tab", name=tab, exact=True).click()
+        settle(page)
+        page.wait_for_timeout(600)
+        check_and_shoot(page, tmp, f"{prefix}_{k}_{tab.split()[0].lower()}", 0)
+    assert page.get_by_role("button", name="the run as a zip").count() == 1
+
+
 def compare(page, url: str, runs: list[Path]) -> None:
     """Open the Compare page and type ``runs`` into its run-directory box."""
     page.goto(f"{url}/Compare")
@@ -159,6 +174,9 @@ def compare(page, url: str, runs: list[Path]) -> None:
     area.press("Control+Enter")
 
 
+# full run directories to walk as well (os.pathsep-separated): a default `spectral run` (≈ 6 min) and a canonical
+# LLM run (experiments/run_all.py, ≈ 20 min) are too slow to make inside the suite
+FULL_RUNS = [Path(p).resolve() for p in os.environ.get("SPECTRAL_BROWSER_RUNS", "").split(os.pathsep) if p]
 DEFAULT_MODEL = "smollm2-135m"
 # a small job on the 30-layer default: the analysis costs per site (d x d eigendecompositions), not per window
 SMALL_SITES = "embed, resid_post.0, resid_post.14, resid_post.29, final"
@@ -271,18 +289,7 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
     compare(page, url, [root / "saved", out])
     check_and_shoot(page, tmp_path, "6_compare", 1)
 
-    # every Explore tab of the saved run (each tab's charts drawn once it is shown)
-    page.goto(f"{url}/Explore?run={root / 'saved'}")
-    page.wait_for_selector("text=Explore a run", timeout=60_000)
-    settle(page)
-    from spectral.figureset import FIGURE_TABS
-
-    for k, tab in enumerate([*FIGURE_TABS, "Metrics table", "Report"]):
-        page.get_by_role("tab", name=tab, exact=True).click()
-        settle(page)
-        page.wait_for_timeout(600)
-        check_and_shoot(page, tmp_path, f"7_explore_{k}_{tab.split()[0].lower()}", 0)
-    assert page.get_by_role("button", name="the run as a zip").count() == 1
+    walk_explore(page, url, root / "saved", tmp_path, "7_explore")  # every Explore tab of the saved run
 
     # a committed canonical LLM run (summary only) opens in Explore, Verdicts and Compare
     canon = REPO / "reports" / "canonical" / "smollm2-135m-tinystories"
@@ -296,4 +303,24 @@ def test_every_page_in_a_real_browser(server, browser, tmp_path):
         check_and_shoot(page, tmp_path, "8_canonical_verdicts", 0)
         compare(page, url, [canon, out])
         check_and_shoot(page, tmp_path, "8_canonical_compare", 1)
+    page.close()
+
+
+@pytest.mark.skipif(
+    not FULL_RUNS,
+    reason="no full run directories given: set SPECTRAL_BROWSER_RUNS to e.g. the output of the default `spectral "
+    "run` and reports/runs/smollm2-135m-tinystories-full (experiments/run_all.py) to walk them",
+)
+def test_full_runs_in_a_real_browser(server, browser, tmp_path):
+    """Every page of full runs: each Explore tab, Verdicts, and Compare of them all."""
+    url = server["url"]
+    page = browser.new_page(viewport={"width": 1400, "height": 2400})
+    for run in FULL_RUNS:
+        assert (run / "metrics.csv").is_file(), f"{run}: not a complete run directory"
+        walk_explore(page, url, run, tmp_path, f"9_{run.name}_explore")
+        page.goto(f"{url}/Verdicts?run={run}")
+        page.wait_for_selector("text=Reasons", timeout=60_000)
+        check_and_shoot(page, tmp_path, f"9_{run.name}_verdicts", 0)
+    compare(page, url, FULL_RUNS)
+    check_and_shoot(page, tmp_path, "9_full_compare", 1)
     page.close()
