@@ -3,9 +3,10 @@ and (for the trained model) run the interventions. Gives a battery
 ``Measurement``.
 
 Conditions: ``trained``; the nulls ``random_init.s<seed>`` (a member of the R ensemble of seeded
-random-weight twins) and ``permuted_weights`` (W), each on the first ``null_windows`` windows with the
-residual stream and the heads only; the controls ``shuffled`` (S: tokens permuted within each window)
-and ``permuted`` (P: position ids permuted).
+random-weight twins), ``random_scaled.s<seed>`` (R rescaled to the trained norms) and ``permuted_weights``
+(W, with ``permuted_weights.s<seed>`` its further permutations), each on the first ``null_windows`` windows
+with the residual stream only, plus the heads for R's members and W's first permutation; the controls
+``shuffled`` (S: tokens permuted within each window) and ``permuted`` (P: position ids permuted).
 
 A :class:`ConditionCapture` is resumable and mergeable: its whole state (calibration, the
 statistics bank, every probe, the number of batches done) is a dict of tensors and plain values
@@ -43,8 +44,9 @@ from spectral.sites import site_kind, site_layer
 from spectral.stats import StatsBank
 from spectral.tuned_lens import TunedLens, fit_tuned_lens, score
 
-STATE_VERSION = 6  # 2: packed float32 moments, stream aliases; 3: contiguous buckets; 4: window columns; 5: depth;
-# 6: outliers, joint moments (layer linearity, tuned lens), lens KL columns
+STATE_VERSION = 7  # 2: packed float32 moments, stream aliases; 3: contiguous buckets; 4: window columns; 5: depth;
+# 6: outliers, joint moments (layer linearity, tuned lens), lens KL columns; 7: no heads on W's further members and
+# the rescaled R
 
 
 def is_null_condition(condition: str) -> bool:
@@ -136,12 +138,13 @@ class ConditionCapture:
                 cfg.seed,
             )  # fmt: skip
         tail = self.bands[an.bands[0]][-1] if self.bands else None
-        # attention patterns and per-head outputs: the bridge, or the fast path where it serves the family
+        # attention patterns and per-head outputs: the bridge, or the fast path where it serves the family. Of the
+        # nulls, R's members (the heads' nulls of predictions 6 and 8) and W's first permutation (the figures);
+        # W's further permutations and the rescaled R are read for growth and the carrier only (predictions 1, 2)
         heads_ok = self.backend.serves_heads
+        heads_read = not self.control or is_random_member(condition) or condition == "permuted_weights"
         self.heads = (
-            HeadProbe(model, cap.moment_buckets, tail, an.sink_positions, cfg.seed)
-            if heads_ok and (self.null or not self.control)
-            else None
+            HeadProbe(model, cap.moment_buckets, tail, an.sink_positions, cfg.seed) if heads_ok and heads_read else None
         )
         self.types = TypeProbe(model, self.windows, self.resid, an.max_types)
         self.cosines = (

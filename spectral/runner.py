@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from spectral.predictions.base import is_scaled_member, is_w_member
 from spectral.runs import (
     STATE_DIR,
     Manifest,
+    StateWriter,
     atomic_write_text,
     check_free_space,
     config_diff,
@@ -78,6 +79,7 @@ class Setup:
     manifest: Manifest
     persist: bool = True  # capture states checkpointed in the run directory (False: in memory, nothing written)
     keep_model: bool = False  # the caller's model survives: W is undone in place, the weights are not released
+    writer: StateWriter = field(default_factory=StateWriter)  # end-of-condition states, saved in the background
 
 
 def setup_run(
@@ -260,7 +262,14 @@ def measure_conditions(
         if not later_member:  # figures show R's first seed and W's first permutation; the spread is in the verdicts
             measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
         del cc  # the d x d moments of this condition are no longer needed
+    s.writer.wait()  # every condition's state has landed
+    rank = {c: i for i, c in enumerate(_CONDITION_ORDER)}
+    rows.sort(key=lambda r: rank.get(r.condition.split(".")[0], len(rank)))  # stable: R's members, then rescaled
     return rows, measurements
+
+
+# the order of the conditions' rows in metrics.csv (the rescaled R members are measured beside R's, listed after)
+_CONDITION_ORDER = ("trained", "shuffled", "permuted", "permuted_weights", "random_init", "random_scaled")
 
 
 def _timed_models(
@@ -286,24 +295,35 @@ def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
     two models at once: the conditions that run the trained weights (S, P) first, then W (the trained
     weights permuted in place), then the R ensemble (one random-weight twin, given each next seed's init
     in place). ``s.model`` keeps its ``arch`` and tokenizer for the report."""
-    from spectral.analysis.controls import parameter_norms, permute_weights, reinitialise, rescale_to
+    from spectral.analysis.controls import (
+        parameter_norms,
+        permute_weights,
+        permuted_matrices,
+        reinitialise,
+        rescale_to,
+        restore_matrices,
+    )
 
     cfg = s.cfg
     for cond in ("trained", *(c for c in ("shuffled", "permuted") if c in cfg.controls)):
         yield cond, s.model
     scaled = "random_scaled" in cfg.controls
     norms = parameter_norms(s.model.hf_model) if scaled else {}  # W keeps every matrix's norm; taken before it
-    if "permuted_weights" in cfg.controls:
+    if "permuted_weights" in cfg.controls and cfg.permutations > 0:
+        # each member is permuted from a copy of the trained matrices (one permutation per member, none undone);
+        # the copy gives the trained weights back exactly where the caller keeps the model
+        saved = permuted_matrices(s.model.hf_model)
         for k in range(cfg.permutations):
             seed = cfg.seed + k
-            permute_weights(s.model.hf_model, seed)
+            permute_weights(s.model.hf_model, seed, source=saved)
             s.model.forget_unembedding_basis()  # W's unembedding is permuted too
             try:
                 yield ("permuted_weights" if k == 0 else f"permuted_weights.s{seed}"), s.model
             finally:
-                if s.keep_model or k < cfg.permutations - 1:  # the trained weights back, exactly
-                    permute_weights(s.model.hf_model, seed, inverse=True)
+                if s.keep_model and k == cfg.permutations - 1:
+                    restore_matrices(s.model.hf_model, saved)
                     s.model.forget_unembedding_basis()
+        del saved
     if "random_init" in cfg.controls or scaled:
         if not s.keep_model:
             s.model.release_weights()
@@ -319,15 +339,20 @@ def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
                 twin.forget_unembedding_basis()
             return twin
 
-        if "random_init" in cfg.controls:
-            for seed in cfg.random_seeds:
-                yield f"random_init.s{seed}", fresh(seed)
-        if scaled:
-            for seed in cfg.scaled_seeds:
-                m = fresh(seed)
-                rescale_to(m.hf_model, norms)
-                m.forget_unembedding_basis()
-                yield f"random_scaled.s{seed}", m
+        def rescaled(m: LoadedModel) -> LoadedModel:
+            rescale_to(m.hf_model, norms)
+            m.forget_unembedding_basis()
+            return m
+
+        # R's seed s, then (where s is also a rescaled seed) the same init rescaled in place: one init for both
+        r_seeds = cfg.random_seeds if "random_init" in cfg.controls else ()
+        for seed in r_seeds:
+            m = fresh(seed)
+            yield f"random_init.s{seed}", m
+            if scaled and seed in cfg.scaled_seeds:
+                yield f"random_scaled.s{seed}", rescaled(m)
+        for seed in (x for x in cfg.scaled_seeds if x not in r_seeds) if scaled else ():
+            yield f"random_scaled.s{seed}", rescaled(fresh(seed))
 
 
 def takes_position_ids(model: LoadedModel) -> bool:
@@ -360,8 +385,15 @@ def _capture(
     if not cc.complete:
         desc = f"{s.label} [{cond}]" if progress else None
         cb = None if on_batch is None else (lambda done, total: on_batch(cond, done, total))
-        save = (lambda c: save_state(path, c.state_dict())) if s.persist else None
-        cc.run(shard, desc, cb, save, s.cfg.capture.checkpoint_every)
+
+        def save(c: ConditionCapture) -> None:  # checkpoints mid-capture at once; the complete state in the background
+            if c.complete:
+                s.writer.submit(path, c.state_dict())
+            else:
+                s.writer.wait()
+                save_state(path, c.state_dict())
+
+        cc.run(shard, desc, cb, save if s.persist else None, s.cfg.capture.checkpoint_every)
     failpoint("condition-captured")
     return cc
 

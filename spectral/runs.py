@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -98,6 +99,37 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
     atomic_write_with(path, lambda fh: torch.save(state, fh), failpoint_name="state-write")  # streamed, no copy
     failpoint("state-saved")
+
+
+class StateWriter:
+    """Writes the end-of-condition capture states in a background thread, one at a time, while the next
+    condition runs (the state of a complete condition is no longer changed). :meth:`wait` blocks until the last
+    write has landed and raises what it raised; a process killed mid-write leaves the previous file (or none),
+    and ``--resume`` captures that condition again, with the same result."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, path: Path, state: dict[str, Any]) -> None:
+        self.wait()
+
+        def work() -> None:
+            try:
+                save_state(path, state)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name=f"save {path.name}", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise err
 
 
 def check_free_space(run_dir: Path, needed: int) -> None:

@@ -133,6 +133,12 @@ FIGURE_PROBLEMS_JS = """
 """
 
 
+CONTENT_HEIGHT_JS = """
+() => Math.max(0, ...[...document.querySelectorAll('[data-testid="stMain"], [data-testid="stMainBlockContainer"]')]
+  .map(e => e.scrollHeight))
+"""
+
+
 def check_and_shoot(page, tmp: Path, name: str, charts: int) -> None:
     settle(page)
     if charts:
@@ -145,7 +151,15 @@ def check_and_shoot(page, tmp: Path, name: str, charts: int) -> None:
     assert "Traceback" not in page.inner_text("body")
     assert page.locator(".js-plotly-plot").count() >= charts, name
     shot = tmp / f"{name}.png"
+    # streamlit scrolls inside its main section, so a full-page shot stops at the viewport: grow the viewport to
+    # the content for the shot (capped), then put it back
+    size = page.viewport_size
+    height = page.evaluate(CONTENT_HEIGHT_JS)
+    if height > size["height"]:
+        page.set_viewport_size({"width": size["width"], "height": min(height + 80, 16_000)})
+        page.wait_for_timeout(800)
     page.screenshot(path=str(shot), full_page=True)
+    page.set_viewport_size(size)
     SHOTS.mkdir(exist_ok=True)
     shutil.copy(shot, SHOTS / shot.name)
 
@@ -316,7 +330,8 @@ def test_full_runs_in_a_real_browser(server, browser, tmp_path):
     url = server["url"]
     page = browser.new_page(viewport={"width": 1400, "height": 2400})
     for run in FULL_RUNS:
-        assert (run / "metrics.csv").is_file(), f"{run}: not a complete run directory"
+        # a committed reference run ships summary.csv and its PNG figures instead of metrics.csv
+        assert (run / "metrics.csv").is_file() or (run / "summary.csv").is_file(), f"{run}: not a run directory"
         walk_explore(page, url, run, tmp_path, f"9_{run.name}_explore")
         page.goto(f"{url}/Verdicts?run={run}")
         page.wait_for_selector("text=Reasons", timeout=60_000)

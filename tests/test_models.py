@@ -369,3 +369,59 @@ def test_w_ensemble_and_rescaled_r_are_conditions_and_nulls(tmp_path, tiny_model
     v1 = next(r for r in csv.DictReader((res.run_dir / "verdicts.csv").open()) if r["prediction"].startswith("1 "))
     assert "W ensemble (weight permutations) (3 seeds)" in v1["note"]
     assert "R rescaled to the trained norms (2 seeds)" in v1["note"]
+
+
+def test_w_members_from_the_saved_matrices_equal_permuting_the_trained_model(tiny_model_dir):
+    """W's members are drawn from a copy of the trained matrices (one permutation each, none undone): each equals
+    the trained model permuted in place with the same seed, and the copy gives the trained weights back exactly."""
+    from spectral.analysis.controls import permute_weights, permuted_matrices, restore_matrices
+
+    hf = load_model(ModelSpec(name=str(tiny_model_dir("llama")))).hf_model
+    trained = {k: v.clone() for k, v in hf.state_dict().items()}
+    saved = permuted_matrices(hf)
+    for seed in (0, 1, 2):
+        permute_weights(hf, seed, source=saved)
+        drawn = {k: v.clone() for k, v in hf.state_dict().items()}
+        restore_matrices(hf, saved)
+        assert all(torch.equal(trained[k], v) for k, v in hf.state_dict().items())
+        permute_weights(hf, seed)  # the old way: in place, then undone
+        assert all(torch.equal(drawn[k], v) for k, v in hf.state_dict().items())
+        permute_weights(hf, seed, inverse=True)
+        assert all(torch.equal(trained[k], v) for k, v in hf.state_dict().items())
+    assert any(not torch.equal(trained[k], drawn[k]) for k in saved)
+
+
+def test_a_rescaled_member_sharing_an_r_seed_equals_a_fresh_one(tmp_path, tiny_model_dir, sample_text):
+    """A rescaled seed that is also an R seed is measured right after R's member, rescaling that init in place
+    (one init for both): its metrics equal those of the same seed initialised afresh, and metrics.csv keeps
+    R's members before the rescaled ones."""
+    import csv
+
+    from spectral.config import AnalysisSpec, CaptureSpec, CorpusSpec, ExperimentConfig
+    from spectral.runner import run_experiment
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(sample_text)
+
+    def run(seeds: tuple[int, ...], out: str) -> list[dict[str, str]]:
+        cfg = ExperimentConfig(
+            model=ModelSpec(name=str(tiny_model_dir("llama"))),
+            corpus=CorpusSpec(source=str(corpus), seq_len=16, max_seqs=4),
+            capture=CaptureSpec(batch_size=4),
+            analysis=AnalysisSpec(n_boot=20, intervention_windows=0, modulation_windows=0, jacobian_windows=0),
+            controls=("random_init", "random_scaled"),
+            random_seeds=seeds,
+            scaled_seeds=(2, 5),
+            formats=(),
+            out=str(tmp_path / out),
+        )
+        res = run_experiment(cfg, progress=False, log=lambda s: None)
+        return list(csv.DictReader((res.run_dir / "metrics.csv").open()))
+
+    shared, alone = run((1, 2), "shared"), run((1,), "alone")
+    conds = [r["condition"] for r in shared]
+    assert max(i for i, c in enumerate(conds) if c.startswith("random_init")) < conds.index("random_scaled.s2")
+    for c in ("random_scaled.s2", "random_scaled.s5"):
+        a = [(r["site"], r["metric"], r["value"]) for r in shared if r["condition"] == c]
+        b = [(r["site"], r["metric"], r["value"]) for r in alone if r["condition"] == c]
+        assert a and a == b
