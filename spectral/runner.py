@@ -20,7 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,6 @@ from spectral.predictions.base import is_scaled_member, is_w_member
 from spectral.runs import (
     STATE_DIR,
     Manifest,
-    StateWriter,
     atomic_write_text,
     check_free_space,
     config_diff,
@@ -79,7 +78,6 @@ class Setup:
     manifest: Manifest
     persist: bool = True  # capture states checkpointed in the run directory (False: in memory, nothing written)
     keep_model: bool = False  # the caller's model survives: W is undone in place, the weights are not released
-    writer: StateWriter = field(default_factory=StateWriter)  # end-of-condition states, saved in the background
 
 
 def setup_run(
@@ -262,7 +260,6 @@ def measure_conditions(
         if not later_member:  # figures show R's first seed and W's first permutation; the spread is in the verdicts
             measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
         del cc  # the d x d moments of this condition are no longer needed
-    s.writer.wait()  # every condition's state has landed
     rank = {c: i for i, c in enumerate(_CONDITION_ORDER)}
     rows.sort(key=lambda r: rank.get(r.condition.split(".")[0], len(rank)))  # stable: R's members, then rescaled
     return rows, measurements
@@ -386,14 +383,9 @@ def _capture(
         desc = f"{s.label} [{cond}]" if progress else None
         cb = None if on_batch is None else (lambda done, total: on_batch(cond, done, total))
 
-        def save(c: ConditionCapture) -> None:  # checkpoints mid-capture at once; the complete state in the background
-            if c.complete:
-                s.writer.submit(path, c.state_dict())
-            else:
-                s.writer.wait()
-                save_state(path, c.state_dict())
-
-        cc.run(shard, desc, cb, save if s.persist else None, s.cfg.capture.checkpoint_every)
+        kept = s.cfg.capture.keep_state or shard[1] > 1  # a state that outlives the run is written with its CRC32
+        save = (lambda c: save_state(path, c.state_dict(), crc=kept)) if s.persist else None
+        cc.run(shard, desc, cb, save, s.cfg.capture.checkpoint_every)
     failpoint("condition-captured")
     return cc
 

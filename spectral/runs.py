@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import threading
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -93,43 +92,20 @@ def state_path(run_dir: Path, condition: str, shard: tuple[int, int]) -> Path:
     return run_dir / STATE_DIR / (f"{condition}.pt" if n == 1 else f"{condition}.shard{i}of{n}.pt")
 
 
-def save_state(path: Path, state: dict[str, Any]) -> None:
-    """Write a capture state atomically (temporary file, fsync, rename)."""
+def save_state(path: Path, state: dict[str, Any], crc: bool = False) -> None:
+    """Write a capture state atomically (temporary file, fsync, rename). ``crc``: with torch's per-record CRC32,
+    for a state that outlives the run (a shard's, or ``keep_state``); without it (a transient checkpoint, dropped
+    when the run completes) a save takes a sixth of the time (0.11 vs 0.68 s per 400 MB), and the atomic write
+    still rules out a half-written file."""
     import torch
 
-    atomic_write_with(path, lambda fh: torch.save(state, fh), failpoint_name="state-write")  # streamed, no copy
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(crc)
+    try:
+        atomic_write_with(path, lambda fh: torch.save(state, fh), failpoint_name="state-write")  # streamed, no copy
+    finally:
+        torch.serialization.set_crc32_options(before)
     failpoint("state-saved")
-
-
-class StateWriter:
-    """Writes the end-of-condition capture states in a background thread, one at a time, while the next
-    condition runs (the state of a complete condition is no longer changed). :meth:`wait` blocks until the last
-    write has landed and raises what it raised; a process killed mid-write leaves the previous file (or none),
-    and ``--resume`` captures that condition again, with the same result."""
-
-    def __init__(self) -> None:
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-
-    def submit(self, path: Path, state: dict[str, Any]) -> None:
-        self.wait()
-
-        def work() -> None:
-            try:
-                save_state(path, state)
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller by wait()
-                self._error = exc
-
-        self._thread = threading.Thread(target=work, name=f"save {path.name}", daemon=True)
-        self._thread.start()
-
-    def wait(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            err, self._error = self._error, None
-            raise err
 
 
 def check_free_space(run_dir: Path, needed: int) -> None:

@@ -294,3 +294,22 @@ def test_one_jackknife_core_matches_the_textbook_formula():
     # fewer than two buckets or a non-finite value: no interval
     assert np.isnan(delete_one(lambda b: 1.0, [0], 0.9)[0].ci_low)
     assert np.isnan(delete_one(lambda b: float("nan"), [0, 1, 2], 0.9)[0].ci_high)
+
+
+def test_states_round_trip_with_and_without_crc_and_leave_the_option_alone(tmp_path):
+    """A transient checkpoint is written without torch's per-record CRC32, a kept one (a shard's) with it; both read
+    back equal, and the process-wide CRC setting is as the caller had it, even when the write fails."""
+    import torch
+
+    from spectral import runs
+
+    state = {"bank": {"second": torch.randn(5, 100)}, "batches_done": 3}
+    for crc in (False, True):
+        path = tmp_path / f"s{crc}.pt"
+        runs.save_state(path, state, crc=crc)
+        back = runs.load_state(path)
+        assert torch.equal(back["bank"]["second"], state["bank"]["second"]) and back["batches_done"] == 3
+        assert torch.serialization.get_crc32_options() is True
+    with pytest.raises(Exception):  # noqa: B017 - whatever pickle raises for a lambda
+        runs.save_state(tmp_path / "x.pt", {"bad": lambda: 0})  # cannot be pickled: the write fails
+    assert torch.serialization.get_crc32_options() is True
