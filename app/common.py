@@ -481,6 +481,40 @@ def report_markdown(text: str) -> str:
     return re.sub(r"!\[([^\]]*)\]\([^)]*\)", r"*[figure: \1]*", text)
 
 
+def report_blocks(text: str) -> list[tuple[str, Any]]:
+    """report.md for the Report tab, in order: ``("md", markdown)`` runs and ``("table", (header, rows))`` tables,
+    each shown as a dataframe (a markdown table wider than the page runs off its right edge: the verdict table's
+    notes, the per-layer tables' columns); a table's trailing "note" column becomes a list under it."""
+    import re
+
+    out: list[tuple[str, Any]] = []
+    md: list[str] = []
+    lines = text.split("\n")
+    i = 0
+    while i < len(lines):
+        if not lines[i].startswith("|"):
+            md.append(lines[i])
+            i += 1
+            continue
+        rows = []
+        while i < len(lines) and lines[i].startswith("|"):
+            if not re.fullmatch(r"\|(:?-+:?\|)+", lines[i].replace(" ", "")):
+                rows.append([c.strip().replace("**", "") for c in lines[i].strip().strip("|").split("|")])
+            i += 1
+        if md:
+            out.append(("md", report_markdown("\n".join(md))))
+            md = []
+        header, body = rows[0], [(r + [""] * len(rows[0]))[: len(rows[0])] for r in rows[1:]]
+        if len(header) > 2 and header[-1] == "note":
+            out.append(("table", (header[:-1], [r[:-1] for r in body])))
+            out.append(("md", "\n".join(f"- **{r[0]}** — {r[-1]}" for r in body)))
+        else:
+            out.append(("table", (header, body)))
+    if md:
+        out.append(("md", report_markdown("\n".join(md))))
+    return out
+
+
 def run_zip(run_dir: Path) -> bytes:
     """The run directory (without its resumable state) as a zip; made when the download is clicked."""
     import io

@@ -410,7 +410,8 @@ class ExperimentConfig:
     scaled_seeds: tuple[int, ...] = _help(
         "seeds of the rescaled R ensemble (control random_scaled: a random-weight twin whose every parameter "
         "tensor is rescaled to the trained one's Frobenius norm, so the learned scale is kept and the learned "
-        "structure is not; prediction 1's second deciding null)",
+        "structure is not; prediction 1's second deciding null); a seed that is also an R seed is that R member's "
+        "init, rescaled",
         (1, 2, 3),
     )
     permutations: int = _help(

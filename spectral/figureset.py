@@ -50,9 +50,9 @@ CAPTIONS = {
     "verdicts": "Each decided prediction on the scale of its decision: the effect (trained statistic − its null) "
     "with its interval, the marker's colour and shape giving the outcome (green ▲ supported, blue ◆ inconclusive, "
     "vermilion ▼ contradicted); solid line: the null (0), dashed: the margin δ. Supported: the whole interval "
-    "lies above δ; contradicted: below it (both also after Holm's correction); inconclusive: across it, or the "
-    "test cannot reach δ (no power). The statistic, its null and the Holm-adjusted p are in verdicts.csv and the "
-    "report's Verdicts section.",
+    "lies above δ; contradicted: below it (both also after Holm's correction); inconclusive: across it, the "
+    "test cannot reach δ (no power), or clear of it but not significant after Holm (the panel says which). The "
+    "statistic, its null and the Holm-adjusted p are in verdicts.csv and the report's Verdicts section.",
     "norm_profile": "Mean residual norm ‖h‖ of resid_post per layer (log scale), trained model against its controls.",
     "carrier_anisotropy": "Carrier energy ρ = Σ⟨h, μ̂⟩²/Σ‖h‖² and anisotropy (mean pairwise cosine) per layer.",
     "carrier_robustness": "Carrier energy after scaling dimensions to unit std, removing the top rogue dimensions, "
@@ -225,7 +225,7 @@ def build_figures(
         mats = [mat for fd in measurements for mat in fd.transfer]
         if mats:
             figs["band_transfer"] = plotting.matrices(
-                mats, f"Band transfer (mean over layers, K={K}) — {title}", "input band", "output band"
+                mats, f"Band transfer (mean over layers, K={K}) — {title}", "input band", "output band", "share of ‖A‖²"
             )
             data["band_transfer"] = _matrices_csv(mats)
     if any(r.metric == "logit_lens_acc" for r in table.rows):
@@ -298,7 +298,7 @@ def build_figures(
         ]
     if cos_mats:
         figs["layer_cosine"] = plotting.matrices(
-            cos_mats, f"Layer × layer cosine (resid_post) — {title}", "layer m", "layer l"
+            cos_mats, f"Layer × layer cosine (resid_post) — {title}", "layer m", "layer l", "mean cos"
         )
         data["layer_cosine"] = "\n".join(cos_rows) + "\n"
     assert set(figs) <= set(FIGURES), set(figs) - set(FIGURES)  # the registry names every figure

@@ -64,7 +64,9 @@ def trained_last(conditions: list[str]) -> list[str]:
     return [c for c in conditions if c != "trained"] + [c for c in conditions if c == "trained"]
 
 
-LOG_METRICS = ("norm_ratio", "norm_mean")  # ratios and norms that span decades (layer 0's norm ratio is ≈ 17)
+# ratios, norms and ranks that span decades (layer 0's norm ratio is ≈ 17; an effective rank runs from ≈ 1 next to a
+# massive activation to hundreds, so on a linear axis the low layers' ranks all sit on the zero line)
+LOG_METRICS = ("norm_ratio", "norm_mean", "eff_rank", "participation_ratio")
 
 
 FONT = {"family": "Arial, Helvetica, sans-serif", "size": 13, "color": "#222222"}
@@ -85,7 +87,38 @@ def band_subtitle(title: str, level: float | None) -> str:
     return title if level is None else f"{title}<br><sup>shaded bands: {ci_label(level)}</sup>"
 
 
+TITLE_CHAR_PX = 7.5  # the width of a character of the 15 px title (Arial), for breaking long titles
+
+
+def _fit_title(title: str, width: int) -> str:
+    """``title`` with a first line too wide for a figure ``width`` px wide broken after its " — " (the run's
+    label goes on a line of its own instead of running off the figure's edge)."""
+    first, sep, rest = title.partition("<br>")
+    if " — " in first and len(first) * TITLE_CHAR_PX > width - 30:
+        first = first.replace(" — ", " —<br>", 1)
+    return first + sep + rest
+
+
+def _room_for_titles(fig: go.Figure, height: int) -> None:
+    """Grow the top margin (and the figure with it) until the title's lines and the top row's subplot titles
+    (two lines when wrapped) fit above the plot without running into each other. The title is then pinned near the
+    top: plotly anchors a title's first line (its later lines run downward) at ``y`` with ``yanchor`` bottom."""
+    title_lines = (fig.layout.title.text or "").count("<br>") + 1
+    top = [
+        (a.text.count("<br>") + 1) * 1.25 * (a.font.size or 16)
+        for a in fig.layout.annotations
+        if a.yref == "paper" and a.yanchor == "bottom" and a.y is not None and a.y >= 0.999 and a.text
+    ]
+    need = math.ceil(32 + 20 * (title_lines - 1) + (max(top) + 4 if top else 0))
+    if need > 60:
+        height += need - 60
+        fig.update_layout(
+            height=height, margin={"t": need}, title={"yref": "container", "y": 1 - 29 / height, "yanchor": "bottom"}
+        )
+
+
 def apply_theme(fig: go.Figure, title: str, width: int = 720, height: int = 420) -> go.Figure:
+    title = _fit_title(title, width)
     fig.update_layout(
         title={"text": title, "x": 0.01, "xanchor": "left", "font": {"size": 15}},
         font=FONT,
@@ -97,6 +130,37 @@ def apply_theme(fig: go.Figure, title: str, width: int = 720, height: int = 420)
     )
     fig.update_xaxes(showgrid=True, gridcolor="#EEEEEE", ticks="outside", dtick=1, title_standoff=4)
     fig.update_yaxes(showgrid=True, gridcolor="#EEEEEE", ticks="outside")
+    _room_for_titles(fig, height)
+    return fig
+
+
+def _tick_text(v: float) -> str:
+    return f"{v / 1000:g}k" if v >= 10_000 else f"{v:g}"
+
+
+def readable_log_ticks(fig: go.Figure) -> go.Figure:
+    """Label log y axes spanning up to three decades at 1-2-5 steps (1-1.5-2-3-5-7 on a short span) with their full
+    values (0.2, 2, 20), not plotly's bare mantissa digits (a "2" that reads as 0.2, 2 or 20, and crowd each other
+    on a short span); wider spans keep plotly's labelled powers of ten."""
+    ends: dict[str, list[float]] = {}
+    for tr in fig.data:
+        ys = getattr(tr, "y", None)
+        nums = [] if ys is None else [float(v) for v in ys if isinstance(v, int | float) and v > 0 and math.isfinite(v)]
+        if nums:
+            ends.setdefault(getattr(tr, "yaxis", None) or "y", []).extend((min(nums), max(nums)))
+    for ref, span in ends.items():
+        axis = fig.layout[f"yaxis{ref[1:]}"]
+        lo, hi = min(span), max(span)
+        if axis.type != "log" or hi > 1000 * lo:
+            continue
+        vals: list[float] = []
+        for steps in ((1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+            decades = range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+            vals = [float(f"{m * 10.0**k:.6g}") for k in decades for m in steps if lo <= m * 10.0**k <= hi]
+            if len(vals) >= 3:
+                break
+        if len(vals) >= 2:
+            axis.update(tickvals=vals, ticktext=[_tick_text(v) for v in vals])
     return fig
 
 
@@ -171,7 +235,7 @@ def norm_profile(table: MetricTable, title: str, level: float | None = None) -> 
     apply_theme(fig, band_subtitle(title, level))
     fig.update_xaxes(title_text="layer (resid_post)")
     fig.update_yaxes(title_text="mean ‖h‖ (log scale)", type="log", exponentformat="power")
-    return fig
+    return readable_log_ticks(fig)
 
 
 def carrier_and_anisotropy(table: MetricTable, title: str, level: float | None = None) -> go.Figure:
@@ -249,7 +313,8 @@ def curves_by_layer(curves: list[Curve], title: str, x_title: str, y_title: str,
             go.Scatter(
                 x=[first.x[0]], y=[first.y[0]], mode="markers", showlegend=False, hoverinfo="skip",
                 marker={"size": 0.1, "opacity": 0, "color": [0], "cmin": 0, "cmax": max(n_sites - 1, 1),
-                        "colorscale": scale, "colorbar": {"title": {"text": "depth<br>(site)"}, "thickness": 14}},
+                        "colorscale": scale, "colorbar": {"title": {"text": "depth<br>(site)"}, "thickness": 14,
+                                                          "dtick": 1 if n_sites <= 11 else None}},
             ),
             row=1, col=1,
         )  # fmt: skip
@@ -259,7 +324,7 @@ def curves_by_layer(curves: list[Curve], title: str, x_title: str, y_title: str,
     fig.update_yaxes(type="log", exponentformat="power")
     fig.update_yaxes(title_text=y_title, row=1, col=1)
     fig.update_layout(margin={"r": 90})
-    return fig
+    return readable_log_ticks(fig)
 
 
 def metric_heatmap(
@@ -299,8 +364,8 @@ def metric_heatmap(
     return fig
 
 
-def matrices(mats: list[Matrix], title: str, x_title: str, y_title: str) -> go.Figure:
-    """A grid of matrices (rows: conditions, columns: labels) on one shared colour scale."""
+def matrices(mats: list[Matrix], title: str, x_title: str, y_title: str, z_title: str | None = None) -> go.Figure:
+    """A grid of matrices (rows: conditions, columns: labels) on one shared colour scale (titled ``z_title``)."""
     conds = list(dict.fromkeys(m.condition for m in mats))
     labels = list(dict.fromkeys(m.label for m in mats))
     titles = [f"{condition_style(c)['label']} — {lab}" for c in conds for lab in labels]
@@ -314,7 +379,7 @@ def matrices(mats: list[Matrix], title: str, x_title: str, y_title: str) -> go.F
     apply_theme(fig, title, width=760, height=330 * len(conds) + 60)
     fig.update_xaxes(title_text=x_title, dtick=1)
     fig.update_yaxes(title_text=y_title, dtick=1, autorange="reversed")
-    fig.update_layout(coloraxis={"colorscale": "Viridis"})
+    fig.update_layout(coloraxis={"colorscale": "Viridis", "colorbar": {"title": {"text": z_title}}})
     return fig
 
 
@@ -336,7 +401,7 @@ def layer_panels(
             fig.update_yaxes(type="log", row=1, col=j)
     apply_theme(fig, band_subtitle(title, level), width=max(520, 330 * len(panels)), height=420)
     fig.update_xaxes(title_text="layer")
-    return fig
+    return readable_log_ticks(fig)
 
 
 def styled_panels(
@@ -373,7 +438,7 @@ def styled_panels(
             fig.update_yaxes(type="log", row=1, col=j)
     apply_theme(fig, band_subtitle(title, level), width=max(560, 380 * len(panels)), height=440)
     fig.update_xaxes(title_text="layer")
-    return declutter_ticks(fig)
+    return readable_log_ticks(declutter_ticks(fig))
 
 
 @dataclass(frozen=True)
@@ -420,14 +485,20 @@ def overlay(
                 continue
             x = [(r.layer or 0) / max(s.n_layers - 1, 1) if relative else float(r.layer or 0) for r in rows]
             _band_and_line(fig, x, rows, color, dash, s.label, s.label, j == 1, {"row": 1, "col": j})
-    apply_theme(fig, band_subtitle(title, level), width=max(560, 300 * len(panels)) + 320, height=440)
-    fig.update_layout(legend={"orientation": "v", "x": 1.01, "y": 1.0, "yanchor": "top"}, margin={"r": 330})
+    # the legend (one row per series: run labels are long) under the panels, at the figure's bottom edge: beside them
+    # it took a third of the width and left each panel ≈ 100 px at the app's width
+    rows = sum(1 for tr in fig.data if tr.showlegend is not False and tr.name)
+    apply_theme(fig, band_subtitle(title, level), width=max(560, 300 * len(panels)), height=380 + 24 * rows)
+    fig.update_layout(
+        legend={"orientation": "v", "x": 0.0, "y": 0.0, "yref": "container", "yanchor": "bottom", "xanchor": "left"},
+        margin={"b": 80 + 24 * rows},
+    )
     fig.update_xaxes(title_text="relative depth" if relative else "layer", dtick=0.25 if relative else 1)
     if log_y:
         fig.update_yaxes(type="log")
     elif panels and panels[0][1] == "norm_mean":
         fig.update_yaxes(type="log", row=1, col=1)
-    return fig
+    return readable_log_ticks(fig)
 
 
 # Okabe-Ito hues no reader confuses (blue and vermilion, not orange and red), each with its own marker shape
@@ -442,6 +513,18 @@ def _tint(hex_color: str, keep: float = 0.45) -> str:
     return "#" + "".join(f"{round(255 - keep * (255 - c)):02X}" for c in rgb)
 
 
+def _why_inconclusive(v: Any) -> str:
+    """Why an inconclusive verdict whose interval clears δ (wholly above or below it) is not decided, from its note:
+    not significant after Holm's correction, or no power (a panel that shows a cleared δ must say why)."""
+    if v.outcome != "inconclusive" or not (v.effect_ci_low > v.margin or v.effect_ci_high < v.margin):
+        return ""
+    if "not after Holm" in v.note:
+        return f"the interval clears δ, but not after Holm (p_Holm {_num(v.p_holm)})"
+    if v.note.startswith("no power"):
+        return "the interval clears δ, but the test cannot reach δ (no power)"
+    return ""
+
+
 def verdict_panels(verdicts: list[Any], title: str, level: float = 0.95) -> go.Figure:
     """One panel per decided prediction, on the scale of the decision: the effect (trained − null) with its
     interval, its marker coloured *and shaped* by the outcome; the null (0, solid) and the margin δ (dashed) drawn,
@@ -449,15 +532,17 @@ def verdict_panels(verdicts: list[Any], title: str, level: float = 0.95) -> go.F
     inconclusive). Predictions the run could not answer (n/a) are listed under the title, not drawn empty."""
     shown = [v for v in verdicts if v.outcome != "n/a" and math.isfinite(v.effect)]
     missing = [v for v in verdicts if v not in shown]
-    cols = min(4, max(1, len(shown)))
+    # three panels a row: at the app's width (≈ 900 px) a fourth leaves the wrapped y titles no room between panels
+    cols = min(3, max(1, len(shown)))
     rows = max(1, math.ceil(len(shown) / cols))
     titles = [
         f"{'<br>'.join(_wrap(v.prediction, 34))}<br><sup>{OUTCOME_GLYPHS.get(v.outcome, '')} {v.outcome}: "
         f"{_num(v.effect)} [{_num(v.effect_ci_low)}, {_num(v.effect_ci_high)}] vs δ {_num(v.margin)}</sup>"
+        + (f"<br><sup>{why}</sup>" if (why := _why_inconclusive(v)) else "")
         for v in shown
     ]
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles or None, vertical_spacing=min(0.5 / rows, 0.22),
-                        horizontal_spacing=0.09)  # fmt: skip
+                        horizontal_spacing=0.12)  # fmt: skip
     for i, v in enumerate(shown):
         at: dict[str, Any] = {"row": i // cols + 1, "col": i % cols + 1}
         color = OUTCOME_COLORS.get(v.outcome, "#000000")
@@ -465,12 +550,14 @@ def verdict_panels(verdicts: list[Any], title: str, level: float = 0.95) -> go.F
         hi = v.effect_ci_high if math.isfinite(v.effect_ci_high) else v.effect
         margin = v.margin if math.isfinite(v.margin) else 0.0
         span = max(hi, margin, 0.0) - min(lo, margin, 0.0) or 1.0
-        marks = ((0.0, "solid", "null (0)"), (margin, "dash", "δ")) if margin != 0 else ((0.0, "dash", "null (0) = δ"),)
-        for y, dash, name in marks:
+        # the null labelled at the right end of its line, δ at the left: the two never overlap when δ is near 0
+        marks = ((0.0, "solid", "null (0)", 1), (margin, "dash", "δ", -1)) if margin != 0 else (
+            (0.0, "dash", "null (0) = δ", 1),)  # fmt: skip
+        for y, dash, name, end in marks:
             fig.add_trace(go.Scatter(x=[-1, 1], y=[y, y], mode="lines", showlegend=False, hoverinfo="skip",
                                      line={"color": "#444444", "dash": dash, "width": 1.2}), **at)  # fmt: skip
-            fig.add_annotation(x=1, y=y, text=name, showarrow=False, xanchor="right", yanchor="bottom",
-                               font={"size": 10, "color": "#444444"}, **at)  # fmt: skip
+            fig.add_annotation(x=end, y=y, text=name, showarrow=False, xanchor="right" if end > 0 else "left",
+                               yanchor="bottom", font={"size": 10, "color": "#444444"}, **at)  # fmt: skip
         fig.add_trace(
             go.Scatter(
                 x=[0], y=[v.effect], mode="markers", showlegend=False,

@@ -462,8 +462,9 @@ def run_figures(manifest: Manifest, out: Outputs) -> tuple[dict[str, Any], dict[
     context = (
         f"Model {manifest['model_label']} ({arch['architecture']}, {arch['norm_placement']}-LN); corpus "
         f"{name}: {corpus['n_windows']} windows of {cfg.corpus.seq_len} tokens, "
-        f"{corpus['n_stat_tokens']} tokens in the statistics (position 0 excluded: "
-        f"{cfg.capture.exclude_first}); sites {', '.join(cfg.capture.sites)}. Bands: {cfg.analysis.ci_level:.0%} CI, "
+        f"{corpus['n_stat_tokens']} tokens in the statistics (position 0 "
+        f"{'excluded' if cfg.capture.exclude_first else 'included'}); sites {', '.join(cfg.capture.sites)}. "
+        f"Bands: {cfg.analysis.ci_level:.0%} CI, "
         f"bootstrap over windows ({cfg.analysis.n_boot} resamples) for per-window statistics, jackknife over "
         f"{cfg.capture.moment_buckets} window buckets for moment statistics."
     )

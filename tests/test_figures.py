@@ -156,3 +156,42 @@ def test_bands_stay_inside_the_metric_range():
     assert len(bands) == 2
     assert min(bands[0].y) == 0.0 and max(bands[0].y) == 1.0
     assert min(bands[1].y) == 1.0 and max(bands[1].y) == 9.0
+
+
+def test_titles_and_log_ticks_stay_readable():
+    """A long title breaks after its " — " instead of running off a narrow figure; wrapped subplot titles get room
+    above the plot (the top margin grows); a log axis over a short span is labelled with full values (1, 2, 5, 10),
+    not bare mantissa digits; carrier drift (a cosine) keeps its band inside [-1, 1]; matrices title their colour
+    bar."""
+    import plotly.graph_objects as go
+
+    long = "ΔNLL when a W_U band is projected out — smollm2-135m · builtin · 32×128 tokens"
+    fig = plotting.apply_theme(go.Figure(), long, width=520)
+    assert fig.layout.title.text.startswith("ΔNLL when a W_U band is projected out —<br>smollm2")
+    rows = [MetricRow("m", "trained", f"resid_post.{i}", i, "norm_ratio", v, 0.9 * v, 1.1 * v)
+            for i, v in enumerate((17.0, 1.5, 1.1, 1.0))]  # fmt: skip
+    rows += [MetricRow("m", "trained", f"resid_post.{i}", i, "carrier_drift", 0.99, 0.9, 1.2) for i in range(4)]
+    panels = (("resid_post", "norm_ratio", "norm ratio of the layer to the one before"),
+              ("resid_post", "carrier_drift", "carrier drift"))  # fmt: skip
+    fig = plotting.layer_panels(MetricTable(tuple(rows)), panels, "t — run", level=0.95)
+    assert fig.layout.margin.t > 60 and fig.layout.height > 420  # title + subtitle + a wrapped panel title
+    assert list(fig.layout.yaxis.ticktext) == ["1", "2", "5", "10"]
+    drift_band = next(t for t in fig.data if t.fill == "toself" and t.yaxis == "y2")
+    assert max(drift_band.y) == 1.0
+    mats = [plotting.Matrix("trained", "attention writes", np.eye(3) / 3)]
+    fig = plotting.matrices(mats, "t", "input band", "output band", "share of ‖A‖²")
+    assert fig.layout.coloraxis.colorbar.title.text == "share of ‖A‖²"
+
+
+def test_verdict_panels_say_why_a_cleared_interval_is_inconclusive():
+    """An interval wholly above δ that Holm's correction leaves inconclusive says so on its panel; δ is labelled at
+    the left end of its line, the null at the right (they never overlap when δ is near 0)."""
+    from types import SimpleNamespace
+
+    v = SimpleNamespace(prediction="1 norm growth is learned", outcome="inconclusive", effect=0.0066,
+                        effect_ci_low=0.0051, effect_ci_high=0.0082, margin=0.005, p_holm=0.0706, statistic="g",
+                        note="supported by its interval but not after Holm (p_holm 0.0706); effect ...")  # fmt: skip
+    fig = plotting.verdict_panels([v], "t")
+    assert "not after Holm (p_Holm 0.0706)" in fig.layout.annotations[0].text
+    marks = {a.text: a.xanchor for a in fig.layout.annotations if a.text in ("δ", "null (0)")}
+    assert marks == {"δ": "left", "null (0)": "right"}

@@ -72,12 +72,12 @@ seq_len = c1.number_input("window length (tokens)", 1, 100_000, CorpusSpec().seq
 max_seqs = c2.number_input("number of windows", 1, 1_000_000, CorpusSpec().max_seqs, key="max_seqs")
 seed = c3.number_input("seed", 0, 2**31 - 1, ExperimentConfig().seed, key="seed")
 sites = st.text_input("sites (comma-separated names or patterns)", value="all", key="sites")
-st.write("controls")
-cc = st.columns(5)
+st.write("nulls and controls")
+cc = st.columns(3)  # three a row: five side by side cut their labels short ("random weights (R ens…")
 controls = tuple(
     c
     for col, c, label in zip(
-        cc,
+        [cc[i % 3] for i in range(5)],
         ("random_init", "random_scaled", "permuted_weights", "shuffled", "permuted"),
         (
             "random weights (R ensemble)",

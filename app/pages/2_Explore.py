@@ -50,9 +50,13 @@ def show(name: str) -> None:
 if run is not None:
     man, table = run.manifest, run.table
     status = man.get("status", "?")
+    conditions = ", ".join(table.conditions())
+    if run.summary_only:  # the summary keeps the trained rows; the run itself also ran the controls its figures show
+        ran = ", ".join(["trained", *man.get("config", {}).get("controls", [])])
+        conditions = f"{ran} (the summary holds {conditions} only)"
     (st.success if status == "complete" else st.warning)(
         f"**{run.label}** — status {status}; {run.n_layers} layers; "
-        f"{man.get('corpus', {}).get('n_windows', '?')} windows; conditions: {', '.join(table.conditions())}"
+        f"{man.get('corpus', {}).get('n_windows', '?')} windows; conditions: {conditions}"
     )
     tabs = st.tabs([*FIGURE_TABS, "Metrics table", "Report"])
     for tab, names in zip(tabs, FIGURE_TABS.values(), strict=False):
@@ -87,7 +91,12 @@ if run is not None:
         conds = st.multiselect("conditions", table.conditions(), default=table.conditions(), key="mt_conds")
         metrics = sorted({r.metric for r in table.rows})
         pick = st.multiselect("metrics", metrics, default=[m for m in ("norm_mean", "carrier_energy") if m in metrics])
-        rows = [r.__dict__ for r in table.rows if r.condition in conds and (not pick or r.metric in pick)]
+        # a site without a layer (embed, final) shows "–", not "None"
+        rows = [
+            r.__dict__ | {"layer": "–" if r.layer is None else str(r.layer)}
+            for r in table.rows
+            if r.condition in conds and (not pick or r.metric in pick)
+        ]
         st.dataframe(rows, hide_index=True, key="metrics_table")
         st.download_button("metrics.csv", table.to_csv(), file_name="metrics.csv", mime="text/csv", on_click="ignore")
     with tabs[-1], common.errors_shown():
@@ -108,6 +117,11 @@ if run is not None:
             zipped = partial(common.run_zip, Path(run.path))  # built when clicked, not on every page render
             c3.download_button("the run as a zip", zipped, file_name=f"{Path(run.path).name}.zip",
                                mime="application/zip", on_click="ignore")  # fmt: skip
-            st.markdown(common.report_markdown(text), unsafe_allow_html=False)
+            for kind, block in common.report_blocks(text):
+                if kind == "md":
+                    st.markdown(block, unsafe_allow_html=False)
+                else:  # a table as a dataframe: it scrolls inside the page instead of running off its edge
+                    header, body = block
+                    st.dataframe([dict(zip(header, row, strict=True)) for row in body], hide_index=True)
         else:
             st.info("This run has no report.md yet: the button above writes it.")

@@ -28,10 +28,12 @@ max_tokens = 64
 
 
 def visible_token(t: str) -> str:
-    """A token with its whitespace drawn (␣ ↵ ⇥) and an empty decode shown as ∅, so no cell looks blank."""
+    """A token with its whitespace drawn (␣ ↵ ⇥), any other invisible character (a no-break space, a zero-width
+    one) as its code point ⟨U+00A0⟩, and an empty decode shown as ∅, so no cell looks blank."""
     if t is None or t == "":
         return "∅"
-    return t.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+    t = t.replace(" ", "␣").replace("\n", "↵").replace("\t", "⇥").replace("\r", "␍")
+    return "".join(c if c.isprintable() else f"⟨U+{ord(c):04X}⟩" for c in t)
 
 
 @st.cache_data(show_spinner="capturing…", max_entries=32)
@@ -107,10 +109,19 @@ elif text.strip():
         cosm = trace.layer_cosine()
         fig = go.Figure(
             go.Heatmap(
-                z=cosm.tolist(), x=list(range(n_layers)), y=list(range(n_layers)), colorscale="Viridis", zmin=-1, zmax=1
+                z=cosm.tolist(),
+                x=list(range(n_layers)),
+                y=list(range(n_layers)),
+                colorscale="Viridis",
+                zmin=-1,
+                zmax=1,
+                colorbar={"title": {"text": "mean cos"}},
             )
         )
-        plotting.apply_theme(fig, "Mean cos(h_l, h_m) over this prompt's tokens", width=560, height=480)
+        # a row per layer, tall enough that one label a layer does not overlap the next
+        plotting.apply_theme(
+            fig, "Mean cos(h_l, h_m) over this prompt's tokens", width=560, height=max(480, 16 * n_layers + 190)
+        )
         fig.update_xaxes(title_text="layer m (resid_post)")
         fig.update_yaxes(title_text="layer l (resid_post)", autorange="reversed", dtick=1)
         csv = common.csv_text(
@@ -167,7 +178,8 @@ elif text.strip():
             st.caption(
                 "One row per layer (every layer), one column per input token: the most likely next token when "
                 "that layer's residual goes through the final norm and the unembedding. Whitespace is shown as ␣ "
-                "(space), ↵ (newline), ⇥ (tab); ∅ is a token that decodes to nothing (a byte piece)."
+                "(space), ↵ (newline), ⇥ (tab), any other invisible character as its code point (⟨U+00A0⟩: a no-break "
+                "space); ∅ is a token that decodes to nothing (a byte piece)."
             )
             st.dataframe(
                 [

@@ -27,6 +27,10 @@ if run is not None:
         def f(x: float) -> str:
             return "" if not math.isfinite(x) else f"{x:.4g}"
 
+        def fp(x: float) -> str:
+            """A p-value; one that underflowed to 0 is below the smallest double, not zero."""
+            return "< 1e-300" if x == 0 else f(x)
+
         level = common.ci_level(run)
 
         def iv(lo: float, hi: float) -> str:
@@ -50,13 +54,13 @@ if run is not None:
                 "effect": f(v.effect),
                 "effect CI": iv(v.effect_ci_low, v.effect_ci_high),
                 "margin δ": f(v.margin),
-                "p (Holm)": f(v.p_holm),
+                "p (Holm)": fp(v.p_holm),
                 "statistic": v.statistic,
                 "trained": f(v.value),
                 f"{common.ci_label(level)} CI": iv(v.ci_low, v.ci_high),
                 "null": f(v.null),
                 "null interval": iv(v.null_ci_low, v.null_ci_high),
-                "p": f(v.p_value),
+                "p": fp(v.p_value),
                 "note": v.note,
             }
             for v in run.verdicts
@@ -64,8 +68,10 @@ if run is not None:
         st.caption(
             f"The decision columns come first: effect (trained − null) with its {common.ci_label(level)}, the margin δ "
             "and the "
-            "Holm-adjusted p. Supported: the interval lies above δ; contradicted: below δ; inconclusive: across δ "
-            "or without power to reach it. The statistic each prediction decides on is its deciding sub-test (the "
+            "Holm-adjusted p. Supported: the interval lies above δ; contradicted: below δ — each only when its "
+            "Holm-adjusted p is also significant (an interval clear of δ whose p is not stays inconclusive, and its "
+            "reason says so); inconclusive: across δ, without power to reach it, or not significant after Holm. "
+            "The statistic each prediction decides on is its deciding sub-test (the "
             "one whose outcome settles the prediction): it can differ between runs, and the reason says which."
         )
         st.dataframe(rows, hide_index=True, key="verdicts_table", width="stretch")

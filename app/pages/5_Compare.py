@@ -1,6 +1,8 @@
 """Compare page: several saved runs overlaid on shared axes (spectral.plotting.overlay, the
 figure ``spectral compare`` writes)."""
 
+import contextlib
+import math
 import sys
 from pathlib import Path
 
@@ -16,10 +18,24 @@ from spectral.compare import PANELS, mean_middle, run_verdict_spec  # noqa: E402
 common.page_header(
     "Compare runs", "Per-layer statistics of several runs on shared axes, each with the CIs at its run's level."
 )
-runs = [common._display(p) for p in common.list_runs()]
+
+
+def is_complete(run_dir: Path) -> bool:
+    """Whether a listed run finished (a failed or cancelled one has no metrics to draw: never a default)."""
+    with contextlib.suppress(Exception):  # an unreadable manifest: not complete (picking it shows why)
+        return common.read_manifest(run_dir).get("status") == "complete"
+    return False
+
+
+found = common.list_runs()
+runs = [common._display(p) for p in found]
 preset = [p for p in st.session_state.get("compare_runs", []) if p in runs]
-picked = st.multiselect("Runs", runs, default=preset or runs[:2], key="compare_select")
+complete = [common._display(p) for p in found if is_complete(p)]
+picked = st.multiselect("Runs", runs, default=preset or complete[:2], key="compare_select")
 typed = st.text_area("…or type run directories, one per line (within the allowed roots)", key="compare_typed")
+typed_runs = [line.strip() for line in typed.splitlines() if line.strip()]
+if typed_runs:
+    st.caption("Comparing the typed run directories (the runs picked above are left out while any is typed).")
 c1, c2 = st.columns(2)
 conds = c1.multiselect(
     "conditions",
@@ -34,10 +50,10 @@ chosen = st.multiselect("panels", panel_names, default=panel_names[:4], key="com
 
 loaded = []
 seen: set[str] = set()
-for target in [*picked, *(line.strip() for line in typed.splitlines() if line.strip())]:
+for target in typed_runs or picked:
     with common.errors_shown(f"{target}: "):
         where = common.safe_path(target)
-        if str(where) in seen:  # the same run picked and typed: one series, not two
+        if str(where) in seen:  # the same run typed twice: one series, not two
             continue
         seen.add(str(where))
         run = common.load_run(where)
@@ -69,10 +85,18 @@ else:
             caption=f"Bands: {common.ci_levels_text(loaded)} CIs.",
         )
         st.subheader("Middle-layer means")
+
+        def middle_text(v: float | None) -> str:
+            """A mean as the table shows it; "–" where the run did not measure the metric (not "None")."""
+            return "–" if v is None or not math.isfinite(v) else f"{v:.4g}"
+
         st.dataframe(
             [
                 {"series": s.label, "layers": s.n_layers}
-                | {p[2]: mean_middle(s.table, s.condition, p[1], s.n_layers, specs[s.label]) for p in panels}
+                | {
+                    p[2]: middle_text(mean_middle(s.table, s.condition, p[1], s.n_layers, specs[s.label]))
+                    for p in panels
+                }
                 for s in series
             ],
             hide_index=True,
@@ -100,8 +124,10 @@ if loaded:
             "outcome_matrix",
             outcome_table(records),  # the note's outcomes.csv columns (csv module: labels quoted as needed)
             caption="Colour and glyph: outcome (▲ supported, ◆ inconclusive, ▼ contradicted); number: effect "
-            "(trained − null) with its interval; † measured by an older battery revision (its statistic changed "
-            "since). Drawn at its own width: scroll sideways on a narrow screen.",
+            "(trained − null) with its interval; an inconclusive cell whose interval clears the margin δ was not "
+            "significant after Holm's correction or had no power to reach δ (its reason is on the Verdicts page); "
+            "† measured by an older battery revision (its statistic changed since). Drawn at its own width: scroll "
+            "sideways on a narrow screen.",
             natural=True,
         )
     st.subheader("Outcomes side by side")

@@ -36,15 +36,16 @@ COLUMNS = ("model", "condition", "site", "layer", "metric", "value", "ci_low", "
 
 
 def metric_bounds(metric: str) -> tuple[float, float]:
-    """The range a metric can take (a share in [0, 1], a cosine in [-1, 1], an effective rank >= 1, a norm or a
-    divergence >= 0); (-inf, inf) for differences and anything unbounded. Figures draw an interval intersected with
-    this range: the true value lies in it, so the intersection covers it whenever the interval does."""
+    """The range a metric can take (a share in [0, 1], a cosine in [-1, 1] (carrier_drift is the cosine of
+    consecutive carrier directions), an effective rank >= 1, a norm or a divergence >= 0); (-inf, inf) for
+    differences and anything unbounded. Figures draw an interval intersected with this range: the true value lies
+    in it, so the intersection covers it whenever the interval does."""
     inf = math.inf
     if any(k in metric for k in ("minus", "gain", "delta", "dnll", "keep", "margin", "diff", "slope", "growth")):
         return -inf, inf
     if metric in ("eff_rank", "participation_ratio") or metric.startswith(("eff_rank", "participation")):
         return 1.0, inf
-    if "cos" in metric or metric in ("anisotropy",) or "spearman" in metric or "corr" in metric:
+    if "cos" in metric or metric in ("anisotropy", "carrier_drift") or "spearman" in metric or "corr" in metric:
         return -1.0, 1.0
     if any(k in metric for k in ("share", "energy", "_acc", "linearity", "isoscore", "offdiag", "conc")):
         return 0.0, 1.0
