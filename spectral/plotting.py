@@ -103,10 +103,11 @@ def _room_for_titles(fig: go.Figure, height: int) -> None:
     """Grow the top margin (and the figure with it) until the title's lines and the top row's subplot titles
     (two lines when wrapped) fit above the plot without running into each other. The title is then pinned near the
     top: plotly anchors a title's first line (its later lines run downward) at ``y`` with ``yanchor`` bottom."""
-    title_lines = (fig.layout.title.text or "").count("<br>") + 1
+    layout: Any = fig.layout  # plotly's layout objects are typed loosely
+    title_lines = (layout.title.text or "").count("<br>") + 1
     top = [
         (a.text.count("<br>") + 1) * 1.25 * (a.font.size or 16)
-        for a in fig.layout.annotations
+        for a in layout.annotations
         if a.yref == "paper" and a.yanchor == "bottom" and a.y is not None and a.y >= 0.999 and a.text
     ]
     need = math.ceil(32 + 20 * (title_lines - 1) + (max(top) + 4 if top else 0))
@@ -149,7 +150,7 @@ def readable_log_ticks(fig: go.Figure) -> go.Figure:
         if nums:
             ends.setdefault(getattr(tr, "yaxis", None) or "y", []).extend((min(nums), max(nums)))
     for ref, span in ends.items():
-        axis = fig.layout[f"yaxis{ref[1:]}"]
+        axis: Any = fig.layout[f"yaxis{ref[1:]}"]
         lo, hi = min(span), max(span)
         if axis.type != "log" or hi > 1000 * lo:
             continue
@@ -611,7 +612,7 @@ def declutter_ticks(fig: go.Figure, max_ticks: int = 16) -> go.Figure:
             if nums:
                 spans.setdefault(ref, []).extend((min(nums), max(nums)))
         for ref, ends in spans.items():
-            axis = fig.layout[f"{letter}axis{ref[1:]}"]
+            axis: Any = fig.layout[f"{letter}axis{ref[1:]}"]
             span = max(ends) - min(ends)
             if axis.dtick == 1 and span > max_ticks:
                 axis.dtick = _nice_step(span)
