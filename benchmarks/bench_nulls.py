@@ -29,11 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 @torch.no_grad()
 def permute_before(model: torch.nn.Module, seed: int, inverse: bool = False) -> None:
     """The W permutation as it was (int64 randperm, undone in place by regenerating it)."""
-    seen: set[int] = set()
-    for name, p in model.named_parameters(remove_duplicate=True):
-        if p.ndim < 2 or id(p) in seen:
-            continue
-        seen.add(id(p))
+    from spectral.analysis.controls import weight_matrices
+
+    for name, p in weight_matrices(model):
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         flat = p.data.reshape(-1)
         perm = torch.randperm(flat.numel(), generator=g)

@@ -310,16 +310,16 @@ def condition_models(s: Setup) -> Iterator[tuple[str, LoadedModel]]:
         # each member is permuted from a copy of the trained matrices (one permutation per member, none undone);
         # the copy gives the trained weights back exactly where the caller keeps the model
         saved = permuted_matrices(s.model.hf_model)
-        for k in range(cfg.permutations):
-            seed = cfg.seed + k
-            permute_weights(s.model.hf_model, seed, source=saved)
-            s.model.forget_unembedding_basis()  # W's unembedding is permuted too
-            try:
+        try:
+            for k in range(cfg.permutations):
+                seed = cfg.seed + k
+                permute_weights(s.model.hf_model, seed, source=saved)
+                s.model.forget_unembedding_basis()  # W's unembedding is permuted too
                 yield ("permuted_weights" if k == 0 else f"permuted_weights.s{seed}"), s.model
-            finally:
-                if s.keep_model and k == cfg.permutations - 1:
-                    restore_matrices(s.model.hf_model, saved)
-                    s.model.forget_unembedding_basis()
+        finally:  # after the last member, or when a member's analysis failed: the caller's weights back, exactly
+            if s.keep_model:
+                restore_matrices(s.model.hf_model, saved)
+                s.model.forget_unembedding_basis()
         del saved
     if "random_init" in cfg.controls or scaled:
         if not s.keep_model:
@@ -382,7 +382,6 @@ def _capture(
     if not cc.complete:
         desc = f"{s.label} [{cond}]" if progress else None
         cb = None if on_batch is None else (lambda done, total: on_batch(cond, done, total))
-
         kept = s.cfg.capture.keep_state or shard[1] > 1  # a state that outlives the run is written with its CRC32
         save = (lambda c: save_state(path, c.state_dict(), crc=kept)) if s.persist else None
         cc.run(shard, desc, cb, save, s.cfg.capture.checkpoint_every)

@@ -425,3 +425,31 @@ def test_a_rescaled_member_sharing_an_r_seed_equals_a_fresh_one(tmp_path, tiny_m
         a = [(r["site"], r["metric"], r["value"]) for r in shared if r["condition"] == c]
         b = [(r["site"], r["metric"], r["value"]) for r in alone if r["condition"] == c]
         assert a and a == b
+
+
+def test_a_kept_model_gets_its_weights_back_when_w_stops_early(tmp_path, tiny_model_dir, sample_text):
+    """The notebook API keeps the caller's model: whether W's ensemble runs to its end or stops at a member whose
+    analysis failed (the generator closed early), the trained weights come back exactly."""
+    from spectral.config import CorpusSpec, ExperimentConfig
+    from spectral.runner import condition_models, setup_run
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(sample_text)
+    cfg = ExperimentConfig(
+        model=ModelSpec(name=str(tiny_model_dir("llama"))),
+        corpus=CorpusSpec(source=str(corpus), seq_len=16, max_seqs=2),
+        controls=("permuted_weights",),
+        permutations=3,
+        out=str(tmp_path / "run"),
+    )
+    for stop_at in ("permuted_weights.s1", None):
+        s = setup_run(cfg, None)
+        s.keep_model = True
+        trained = {k: v.clone() for k, v in s.model.hf_model.state_dict().items()}
+        gen = condition_models(s)
+        for cond, m in gen:
+            if cond == stop_at:
+                assert any(not torch.equal(trained[k], v) for k, v in m.hf_model.state_dict().items())
+                gen.close()  # what a failing analysis does to the generator
+                break
+        assert all(torch.equal(trained[k], v) for k, v in s.model.hf_model.state_dict().items())

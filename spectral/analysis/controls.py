@@ -16,6 +16,7 @@
 
 import dataclasses
 import zlib
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -52,16 +53,20 @@ def permuted_positions(seed: int, has_bos: bool):
     return positions
 
 
-def permuted_matrices(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """A copy of every matrix :func:`permute_weights` permutes (tied ones once), by name: the source from which
-    each member of the W ensemble is drawn, and from which the trained weights come back exactly."""
+def weight_matrices(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """(name, parameter) of every weight matrix (two or more dimensions, embeddings included), a matrix shared by
+    two modules (tied embeddings) once: what W permutes."""
     seen: set[int] = set()
-    out: dict[str, torch.Tensor] = {}
     for name, p in model.named_parameters(remove_duplicate=True):
         if p.ndim >= 2 and id(p) not in seen:
             seen.add(id(p))
-            out[name] = p.detach().clone()
-    return out
+            yield name, p
+
+
+def permuted_matrices(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every matrix :func:`permute_weights` permutes, by name: the source from which each member of the
+    W ensemble is drawn, and from which the trained weights come back exactly."""
+    return {name: p.detach().clone() for name, p in weight_matrices(model)}
 
 
 @torch.no_grad()
@@ -84,12 +89,8 @@ def permute_weights(
     :func:`permuted_matrices`): permute those matrices into the model instead of its current ones, so that the
     members of the W ensemble follow each other without undoing the previous one (one permutation each, not
     two). Returns the count."""
-    seen: set[int] = set()
     n = 0
-    for name, p in model.named_parameters(remove_duplicate=True):
-        if p.ndim < 2 or id(p) in seen:
-            continue
-        seen.add(id(p))
+    for name, p in weight_matrices(model):
         g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
         flat = p.data.reshape(-1)
         # int32 indices where they fit: the same permutation as int64 (same generator draws), ~30 % faster
