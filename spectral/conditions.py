@@ -358,12 +358,13 @@ class ConditionCapture:
 
     def tune(self) -> None:
         """The approximate tuned lens: translators fitted on the joint probe's fit windows, scored on its held-out
-        ones (recomputed on resume: deterministic)."""
+        ones (recomputed on resume: deterministic). Once per capture: the fit sums are released after the fit."""
         self.tuned, self.tuned_table = None, None
         j = self.joint
         if j is None or not j.tuned:
             return
         self.tuned = fit_tuned_lens(j, self.cfg.analysis.tuned_lens_ridge, self.cfg.model.name)
+        j.release_fit()  # the fit sums are read once (the saved state keeps them for a resume)
         if self.tuned is None:
             return
         rows, target, windows = j.held_out()

@@ -166,8 +166,8 @@ class CaptureSpec:
         "auto",
     )
     checkpoint_every: int = _help(
-        "save the capture state every N windows (and after each condition) so --resume can continue; 0 = "
-        "only after each condition",
+        "save the capture state every N windows (and after each condition but the null members, whose capture "
+        "takes seconds: a resumed run captures them again) so --resume can continue; 0 = only after each condition",
         512,
     )
     keep_state: bool = _help("keep the capture state (state/*.pt) after a complete run (shard runs always do)", False)

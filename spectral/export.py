@@ -28,6 +28,76 @@ def browser_for_png() -> str | None:
     return None
 
 
+def _kaleido_options() -> dict[str, Any]:
+    # one Chromium, two tabs rendering at once (a sixth off the export on 2 cores); no MathJax (no figure has TeX, and
+    # kaleido would fetch it from a CDN)
+    return {"n": min(2, os.cpu_count() or 1), "mathjax": False}
+
+
+def start_static_export(formats: tuple[str, ...]) -> bool:
+    """Start kaleido's Chromium in the background (kaleido's sync server) when static figures will be written: its
+    start (~2.5 s on 2 cores) then overlaps the building of the figures instead of preceding their export.
+    :func:`save_figures` uses it and stops it; :func:`stop_static_export` stops it where no export follows."""
+    if not formats or browser_for_png() is None:
+        return False
+    try:
+        import kaleido
+
+        kaleido.start_sync_server(**_kaleido_options(), silence_warnings=True)
+        return True
+    except Exception:  # noqa: BLE001 - the export starts its own browser then
+        return False
+
+
+def stop_static_export() -> None:
+    """Stop the browser :func:`start_static_export` started (nothing when none runs)."""
+    try:
+        import kaleido
+
+        kaleido.stop_sync_server(silence_warnings=True)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _server_thread() -> Any:
+    """The thread of kaleido's running sync server, or None."""
+    import kaleido
+
+    server = getattr(kaleido, "_global_server", None)
+    if server is None or not server.is_running():
+        return None
+    return getattr(server, "_thread", None)
+
+
+def _export(specs: list[dict[str, Any]]) -> None:
+    """Write ``specs`` with kaleido: through the browser :func:`start_static_export` started when it runs (watched:
+    a browser that died while starting fails the export instead of hanging it), else with a browser of its own."""
+    import kaleido
+
+    thread = _server_thread()
+    if thread is None:
+        kaleido.write_fig_from_object_sync(specs, kopts=_kaleido_options())
+        return
+    import threading
+
+    done: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            done["errors"] = kaleido.write_fig_from_object_sync(specs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            done["exc"] = exc
+
+    worker = threading.Thread(target=call, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
+        if worker.is_alive() and not thread.is_alive():
+            raise RuntimeError("kaleido's browser stopped while starting")
+    if "exc" in done:
+        raise done["exc"]
+
+
 def save_figures(
     out_dir: Path,
     figures: dict[str, Any],
@@ -67,8 +137,6 @@ def save_figures(
         return written, note
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=fig_dir))
     try:
-        import kaleido
-
         specs = [
             {
                 "fig": fig.to_plotly_json(),
@@ -84,9 +152,7 @@ def save_figures(
             for name, fig in figures.items()
             for ext in formats
         ]
-        # one Chromium, two tabs rendering at once (a sixth off the export on 2 cores); no MathJax (no figure has
-        # TeX, and kaleido would fetch it from a CDN)
-        kaleido.write_fig_from_object_sync(specs, kopts={"n": min(2, os.cpu_count() or 1), "mathjax": False})
+        _export(specs)
         for name in figures:
             for ext in formats:
                 os.replace(tmp / f"{name}.{ext}", fig_dir / f"{name}.{ext}")
@@ -96,6 +162,7 @@ def save_figures(
         log(note)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        stop_static_export()
     return written, note
 
 

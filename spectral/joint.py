@@ -75,6 +75,7 @@ class JointProbe:
         self.fit_xy = {s: torch.zeros(d, d, dtype=f64) for s in src}
         self.fit_x = {s: torch.zeros(d, dtype=f64) for s in self.chain} if self.tuned else {}
         self.fit_n = torch.zeros((), dtype=f64)
+        self.fit_released = False
         # held-out rows: per chunk (tokens, chain sites, d) float32, their next tokens and windows
         self.eval_rows: list[torch.Tensor] = []
         self.eval_target: list[torch.Tensor] = []
@@ -175,7 +176,15 @@ class JointProbe:
         order = torch.argsort(win, stable=True)
         return torch.cat(self.eval_rows)[order], torch.cat(self.eval_target)[order], win[order]
 
+    def release_fit(self) -> None:
+        """Drop the tuned lens's fit sums (Σ x̃x̃ᵀ, Σ x̃ỹᵀ: two d x d float64 per chain site) once the translators are
+        fitted: the analysis holds them no longer. The probe cannot be fitted, saved or merged after this."""
+        self.fit_xx, self.fit_xy = {}, {}
+        self.fit_released = True
+
     def state_dict(self) -> dict[str, Any]:
+        if self.fit_released:
+            raise RuntimeError("the joint probe's fit sums were released after the tuned lens's fit: no state to save")
         rows, target, win = self._rows()
         return {
             "chain": list(self.chain),
@@ -193,6 +202,7 @@ class JointProbe:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if list(state["chain"]) != list(self.chain):
             raise ValueError("cannot load a joint-moment state of another residual chain")
+        self.fit_released = False
         self.cross = {k: v.clone() for k, v in state["cross"].items()}
         self.fit_xx = {k: v.clone() for k, v in state["fit_xx"].items()}
         self.fit_xy = {k: v.clone() for k, v in state["fit_xy"].items()}
@@ -205,6 +215,8 @@ class JointProbe:
             self.eval_window = [state["eval_window"].clone()]
 
     def merge_state(self, state: dict[str, Any]) -> None:
+        if self.fit_released:
+            raise RuntimeError("the joint probe's fit sums were released after the tuned lens's fit: cannot merge")
         if list(state["chain"]) != list(self.chain):
             raise ValueError("cannot merge joint-moment states over different chains")
         for name in ("cross", "fit_xx", "fit_xy", "fit_x"):

@@ -31,7 +31,7 @@ from spectral.conditions import ConditionCapture, is_null_condition
 from spectral.config import ExperimentConfig
 from spectral.corpus import CorpusText, TokenWindows, make_windows
 from spectral.errors import RunDirError
-from spectral.export import save_figures
+from spectral.export import save_figures, start_static_export, stop_static_export
 from spectral.figureset import FigureData, build_figures, figure_data
 from spectral.models import LoadedModel, load_model
 from spectral.predictions import BATTERY_REVISION, evaluate, sensitivity_csv, verdicts_csv
@@ -49,6 +49,7 @@ from spectral.runs import (
     package_versions,
     prepare_run_dir,
     read_manifest,
+    release_memory,
     save_state,
     slug,
     state_path,
@@ -242,6 +243,7 @@ def measure_conditions(
         if dist is not None:
             dist.merge_into(cc)
         timings[f"capture_{cond}"] = time.perf_counter() - t
+        release_memory()  # the state write's temporaries: out of the analysis's peak
         if not lead or shard[1] > 1 and dist is None:
             continue  # a shard: its state is its result (spectral merge analyses)
         t_an = time.perf_counter()
@@ -260,6 +262,7 @@ def measure_conditions(
         if not later_member:  # figures show R's first seed and W's first permutation; the spread is in the verdicts
             measurements.append(figure_data(cc.measurement(), cfg_bands(s), s.cfg.analysis.ci_level))
         del cc  # the d x d moments of this condition are no longer needed
+        release_memory(collect=not is_null_condition(cond))
     rank = {c: i for i, c in enumerate(_CONDITION_ORDER)}
     rows.sort(key=lambda r: rank.get(r.condition.split(".")[0], len(rank)))  # stable: R's members, then rescaled
     return rows, measurements
@@ -383,7 +386,10 @@ def _capture(
         desc = f"{s.label} [{cond}]" if progress else None
         cb = None if on_batch is None else (lambda done, total: on_batch(cond, done, total))
         kept = s.cfg.capture.keep_state or shard[1] > 1  # a state that outlives the run is written with its CRC32
-        save = (lambda c: save_state(path, c.state_dict(), crc=kept)) if s.persist else None
+        # a null member's capture (null_windows windows) takes seconds, and writing its state would add a sixth to
+        # that to spare those seconds on a resume: not written (a resumed run captures it again, the same numbers)
+        transient_null = is_null_condition(cond) and not kept
+        save = (lambda c: save_state(path, c.state_dict(), crc=kept)) if s.persist and not transient_null else None
         cc.run(shard, desc, cb, save, s.cfg.capture.checkpoint_every)
     failpoint("condition-captured")
     return cc
@@ -395,12 +401,15 @@ def analyse_condition(
     """Interventions and every metric of one complete (possibly merged) condition."""
     cfg, cond = s.cfg, cc.condition
     t = time.perf_counter()
-    phases = {"interventions": cc.intervene, "modulation": cc.modulate, "transfer": cc.transfer, "tune": cc.tune}
+    # the tuned lens first: its fit sums (two d x d float64 per layer, 160 MB on SmolLM2) are released once it is
+    # fitted, so that they are not held through the sweeps and the statistics (the default job's peak memory)
+    phases = {"tune": cc.tune, "interventions": cc.intervene, "modulation": cc.modulate, "transfer": cc.transfer}
     for phase, step in phases.items():  # the forward-running steps of the analysis, each timed apart
         t_step = time.perf_counter()
         step()
         if time.perf_counter() - t_step > 0.05:
             timings[f"{phase}_{cond}"] = time.perf_counter() - t_step
+            release_memory()
     if s.run_dir.is_dir():
         if cc.outliers is not None:
             from spectral.outliers import outlier_csv
@@ -421,6 +430,7 @@ def analyse_condition(
     mid = middle_layers(cc.model.arch.n_layers, cfg.verdicts)
     t_stats = time.perf_counter()
     rows = list(compute_metrics(meas.bank, s.label, cond, cfg.analysis, cfg.seed, light, mid).rows)
+    release_memory()
     rows += battery_metrics(s.label, meas, cfg.analysis, cfg.seed, cfg.verdicts.resonance_top_bands, light)
     timings[f"statistics_{cond}"] = time.perf_counter() - t_stats  # the metrics from the captured sums alone
     timings[f"analysis_{cond}"] = time.perf_counter() - t
@@ -487,9 +497,13 @@ def write_outputs(
     atomic_write_text(run_dir / "verdicts.csv", verdicts_csv(out.verdicts))
     atomic_write_text(run_dir / "sensitivity.csv", out.sensitivity)
     t = time.perf_counter()
-    figures, data, captions = run_figures(manifest, out)
     formats = tuple(manifest["config"].get("formats", ()))
-    manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, captions, log, formats=formats)
+    start_static_export(formats)  # the browser starts while the figures are built
+    try:
+        figures, data, captions = run_figures(manifest, out)
+        manifest["figures"], manifest["png_note"] = save_figures(run_dir, figures, data, captions, log, formats=formats)
+    finally:
+        stop_static_export()
     timings["figures"] = time.perf_counter() - t
     if t0 is not None:
         timings["total"] = time.perf_counter() - t0

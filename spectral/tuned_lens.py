@@ -82,6 +82,8 @@ class TunedLens:
 
 def fit_tuned_lens(probe: JointProbe, ridge: float, model: str = "") -> TunedLens | None:
     """Translators from the probe's fit sums (None without fit tokens)."""
+    if probe.fit_released:
+        raise RuntimeError("the joint probe's fit sums were released after an earlier fit")
     n = float(probe.fit_n)
     if n < 2 or not probe.tuned:
         return None

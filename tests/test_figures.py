@@ -55,6 +55,44 @@ def test_static_export_writes_png_pdf_svg(tmp_path):
     assert (tmp_path / "figures" / "norm_profile.pdf").read_bytes().startswith(b"%PDF")
 
 
+def test_static_export_through_the_browser_started_early(tmp_path):
+    """The run starts kaleido's browser before it builds the figures; the export goes through it and stops it."""
+    if export.browser_for_png() is None:
+        import pytest
+
+        pytest.skip("no Chromium/Chrome on this machine (install Debian's chromium)")
+    assert export.start_static_export(("png", "svg"))
+    assert export._server_thread() is not None
+    fig = {"norm_profile": plotting.norm_profile(_table(), "t")}
+    files, note = export.save_figures(
+        tmp_path, fig, {"norm_profile": "a\n"}, {"norm_profile": "c"}, print, formats=("png", "svg")
+    )
+    assert note is None and export._server_thread() is None  # stopped after the export
+    for ext in ("png", "svg"):
+        assert (tmp_path / "figures" / f"norm_profile.{ext}").stat().st_size > 1000
+    assert not export.start_static_export(())  # no static formats: no browser
+
+
+def test_static_export_fails_instead_of_hanging_when_the_early_browser_died(tmp_path, monkeypatch):
+    """kaleido's server waits forever on a task its dead thread never takes: the export watches the thread."""
+    import threading
+
+    import kaleido
+
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    never = threading.Event()
+    monkeypatch.setattr(export, "_server_thread", lambda: dead)
+    monkeypatch.setattr(export, "browser_for_png", lambda: "/usr/bin/true")
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", lambda *a, **k: never.wait())
+    fig = {"norm_profile": plotting.norm_profile(_table(), "t")}
+    files, note = export.save_figures(tmp_path, fig, {"norm_profile": "a\n"}, {"norm_profile": "c"}, print)
+    assert note is not None and "kaleido failed (RuntimeError: kaleido's browser stopped" in note
+    assert (tmp_path / "figures" / "norm_profile.html").is_file()  # the rest of the figure is written
+    never.set()
+
+
 def test_layer_ticks_are_thinned_on_deep_models_only():
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

@@ -88,3 +88,18 @@ def test_random_heads_null_mean_is_r_over_d():
     ov = np.sum(((q.transpose(0, 2, 1) @ q).reshape(400, 6, 3, 6, 3)) ** 2, axis=(2, 4)) / 3
     iu = np.triu_indices(6, 1)
     np.testing.assert_allclose(null, ov[:, iu[0], iu[1]].mean(axis=1), rtol=1e-4)  # float32 orthonormalisation
+
+
+def test_random_heads_null_in_chunks_is_the_one_draw():
+    """The draws are generated in chunks (memory): the same numbers as one draw of all of them, at SmolLM2's shape
+    (9 heads x 576 x 40: 5 chunks of 20 draws)."""
+    from spectral.analysis.heads import random_heads_null
+
+    d, r, H, n = 576, 40, 9, 100
+    g = torch.randn((n, H, d, r), generator=torch.Generator().manual_seed(7))
+    chol = torch.linalg.cholesky(g.transpose(-1, -2) @ g)
+    q = torch.linalg.solve_triangular(chol, g.transpose(-1, -2), upper=False).transpose(-1, -2)
+    flat = q.permute(0, 2, 1, 3).reshape(n, d, H * r)
+    ov = (flat.transpose(1, 2) @ flat).reshape(n, H, r, H, r).pow(2).sum((2, 4)) / r
+    iu = torch.triu_indices(H, H, 1)
+    np.testing.assert_array_equal(random_heads_null(d, r, H, n, 7), ov[:, iu[0], iu[1]].mean(1).double().numpy())
