@@ -10,7 +10,9 @@ inits); states written with torch's per-record CRC32. *After* (the code now): ea
 trained matrices with an int32 ``randperm`` (the same permutation: 5 permutations, nothing undone); a rescaled seed
 that is also an R seed rescales R's init in place (5 inits); transient states written without the CRC. The two are
 timed alternately (ABAB...) so that a drift of the machine hits both alike; the script checks that both give the
-same weights. Prints seconds and the after/before ratio of each phase.
+same weights. A second W row compares the matrices permuted one after the other (the code of the morning of
+2026-12-06) with two threads (the code now; each matrix has its own generator: the same weights, checked).
+Prints seconds and the after/before ratio of each phase.
 """
 
 import argparse
@@ -39,6 +41,18 @@ def permute_before(model: torch.nn.Module, seed: int, inverse: bool = False) -> 
             flat[perm] = flat.clone()
         else:
             flat.copy_(flat[perm])
+
+
+@torch.no_grad()
+def permute_one_thread(model: torch.nn.Module, seed: int, source: dict[str, torch.Tensor]) -> None:
+    """W's member drawn from the copy as the run did this morning: the matrices one after the other."""
+    from spectral.analysis.controls import weight_matrices
+
+    for name, p in weight_matrices(model):
+        g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+        flat = p.data.reshape(-1)
+        perm = torch.randperm(flat.numel(), generator=g, dtype=torch.int32)
+        flat.copy_(source[name].reshape(-1)[perm])
 
 
 def main() -> None:
@@ -90,6 +104,9 @@ def main() -> None:
     permute_weights(hf, seeds[1], source=saved)
     assert all(torch.equal(want[n], t) for n, t in hf.state_dict().items()), "W differs between before and after"
     restore_matrices(hf, saved)
+    permute_one_thread(hf, seeds[1], saved)
+    assert all(torch.equal(want[n], t) for n, t in hf.state_dict().items()), "W differs between one thread and two"
+    restore_matrices(hf, saved)
     assert all(torch.equal(ref[n], t) for n, t in hf.state_dict().items())
     del ref, want, saved
 
@@ -118,8 +135,14 @@ def main() -> None:
     def save(crc: bool):
         return lambda: save_state(tmp / "s.pt", state, crc=crc)
 
+    def w_one_thread() -> None:
+        saved = permuted_matrices(hf)
+        for seed in seeds:
+            permute_one_thread(hf, seed, saved)
+
     phases = {
         "W: 5 permutations": (w_before, w_after),
+        "W: 5 permutations from the copy, one thread vs two": (w_one_thread, w_after),
         "R 5 seeds + rescaled 3 seeds: inits": (r_before, r_after),
         f"one capture state of {mib:.0f} MiB (the trained condition's moments)": (save(True), save(False)),
     }
