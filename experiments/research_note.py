@@ -500,24 +500,54 @@ def headline_section(runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
     massive = massive_paragraph(runs, facts)
     if massive:
         lines += [massive, ""]
+    lines += [
+        "Per prediction below: effects with their 95 % intervals, unadjusted; each outcome is decided on the "
+        "Holm-adjusted one-sided p (the run's tests corrected together), so an interval clear of δ can still read "
+        "inconclusive.",
+        "",
+    ]
     for pred in PREDICTIONS:
-        n = pred.key.split(" ", 1)[0]
-        c, who = outcome_counts([r for _, r in runs], n)
-        cur = [(r, v) for _, r in runs if (v := r.verdict(n)) is not None and n not in r.stale]
-        decided = [(r, v) for r, v in cur if v.outcome in ("supported", "contradicted")][:3]
-        ex = "; ".join(
-            f"{r.key} {v.outcome} {facts.effect(r.path / 'verdicts.csv', v.prediction)} against δ "
-            f"{facts.csv(r.path / 'verdicts.csv', {'prediction': v.prediction}, 'margin')}"
-            for r, v in decided
-        )
-        lines.append(
-            f"**Prediction {pred.key}.** Of {len(cur)} runs measured by the current battery: supported "
-            f"{c['supported']}, contradicted {c['contradicted']}, inconclusive {c['inconclusive']} ({c['no power']} "
-            f"for lack of power), n/a {c['n/a']}; {c['stale']} older outcomes not counted."
-            + (f" Decided: {ex}." if ex else "")
-        )
-        lines.append("")
+        lines += [prediction_paragraph(pred.key, runs, facts), ""]
     return "\n".join(lines)
+
+
+LLM_PARAMS = 1e8  # the runs the Findings read out one by one: the real LLMs (SmolLM2-135M and up)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def prediction_paragraph(key: str, runs: list[tuple[dict, RunRecord]], facts: Facts) -> str:
+    """One Findings paragraph: the current runs' outcomes counted, every LLM run's outcome with its effect, CI and
+    margin, and the small models' outcomes counted apart (a result shown only on them is not one about LLMs)."""
+    n = key.split(" ", 1)[0]
+    c, _ = outcome_counts([r for _, r in runs], n)
+    cur = [(r, v) for _, r in runs if (v := r.verdict(n)) is not None and n not in r.stale]
+    big = [(r, v) for r, v in cur if params_of(r.key) >= LLM_PARAMS]
+    small = [v.outcome for r, v in cur if not params_of(r.key) >= LLM_PARAMS]
+
+    def one(r: RunRecord, v) -> str:
+        if v.outcome == "n/a":
+            return f"{r.key} n/a"
+        where = {"prediction": v.prediction}
+        margin = facts.csv(r.path / "verdicts.csv", where, "margin")
+        why = " (no power)" if v.outcome == "inconclusive" and v.note.startswith("no power") else ""
+        return f"{r.key} {v.outcome}{why} {facts.effect(r.path / 'verdicts.csv', v.prediction)} against δ {margin}"
+
+    text = (
+        f"**Prediction {n}: {key.split(' ', 1)[1]}.** Of {_plural(len(cur), 'run')} measured by the current battery: "
+        f"supported {c['supported']}, contradicted {c['contradicted']}, inconclusive {c['inconclusive']} "
+        f"({c['no power']} for lack of power), n/a {c['n/a']}"
+        + (f"; {_plural(c['stale'], 'older outcome')} not counted." if c["stale"] else ".")
+    )
+    if big:
+        text += f" The LLMs: {'; '.join(one(r, v) for r, v in big)}."
+    if small:
+        counts = ", ".join(f"{o} {small.count(o)}" for o in ("supported", "contradicted", "inconclusive", "n/a")
+                           if small.count(o))  # fmt: skip
+        text += f" The small decoders and MiniLM ({_plural(len(small), 'run')}): {counts}."
+    return text
 
 
 MASSIVE_COLUMN = "massive-activation tokens left out (P2, P9)"

@@ -48,6 +48,9 @@ def test_every_number_in_the_note_is_traced_to_a_run_file(tmp_path, monkeypatch)
     assert untraced_numbers(md, facts) == []
     assert "## Prediction 11 norm growth is carrier growth" in md and "![Outcome matrix]" in md
     assert len(facts.splitlines()) > 100
+    # the Findings read each prediction out: small models (none of these four reaches 100 M parameters) counted apart
+    assert "**Prediction 4: modulation carries content.** Of 4 runs measured by the current battery" in md
+    assert "The small decoders and MiniLM (4 runs):" in md and "The LLMs:" not in md
     # a second build gives the very same note and facts
     assert note.main([*args, "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "note.md").read_text() == md
