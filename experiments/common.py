@@ -64,8 +64,10 @@ def family(name: str) -> dict[str, Any]:
 
 
 def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) -> Path:
-    """The battery run of ``model`` (made now unless a complete run with the same config exists)."""
+    """The battery run of ``model``: a complete run with the same config is reused, an interrupted one resumed
+    from its saved state, anything else made now."""
     from spectral.config import config_from_dict
+    from spectral.errors import RunDirError
     from spectral.runner import run_experiment
     from spectral.runs import read_manifest
 
@@ -83,16 +85,22 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
         "formats": st["formats"],
     }
     cfg = config_from_dict(data, "experiments")
+    resume = False
     if (out / "manifest.json").is_file():
         man = read_manifest(out)
-        if man.get("status") == "complete" and man.get("config") == cfg.to_dict():
-            return out
-    run_experiment(
-        cfg,
-        overwrite=True,
-        progress=sys.stderr.isatty(),
-        command=f"python experiments/run_all.py --models {model['key']}" + (" --quick" if quick else ""),
-    )
+        if man.get("config") == cfg.to_dict():
+            if man.get("status") == "complete":
+                return out
+            resume = True  # an interrupted run of this very config: go on from its saved state
+    command = f"python experiments/run_all.py --models {model['key']}" + (" --quick" if quick else "")
+    try:
+        run_experiment(cfg, overwrite=not resume, resume=resume, progress=sys.stderr.isatty(), command=command)
+    except RunDirError as exc:
+        if not (resume and str(exc).startswith("cannot resume")):
+            raise
+        # started by another battery revision, or the weights or corpus changed since: its state cannot serve
+        print(f"{exc}; starting {out} again", file=sys.stderr)
+        run_experiment(cfg, overwrite=True, progress=sys.stderr.isatty(), command=command)
     return out
 
 

@@ -51,3 +51,55 @@ def test_run_settings_come_from_run_toml_and_families_cannot_carry_any(tmp_path,
     with pytest.raises(ValueError, match="belong in configs/run.toml"):
         common.family("odd")
     assert common.run_settings(False)["seq_len"] == 7
+
+
+def test_an_interrupted_canonical_run_is_resumed_not_started_again(tmp_path, monkeypatch):
+    """experiments/run_all.py on a run directory an interrupted run left (same config) goes on from its saved
+    state; a complete one is reused; one a resume refuses (another battery revision) is started again."""
+    import importlib.util
+
+    import pytest
+
+    import spectral.runner
+    from spectral.errors import RunDirError
+
+    spec = importlib.util.spec_from_file_location("experiments_common_resume", REPO / "experiments" / "common.py")
+    assert spec is not None and spec.loader is not None
+    common = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "experiments"))
+    spec.loader.exec_module(common)
+    calls: list[dict] = []
+    status = {"value": "running", "refuse": False}
+
+    def fake_run(cfg, **kw):
+        calls.append(kw)
+        if kw.get("resume") and status["refuse"]:
+            raise RunDirError(f"cannot resume {cfg.out}: it was started by battery revision 4, this is revision 5")
+        out = tmp_path / "runs" / "llama2xs-512-quick"
+        out.mkdir(parents=True, exist_ok=True)
+        manifest = {"status": status["value"], "config": cfg.to_dict()}
+        (out / "manifest.json").write_text(json.dumps(manifest))
+
+    monkeypatch.setattr(spectral.runner, "run_experiment", fake_run)
+    model = {"key": "llama2xs-512", "name": "llama2xs-512", "corpus": "builtin"}
+    common.ensure_run(model, True, tmp_path)  # nothing there: a fresh run
+    assert calls[-1]["overwrite"] is True and calls[-1]["resume"] is False
+    common.ensure_run(model, True, tmp_path)  # the first was interrupted (status "running"): resumed
+    assert calls[-1]["overwrite"] is False and calls[-1]["resume"] is True
+    status["refuse"] = True
+    common.ensure_run(model, True, tmp_path)  # the resume refused: started again, overwriting
+    assert calls[-2]["resume"] is True and calls[-1]["overwrite"] is True and not calls[-1].get("resume")
+    status["value"] = "complete"
+    common.ensure_run(model, True, tmp_path)  # now complete (written by the last call): reused, no call
+    n = len(calls)
+    common.ensure_run(model, True, tmp_path)
+    assert len(calls) == n
+    path = tmp_path / "runs" / "llama2xs-512-quick" / "manifest.json"
+    path.write_text(path.read_text().replace('"complete"', '"running"'))  # interrupted again
+
+    def no_space(cfg, **kw):
+        raise RunDirError("not enough free disk space")
+
+    monkeypatch.setattr(spectral.runner, "run_experiment", no_space)
+    with pytest.raises(RunDirError, match="disk"):  # any other refusal is not swallowed by a fresh start
+        common.ensure_run(model, True, tmp_path)
