@@ -67,7 +67,7 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
     """The battery run of ``model``: a complete run with the same config is reused, an interrupted one resumed
     from its saved state, anything else made now."""
     from spectral.config import config_from_dict
-    from spectral.errors import RunDirError
+    from spectral.errors import ResumeRefused
     from spectral.runner import run_experiment
     from spectral.runs import read_manifest
 
@@ -95,8 +95,8 @@ def ensure_run(model: dict[str, Any], quick: bool, reports: Path | None = None) 
     command = f"python experiments/run_all.py --models {model['key']}" + (" --quick" if quick else "")
     try:
         run_experiment(cfg, overwrite=not resume, resume=resume, progress=sys.stderr.isatty(), command=command)
-    except RunDirError as exc:
-        if not (resume and str(exc).startswith("cannot resume")):
+    except ResumeRefused as exc:
+        if not resume:
             raise
         # started by another battery revision, or the weights or corpus changed since: its state cannot serve
         print(f"{exc}; starting {out} again", file=sys.stderr)

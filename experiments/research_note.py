@@ -524,15 +524,16 @@ def prediction_paragraph(key: str, runs: list[tuple[dict, RunRecord]], facts: Fa
     n = key.split(" ", 1)[0]
     c, _ = outcome_counts([r for _, r in runs], n)
     cur = [(r, v) for _, r in runs if (v := r.verdict(n)) is not None and n not in r.stale]
-    big = [(r, v) for r, v in cur if params_of(r.key) >= LLM_PARAMS]
-    small = [v.outcome for r, v in cur if not params_of(r.key) >= LLM_PARAMS]
+    big, small = [], []
+    for r, v in cur:  # a run without model.json (params NaN) counts as small
+        (big if params_of(r.key) >= LLM_PARAMS else small).append((r, v))
 
     def one(r: RunRecord, v) -> str:
         if v.outcome == "n/a":
             return f"{r.key} n/a"
         where = {"prediction": v.prediction}
         margin = facts.csv(r.path / "verdicts.csv", where, "margin")
-        why = " (no power)" if v.outcome == "inconclusive" and v.note.startswith("no power") else ""
+        why = " (no power)" if v.no_power else ""
         return f"{r.key} {v.outcome}{why} {facts.effect(r.path / 'verdicts.csv', v.prediction)} against δ {margin}"
 
     text = (
@@ -544,8 +545,8 @@ def prediction_paragraph(key: str, runs: list[tuple[dict, RunRecord]], facts: Fa
     if big:
         text += f" The LLMs: {'; '.join(one(r, v) for r, v in big)}."
     if small:
-        counts = ", ".join(f"{o} {small.count(o)}" for o in ("supported", "contradicted", "inconclusive", "n/a")
-                           if small.count(o))  # fmt: skip
+        sc, _ = outcome_counts([r for r, _ in small], n)
+        counts = ", ".join(f"{o} {sc[o]}" for o in ("supported", "contradicted", "inconclusive", "n/a") if sc[o])
         text += f" The small decoders and MiniLM ({_plural(len(small), 'run')}): {counts}."
     return text
 

@@ -28,6 +28,11 @@ class RunDirError(SpectralError):
     """An output directory that cannot be used (holds another run, not writable, ...)."""
 
 
+class ResumeRefused(RunDirError):
+    """An interrupted run whose saved state cannot serve this one (another config, battery revision, weights or
+    corpus): it must be started again."""
+
+
 class NumericsError(SpectralError):
     """NaN or inf in captured activations (names the first site and window where it appeared)."""
 

@@ -521,7 +521,7 @@ def _why_inconclusive(v: Any) -> str:
         return ""
     if "not after Holm" in v.note:
         return f"the interval clears δ, but not after Holm (p_Holm {_num(v.p_holm)})"
-    if v.note.startswith("no power"):
+    if v.no_power:
         return "the interval clears δ, but the test cannot reach δ (no power)"
     return ""
 

@@ -30,7 +30,7 @@ from spectral.capture import Calibration, select_sites
 from spectral.conditions import ConditionCapture, is_null_condition
 from spectral.config import ExperimentConfig
 from spectral.corpus import CorpusText, TokenWindows, make_windows
-from spectral.errors import RunDirError
+from spectral.errors import ResumeRefused, RunDirError
 from spectral.export import save_figures, start_static_export, stop_static_export
 from spectral.figureset import FigureData, build_figures, figure_data
 from spectral.models import LoadedModel, load_model
@@ -139,7 +139,7 @@ def _check_resumable(s: Setup) -> Manifest:
     old = read_manifest(s.run_dir)
     diff = config_diff(old.get("config") or {}, s.manifest["config"])
     if diff:
-        raise RunDirError(f"cannot resume {s.run_dir}: its config differs in {', '.join(diff)}")
+        raise ResumeRefused(f"cannot resume {s.run_dir}: its config differs in {', '.join(diff)}")
     if old.get("status") == "complete":
         raise RunDirError(f"run {s.run_dir} is already complete; nothing to resume")
     for key, what in (("weights_sha256", "model weights"), ("corpus", "corpus")):
@@ -147,9 +147,9 @@ def _check_resumable(s: Setup) -> Manifest:
         if key == "corpus":
             a, b = (a or {}).get("sha256"), b["sha256"]
         if a != b:
-            raise RunDirError(f"cannot resume {s.run_dir}: the {what} changed since it started")
+            raise ResumeRefused(f"cannot resume {s.run_dir}: the {what} changed since it started")
     if old.get("battery") != s.manifest.get("battery"):  # its saved statistics lack what this battery measures
-        raise RunDirError(
+        raise ResumeRefused(
             f"cannot resume {s.run_dir}: it was started by battery revision {old.get('battery', '< 3')}, this is "
             f"revision {s.manifest.get('battery')} (start it again)"
         )

@@ -108,7 +108,7 @@ def outcome_counts(records: list[RunRecord], number: str) -> tuple[dict[str, int
     got = [(r.key, r.verdict(number), number in r.stale) for r in records]
     cur = [(k, v) for k, v, old in got if v is not None and not old]
     counts = {o: sum(v.outcome == o for _, v in cur) for o in ("supported", "contradicted", "inconclusive", "n/a")}
-    counts["no power"] = sum(v.outcome == "inconclusive" and v.note.startswith("no power") for _, v in cur)
+    counts["no power"] = sum(v.no_power for _, v in cur)
     counts["stale"] = sum(v is not None and old for _, v, old in got)
     return counts, [k for k, v in cur if v.outcome == "supported"]
 

@@ -61,7 +61,7 @@ def test_an_interrupted_canonical_run_is_resumed_not_started_again(tmp_path, mon
     import pytest
 
     import spectral.runner
-    from spectral.errors import RunDirError
+    from spectral.errors import ResumeRefused, RunDirError
 
     spec = importlib.util.spec_from_file_location("experiments_common_resume", REPO / "experiments" / "common.py")
     assert spec is not None and spec.loader is not None
@@ -74,7 +74,7 @@ def test_an_interrupted_canonical_run_is_resumed_not_started_again(tmp_path, mon
     def fake_run(cfg, **kw):
         calls.append(kw)
         if kw.get("resume") and status["refuse"]:
-            raise RunDirError(f"cannot resume {cfg.out}: it was started by battery revision 4, this is revision 5")
+            raise ResumeRefused(f"cannot resume {cfg.out}: it was started by battery revision 4, this is revision 5")
         out = tmp_path / "runs" / "llama2xs-512-quick"
         out.mkdir(parents=True, exist_ok=True)
         manifest = {"status": status["value"], "config": cfg.to_dict()}

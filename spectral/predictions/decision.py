@@ -107,6 +107,11 @@ class Verdict:
     power: float  # the largest effect the deciding test could reach on this run (inf: unbounded)
     note: str
 
+    @property
+    def no_power(self) -> bool:
+        """Inconclusive because the deciding test cannot reach δ on this run (its note opens with "no power")."""
+        return self.outcome == "inconclusive" and self.note.startswith("no power")
+
 
 def ensemble_null(values: list[float], level: float, name: str) -> Null:
     """The null of an ensemble of seeds: its mean, with the prediction interval of a new seed."""
